@@ -1,0 +1,4 @@
+//! cli (in progress)
+pub fn main() -> i32 {
+    crate::exit::OK
+}

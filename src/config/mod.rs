@@ -1,0 +1,2 @@
+//! Config: `imgraph.kdl` → spanned raw tree → validated [`model::Project`].
+pub mod model;

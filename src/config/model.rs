@@ -1,0 +1,351 @@
+//! The validated project model: what `imgraph.kdl` means once every name is resolved,
+//! every duration parsed and every path checked to stay inside the project.
+//!
+//! Nothing downstream of `config` sees raw KDL. Each stanza that can change a stage's
+//! result has a canonical form (`canonical_*` functions, serde JSON with sorted maps):
+//! whitespace, comments and the order of child nodes in the file do not change it, while
+//! the order of build steps does (they run in that order). Tags never enter build keys.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// A byte range in the config file, kept so later stages can point at the source.
+pub type Span = miette::SourceSpan;
+
+#[derive(Debug, Clone)]
+pub struct Project {
+    /// Absolute, canonical project folder (the folder holding `imgraph.kdl`).
+    pub root: PathBuf,
+    /// Absolute path of the config file.
+    pub config_path: PathBuf,
+    /// The config text, kept for diagnostics raised after validation.
+    pub config_text: String,
+    /// State database path, absolute (default `<root>/.imgraph/state.db`).
+    pub state_path: PathBuf,
+    pub providers: Vec<ProviderDef>,
+    pub sources: Vec<Source>,
+    pub images: Vec<Image>,
+    pub environments: Vec<Environment>,
+}
+
+impl Project {
+    pub fn image(&self, name: &str) -> Option<&Image> {
+        self.images.iter().find(|i| i.name == name)
+    }
+    pub fn source(&self, name: &str) -> Option<&Source> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+    pub fn provider(&self, name: &str) -> Option<&ProviderDef> {
+        self.providers.iter().find(|p| p.name == name)
+    }
+    pub fn environment(&self, name: &str) -> Option<&Environment> {
+        self.environments.iter().find(|e| e.name == name)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderDef {
+    /// `local` or `aws`.
+    pub name: String,
+    pub kind: ProviderKind,
+    #[serde(skip)]
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ProviderKind {
+    Local {
+        /// Absolute path of the image store (default `<root>/.imgraph/images`).
+        store: PathBuf,
+        sandbox: Sandbox,
+    },
+    Aws {
+        region: Option<String>,
+        profile: Option<String>,
+        endpoint: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sandbox {
+    /// Steps run on the host with `IMGRAPH_ROOT` (and tests with `IMGRAPH_INSTANCE_ROOT`).
+    #[default]
+    None,
+    /// Steps run with `chroot ROOT sh -c ...` (needs root).
+    Chroot,
+    /// Steps run inside `bwrap` with the image root as `/`.
+    Bwrap,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Source {
+    pub name: String,
+    pub kind: SourceKind,
+    #[serde(skip)]
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum SourceKind {
+    /// A tar, tar.gz, tar.zst file or a directory, relative to the project (checked to exist).
+    Local { path: RelPath },
+    /// Newest AMI matching owners + name pattern + tag filters.
+    Aws {
+        owners: Vec<String>,
+        name: Option<String>,
+        /// Tag filters, sorted by key.
+        tags: BTreeMap<String, String>,
+    },
+}
+
+/// A path relative to the project root, checked to stay inside it. Always uses `/`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(transparent)]
+pub struct RelPath(pub String);
+
+impl RelPath {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RelPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Image {
+    pub name: String,
+    /// Provider name (`local` or `aws`); resolved even when left out in the file.
+    pub provider: String,
+    pub from: FromRef,
+    /// `"1.4"` → versions 1.4.0, 1.4.1, … (default `"1.0"`).
+    pub version: String,
+    pub max_age: Option<Duration>,
+    pub build: Build,
+    /// `input`, `packages` and `probe` children, in file order.
+    pub inputs: Vec<Input>,
+    pub tests: Vec<TestSuite>,
+    /// User tags (never part of a build key).
+    pub tags: BTreeMap<String, String>,
+    /// Settings for temporary instances on AWS (ec2 builds and tests); empty for local.
+    pub instance: InstanceSettings,
+    #[serde(skip)]
+    pub span: Span,
+}
+
+/// `instance { type "t3.small"; subnet "subnet-1"; security-group "sg-1"; key-name "k"; profile "p"; }`
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct InstanceSettings {
+    pub instance_type: Option<String>,
+    pub subnet: Option<String>,
+    pub security_groups: Vec<String>,
+    pub key_name: Option<String>,
+    pub instance_profile: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "type", content = "name", rename_all = "kebab-case")]
+pub enum FromRef {
+    Source(String),
+    Image(String),
+}
+
+impl FromRef {
+    pub fn name(&self) -> &str {
+        match self {
+            FromRef::Source(n) | FromRef::Image(n) => n,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "builder", rename_all = "kebab-case")]
+pub enum Build {
+    /// Local, offline: unpack origin, copy, run steps, pack.
+    Rootfs { steps: Vec<Step> },
+    /// Runs `packer build -machine-readable` on a template.
+    Packer {
+        template: RelPath,
+        /// User variables, sorted by name.
+        vars: BTreeMap<String, String>,
+    },
+    /// Native EC2 build: launch origin with the steps as user data, wait for stop, CreateImage.
+    Ec2 { steps: Vec<Step> },
+}
+
+impl Build {
+    pub fn builder_name(&self) -> &'static str {
+        match self {
+            Build::Rootfs { .. } => "rootfs",
+            Build::Packer { .. } => "packer",
+            Build::Ec2 { .. } => "ec2",
+        }
+    }
+    /// Project files the build itself reads (copy sources, packer template): hashed as
+    /// immediate inputs of the build node.
+    pub fn referenced_paths(&self) -> Vec<RelPath> {
+        match self {
+            Build::Rootfs { steps } | Build::Ec2 { steps, .. } => steps
+                .iter()
+                .filter_map(|s| match s {
+                    Step::Copy { from, .. } => Some(from.clone()),
+                    Step::Run { .. } => None,
+                })
+                .collect(),
+            Build::Packer { template, .. } => vec![template.clone()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+pub enum Step {
+    /// Copy a project file or directory into the image at `to` (absolute path in the image).
+    Copy { from: RelPath, to: String },
+    /// A shell command (`sh -c`).
+    Run { command: String },
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    /// A change starts a rebuild.
+    Immediate,
+    /// A change waits for a roll-up run (`--rollup`) or `max-age`.
+    Rollup,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Immediate => "immediate",
+            Trigger::Rollup => "rollup",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Input {
+    pub kind: InputKind,
+    pub trigger: Trigger,
+    /// Glob patterns (project-relative; a pattern without `/` matches a file name anywhere).
+    pub exclude: Vec<String>,
+    #[serde(skip)]
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum InputKind {
+    /// A file, a directory (every file below it) or a glob. Default trigger: immediate.
+    Path { pattern: String },
+    /// A package list file. Default trigger: rollup.
+    Packages { path: RelPath },
+    /// A command whose stdout is hashed (run in the project folder). Default trigger: rollup.
+    Probe { name: String, command: String },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TestSuite {
+    pub name: String,
+    pub inputs: Vec<Input>,
+    pub command: String,
+    /// Default 10 minutes.
+    pub timeout: Duration,
+    #[serde(skip)]
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Environment {
+    pub name: String,
+    /// Environments that must have received an image before this one gets it.
+    pub after: Vec<String>,
+    pub deliveries: Vec<Delivery>,
+    #[serde(skip)]
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Delivery {
+    pub image: String,
+    pub command: String,
+    #[serde(skip)]
+    pub span: Span,
+}
+
+/// Canonical text of what a build node's result depends on in the config: provider kind,
+/// origin, version series and builder with its steps. Not tags, not max-age, not inputs
+/// (those are hashed by content into the manifest).
+pub fn canonical_build(project: &Project, image: &Image) -> String {
+    #[derive(Serialize)]
+    struct C<'a> {
+        v: u32,
+        provider: Option<&'a ProviderKind>,
+        from: &'a FromRef,
+        version: &'a str,
+        build: &'a Build,
+        instance: &'a InstanceSettings,
+        inputs: Vec<&'a Input>,
+    }
+    let mut inputs: Vec<&Input> = image.inputs.iter().collect();
+    inputs.sort_by_key(|i| serde_json::to_string(i).unwrap_or_default());
+    let provider = project.provider(&image.provider).map(|p| &p.kind);
+    canonical_json(&C {
+        v: 1,
+        provider,
+        from: &image.from,
+        version: &image.version,
+        build: &image.build,
+        instance: &image.instance,
+        inputs,
+    })
+}
+
+/// Canonical text of a test suite stanza: its command, timeout and declared inputs.
+pub fn canonical_test(suite: &TestSuite) -> String {
+    #[derive(Serialize)]
+    struct C<'a> {
+        v: u32,
+        command: &'a str,
+        timeout_secs: u64,
+        inputs: Vec<&'a Input>,
+    }
+    let mut inputs: Vec<&Input> = suite.inputs.iter().collect();
+    inputs.sort_by_key(|i| serde_json::to_string(i).unwrap_or_default());
+    canonical_json(&C {
+        v: 1,
+        command: &suite.command,
+        timeout_secs: suite.timeout.as_secs(),
+        inputs,
+    })
+}
+
+/// Canonical text of a delivery stanza.
+pub fn canonical_delivery(env: &Environment, delivery: &Delivery) -> String {
+    #[derive(Serialize)]
+    struct C<'a> {
+        v: u32,
+        environment: &'a str,
+        command: &'a str,
+    }
+    canonical_json(&C {
+        v: 1,
+        environment: &env.name,
+        command: &delivery.command,
+    })
+}
+
+fn canonical_json<T: Serialize>(value: &T) -> String {
+    // Serialising plain structs, strings and BTreeMaps cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}

@@ -1,0 +1,2 @@
+//! Providers: where images live and instances run.
+pub mod local;
