@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod error;
 pub mod exec;
 pub mod exit;
 pub mod graph;
@@ -14,3 +15,4 @@ pub mod plan;
 pub mod provider;
 pub mod report;
 pub mod state;
+pub mod workspace;

@@ -1,4 +1,311 @@
-//! cli (in progress)
+//! Command-line surface: clap types and one function per command. No logic lives here:
+//! each command calls the library and hands values to a reporter.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::error::Result;
+use crate::exit;
+use crate::plan::PlanOptions;
+use crate::report::{self, Palette};
+use crate::workspace::Workspace;
+
+#[derive(Debug, Parser)]
+#[command(name = "imgraph", version, about = "Decides when server images must be rebuilt, and runs their pipeline")]
+pub struct Cli {
+    /// Project folder (holding imgraph.kdl) or the config file itself.
+    #[arg(short = 'C', long = "dir", global = true, default_value = ".")]
+    pub dir: PathBuf,
+    /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check imgraph.kdl and every path it names; changes nothing.
+    Validate,
+    /// Show what must run and why, without running anything.
+    Plan(PlanArgs),
+    /// Run what the plan says: build, test on fresh instances, publish, deliver.
+    Apply(ApplyArgs),
+    /// Print the stage graph.
+    Graph {
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+    },
+    /// List built images: versions, ids, status, build time, environments.
+    Images {
+        /// Only this image.
+        image: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List past runs and their node outcomes.
+    History {
+        /// How many runs to show.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Destroy temporary instances and folders that killed runs left behind.
+    Gc,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+    /// How many nodes may run at once (default: the number of CPUs).
+    #[arg(long, short = 'j')]
+    pub parallelism: Option<usize>,
+    /// Stop everything at the first failure (default: independent branches go on).
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Print NDJSON events (format version 1) instead of the human view.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Selection {
+    /// Run a roll-up: apply pending rollup changes (package lists, probes).
+    #[arg(long)]
+    pub rollup: bool,
+    /// Only this image (its build, tests and publish) or node id, and what it needs. Repeatable.
+    #[arg(long = "target", value_name = "IMAGE")]
+    pub targets: Vec<String>,
+    /// Rebuild this image even if nothing changed. Repeatable.
+    #[arg(long = "force", value_name = "IMAGE")]
+    pub force: Vec<String>,
+}
+
+impl Selection {
+    pub fn options(&self) -> PlanOptions {
+        PlanOptions {
+            rollup: self.rollup,
+            targets: self.targets.clone(),
+            force: self.force.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+    /// Print one JSON document (format_version 1; schema in schema/plan.schema.json).
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 0 when nothing runs, 2 when something would run, 1 on error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+/// Entry point of the binary: parse, run, map the outcome to an exit code.
 pub fn main() -> i32 {
-    crate::exit::OK
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::ERROR } else { exit::OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_tracing(cli.verbose);
+    match run(&cli) {
+        Ok(code) => code,
+        Err(err) => {
+            let code = err.exit_code();
+            eprintln!("{:?}", miette::Report::new(err));
+            code
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+pub fn run(cli: &Cli) -> Result<i32> {
+    match &cli.command {
+        Command::Validate => validate(cli),
+        Command::Plan(args) => plan(cli, args),
+        Command::Apply(args) => apply(cli, args),
+        Command::Graph { format } => graph(cli, *format),
+        Command::Images { image, json } => images(cli, image.as_deref(), *json),
+        Command::History { limit, json } => history(cli, *limit, *json),
+        Command::Gc => gc(cli),
+    }
+}
+
+fn validate(cli: &Cli) -> Result<i32> {
+    let project = crate::config::load(&cli.dir)?;
+    let graph = crate::graph::StageGraph::build(&project)?;
+    println!(
+        "{}: {} images, {} sources, {} environments, {} stages: ok",
+        project.config_path.display(),
+        project.images.len(),
+        project.sources.len(),
+        project.environments.len(),
+        graph.graph.node_count(),
+    );
+    Ok(exit::OK)
+}
+
+fn plan(cli: &Cli, args: &PlanArgs) -> Result<i32> {
+    let ws = Workspace::open(&cli.dir)?;
+    let plan = ws.plan(&args.selection.options())?;
+    if args.json {
+        println!("{}", report::plan::render_json(&plan));
+    } else {
+        print!("{}", report::plan::render_text(&plan, Palette::for_stdout()));
+    }
+    Ok(if args.detailed_exitcode && plan.has_changes() {
+        exit::CHANGES_PENDING
+    } else {
+        exit::OK
+    })
+}
+
+fn graph(cli: &Cli, format: GraphFormat) -> Result<i32> {
+    let project = crate::config::load(&cli.dir)?;
+    let graph = crate::graph::StageGraph::build(&project)?;
+    match format {
+        GraphFormat::Dot => print!("{}", graph.to_dot()),
+        GraphFormat::Mermaid => print!("{}", graph.to_mermaid()),
+    }
+    Ok(exit::OK)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| crate::error::Error::Io {
+            what: "failed to start the async runtime".into(),
+            path: PathBuf::new(),
+            source,
+        })
+}
+
+fn apply(cli: &Cli, args: &ApplyArgs) -> Result<i32> {
+    let ws = Workspace::open(&cli.dir)?;
+    let mut exec = crate::exec::ExecOptions {
+        fail_fast: args.fail_fast,
+        ..Default::default()
+    };
+    if let Some(p) = args.parallelism {
+        exec.parallelism = p.max(1);
+    }
+    let rt = runtime()?;
+    rt.block_on(async {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let watcher = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("imgraph: stopping: killing running work and cleaning up (Ctrl-C again exits at once)");
+                watcher.cancel();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(exit::INTERRUPTED);
+                }
+            }
+        });
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let json = args.json;
+        let reporter = tokio::spawn(async move {
+            let palette = Palette::for_stdout();
+            let live = !json && palette.color && std::io::IsTerminal::is_terminal(&std::io::stdout());
+            let mut human = report::apply::Human::new(palette, live);
+            while let Some(ev) = rx.recv().await {
+                if json {
+                    println!("{}", crate::exec::events::to_ndjson(&ev, crate::state::now_ms()));
+                } else {
+                    human.handle(&ev);
+                }
+            }
+        });
+        let outcome = ws.apply(&args.selection.options(), &exec, tx, cancel).await;
+        let _ = reporter.await;
+        let outcome = outcome?;
+        let s = &outcome.summary;
+        Ok(if s.interrupted {
+            exit::INTERRUPTED
+        } else if s.status == crate::state::RunStatus::Succeeded {
+            exit::OK
+        } else {
+            exit::APPLY_FAILED
+        })
+    })
+}
+
+fn images(cli: &Cli, image: Option<&str>, json: bool) -> Result<i32> {
+    let ws = Workspace::open(&cli.dir)?;
+    let records = ws.state.images(image)?;
+    if json {
+        println!("{}", report::state::images_json(&records));
+    } else {
+        print!("{}", report::state::images_text(&records, Palette::for_stdout()));
+    }
+    Ok(exit::OK)
+}
+
+fn history(cli: &Cli, limit: usize, json: bool) -> Result<i32> {
+    let ws = Workspace::open(&cli.dir)?;
+    let mut runs = Vec::new();
+    for run in ws.state.runs(limit)? {
+        let nodes = ws.state.node_runs(run.id)?;
+        runs.push((run, nodes));
+    }
+    if json {
+        println!("{}", report::state::history_json(&runs));
+    } else {
+        print!("{}", report::state::history_text(&runs, Palette::for_stdout()));
+    }
+    Ok(exit::OK)
+}
+
+fn gc(cli: &Cli) -> Result<i32> {
+    let ws = Workspace::open(&cli.dir)?;
+    let holder = format!("imgraph gc (pid {})", std::process::id());
+    if let crate::state::LeaseOutcome::HeldBy { pid, holder, since } = ws.state.acquire_lease(&holder)? {
+        return Err(crate::error::Error::Locked {
+            pid,
+            holder,
+            since: report::timestamp(since),
+        });
+    }
+    let providers = ws.providers()?;
+    let rt = runtime()?;
+    let result = rt.block_on(ws.collect_garbage(&providers));
+    ws.state.release_lease()?;
+    let events = result?;
+    for ev in &events {
+        if let crate::exec::Event::LeftoverDestroyed { resource, kind, node } = ev {
+            println!("destroyed {kind} {resource} (left by {node})");
+        }
+    }
+    println!("gc: {} leftovers destroyed", events.len());
+    Ok(exit::OK)
 }

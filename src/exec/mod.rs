@@ -1,1 +1,607 @@
-//! exec (in progress)
+//! The executor: runs a plan's `run` nodes on tokio, each as soon as the nodes it needs
+//! have succeeded (no level-by-level barriers), at most `parallelism` at a time.
+//!
+//! It never prints: it sends [`Event`]s on a channel and reporters render them. Every
+//! start, finish and outcome is written to the state as it happens, each in its own
+//! transaction, so a crash at any point leaves a consistent record and the next apply
+//! redoes only unfinished work. A failed node skips its downstream (recorded with the
+//! cause); independent branches go on unless `fail_fast`. Cancellation (Ctrl-C) stops
+//! starting work, kills running commands and lets providers clean up their instances.
+
+pub mod events;
+pub mod process;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use events::{Event, NodeOutcome, NodeReport, RunSummary};
+
+use crate::config::model::{FromRef, Project, SourceKind};
+use crate::graph::{build_id, Stage, StageGraph};
+use crate::plan::{Action, BuildOutputs, Plan, PlannedNode};
+use crate::provider::runtime::append_log;
+use crate::provider::{BuildRequest, Ledger, Origin, Provider, ProviderError, TestRequest};
+use crate::state::{ImageRecord, NodeStart, NodeStatus, ReleaseStatus, RunId, RunStatus, State};
+
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    pub parallelism: usize,
+    pub fail_fast: bool,
+}
+
+impl Default for ExecOptions {
+    fn default() -> Self {
+        ExecOptions {
+            parallelism: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            fail_fast: false,
+        }
+    }
+}
+
+/// What the executor works with; cheap to clone into node tasks.
+#[derive(Clone)]
+pub struct ExecContext {
+    pub project: Arc<Project>,
+    pub graph: Arc<StageGraph>,
+    pub state: Arc<Mutex<State>>,
+    /// Provider name → implementation.
+    pub providers: Arc<HashMap<String, Arc<dyn Provider>>>,
+    /// Where logs and temporary folders go (`.imgraph/`).
+    pub work_root: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("the state lock was poisoned by a crashed task")]
+    Poisoned,
+    #[error("failed to create {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The outcome of one node task.
+struct NodeResult {
+    id: String,
+    outcome: NodeOutcome,
+    error: Option<String>,
+    started: Instant,
+}
+
+/// Builds that finished in this run: image → (artifact, version).
+type Fresh = Arc<Mutex<HashMap<String, BuildOutputs>>>;
+
+impl ExecContext {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, ProviderError> {
+        self.state.lock().map_err(|_| ProviderError::Poisoned)
+    }
+
+    fn logs_dir(&self, run: RunId) -> PathBuf {
+        self.work_root.join("logs").join(format!("run-{run}"))
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.work_root.join("tmp")
+    }
+}
+
+/// Runs every `run` node of `plan`. Returns when all are finished, skipped or cancelled.
+pub async fn execute(
+    ctx: ExecContext,
+    plan: &Plan,
+    command: &str,
+    options: &ExecOptions,
+    events: UnboundedSender<Event>,
+    cancel: CancellationToken,
+) -> Result<RunSummary, ExecError> {
+    let started = Instant::now();
+    let to_run: Vec<&PlannedNode> = plan.nodes.iter().filter(|n| n.action == Action::Run).collect();
+    let by_id: HashMap<&str, &PlannedNode> = to_run.iter().map(|n| (n.id.as_str(), *n)).collect();
+    let deps = run_dependencies(&ctx.graph, &by_id);
+
+    let run_id = {
+        let st = ctx.state.lock().map_err(|_| ExecError::Poisoned)?;
+        let options_json = serde_json::json!({
+            "rollup": plan.rollup, "targets": plan.targets, "force": plan.forced,
+            "parallelism": options.parallelism, "fail_fast": options.fail_fast,
+        })
+        .to_string();
+        st.begin_run(command, &options_json)?
+    };
+    for dir in [ctx.logs_dir(run_id), ctx.tmp_dir()] {
+        std::fs::create_dir_all(&dir).map_err(|source| ExecError::Io { path: dir.clone(), source })?;
+    }
+    let _ = events.send(Event::RunStarted {
+        run_id,
+        nodes: to_run.iter().map(|n| n.id.clone()).collect(),
+        parallelism: options.parallelism,
+    });
+
+    let fresh: Fresh = Arc::new(Mutex::new(HashMap::new()));
+    let mut status: HashMap<String, NodeOutcome> = HashMap::new();
+    let mut reports: BTreeMap<String, NodeReport> = BTreeMap::new();
+    let mut pending: Vec<&PlannedNode> = to_run.clone();
+    let mut tasks: JoinSet<NodeResult> = JoinSet::new();
+    let mut log_paths: HashMap<String, PathBuf> = HashMap::new();
+    let mut stop_starting = false;
+    let parallelism = options.parallelism.max(1);
+
+    loop {
+        if cancel.is_cancelled() {
+            stop_starting = true;
+        }
+        // Skip whatever waits on a failure; start whatever is ready.
+        let mut still = Vec::new();
+        for node in pending.drain(..) {
+            let my_deps = deps.get(node.id.as_str()).cloned().unwrap_or_default();
+            if let Some(bad) = my_deps.iter().find(|d| {
+                matches!(
+                    status.get(d.as_str()),
+                    Some(NodeOutcome::Failed | NodeOutcome::Skipped | NodeOutcome::Cancelled)
+                )
+            }) {
+                let cause = format!("{bad} did not succeed");
+                record_not_run(&ctx, run_id, node, NodeStatus::Skipped, &cause)?;
+                status.insert(node.id.clone(), NodeOutcome::Skipped);
+                reports.insert(node.id.clone(), NodeReport::not_run(&node.id, NodeOutcome::Skipped, &cause));
+                let _ = events.send(Event::NodeSkipped {
+                    node: node.id.clone(),
+                    cause,
+                });
+                continue;
+            }
+            let ready = my_deps.iter().all(|d| status.get(d.as_str()) == Some(&NodeOutcome::Succeeded));
+            if ready && !stop_starting && tasks.len() < parallelism {
+                let log = ctx.logs_dir(run_id).join(format!("{}.log", sanitize(&node.id)));
+                let node_run = start_node(&ctx, run_id, node, &log)?;
+                let _ = events.send(Event::NodeStarted {
+                    node: node.id.clone(),
+                    log_path: log.clone(),
+                });
+                log_paths.insert(node.id.clone(), log.clone());
+                status.insert(node.id.clone(), NodeOutcome::Running);
+                let (c, n, f, tok) = (ctx.clone(), node.clone(), fresh.clone(), cancel.clone());
+                tasks.spawn(async move {
+                    let started = Instant::now();
+                    let result = run_node(&c, run_id, &n, &log, &f, &tok).await;
+                    finish(&c, node_run, &n, result, &tok, started)
+                });
+            } else {
+                still.push(node);
+            }
+        }
+        pending = still;
+
+        if tasks.is_empty() {
+            if stop_starting || pending.is_empty() {
+                break;
+            }
+            // Nothing runs and nothing can start: only possible when a dependency is
+            // outside this plan's run set but was treated as pending. Skip the rest.
+            for node in pending.drain(..) {
+                let cause = "its dependencies never became ready".to_string();
+                record_not_run(&ctx, run_id, node, NodeStatus::Skipped, &cause)?;
+                status.insert(node.id.clone(), NodeOutcome::Skipped);
+                reports.insert(node.id.clone(), NodeReport::not_run(&node.id, NodeOutcome::Skipped, &cause));
+            }
+            break;
+        }
+
+        let joined = tokio::select! {
+            j = tasks.join_next() => j,
+            _ = cancel.cancelled(), if !stop_starting => { stop_starting = true; continue; }
+        };
+        let Some(joined) = joined else { continue };
+        let res = match joined {
+            Ok(r) => r,
+            Err(e) => {
+                // A node task panicked: the scheduler keeps going; the node is failed.
+                tracing::error!("node task crashed: {e}");
+                continue;
+            }
+        };
+        let duration_ms = res.started.elapsed().as_millis() as u64;
+        let log_path = log_paths.get(&res.id).cloned();
+        if res.outcome == NodeOutcome::Failed && options.fail_fast {
+            stop_starting = true;
+            cancel.cancel();
+        }
+        status.insert(res.id.clone(), res.outcome);
+        let _ = events.send(Event::NodeFinished {
+            node: res.id.clone(),
+            outcome: res.outcome,
+            duration_ms,
+            error: res.error.clone(),
+            log_path: log_path.clone(),
+        });
+        reports.insert(
+            res.id.clone(),
+            NodeReport {
+                id: res.id,
+                outcome: res.outcome,
+                duration_ms: Some(duration_ms),
+                error: res.error,
+                log_path,
+            },
+        );
+    }
+
+    // Whatever never started because of Ctrl-C or --fail-fast is recorded as cancelled.
+    for node in pending {
+        let cause = "not started: the run was stopped".to_string();
+        record_not_run(&ctx, run_id, node, NodeStatus::Cancelled, &cause)?;
+        reports.insert(node.id.clone(), NodeReport::not_run(&node.id, NodeOutcome::Cancelled, &cause));
+        let _ = events.send(Event::NodeSkipped {
+            node: node.id.clone(),
+            cause,
+        });
+    }
+
+    let mut summary = RunSummary {
+        run_id,
+        status: RunStatus::Succeeded,
+        nodes: to_run
+            .iter()
+            .filter_map(|n| reports.remove(&n.id))
+            .collect(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        interrupted: cancel.is_cancelled() && !options.fail_fast,
+    };
+    summary.status = if summary.interrupted {
+        RunStatus::Cancelled
+    } else if summary.nodes.iter().any(|n| n.outcome != NodeOutcome::Succeeded) {
+        RunStatus::Failed
+    } else {
+        RunStatus::Succeeded
+    };
+    {
+        let st = ctx.state.lock().map_err(|_| ExecError::Poisoned)?;
+        st.finish_run(run_id, summary.status)?;
+    }
+    let _ = events.send(Event::RunFinished(summary.clone()));
+    Ok(summary)
+}
+
+/// For each node that runs, the nearest running nodes it needs, looking through nodes that
+/// do not run (those are satisfied by earlier runs).
+fn run_dependencies(graph: &StageGraph, run: &HashMap<&str, &PlannedNode>) -> HashMap<String, Vec<String>> {
+    let mut out = HashMap::new();
+    for id in run.keys() {
+        let Some(idx) = graph.index_of(id) else { continue };
+        let mut found = Vec::new();
+        let mut seen = HashSet::new();
+        let mut stack = graph.upstream(idx);
+        while let Some(u) = stack.pop() {
+            if !seen.insert(u) {
+                continue;
+            }
+            let uid = &graph.node(u).id;
+            if run.contains_key(uid.as_str()) {
+                found.push(uid.clone());
+            } else {
+                stack.extend(graph.upstream(u));
+            }
+        }
+        found.sort();
+        out.insert(id.to_string(), found);
+    }
+    out
+}
+
+fn sanitize(id: &str) -> String {
+    id.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .collect()
+}
+
+fn node_start<'a>(node: &'a PlannedNode, manifest: &'a str, upstream: &'a str, reasons: &'a str, log: Option<&'a str>) -> NodeStart<'a> {
+    NodeStart {
+        node_id: &node.id,
+        key: &node.key,
+        manifest_json: manifest,
+        stanza: &node.stanza,
+        upstream_json: upstream,
+        reasons_json: reasons,
+        log_path: log,
+    }
+}
+
+fn start_node(ctx: &ExecContext, run: RunId, node: &PlannedNode, log: &Path) -> Result<i64, ExecError> {
+    let (m, u, r) = node.record_fields();
+    let log_s = log.to_string_lossy();
+    let st = ctx.state.lock().map_err(|_| ExecError::Poisoned)?;
+    Ok(st.start_node(run, &node_start(node, &m, &u, &r, Some(&log_s)))?)
+}
+
+fn record_not_run(ctx: &ExecContext, run: RunId, node: &PlannedNode, status: NodeStatus, cause: &str) -> Result<(), ExecError> {
+    let (m, u, r) = node.record_fields();
+    let st = ctx.state.lock().map_err(|_| ExecError::Poisoned)?;
+    st.record_not_run(run, &node_start(node, &m, &u, &r, None), status, cause)?;
+    Ok(())
+}
+
+/// Records the node's end in the state and turns it into a [`NodeResult`].
+fn finish(
+    ctx: &ExecContext,
+    node_run: i64,
+    node: &PlannedNode,
+    result: Result<Option<String>, ProviderError>,
+    cancel: &CancellationToken,
+    started: Instant,
+) -> NodeResult {
+    let (outcome, status, outputs, error) = match result {
+        Ok(outputs) => (NodeOutcome::Succeeded, NodeStatus::Succeeded, outputs, None),
+        Err(e) if cancel.is_cancelled() => {
+            (NodeOutcome::Cancelled, NodeStatus::Cancelled, None, Some(error_chain(&e)))
+        }
+        Err(e) => (NodeOutcome::Failed, NodeStatus::Failed, None, Some(error_chain(&e))),
+    };
+    let recorded = ctx
+        .lock()
+        .and_then(|st| Ok(st.finish_node(node_run, status, outputs.as_deref(), error.as_deref())?));
+    let (outcome, error) = match recorded {
+        Ok(()) => (outcome, error),
+        Err(e) => (NodeOutcome::Failed, Some(format!("failed to record the outcome: {}", error_chain(&e)))),
+    };
+    NodeResult {
+        id: node.id.clone(),
+        outcome,
+        error,
+        started,
+    }
+}
+
+/// "a: b: c" from an error and its sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Runs one node; returns its outputs JSON on success.
+async fn run_node(
+    ctx: &ExecContext,
+    run: RunId,
+    node: &PlannedNode,
+    log: &Path,
+    fresh: &Fresh,
+    cancel: &CancellationToken,
+) -> Result<Option<String>, ProviderError> {
+    let image_name = node.image.clone().unwrap_or_default();
+    let image = ctx
+        .project
+        .image(&image_name)
+        .ok_or_else(|| ProviderError::Failed(format!("unknown image `{image_name}`")))?;
+    let provider = ctx
+        .providers
+        .get(&image.provider)
+        .cloned()
+        .ok_or_else(|| ProviderError::Failed(format!("provider `{}` is not available", image.provider)))?;
+    let ledger = Ledger {
+        state: ctx.state.clone(),
+        run: Some(run),
+    };
+    let work_dir = ctx.tmp_dir();
+    match node.stage {
+        Stage::Build => {
+            let origin = match &image.from {
+                FromRef::Source(s) => match ctx.project.source(s).map(|s| &s.kind) {
+                    Some(SourceKind::Local { path }) => Origin::LocalPath(ctx.project.root.join(path.as_str())),
+                    Some(SourceKind::Aws { .. }) | None => {
+                        return Err(ProviderError::Failed(format!("source `{s}` cannot be used by this build")))
+                    }
+                },
+                FromRef::Image(up) => {
+                    let built = current_build(ctx, fresh, up)?;
+                    let st = ctx.lock()?;
+                    let rec = st.image_by_artifact(&built.artifact_id)?;
+                    if rec.as_ref().map(|r| r.status) != Some(ReleaseStatus::Ready) {
+                        return Err(ProviderError::Failed(format!(
+                            "`{}` is built from `{up}` {}, which is not Ready (its tests have not all passed)",
+                            image.name, built.version
+                        )));
+                    }
+                    Origin::Artifact(built.artifact_id)
+                }
+            };
+            let version = ctx.lock()?.next_version(&image.name, &image.version)?;
+            append_log(log, &format!("imgraph: building {} {version}", image.name));
+            let built = provider
+                .build(BuildRequest {
+                    project: &ctx.project,
+                    image,
+                    node_id: &node.id,
+                    version: &version,
+                    key: &node.key,
+                    origin,
+                    log,
+                    work_dir: &work_dir,
+                    ledger: &ledger,
+                    cancel,
+                })
+                .await?;
+            ctx.lock()?.record_image(&ImageRecord {
+                image: image.name.clone(),
+                version: version.clone(),
+                artifact_id: built.artifact_id.clone(),
+                provider: provider.name().to_string(),
+                key: node.key.clone(),
+                status: ReleaseStatus::Candidate,
+                built_at: crate::state::now_ms(),
+                run_id: Some(run),
+                environments: Vec::new(),
+            })?;
+            provider.set_status(&built.artifact_id, ReleaseStatus::Candidate).await?;
+            let outputs = BuildOutputs {
+                artifact_id: built.artifact_id,
+                version,
+            };
+            let json = serde_json::to_string(&outputs).unwrap_or_default();
+            if let Ok(mut f) = fresh.lock() {
+                f.insert(image.name.clone(), outputs);
+            }
+            Ok(Some(json))
+        }
+        Stage::Test => {
+            let suite_name = node.suite.clone().unwrap_or_default();
+            let suite = image
+                .tests
+                .iter()
+                .find(|t| t.name == suite_name)
+                .ok_or_else(|| ProviderError::Failed(format!("unknown test `{suite_name}`")))?;
+            let built = current_build(ctx, fresh, &image.name)?;
+            let outcome = provider
+                .test(TestRequest {
+                    project: &ctx.project,
+                    image,
+                    suite,
+                    node_id: &node.id,
+                    artifact_id: &built.artifact_id,
+                    version: &built.version,
+                    log,
+                    work_dir: &work_dir,
+                    ledger: &ledger,
+                    cancel,
+                })
+                .await?;
+            if outcome.success() {
+                return Ok(Some(serde_json::json!({"artifact_id": built.artifact_id, "version": built.version}).to_string()));
+            }
+            if !cancel.is_cancelled() {
+                ctx.lock()?.set_image_status(&image.name, &built.version, ReleaseStatus::Failed)?;
+                provider.set_status(&built.artifact_id, ReleaseStatus::Failed).await?;
+            }
+            Err(ProviderError::Failed(format!(
+                "test `{suite_name}` {} on {} {}",
+                outcome.describe(),
+                image.name,
+                built.version
+            )))
+        }
+        Stage::Publish => {
+            let built = current_build(ctx, fresh, &image.name)?;
+            {
+                let st = ctx.lock()?;
+                if let Some(rec) = st.image_by_artifact(&built.artifact_id)? {
+                    if rec.status == ReleaseStatus::Failed && image.tests.is_empty() {
+                        return Err(ProviderError::Failed("the image is marked Failed".into()));
+                    }
+                }
+                st.set_image_status(&image.name, &built.version, ReleaseStatus::Ready)?;
+            }
+            provider.set_status(&built.artifact_id, ReleaseStatus::Ready).await?;
+            append_log(log, &format!("imgraph: {} {} is Ready", image.name, built.version));
+            Ok(Some(serde_json::json!({"artifact_id": built.artifact_id, "version": built.version, "status": "Ready"}).to_string()))
+        }
+        Stage::Deliver => deliver(ctx, run, node, image, log, fresh, cancel).await,
+        Stage::Source => Ok(None),
+    }
+}
+
+async fn deliver(
+    ctx: &ExecContext,
+    run: RunId,
+    node: &PlannedNode,
+    image: &crate::config::model::Image,
+    log: &Path,
+    fresh: &Fresh,
+    cancel: &CancellationToken,
+) -> Result<Option<String>, ProviderError> {
+    let env_name = node.environment.clone().unwrap_or_default();
+    let env = ctx
+        .project
+        .environment(&env_name)
+        .ok_or_else(|| ProviderError::Failed(format!("unknown environment `{env_name}`")))?;
+    let delivery = env
+        .deliveries
+        .iter()
+        .find(|d| d.image == image.name)
+        .ok_or_else(|| ProviderError::Failed(format!("{env_name} does not deliver {}", image.name)))?;
+    let built = current_build(ctx, fresh, &image.name)?;
+    {
+        let st = ctx.lock()?;
+        let ready = st
+            .image_by_artifact(&built.artifact_id)?
+            .is_some_and(|r| r.status == ReleaseStatus::Ready);
+        if !ready {
+            return Err(ProviderError::Failed(format!(
+                "{} {} is not Ready; only Ready images are delivered",
+                image.name, built.version
+            )));
+        }
+        // `after`: this environment only gets what the earlier ones already got.
+        for before in &env.after {
+            let delivers = ctx
+                .project
+                .environment(before)
+                .is_some_and(|e| e.deliveries.iter().any(|d| d.image == image.name));
+            if !delivers {
+                continue;
+            }
+            let got = st.delivered_version(&image.name, before)?;
+            if got.as_deref() != Some(built.version.as_str()) {
+                return Err(ProviderError::Failed(format!(
+                    "{env_name} only gets what {before} got first: {before} has {}, this is {} {}",
+                    got.unwrap_or_else(|| "nothing".into()),
+                    image.name,
+                    built.version
+                )));
+            }
+        }
+    }
+    let spec = process::CommandSpec {
+        command: delivery.command.clone(),
+        cwd: ctx.project.root.clone(),
+        env: vec![
+            ("IMGRAPH_IMAGE".into(), image.name.clone()),
+            ("IMGRAPH_VERSION".into(), built.version.clone()),
+            ("IMGRAPH_IMAGE_ID".into(), built.artifact_id.clone()),
+            ("IMGRAPH_ENVIRONMENT".into(), env_name.clone()),
+        ],
+        sandbox: crate::config::model::Sandbox::None,
+        root: None,
+        timeout: None,
+    };
+    let outcome = process::run(&spec, log, cancel).await?;
+    if !outcome.success() {
+        return Err(ProviderError::Failed(format!(
+            "delivery of {} {} to {env_name} {}",
+            image.name,
+            built.version,
+            outcome.describe()
+        )));
+    }
+    ctx.lock()?.record_delivery(&image.name, &built.version, &env_name, run)?;
+    Ok(Some(serde_json::json!({"version": built.version, "artifact_id": built.artifact_id}).to_string()))
+}
+
+/// The image's current build: made in this run, or the last successful one.
+fn current_build(ctx: &ExecContext, fresh: &Fresh, image: &str) -> Result<BuildOutputs, ProviderError> {
+    if let Some(b) = fresh.lock().ok().and_then(|f| f.get(image).cloned()) {
+        return Ok(b);
+    }
+    let history = ctx.lock()?.history(&build_id(image))?;
+    history
+        .last_success
+        .and_then(|s| s.outputs_json)
+        .and_then(|o| serde_json::from_str::<BuildOutputs>(&o).ok())
+        .ok_or_else(|| ProviderError::Failed(format!("`{image}` has never been built")))
+}

@@ -1,1 +1,662 @@
-//! plan (in progress)
+//! The planner: pure `(project, graph, facts, options) → Plan`.
+//!
+//! Every stage node gets a key: blake3 over its id, its manifest digest (the content of
+//! every leaf input), its canonical config stanza and the *output keys* of the nodes it
+//! needs. A node's output key is its effective key (new key if it runs, last built key if
+//! it is up to date or deferred), except for `publish:` nodes, whose output key is their
+//! build's: re-verifying an image (a changed test) re-runs its tests and publish but does
+//! not rebuild or redeliver what was made from the same artifact.
+//!
+//! The decision compares the node with its last success (or, when it never succeeded, its
+//! last failure) and explains the difference as [`Reason`]s, file by file. Rollup inputs
+//! that changed alone make a node `deferred` until a `--rollup` run or `max-age`. Nothing
+//! here touches the disk, the network or the clock: the caller gathers [`Facts`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use petgraph::graph::NodeIndex;
+use serde::{Deserialize, Serialize};
+
+use crate::config::model::{self, Project, Trigger};
+use crate::graph::{Stage, StageGraph};
+use crate::hash::{digest_parts, Manifest};
+use crate::state::{NodeHistory, NodeRecord, NodeStatus};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Run,
+    Deferred,
+    UpToDate,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Run => "run",
+            Action::Deferred => "deferred",
+            Action::UpToDate => "up-to-date",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Change {
+    Added,
+    Removed,
+    Modified,
+}
+
+impl Change {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::Added => "added",
+            Change::Removed => "removed",
+            Change::Modified => "modified",
+        }
+    }
+}
+
+/// Why a node runs (or waits). One renderer turns each into a sentence; `plan --json`
+/// prints them as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Reason {
+    /// Never built (or never succeeded) before.
+    New,
+    /// A leaf input changed. With trigger `rollup` on a deferred node, a pending change.
+    InputChanged {
+        path: String,
+        change: Change,
+        trigger: Trigger,
+    },
+    /// The node's canonical config stanza changed; `fields` names the parts.
+    ConfigChanged { fields: Vec<String> },
+    /// The origin image resolved to another id.
+    SourceChanged {
+        source: String,
+        old: String,
+        new: String,
+    },
+    /// A node this one needs runs or now yields a different result.
+    UpstreamChanged { node: String },
+    /// The last build is older than the image's `max-age`.
+    MaxAge { built_at_ms: i64, max_age_secs: u64 },
+    /// A rollup input changed and this is a roll-up run.
+    Rollup { path: String, change: Change },
+    /// The last run with this very key failed.
+    PreviousFailure { error: Option<String> },
+    /// The recorded artifact no longer exists.
+    ArtifactMissing { artifact: String },
+    /// `--force` named this image.
+    Forced,
+}
+
+impl Reason {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Reason::New => "new",
+            Reason::InputChanged { .. } => "input-changed",
+            Reason::ConfigChanged { .. } => "config-changed",
+            Reason::SourceChanged { .. } => "source-changed",
+            Reason::UpstreamChanged { .. } => "upstream-changed",
+            Reason::MaxAge { .. } => "max-age",
+            Reason::Rollup { .. } => "rollup",
+            Reason::PreviousFailure { .. } => "previous-failure",
+            Reason::ArtifactMissing { .. } => "artifact-missing",
+            Reason::Forced => "forced",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedNode {
+    pub id: String,
+    pub stage: Stage,
+    pub image: Option<String>,
+    pub suite: Option<String>,
+    pub environment: Option<String>,
+    pub action: Action,
+    pub key: String,
+    pub previous_key: Option<String>,
+    pub reasons: Vec<Reason>,
+    /// True when the node runs only because something it needs runs.
+    pub cascade: bool,
+    /// What the executor records when it runs this node.
+    #[serde(skip)]
+    pub manifest: Manifest,
+    #[serde(skip)]
+    pub stanza: String,
+    /// Upstream node id → output key, as hashed into `key`.
+    #[serde(skip)]
+    pub upstream: BTreeMap<String, String>,
+    /// The key downstream nodes see after this apply.
+    #[serde(skip)]
+    pub effective_key: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceView {
+    pub name: String,
+    pub id: String,
+    /// The id recorded by the last successful build from this source, when different.
+    pub previous_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Summary {
+    pub run: usize,
+    pub deferred: usize,
+    pub up_to_date: usize,
+    /// Running nodes with a reason of their own.
+    pub causes: usize,
+    /// Running nodes that run only because of an upstream node.
+    pub cascades: usize,
+    /// Nodes left out by `--target`.
+    pub not_selected: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub format_version: u32,
+    pub rollup: bool,
+    pub targets: Vec<String>,
+    pub forced: Vec<String>,
+    pub sources: Vec<SourceView>,
+    pub nodes: Vec<PlannedNode>,
+    pub summary: Summary,
+}
+
+impl PlannedNode {
+    /// The manifest, upstream keys and reasons as the state records them (JSON text).
+    pub fn record_fields(&self) -> (String, String, String) {
+        (
+            serde_json::to_string(&self.manifest).unwrap_or_default(),
+            serde_json::to_string(&self.upstream).unwrap_or_default(),
+            serde_json::to_string(&self.reasons).unwrap_or_default(),
+        )
+    }
+}
+
+impl Plan {
+    pub fn has_changes(&self) -> bool {
+        self.summary.run > 0
+    }
+    pub fn node(&self, id: &str) -> Option<&PlannedNode> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PlanOptions {
+    pub rollup: bool,
+    pub targets: Vec<String>,
+    pub force: Vec<String>,
+}
+
+/// Everything the planner needs from the world, gathered beforehand.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// Manifests of `build:` and `test:` nodes, by node id (others have none).
+    pub manifests: HashMap<String, Manifest>,
+    /// Source name → resolved id.
+    pub sources: BTreeMap<String, String>,
+    /// Node id → last success / last attempt.
+    pub history: HashMap<String, NodeHistory>,
+    /// Artifact ids that were recorded but no longer exist.
+    pub missing_artifacts: HashSet<String>,
+    pub now_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Graph(#[from] crate::graph::GraphError),
+    #[error("source `{0}` was not resolved")]
+    UnresolvedSource(String),
+    #[error("unknown image `{0}` given to --force")]
+    UnknownForced(String),
+}
+
+/// What a successful `build:` node records in its outputs (the executor writes it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BuildOutputs {
+    pub artifact_id: String,
+    pub version: String,
+}
+
+/// The canonical stanza of any node, from the config model.
+pub fn stanza_of(project: &Project, graph: &StageGraph, idx: NodeIndex) -> String {
+    let n = graph.node(idx);
+    let image = n.image.as_deref().and_then(|i| project.image(i));
+    match (n.stage, image) {
+        (Stage::Build, Some(img)) => model::canonical_build(project, img),
+        (Stage::Test, Some(img)) => img
+            .tests
+            .iter()
+            .find(|t| Some(&t.name) == n.suite.as_ref())
+            .map(model::canonical_test)
+            .unwrap_or_default(),
+        (Stage::Publish, Some(img)) => {
+            let suites: Vec<&str> = img.tests.iter().map(|t| t.name.as_str()).collect();
+            serde_json::json!({"v": 1, "suites": suites}).to_string()
+        }
+        (Stage::Deliver, Some(_)) => n
+            .environment
+            .as_deref()
+            .and_then(|e| project.environment(e))
+            .and_then(|env| {
+                env.deliveries
+                    .iter()
+                    .find(|d| Some(&d.image) == n.image.as_ref())
+                    .map(|d| model::canonical_delivery(env, d))
+            })
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+/// Decides every selected node's action and reasons.
+pub fn decide(
+    project: &Project,
+    graph: &StageGraph,
+    facts: &Facts,
+    options: &PlanOptions,
+) -> Result<Plan, PlanError> {
+    for f in &options.force {
+        if project.image(f).is_none() {
+            return Err(PlanError::UnknownForced(f.clone()));
+        }
+    }
+    let selected: BTreeSet<NodeIndex> = if options.targets.is_empty() {
+        graph.topo_order().iter().copied().collect()
+    } else {
+        graph.select(&options.targets)?
+    };
+
+    let mut decided: HashMap<NodeIndex, PlannedNode> = HashMap::new();
+    let mut output_keys: HashMap<NodeIndex, String> = HashMap::new();
+    let mut new_output: HashSet<NodeIndex> = HashSet::new();
+    let mut sources = Vec::new();
+    let mut order = Vec::new();
+
+    for &idx in graph.topo_order() {
+        if !selected.contains(&idx) {
+            continue;
+        }
+        let node = graph.node(idx);
+        if node.stage == Stage::Source {
+            let name = node.source.clone().unwrap_or_default();
+            let id = facts
+                .sources
+                .get(&name)
+                .cloned()
+                .ok_or_else(|| PlanError::UnresolvedSource(name.clone()))?;
+            output_keys.insert(idx, id.clone());
+            sources.push(SourceView {
+                name,
+                id,
+                previous_id: None,
+            });
+            continue;
+        }
+
+        let upstream_idx = graph.upstream(idx);
+        let upstream: BTreeMap<String, String> = upstream_idx
+            .iter()
+            .map(|&u| {
+                let k = output_keys.get(&u).cloned().unwrap_or_default();
+                (graph.node(u).id.clone(), k)
+            })
+            .collect();
+        let manifest = facts.manifests.get(&node.id).cloned().unwrap_or_default();
+        let stanza = stanza_of(project, graph, idx);
+        let key = node_key(&node.id, &manifest, &stanza, &upstream);
+        let history = facts.history.get(&node.id);
+
+        let mut planned = PlannedNode {
+            id: node.id.clone(),
+            stage: node.stage,
+            image: node.image.clone(),
+            suite: node.suite.clone(),
+            environment: node.environment.clone(),
+            action: Action::UpToDate,
+            key: key.clone(),
+            previous_key: history
+                .and_then(|h| h.last_success.as_ref())
+                .map(|r| r.key.clone()),
+            reasons: Vec::new(),
+            cascade: false,
+            manifest,
+            stanza,
+            upstream,
+            effective_key: String::new(),
+        };
+        let forced = node
+            .image
+            .as_ref()
+            .is_some_and(|i| options.force.contains(i))
+            && node.stage != Stage::Deliver;
+        let upstream_news: Vec<String> = upstream_idx
+            .iter()
+            .filter(|u| new_output.contains(u))
+            .map(|&u| graph.node(u).id.clone())
+            .collect();
+        let ctx = DecideCtx {
+            project,
+            facts,
+            options,
+            forced,
+            upstream_news,
+        };
+        ctx.decide_node(&mut planned, history, &mut sources);
+
+        planned.effective_key = match planned.action {
+            Action::Run => key.clone(),
+            _ => planned.previous_key.clone().unwrap_or_else(|| key.clone()),
+        };
+        let output = if node.stage == Stage::Publish {
+            // Publish hands its build's artifact on: see the module docs.
+            node.image
+                .as_deref()
+                .and_then(|i| graph.index_of(&crate::graph::build_id(i)))
+                .and_then(|b| output_keys.get(&b).cloned())
+                .unwrap_or_else(|| planned.effective_key.clone())
+        } else {
+            planned.effective_key.clone()
+        };
+        let yields_new = planned.action == Action::Run
+            && match node.stage {
+                Stage::Publish => node
+                    .image
+                    .as_deref()
+                    .and_then(|i| graph.index_of(&crate::graph::build_id(i)))
+                    .is_some_and(|b| new_output.contains(&b)),
+                Stage::Test => false,
+                _ => true,
+            };
+        if yields_new {
+            new_output.insert(idx);
+        }
+        output_keys.insert(idx, output);
+        order.push(idx);
+        decided.insert(idx, planned);
+    }
+
+    let mut nodes: Vec<PlannedNode> = order
+        .into_iter()
+        .filter_map(|i| decided.remove(&i))
+        .collect();
+    let mut summary = Summary {
+        not_selected: graph
+            .graph
+            .node_indices()
+            .filter(|i| graph.node(*i).stage != Stage::Source && !selected.contains(i))
+            .count(),
+        ..Summary::default()
+    };
+    for n in &mut nodes {
+        match n.action {
+            Action::Run => {
+                summary.run += 1;
+                n.cascade = n
+                    .reasons
+                    .iter()
+                    .all(|r| matches!(r, Reason::UpstreamChanged { .. }));
+                if n.cascade {
+                    summary.cascades += 1;
+                } else {
+                    summary.causes += 1;
+                }
+            }
+            Action::Deferred => summary.deferred += 1,
+            Action::UpToDate => summary.up_to_date += 1,
+        }
+    }
+    sources.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Plan {
+        format_version: FORMAT_VERSION,
+        rollup: options.rollup,
+        targets: options.targets.clone(),
+        forced: options.force.clone(),
+        sources,
+        nodes,
+        summary,
+    })
+}
+
+/// The key of a node: see the module docs for what goes in.
+pub fn node_key(
+    id: &str,
+    manifest: &Manifest,
+    stanza: &str,
+    upstream: &BTreeMap<String, String>,
+) -> String {
+    let manifest_digest = manifest.digest();
+    let mut parts: Vec<String> = vec![id.to_string(), manifest_digest, stanza.to_string()];
+    parts.extend(upstream.iter().map(|(k, v)| format!("{k}={v}")));
+    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    digest_parts("imgraph-node-key-v1", &refs)
+}
+
+struct DecideCtx<'a> {
+    project: &'a Project,
+    facts: &'a Facts,
+    options: &'a PlanOptions,
+    forced: bool,
+    /// Upstream nodes that run this apply and yield a new result.
+    upstream_news: Vec<String>,
+}
+
+impl DecideCtx<'_> {
+    fn decide_node(
+        &self,
+        n: &mut PlannedNode,
+        history: Option<&NodeHistory>,
+        sources: &mut [SourceView],
+    ) {
+        let mut reasons = Vec::new();
+        let mut pending = Vec::new();
+        if self.forced {
+            reasons.push(Reason::Forced);
+        }
+        let success = history.and_then(|h| h.last_success.as_ref());
+        let failure = history
+            .and_then(|h| h.last_attempt.as_ref())
+            .filter(|a| a.status == NodeStatus::Failed)
+            .filter(|a| success.is_none_or(|s| a.id > s.id));
+        let base = success.or(failure);
+
+        match base {
+            None => reasons.push(Reason::New),
+            Some(base) => {
+                self.compare(n, base, &mut reasons, &mut pending, sources);
+                if let Some(f) = failure {
+                    if f.key == n.key {
+                        reasons.push(Reason::PreviousFailure {
+                            error: f.error.clone(),
+                        });
+                    }
+                }
+                if let Some(s) = success {
+                    self.check_build_freshness(n, s, &mut reasons);
+                }
+                if success.is_none() && reasons.is_empty() && pending.is_empty() {
+                    // Only a failed or interrupted record: it still has to succeed once.
+                    reasons.push(Reason::New);
+                }
+            }
+        }
+
+        if !reasons.is_empty() {
+            n.action = Action::Run;
+            if self.options.rollup {
+                reasons.extend(pending.into_iter().map(as_rollup));
+            } else {
+                reasons.extend(pending);
+            }
+        } else if !pending.is_empty() {
+            if self.options.rollup {
+                n.action = Action::Run;
+                reasons.extend(pending.into_iter().map(as_rollup));
+            } else {
+                n.action = Action::Deferred;
+                reasons.extend(pending);
+            }
+        } else if base.is_some_and(|b| b.key != n.key) {
+            // Defensive: the key moved without a change we can name (e.g. a dependency
+            // edge disappeared). Never report up to date on a different key.
+            n.action = Action::Run;
+            reasons.push(Reason::ConfigChanged {
+                fields: vec!["dependencies".into()],
+            });
+        }
+        n.reasons = reasons;
+    }
+
+    fn compare(
+        &self,
+        n: &PlannedNode,
+        base: &NodeRecord,
+        reasons: &mut Vec<Reason>,
+        pending: &mut Vec<Reason>,
+        sources: &mut [SourceView],
+    ) {
+        let old_manifest: Manifest = serde_json::from_str(&base.manifest_json).unwrap_or_default();
+        for (path, change, trigger) in diff_manifests(&old_manifest, &n.manifest) {
+            let r = Reason::InputChanged {
+                path,
+                change,
+                trigger,
+            };
+            match trigger {
+                Trigger::Immediate => reasons.push(r),
+                Trigger::Rollup => pending.push(r),
+            }
+        }
+        if base.stanza != n.stanza {
+            reasons.push(Reason::ConfigChanged {
+                fields: diff_fields(&base.stanza, &n.stanza),
+            });
+        }
+        let old_upstream: BTreeMap<String, String> =
+            serde_json::from_str(&base.upstream_json).unwrap_or_default();
+        for (up, key) in &n.upstream {
+            if let Some(source) = up.strip_prefix("source:") {
+                let old = old_upstream.get(up);
+                if old != Some(key) {
+                    if let Some(v) = sources.iter_mut().find(|s| s.name == source) {
+                        v.previous_id = old.cloned();
+                    }
+                    reasons.push(Reason::SourceChanged {
+                        source: source.to_string(),
+                        old: old.cloned().unwrap_or_default(),
+                        new: key.clone(),
+                    });
+                }
+                continue;
+            }
+            if old_upstream.get(up) != Some(key) || self.upstream_news.contains(up) {
+                reasons.push(Reason::UpstreamChanged { node: up.clone() });
+            }
+        }
+    }
+
+    /// Build nodes only: max-age and artifact existence.
+    fn check_build_freshness(&self, n: &PlannedNode, success: &NodeRecord, reasons: &mut Vec<Reason>) {
+        if n.stage != Stage::Build {
+            return;
+        }
+        let image = n.image.as_deref().and_then(|i| self.project.image(i));
+        if let (Some(max_age), Some(built_at)) = (image.and_then(|i| i.max_age), success.finished_at) {
+            let age_ms = self.facts.now_ms.saturating_sub(built_at);
+            if age_ms > i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX) {
+                reasons.push(Reason::MaxAge {
+                    built_at_ms: built_at,
+                    max_age_secs: max_age.as_secs(),
+                });
+            }
+        }
+        if let Some(outputs) = success.outputs_json.as_deref() {
+            if let Ok(out) = serde_json::from_str::<BuildOutputs>(outputs) {
+                if self.facts.missing_artifacts.contains(&out.artifact_id) {
+                    reasons.push(Reason::ArtifactMissing {
+                        artifact: out.artifact_id,
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn as_rollup(r: Reason) -> Reason {
+    match r {
+        Reason::InputChanged { path, change, .. } => Reason::Rollup { path, change },
+        other => other,
+    }
+}
+
+/// Leaf-by-leaf differences between two manifests, sorted by path.
+pub fn diff_manifests(old: &Manifest, new: &Manifest) -> Vec<(String, Change, Trigger)> {
+    let old_map: BTreeMap<&str, _> = old.entries.iter().map(|e| (e.path.as_str(), e)).collect();
+    let new_map: BTreeMap<&str, _> = new.entries.iter().map(|e| (e.path.as_str(), e)).collect();
+    let mut out = Vec::new();
+    for (path, e) in &new_map {
+        match old_map.get(path) {
+            None => out.push((path.to_string(), Change::Added, e.trigger)),
+            Some(o) if o.digest != e.digest => out.push((path.to_string(), Change::Modified, e.trigger)),
+            Some(_) => {}
+        }
+    }
+    for (path, e) in &old_map {
+        if !new_map.contains_key(path) {
+            out.push((path.to_string(), Change::Removed, e.trigger));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Names the parts of two canonical stanzas that differ (`build.steps`, `version`, …).
+pub fn diff_fields(old: &str, new: &str) -> Vec<String> {
+    let (Ok(a), Ok(b)) = (
+        serde_json::from_str::<serde_json::Value>(old),
+        serde_json::from_str::<serde_json::Value>(new),
+    ) else {
+        return vec!["stanza".into()];
+    };
+    let mut out = Vec::new();
+    diff_values("", &a, &b, 0, &mut out);
+    if out.is_empty() {
+        out.push("stanza".into());
+    }
+    out
+}
+
+fn diff_values(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, depth: usize, out: &mut Vec<String>) {
+    use serde_json::Value;
+    if a == b {
+        return;
+    }
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) if depth < 2 => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                if k == "v" {
+                    continue;
+                }
+                let name = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                let null = Value::Null;
+                diff_values(&name, x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), depth + 1, out);
+            }
+        }
+        _ => out.push(if prefix.is_empty() { "stanza".into() } else { prefix.to_string() }),
+    }
+}

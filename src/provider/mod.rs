@@ -1,2 +1,113 @@
-//! Providers: where images live and instances run.
+//! Providers: where images live and instances run. One trait, [`Provider`], whose
+//! methods own the whole life of each temporary resource they create: every resource is
+//! written to the instance ledger *before* it is created and destroyed before the method
+//! returns, on success, failure, timeout and cancellation alike. A killed process leaves
+//! ledger entries behind, and [`Provider::destroy_leftover`] removes what they name.
+
 pub mod local;
+pub mod runtime;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::model::{Image, Project, TestSuite};
+use crate::exec::process::{ProcessError, ProcessOutcome};
+use crate::state::{LedgerEntry, ReleaseStatus, RunId, State, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error(transparent)]
+    Local(#[from] local::LocalError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("the state lock was poisoned by a crashed task")]
+    Poisoned,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Where a build starts from.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// A local source: a tarball or directory inside the project.
+    LocalPath(PathBuf),
+    /// A provider artifact: a local store id or an AMI id.
+    Artifact(String),
+}
+
+/// Writes the instance ledger for one run: resources are recorded before they exist.
+#[derive(Clone)]
+pub struct Ledger {
+    pub state: Arc<Mutex<State>>,
+    pub run: Option<RunId>,
+}
+
+impl Ledger {
+    pub fn add(&self, node: &str, provider: &str, kind: &str, resource: &str, purpose: &str) -> Result<i64, ProviderError> {
+        let st = self.state.lock().map_err(|_| ProviderError::Poisoned)?;
+        Ok(st.ledger_add(self.run, node, provider, kind, resource, purpose)?)
+    }
+    pub fn set_resource(&self, id: i64, resource: &str) -> Result<(), ProviderError> {
+        let st = self.state.lock().map_err(|_| ProviderError::Poisoned)?;
+        Ok(st.ledger_set_resource(id, resource)?)
+    }
+    pub fn destroyed(&self, id: i64) -> Result<(), ProviderError> {
+        let st = self.state.lock().map_err(|_| ProviderError::Poisoned)?;
+        Ok(st.ledger_mark_destroyed(id)?)
+    }
+}
+
+/// Everything a build needs.
+pub struct BuildRequest<'a> {
+    pub project: &'a Project,
+    pub image: &'a Image,
+    pub node_id: &'a str,
+    pub version: &'a str,
+    pub key: &'a str,
+    pub origin: Origin,
+    pub log: &'a Path,
+    pub work_dir: &'a Path,
+    pub ledger: &'a Ledger,
+    pub cancel: &'a CancellationToken,
+}
+
+/// What a build made.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub artifact_id: String,
+}
+
+/// Everything a test needs: the suite and the exact artifact to make an instance from.
+pub struct TestRequest<'a> {
+    pub project: &'a Project,
+    pub image: &'a Image,
+    pub suite: &'a TestSuite,
+    pub node_id: &'a str,
+    pub artifact_id: &'a str,
+    pub version: &'a str,
+    pub log: &'a Path,
+    pub work_dir: &'a Path,
+    pub ledger: &'a Ledger,
+    pub cancel: &'a CancellationToken,
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Builds an image; temporary resources are ledgered and always cleaned up.
+    async fn build(&self, req: BuildRequest<'_>) -> Result<Built, ProviderError>;
+    /// Makes a fresh instance from `artifact_id`, runs the suite's command against it and
+    /// destroys the instance, whatever happens.
+    async fn test(&self, req: TestRequest<'_>) -> Result<ProcessOutcome, ProviderError>;
+    /// Records the release status on the artifact itself (AWS tags); local keeps it in state.
+    async fn set_status(&self, artifact_id: &str, status: ReleaseStatus) -> Result<(), ProviderError>;
+    /// Whether an artifact still exists (a cache hit is never taken for a missing one).
+    async fn artifact_exists(&self, artifact_id: &str) -> Result<bool, ProviderError>;
+    /// Destroys a resource a killed run left behind.
+    async fn destroy_leftover(&self, entry: &LedgerEntry) -> Result<(), ProviderError>;
+}

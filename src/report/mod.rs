@@ -1,1 +1,83 @@
-//! report (in progress)
+//! Renderings: plans (human text, JSON) and, for `apply`, event streams. Engines produce
+//! values; only this module turns them into text. Colour is decided by the caller
+//! (terminal, `NO_COLOR`, pipes) and passed in, so renderings are testable as strings.
+
+pub mod apply;
+pub mod plan;
+pub mod state;
+
+use std::fmt::Write as _;
+
+use anstyle::{AnsiColor, Style};
+
+/// Colours for human output; `Palette::plain()` yields no escape codes at all.
+#[derive(Debug, Clone, Copy)]
+pub struct Palette {
+    pub color: bool,
+}
+
+impl Palette {
+    pub fn plain() -> Self {
+        Palette { color: false }
+    }
+    /// Colour when stdout is a terminal and `NO_COLOR` is unset (anstream's rules).
+    pub fn for_stdout() -> Self {
+        let choice = anstream::AutoStream::choice(&std::io::stdout());
+        Palette {
+            color: !matches!(choice, anstream::ColorChoice::Never),
+        }
+    }
+    pub fn for_stderr() -> Self {
+        let choice = anstream::AutoStream::choice(&std::io::stderr());
+        Palette {
+            color: !matches!(choice, anstream::ColorChoice::Never),
+        }
+    }
+    pub fn paint(&self, style: Style, text: &str) -> String {
+        if !self.color {
+            return text.to_string();
+        }
+        let mut s = String::new();
+        let _ = write!(s, "{}{}{}", style.render(), text, style.render_reset());
+        s
+    }
+    pub fn green(&self, t: &str) -> String {
+        self.paint(Style::new().fg_color(Some(AnsiColor::Green.into())), t)
+    }
+    pub fn yellow(&self, t: &str) -> String {
+        self.paint(Style::new().fg_color(Some(AnsiColor::Yellow.into())), t)
+    }
+    pub fn red(&self, t: &str) -> String {
+        self.paint(Style::new().fg_color(Some(AnsiColor::Red.into())), t)
+    }
+    pub fn cyan(&self, t: &str) -> String {
+        self.paint(Style::new().fg_color(Some(AnsiColor::Cyan.into())), t)
+    }
+    pub fn dim(&self, t: &str) -> String {
+        self.paint(Style::new().dimmed(), t)
+    }
+    pub fn bold(&self, t: &str) -> String {
+        self.paint(Style::new().bold(), t)
+    }
+}
+
+/// `b3v1:0123456789abcdef…` → `0123456789ab` (enough to tell keys apart on screen).
+pub fn short_id(id: &str) -> String {
+    let body = id.split_once(':').map(|(_, b)| b).unwrap_or(id);
+    if body.len() > 12 && body.chars().all(|c| c.is_ascii_hexdigit()) {
+        let prefix = id.split_once(':').map(|(p, _)| p).unwrap_or("");
+        if prefix.is_empty() || prefix == "b3v1" {
+            body[..12].to_string()
+        } else {
+            format!("{prefix}:{}", &body[..12])
+        }
+    } else {
+        id.to_string()
+    }
+}
+
+/// Milliseconds since the epoch → RFC 3339 (UTC, seconds).
+pub fn timestamp(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}

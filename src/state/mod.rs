@@ -1,1 +1,472 @@
-//! state (in progress)
+//! imgraph's state: one SQLite file, and the only module that speaks SQL.
+//!
+//! The file holds runs and node runs (the history `plan` compares keys against), the image
+//! registry (versions, provider artifact ids, release status, deliveries), a stat cache
+//! for input files, a ledger of temporary resources and the lease that keeps two `apply`
+//! runs apart. Callers own their serde types: manifests, reasons and outputs cross this
+//! boundary as JSON `String`s, so this module knows nothing about plans or graphs.
+//!
+//! How it stays consistent:
+//! - The journal is WAL, so readers (`plan`) never block the writer (`apply`) and a crash
+//!   at any point leaves the last committed state. `busy_timeout` makes a second process
+//!   wait up to 5 s for a write lock instead of failing at once.
+//! - Every call is its own transaction. Calls that read and then write open the
+//!   transaction with `BEGIN IMMEDIATE`: a deferred transaction that later upgrades to a
+//!   writer can fail with `SQLITE_BUSY` without waiting, which is the error WAL users meet.
+//! - The schema is an append-only list of numbered files in `schema/`, applied in one
+//!   transaction by comparing `PRAGMA user_version`. A file written by a newer imgraph is
+//!   refused rather than guessed at.
+//! - Liveness of another process (stale runs, the lease) is decided by its pid plus, on
+//!   Linux, the boot id and the process start time, so a pid reused by an unrelated
+//!   process - common in CI containers, where every job's main process gets the same
+//!   small pid - is not mistaken for the process that wrote the row.
+//!
+//! Trade-offs: one `State` owns one connection and is `Send` but not `Sync`; share it
+//! behind a mutex or open one `State` per thread (WAL makes that cheap). Nothing is ever
+//! pruned: run history and the stat cache only grow, which keeps "why did this rebuild"
+//! answerable at the cost of file size.
+
+mod images;
+mod lease;
+mod ledger;
+mod nodes;
+mod process;
+mod runs;
+mod stat_cache;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+/// The migrations, in order: entry `i` moves the schema from version `i` to `i + 1`.
+/// Only ever append; a released file is never edited.
+const MIGRATIONS: &[&str] = &[include_str!("../../schema/0001_init.sql")];
+
+/// How long a call waits for another process's write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub type RunId = i64;
+pub type NodeRunId = i64;
+
+/// A state failure. Messages read after "failed to ..." and name the state file; the
+/// SQLite error, when there is one, is the `source()`.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("create the folder {} for state file {}", dir.display(), path.display())]
+    CreateDir {
+        path: PathBuf,
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "open state file {}: state file was written by a newer imgraph (schema {found}, this build knows {known})",
+        path.display()
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: u32,
+        known: u32,
+    },
+    #[error("{context} (state file {})", path.display())]
+    Sqlite {
+        path: PathBuf,
+        context: String,
+        source: rusqlite::Error,
+    },
+    #[error("find {what} in state file {}", path.display())]
+    NotFound { path: PathBuf, what: String },
+    #[error(
+        "record image {image} {version}: that version is already recorded in state file {}",
+        path.display()
+    )]
+    VersionExists {
+        path: PathBuf,
+        image: String,
+        version: String,
+    },
+    #[error("number the next version of image {image}: {detail}")]
+    InvalidSeries {
+        image: String,
+        series: String,
+        detail: String,
+    },
+    #[error("read state file {}: {detail}", path.display())]
+    Corrupt { path: PathBuf, detail: String },
+}
+
+/// The outcome of one stage node in one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+    Abandoned,
+}
+
+impl NodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Running => "running",
+            NodeStatus::Succeeded => "succeeded",
+            NodeStatus::Failed => "failed",
+            NodeStatus::Skipped => "skipped",
+            NodeStatus::Cancelled => "cancelled",
+            NodeStatus::Abandoned => "abandoned",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<NodeStatus> {
+        Some(match s {
+            "running" => NodeStatus::Running,
+            "succeeded" => NodeStatus::Succeeded,
+            "failed" => NodeStatus::Failed,
+            "skipped" => NodeStatus::Skipped,
+            "cancelled" => NodeStatus::Cancelled,
+            "abandoned" => NodeStatus::Abandoned,
+            _ => return None,
+        })
+    }
+}
+
+/// The outcome of a whole run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Abandoned,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Abandoned => "abandoned",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunStatus> {
+        Some(match s {
+            "running" => RunStatus::Running,
+            "succeeded" => RunStatus::Succeeded,
+            "failed" => RunStatus::Failed,
+            "cancelled" => RunStatus::Cancelled,
+            "abandoned" => RunStatus::Abandoned,
+            _ => return None,
+        })
+    }
+}
+
+/// An image version's `Release_Status` tag, spelled as the tag is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseStatus {
+    Candidate,
+    Ready,
+    Failed,
+}
+
+impl ReleaseStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseStatus::Candidate => "Candidate",
+            ReleaseStatus::Ready => "Ready",
+            ReleaseStatus::Failed => "Failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ReleaseStatus> {
+        Some(match s {
+            "Candidate" => ReleaseStatus::Candidate,
+            "Ready" => ReleaseStatus::Ready,
+            "Failed" => ReleaseStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// An unknown status word read back from the file.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown {kind} status `{value}`")]
+struct UnknownStatus {
+    kind: &'static str,
+    value: String,
+}
+
+macro_rules! sql_text_enum {
+    ($ty:ty, $kind:literal) => {
+        impl ToSql for $ty {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from(self.as_str()))
+            }
+        }
+        impl FromSql for $ty {
+            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+                let text = value.as_str()?;
+                <$ty>::parse(text).ok_or_else(|| {
+                    FromSqlError::Other(Box::new(UnknownStatus {
+                        kind: $kind,
+                        value: text.to_owned(),
+                    }))
+                })
+            }
+        }
+    };
+}
+sql_text_enum!(NodeStatus, "node");
+sql_text_enum!(RunStatus, "run");
+sql_text_enum!(ReleaseStatus, "release");
+
+/// What a node run was started with.
+pub struct NodeStart<'a> {
+    pub node_id: &'a str,
+    pub key: &'a str,
+    pub manifest_json: &'a str,
+    pub stanza: &'a str,
+    pub upstream_json: &'a str,
+    pub reasons_json: &'a str,
+    pub log_path: Option<&'a str>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeRecord {
+    pub id: NodeRunId,
+    pub run_id: RunId,
+    pub node_id: String,
+    pub key: String,
+    pub manifest_json: String,
+    pub stanza: String,
+    pub upstream_json: String,
+    pub reasons_json: String,
+    pub status: NodeStatus,
+    pub outputs_json: Option<String>,
+    pub error: Option<String>,
+    pub log_path: Option<String>,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+/// What `plan` needs to know about one node's past.
+#[derive(Debug, Clone, Default)]
+pub struct NodeHistory {
+    /// The newest record that succeeded, even if later attempts failed.
+    pub last_success: Option<NodeRecord>,
+    /// The newest record of a node that actually started (whatever its status, including
+    /// `Running`/`Abandoned`); records of nodes that never started (`record_not_run`) are
+    /// left out so a skip does not hide the failure that came before it.
+    pub last_attempt: Option<NodeRecord>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub command: String,
+    pub options_json: String,
+    pub status: RunStatus,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImageRecord {
+    pub image: String,
+    pub version: String,
+    pub artifact_id: String,
+    pub provider: String,
+    pub key: String,
+    pub status: ReleaseStatus,
+    pub built_at: i64,
+    pub run_id: Option<RunId>,
+    /// Environments this version was delivered to, in first-delivery order. Filled when
+    /// reading; ignored by `record_image` (use `record_delivery`).
+    pub environments: Vec<String>,
+}
+
+/// What the hasher saw when it last hashed a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatEntry {
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+    pub inode: u64,
+    pub mode: u32,
+    pub digest: String,
+    pub recorded_at_ns: i128,
+}
+
+/// A temporary resource (instance, staging folder, volume, ...) recorded before it exists.
+#[derive(Debug, Clone)]
+pub struct LedgerEntry {
+    pub id: i64,
+    pub run_id: Option<RunId>,
+    pub node_id: String,
+    pub provider: String,
+    pub kind: String,
+    pub resource: String,
+    pub purpose: String,
+    pub created_at: i64,
+    pub destroyed_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    Acquired,
+    HeldBy {
+        pid: u32,
+        holder: String,
+        since: i64,
+    },
+}
+
+/// An open state file.
+pub struct State {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").field("path", &self.path).finish()
+    }
+}
+
+impl State {
+    /// Opens (creating it and its parent folders if needed) the state file and brings its
+    /// schema up to date.
+    pub fn open(path: &Path) -> Result<State, StateError> {
+        Self::open_with(path, MIGRATIONS)
+    }
+
+    fn open_with(path: &Path, migrations: &[&str]) -> Result<State, StateError> {
+        let path = path.to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StateError::CreateDir {
+                path: path.clone(),
+                dir: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(&path).map_err(|source| StateError::Sqlite {
+            path: path.clone(),
+            context: "open the state file".into(),
+            source,
+        })?;
+        let state = State { conn, path };
+        state.configure()?;
+        state.migrate(migrations)?;
+        Ok(state)
+    }
+
+    fn configure(&self) -> Result<(), StateError> {
+        self.conn
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| self.sql_err(e, "set the busy timeout"))?;
+        let mode: String = self
+            .conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(|e| self.sql_err(e, "switch to WAL mode"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            // Some file systems (network mounts) cannot share the WAL index; SQLite then
+            // keeps its rollback journal, which is still consistent, only less concurrent.
+            tracing::warn!(path = %self.path.display(), mode, "state file is not in WAL mode");
+        }
+        self.conn
+            .pragma_update(None, "foreign_keys", true)
+            .map_err(|e| self.sql_err(e, "enable foreign keys"))?;
+        Ok(())
+    }
+
+    fn migrate(&self, migrations: &[&str]) -> Result<(), StateError> {
+        let known = u32::try_from(migrations.len()).unwrap_or(u32::MAX);
+        let current = self.schema_version()?;
+        if current > known {
+            return Err(self.newer_schema(current, known));
+        }
+        if current == known {
+            return Ok(());
+        }
+        let tx = self.write_tx("migrate the schema")?;
+        // Another process may have migrated between the read above and taking the lock.
+        let current = self.schema_version()?;
+        if current > known {
+            return Err(self.newer_schema(current, known));
+        }
+        for (index, sql) in migrations.iter().enumerate().skip(current as usize) {
+            tx.execute_batch(sql)
+                .map_err(|e| self.sql_err(e, format!("apply schema migration {}", index + 1)))?;
+        }
+        tx.pragma_update(None, "user_version", known)
+            .map_err(|e| self.sql_err(e, "record the schema version"))?;
+        tx.commit()
+            .map_err(|e| self.sql_err(e, "commit the schema migration"))
+    }
+
+    fn newer_schema(&self, found: u32, known: u32) -> StateError {
+        StateError::NewerSchema {
+            path: self.path.clone(),
+            found,
+            known,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version recorded in the file (`PRAGMA user_version`).
+    pub fn schema_version(&self) -> Result<u32, StateError> {
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(|e| self.sql_err(e, "read the schema version"))?;
+        u32::try_from(version).map_err(|_| StateError::Corrupt {
+            path: self.path.clone(),
+            detail: format!("schema version {version} is out of range"),
+        })
+    }
+
+    /// A write transaction that takes the write lock up front (see the module docs).
+    fn write_tx(&self, context: &str) -> Result<Transaction<'_>, StateError> {
+        Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .map_err(|e| self.sql_err(e, format!("{context} (begin transaction)")))
+    }
+
+    /// A read transaction, so several queries see one snapshot.
+    fn read_tx(&self, context: &str) -> Result<Transaction<'_>, StateError> {
+        Transaction::new_unchecked(&self.conn, TransactionBehavior::Deferred)
+            .map_err(|e| self.sql_err(e, format!("{context} (begin transaction)")))
+    }
+
+    fn sql_err(&self, source: rusqlite::Error, context: impl Into<String>) -> StateError {
+        StateError::Sqlite {
+            path: self.path.clone(),
+            context: context.into(),
+            source,
+        }
+    }
+
+    fn not_found(&self, what: impl Into<String>) -> StateError {
+        StateError::NotFound {
+            path: self.path.clone(),
+            what: what.into(),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch (negative if the clock is set before 1970).
+pub fn now_ms() -> i64 {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
+    }
+}

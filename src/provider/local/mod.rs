@@ -1,1 +1,100 @@
-//! The embedded local provider.
+//! The embedded local provider's storage layer: root file systems as deterministic
+//! `tar.zst` images in a content-addressed store.
+//!
+//! An image is a folder tree (a root file system) packed by [`pack_deterministic`] into a
+//! tar stream compressed with zstd. The bytes depend only on the tree's names, contents,
+//! modes, ownership and symlink targets, so the same tree always gives the same bytes, and
+//! the store ([`Store`]) names each artifact after the blake3 of those bytes
+//! (`local:<64 hex>`). Two builds that produce the same tree produce the same artifact id,
+//! which is what lets a rebuild that changed nothing be recognised as such.
+//!
+//! Trees come in from outside through [`unpack_origin`] (a directory, `.tar`, `.tar.gz` or
+//! `.tar.zst`) and from project files through [`copy_into`]; both, and [`Store::unpack`],
+//! refuse anything that would write outside their destination: absolute entry paths, `..`
+//! components, and writes through a symlink that points out of the tree. Symlinks are
+//! created as they are (a root file system is full of absolute links such as
+//! `/bin/sh -> /bin/busybox`) but never followed.
+//!
+//! Everything here is synchronous and blocking; the async runtime calls it from
+//! `spawn_blocking`.
+//!
+//! Layout: [`pack`] writes archives, [`unpack`] reads them safely, [`origin`] recognises
+//! origin formats, [`tree`] copies and removes folder trees, [`store`] is the store.
+
+pub mod origin;
+pub mod pack;
+pub mod store;
+pub mod tree;
+pub mod unpack;
+
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use origin::unpack_origin;
+pub use pack::pack_deterministic;
+pub use store::Store;
+pub use tree::{copy_into, remove_tree};
+
+/// What can go wrong while packing, storing, unpacking or copying image trees.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// A file system operation failed; `context` says what was being done to `path`.
+    #[error("{context} `{}`", path.display())]
+    Io {
+        context: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The origin is neither a directory nor a tar, tar.gz or tar.zst archive.
+    #[error(
+        "unpack origin `{}`: it is not a directory nor a .tar, .tar.gz or .tar.zst archive",
+        path.display()
+    )]
+    UnsupportedOrigin { path: PathBuf },
+    /// A stored artifact's bytes no longer match its id, or an archive is malformed.
+    #[error("read `{}`: {detail}", path.display())]
+    Corrupt { path: PathBuf, detail: String },
+    /// An archive entry or an in-image path would land outside its destination: it is
+    /// absolute, contains `..`, or passes through a symlink.
+    #[error(
+        "unpack `{entry}` from `{}`: the path is absolute, contains `..` or passes through a symlink",
+        path.display()
+    )]
+    UnsafeEntry { path: PathBuf, entry: String },
+    /// The id is not of the form `local:<64 lowercase hex digits>`.
+    #[error("find artifact `{id}`: a local artifact id is `local:` followed by 64 hex digits")]
+    InvalidArtifactId { id: String },
+}
+
+impl LocalError {
+    pub(crate) fn io(context: impl Into<String>, path: &Path, source: io::Error) -> Self {
+        LocalError::Io {
+            context: context.into(),
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Builds a `map_err` closure that wraps an [`io::Error`] with what was being done.
+pub(crate) fn io_err<'a>(context: &'a str, path: &'a Path) -> impl FnOnce(io::Error) -> LocalError + 'a {
+    move |source| LocalError::io(context, path, source)
+}
+
+/// Whether this process may set file ownership. Only then do unpacks and directory
+/// origins keep the uid/gid recorded in the image; otherwise every file belongs to the
+/// user running imgraph (chown would fail, and a non-root build cannot use them anyway).
+pub(crate) fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The effective uid, to tell files this process owns (and may chmod) from others.
+pub(crate) fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}

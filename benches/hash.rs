@@ -1,0 +1,92 @@
+//! Hashing a project tree: cold (empty stat cache, every file read) against warm (every file
+//! a stat cache hit). The tree has 2,000 small files in 20 folders and 20 files of 1 MiB,
+//! with mtimes an hour in the past so warm entries are not racy.
+
+use std::fs;
+use std::hint::black_box;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use imgraph::config::model::{Input, InputKind, Trigger};
+use imgraph::hash::{Hasher, StatCache};
+
+fn write_old(path: &Path, content: &[u8], when: SystemTime) {
+    fs::write(path, content).expect("write bench file");
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(when))
+        .expect("set bench file mtime");
+}
+
+fn generate(root: &Path) {
+    let when = SystemTime::now() - Duration::from_secs(3600);
+    for dir in 0..20 {
+        let d = root.join(format!("conf/d{dir:02}"));
+        fs::create_dir_all(&d).expect("create bench folder");
+        for file in 0..100 {
+            let content = format!("# file {dir}/{file}\nkey_{file} = {}\n", dir * file);
+            write_old(
+                &d.join(format!("f{file:03}.conf")),
+                content.as_bytes(),
+                when,
+            );
+        }
+    }
+    let big = root.join("blobs");
+    fs::create_dir_all(&big).expect("create bench folder");
+    for i in 0..20u8 {
+        let content: Vec<u8> = (0..1usize << 20).map(|j| (j as u8) ^ i).collect();
+        write_old(&big.join(format!("blob{i:02}.bin")), &content, when);
+    }
+}
+
+fn inputs() -> Vec<Input> {
+    vec![Input {
+        kind: InputKind::Path {
+            pattern: ".".to_owned(),
+        },
+        trigger: Trigger::Immediate,
+        exclude: Vec::new(),
+        span: (0, 0).into(),
+    }]
+}
+
+fn bench_hash(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("create temp dir");
+    generate(dir.path());
+    let inputs = inputs();
+
+    let mut group = c.benchmark_group("hash_tree_2000_small_20_mib");
+    group.sample_size(10);
+    group.bench_function("cold", |b| {
+        b.iter(|| {
+            let cache = StatCache::empty();
+            let manifest = Hasher::new(dir.path(), &cache)
+                .manifest(&inputs, &[])
+                .expect("hash tree");
+            black_box(manifest.digest())
+        })
+    });
+
+    let seed = StatCache::empty();
+    Hasher::new(dir.path(), &seed)
+        .manifest(&inputs, &[])
+        .expect("hash tree");
+    let entries: std::collections::HashMap<_, _> = seed.take_updates().into_iter().collect();
+    group.bench_function("warm", |b| {
+        b.iter(|| {
+            let cache = StatCache::new(entries.clone());
+            let manifest = Hasher::new(dir.path(), &cache)
+                .manifest(&inputs, &[])
+                .expect("hash tree");
+            assert_eq!(cache.stats().misses, 0, "warm run must not read files");
+            black_box(manifest.digest())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_hash);
+criterion_main!(benches);

@@ -1,0 +1,230 @@
+//! The raw layer: the parsed KDL document as a plain tree of nodes, arguments and
+//! properties, each with the byte span it came from.
+//!
+//! It knows nothing about imgraph's language; it only makes the KDL tree easy to walk and
+//! point into. Type annotations (`(t)"x"`) are dropped: imgraph gives them no meaning.
+//! Property value spans are computed from the source text because `kdl` only gives the span
+//! of the whole `key=value` entry.
+
+use miette::SourceSpan;
+
+use super::diag::Diags;
+
+/// A scalar value as written.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Scalar {
+    String(String),
+    Integer(i128),
+    Float(f64),
+    Bool(bool),
+    Null,
+}
+
+impl Scalar {
+    /// What this is, for "expected a string, found ..." messages.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Scalar::String(_) => "a string",
+            Scalar::Integer(_) | Scalar::Float(_) => "a number",
+            Scalar::Bool(_) => "a boolean",
+            Scalar::Null => "#null",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Value {
+    pub value: Scalar,
+    pub span: SourceSpan,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Prop {
+    pub name: String,
+    pub name_span: SourceSpan,
+    pub value: Value,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Node {
+    pub name: String,
+    pub name_span: SourceSpan,
+    /// From the node name to the end of its last argument or property (not the children).
+    pub head_span: SourceSpan,
+    pub args: Vec<Value>,
+    pub props: Vec<Prop>,
+    /// `None` when the node has no `{ }` block at all.
+    pub children: Option<Vec<Node>>,
+    /// The inside of the `{ }` block (or the head when the block is empty).
+    pub children_span: SourceSpan,
+}
+
+impl Node {
+    pub(crate) fn children(&self) -> &[Node] {
+        self.children.as_deref().unwrap_or(&[])
+    }
+
+    pub(crate) fn prop(&self, name: &str) -> Option<&Prop> {
+        self.props.iter().find(|p| p.name == name)
+    }
+}
+
+/// Parses KDL 2.0 text into raw nodes; syntax errors become diagnostics.
+pub(crate) fn parse(text: &str, diags: &mut Diags) -> Option<Vec<Node>> {
+    match text.parse::<kdl::KdlDocument>() {
+        Ok(doc) => Some(nodes(&doc, text)),
+        Err(err) => {
+            for d in &err.diagnostics {
+                let message = d
+                    .message
+                    .as_deref()
+                    .map(lowercase_first)
+                    .unwrap_or_else(|| "invalid KDL syntax".to_owned());
+                let label = d.label.clone().unwrap_or_else(|| "here".to_owned());
+                diags
+                    .error("syntax", d.span, message, label)
+                    .maybe_help(d.help.clone());
+            }
+            if err.diagnostics.is_empty() {
+                diags.error(
+                    "syntax",
+                    SourceSpan::new(0.into(), 0),
+                    "invalid KDL syntax",
+                    "in this file",
+                );
+            }
+            None
+        }
+    }
+}
+
+fn nodes(doc: &kdl::KdlDocument, text: &str) -> Vec<Node> {
+    doc.nodes().iter().map(|n| node(n, text)).collect()
+}
+
+fn node(n: &kdl::KdlNode, text: &str) -> Node {
+    let name_span = n.name().span();
+    let mut args = Vec::new();
+    let mut props = Vec::new();
+    let mut head_end = name_span.offset() + name_span.len();
+    for entry in n.entries() {
+        let span = entry.span();
+        head_end = head_end.max(span.offset() + span.len());
+        let value = scalar(entry.value());
+        match entry.name() {
+            None => args.push(Value { value, span }),
+            Some(key) => props.push(Prop {
+                name: key.value().to_owned(),
+                name_span: key.span(),
+                value: Value {
+                    value,
+                    span: prop_value_span(text, key.span(), span),
+                },
+            }),
+        }
+    }
+    let head_span = SourceSpan::new(
+        name_span.offset().into(),
+        head_end.saturating_sub(name_span.offset()),
+    );
+    let (children, children_span) = match n.children() {
+        Some(doc) => {
+            let span = doc.span();
+            let span = if span.len() == 0 { head_span } else { span };
+            (Some(nodes(doc, text)), span)
+        }
+        None => (None, head_span),
+    };
+    Node {
+        name: n.name().value().to_owned(),
+        name_span,
+        head_span,
+        args,
+        props,
+        children,
+        children_span,
+    }
+}
+
+fn scalar(v: &kdl::KdlValue) -> Scalar {
+    match v {
+        kdl::KdlValue::String(s) => Scalar::String(s.clone()),
+        kdl::KdlValue::Integer(i) => Scalar::Integer(*i),
+        kdl::KdlValue::Float(f) => Scalar::Float(*f),
+        kdl::KdlValue::Bool(b) => Scalar::Bool(*b),
+        kdl::KdlValue::Null => Scalar::Null,
+    }
+}
+
+/// The span of the value in `key = value`: after the `=` and any whitespace.
+fn prop_value_span(text: &str, key: SourceSpan, entry: SourceSpan) -> SourceSpan {
+    let entry_end = entry.offset() + entry.len();
+    let after_key = key.offset() + key.len();
+    let start = text
+        .get(after_key..entry_end)
+        .and_then(|rest| {
+            let eq = rest.find('=')?;
+            let value = &rest[eq + 1..];
+            Some(after_key + eq + 1 + (value.len() - value.trim_start().len()))
+        })
+        .unwrap_or(entry.offset());
+    SourceSpan::new(start.into(), entry_end.saturating_sub(start))
+}
+
+fn lowercase_first(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        // Keep acronyms and names ("KDL ...") as they are.
+        Some(c) if !chars.next().is_some_and(char::is_uppercase) => {
+            c.to_lowercase().chain(s[c.len_utf8()..].chars()).collect()
+        }
+        _ => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn parse_ok(text: &str) -> Vec<Node> {
+        let mut diags = Diags::new("t.kdl", Arc::new(text.to_owned()));
+        let nodes = parse(text, &mut diags);
+        assert!(diags.is_empty());
+        nodes.unwrap_or_default()
+    }
+
+    fn slice(text: &str, span: SourceSpan) -> &str {
+        &text[span.offset()..span.offset() + span.len()]
+    }
+
+    #[test]
+    fn keeps_spans_of_names_arguments_and_property_values() {
+        let text = "image \"web\" {\n  copy \"a\" to = \"/b\" // note\n}\n";
+        let nodes = parse_ok(text);
+        let image = &nodes[0];
+        assert_eq!(slice(text, image.name_span), "image");
+        assert_eq!(slice(text, image.args[0].span), "\"web\"");
+        let copy = &image.children()[0];
+        assert_eq!(slice(text, copy.head_span), "copy \"a\" to = \"/b\"");
+        let to = copy.prop("to").map(|p| slice(text, p.value.span));
+        assert_eq!(to, Some("\"/b\""));
+    }
+
+    #[test]
+    fn syntax_errors_become_diagnostics() {
+        let text = "image \"a\" {\n  from \"x\n}\n";
+        let mut diags = Diags::new("t.kdl", Arc::new(text.to_owned()));
+        assert!(parse(text, &mut diags).is_none());
+        let list = diags.into_sorted();
+        assert!(!list.is_empty());
+        assert!(list.iter().all(|d| d.kind() == "syntax"));
+    }
+
+    #[test]
+    fn lowercases_sentences_but_not_acronyms() {
+        assert_eq!(lowercase_first("Expected value"), "expected value");
+        assert_eq!(lowercase_first("KDL is odd"), "KDL is odd");
+        assert_eq!(lowercase_first(""), "");
+    }
+}

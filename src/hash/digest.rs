@@ -1,0 +1,130 @@
+//! The byte-level encodings behind every digest imgraph writes.
+//!
+//! Every encoding starts with a domain string, and every variable-length field is written
+//! with a little-endian `u64` length prefix, so two different field lists can never produce
+//! the same byte stream (`("ab", "c")` and `("a", "bc")` differ). The only unprefixed field
+//! is a file's content, which is always last. Digests are rendered as `b3v1:` followed by
+//! 64 lowercase hex characters; the prefix names this encoding, so a future change of
+//! encoding changes every key instead of silently comparing unlike values.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+
+use super::FORMAT;
+
+/// Domain of regular files and symlinks (the kind is the next field).
+const FILE_DOMAIN: &str = "imgraph-file-v1";
+/// Domain of directory trees (`Hasher::tree_digest`).
+pub(crate) const TREE_DOMAIN: &str = "imgraph-tree-v1";
+/// Domain of manifests (`Manifest::digest`).
+pub(crate) const MANIFEST_DOMAIN: &str = "imgraph-manifest-v1";
+/// Domain of probe output.
+const PROBE_DOMAIN: &str = "imgraph-probe-v1";
+/// Namespace of `digest_parts`; the caller's domain is its first field, so a caller can
+/// never reproduce one of the encodings above by picking a domain name.
+const PARTS_DOMAIN: &str = "imgraph-parts-v1";
+
+/// Files at least this large are read in big chunks hashed with blake3's rayon mode; below
+/// it the thread-pool hand-off costs more than it saves (blake3 recommends ≥ 128 KiB).
+const PARALLEL_THRESHOLD: u64 = 1 << 20;
+const BIG_CHUNK: usize = 1 << 20;
+const SMALL_CHUNK: usize = 64 << 10;
+
+/// A blake3 hasher that writes length-prefixed fields after a domain string.
+pub(crate) struct Encoder(blake3::Hasher);
+
+impl Encoder {
+    pub(crate) fn new(domain: &str) -> Self {
+        let mut encoder = Encoder(blake3::Hasher::new());
+        encoder.field(domain.as_bytes());
+        encoder
+    }
+
+    pub(crate) fn field(&mut self, bytes: &[u8]) -> &mut Self {
+        self.0.update(&(bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+        self
+    }
+
+    pub(crate) fn count(&mut self, n: usize) -> &mut Self {
+        self.0.update(&(n as u64).to_le_bytes());
+        self
+    }
+
+    pub(crate) fn finish(&self) -> String {
+        format!("{FORMAT}:{}", self.0.finalize().to_hex())
+    }
+}
+
+/// Digest of a regular file: kind, executable bit, then the content.
+///
+/// `len_hint` only picks the read strategy; the digest covers whatever bytes are read.
+pub(crate) fn file(file: &mut File, executable: bool, len_hint: u64) -> io::Result<String> {
+    let mut encoder = Encoder::new(FILE_DOMAIN);
+    encoder.field(b"file").field(&[u8::from(executable)]);
+    let hasher = &mut encoder.0;
+    if len_hint >= PARALLEL_THRESHOLD {
+        let mut buf = vec![0u8; BIG_CHUNK];
+        loop {
+            let n = read_full(file, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update_rayon(&buf[..n]);
+        }
+    } else {
+        let mut buf = vec![0u8; SMALL_CHUNK];
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buf[..n]);
+        }
+    }
+    Ok(encoder.finish())
+}
+
+/// Fills `buf` as far as the file allows, so rayon mode gets whole chunks to split.
+fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Digest of a symbolic link: its target string, never what it points at.
+pub(crate) fn symlink(target: &OsStr) -> String {
+    let mut encoder = Encoder::new(FILE_DOMAIN);
+    encoder.field(b"symlink").field(target.as_bytes());
+    encoder.finish()
+}
+
+/// Digest of a probe command's standard output.
+pub(crate) fn probe(stdout: &[u8]) -> String {
+    let mut encoder = Encoder::new(PROBE_DOMAIN);
+    encoder.field(stdout);
+    encoder.finish()
+}
+
+/// blake3 of labelled parts, as a `b3v1:` digest. Each part is length-prefixed, so
+/// `("ab", "c")` and `("a", "bc")` differ, and the domain separates unrelated uses (a key
+/// of a build node never equals a key of a test node made of the same strings).
+pub fn digest_parts(domain: &str, parts: &[&str]) -> String {
+    let mut encoder = Encoder::new(PARTS_DOMAIN);
+    encoder.field(domain.as_bytes()).count(parts.len());
+    for part in parts {
+        encoder.field(part.as_bytes());
+    }
+    encoder.finish()
+}

@@ -1,0 +1,263 @@
+//! Turning inputs (paths, directories, globs) into sorted lists of leaf paths.
+//!
+//! Leaves are regular files and symlinks. Walks never follow symlinks (a link is a leaf,
+//! hashed as its target string), visit entries in file-name order, skip `.git` and
+//! `.imgraph` at the project root, and skip sockets, FIFOs and devices (they have no
+//! content to hash, and reading a FIFO would block). Empty directories produce no leaves,
+//! so adding or removing one does not change a manifest.
+//!
+//! A glob is walked from its literal prefix (`roles/*/tasks/*.yml` walks `roles/`), not from
+//! the project root, so a narrow glob in a big project stays cheap. `*` does not cross `/`;
+//! `**` does. A glob matching a directory takes every file below it, like naming the
+//! directory would.
+//!
+//! Paths are checked to stay inside the project twice: lexically (no absolute paths, no
+//! `..` above the root) and by canonicalising the directory a walk or a file lookup starts
+//! from, which catches a symlinked directory leading out of the project.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
+use walkdir::WalkDir;
+
+use super::HashError;
+
+/// Folders at the project root that are imgraph's or git's own bookkeeping.
+const SKIPPED_AT_ROOT: [&str; 2] = [".git", ".imgraph"];
+
+/// Compiled `exclude` patterns of one input.
+#[derive(Debug, Default)]
+pub(crate) struct Excludes(Option<GlobSet>);
+
+impl Excludes {
+    /// A pattern without `/` matches a name anywhere below (`**/PAT`); one with `/` is a
+    /// project-relative glob.
+    pub(crate) fn compile(patterns: &[String]) -> Result<Self, HashError> {
+        if patterns.is_empty() {
+            return Ok(Excludes(None));
+        }
+        let mut builder = GlobSetBuilder::new();
+        for pattern in patterns {
+            let full = if pattern.contains('/') {
+                pattern.trim_start_matches("./").to_owned()
+            } else {
+                format!("**/{pattern}")
+            };
+            builder.add(glob(&full, pattern)?);
+        }
+        let set = builder.build().map_err(|source| HashError::Glob {
+            pattern: patterns.join(", "),
+            source,
+        })?;
+        Ok(Excludes(Some(set)))
+    }
+
+    fn matches(&self, rel: &str) -> bool {
+        self.0.as_ref().is_some_and(|set| set.is_match(rel))
+    }
+}
+
+fn glob(pattern: &str, shown: &str) -> Result<Glob, HashError> {
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map_err(|source| HashError::Glob {
+            pattern: shown.to_owned(),
+            source,
+        })
+}
+
+/// Lexically normalised project-relative path: no `.`, no empty components, `..` resolved;
+/// `""` is the project root.
+pub(crate) fn normalize(path: &str) -> Result<String, HashError> {
+    let outside = || HashError::OutsideProject {
+        path: PathBuf::from(path),
+    };
+    if Path::new(path).is_absolute() {
+        return Err(outside());
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for component in path.split('/') {
+        match component {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(outside());
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+pub(crate) fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '[', '{'])
+}
+
+/// The directory part of a glob before its first component with a glob character.
+pub(crate) fn literal_prefix(normalized: &str) -> String {
+    normalized
+        .split('/')
+        .take_while(|component| !is_glob(component))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+pub(crate) fn full_path(root: &Path, rel: &str) -> PathBuf {
+    if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(rel)
+    }
+}
+
+/// Walks and lookups see the project through this: its root, canonical once.
+pub(crate) struct Project<'a> {
+    pub root: &'a Path,
+    pub canonical_root: PathBuf,
+}
+
+impl Project<'_> {
+    /// Refuses a directory (project-relative) that resolves outside the project. A directory
+    /// that does not exist passes: the lookup that follows reports it properly.
+    pub(crate) fn check_dir_inside(&self, dir: &str, shown: &str) -> Result<(), HashError> {
+        if dir.is_empty() {
+            return Ok(());
+        }
+        match full_path(self.root, dir).canonicalize() {
+            Ok(real) if !real.starts_with(&self.canonical_root) => Err(HashError::OutsideProject {
+                path: PathBuf::from(shown),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Leaves for a literal path (normalised): the file or link itself, or every leaf below
+    /// a directory except the excluded ones. Excludes never drop a file named directly.
+    pub(crate) fn literal(&self, rel: &str, excludes: &Excludes) -> Result<Vec<String>, HashError> {
+        let parent = rel.rsplit_once('/').map_or("", |(dir, _)| dir);
+        self.check_dir_inside(parent, rel)?;
+        let md = std::fs::symlink_metadata(full_path(self.root, rel)).map_err(|source| {
+            HashError::Io {
+                path: PathBuf::from(rel),
+                source,
+            }
+        })?;
+        let kind = md.file_type();
+        if kind.is_dir() {
+            let mut leaves = Vec::new();
+            self.walk(rel, excludes, |leaf| {
+                leaves.push(leaf);
+            })?;
+            Ok(leaves)
+        } else if kind.is_file() || kind.is_symlink() {
+            Ok(vec![rel.to_owned()])
+        } else {
+            Err(not_hashable(rel))
+        }
+    }
+
+    /// Leaves matching a glob (normalised), walking from its literal prefix only.
+    pub(crate) fn glob(
+        &self,
+        pattern: &str,
+        excludes: &Excludes,
+    ) -> Result<Vec<String>, HashError> {
+        let matcher: GlobMatcher = glob(pattern, pattern)?.compile_matcher();
+        let prefix = literal_prefix(pattern);
+        self.check_dir_inside(&prefix, pattern)?;
+        match std::fs::symlink_metadata(full_path(self.root, &prefix)) {
+            Ok(md) if md.is_dir() => {}
+            // Nothing to match: a glob over a missing folder matches nothing, like a glob
+            // over a folder without matching files.
+            _ => return Ok(Vec::new()),
+        }
+        let mut leaves = Vec::new();
+        self.walk(&prefix, excludes, |leaf| {
+            if matches_self_or_ancestor(&matcher, &leaf, &prefix) {
+                leaves.push(leaf);
+            }
+        })?;
+        Ok(leaves)
+    }
+
+    /// Calls `found` with the project-relative path of every leaf below `start`.
+    pub(crate) fn walk(
+        &self,
+        start: &str,
+        excludes: &Excludes,
+        mut found: impl FnMut(String),
+    ) -> Result<(), HashError> {
+        let root = self.root;
+        let walker = WalkDir::new(full_path(root, start))
+            .follow_links(false)
+            .follow_root_links(false)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_entry(|entry| {
+                // The start itself was named by the user: never skip it.
+                if entry.depth() == 0 {
+                    return true;
+                }
+                match entry.path().strip_prefix(root).ok().and_then(Path::to_str) {
+                    Some(rel) => !(SKIPPED_AT_ROOT.contains(&rel) || excludes.matches(rel)),
+                    // Reported below, where errors can be returned.
+                    None => true,
+                }
+            });
+        for entry in walker {
+            let entry = entry.map_err(|err| {
+                let path = err
+                    .path()
+                    .map(|p| p.strip_prefix(root).unwrap_or(p).to_path_buf())
+                    .unwrap_or_else(|| PathBuf::from(start));
+                HashError::Io {
+                    path,
+                    source: io::Error::from(err),
+                }
+            })?;
+            let kind = entry.file_type();
+            if !(kind.is_file() || kind.is_symlink()) {
+                continue;
+            }
+            let rel = relative_str(root, entry.path())?;
+            found(rel);
+        }
+        Ok(())
+    }
+}
+
+fn matches_self_or_ancestor(matcher: &GlobMatcher, leaf: &str, prefix: &str) -> bool {
+    if matcher.is_match(leaf) {
+        return true;
+    }
+    // Ancestors strictly below the literal prefix: a glob never matches its own prefix.
+    let floor = prefix.len();
+    leaf.match_indices('/')
+        .map(|(i, _)| &leaf[..i])
+        .filter(|ancestor| ancestor.len() > floor)
+        .any(|ancestor| matcher.is_match(ancestor))
+}
+
+/// The project-relative path with `/`, or an error for a name manifests cannot hold.
+fn relative_str(root: &Path, path: &Path) -> Result<String, HashError> {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    rel.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| HashError::Io {
+            path: rel.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidData, "file name is not valid UTF-8"),
+        })
+}
+
+pub(crate) fn not_hashable(rel: &str) -> HashError {
+    HashError::Io {
+        path: PathBuf::from(rel),
+        source: io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file, symlink or directory",
+        ),
+    }
+}

@@ -1,0 +1,189 @@
+//! The content-addressed store: one folder of `<hex>.tar.zst` files, each named after the
+//! blake3 of its own bytes, so an artifact id (`local:<hex>`) both names and verifies it.
+//!
+//! Writes are atomic: a pack goes to a temporary file in the store folder (`.pack-*.tmp`),
+//! is fsynced, and is renamed into place; the folder is then fsynced so the rename
+//! survives a crash. A reader therefore sees a complete artifact or none. A crash mid-pack
+//! can leave a `.pack-*.tmp` file behind; it never has an artifact's name, so it is never
+//! mistaken for one.
+//!
+//! Unpacking verifies the bytes against the id before writing anything, so a damaged
+//! artifact is reported as [`LocalError::Corrupt`] instead of producing a subtly wrong
+//! instance (an image is only `Ready` if tested from that exact image).
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::pack::pack_deterministic;
+use super::unpack::unpack_tar;
+use super::{io_err, LocalError};
+
+/// The prefix of every artifact id this store hands out.
+pub const ID_PREFIX: &str = "local:";
+
+/// Content-addressed store folder: `<store>/<hex>.tar.zst`; an artifact id is
+/// "local:<64 hex>" = blake3 of the tar.zst BYTES.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// A store in `root`; the folder is created by the first pack.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Store { root: root.into() }
+    }
+
+    /// The store folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the artifact lives; `None` for ids that are not `local:<64 lowercase hex>`.
+    pub fn path_of(&self, artifact_id: &str) -> Option<PathBuf> {
+        let hex = artifact_id.strip_prefix(ID_PREFIX)?;
+        let valid = hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        valid.then(|| self.root.join(format!("{hex}.tar.zst")))
+    }
+
+    /// Whether the artifact is in the store (it is not read or verified).
+    pub fn contains(&self, artifact_id: &str) -> bool {
+        self.path_of(artifact_id).is_some_and(|p| p.is_file())
+    }
+
+    /// Packs `tree` deterministically and stores it atomically (write to a temp file in
+    /// the store, fsync, rename). Returns (artifact_id, size_bytes). Same tree -> same
+    /// bytes -> same id; an existing identical artifact is kept (one whose bytes no longer
+    /// match its name is replaced).
+    pub fn pack_tree(&self, tree: &Path) -> Result<(String, u64), LocalError> {
+        fs::create_dir_all(&self.root).map_err(io_err("create the store", &self.root))?;
+        // Dropping `tmp` on any early return deletes it.
+        let tmp = tempfile::Builder::new()
+            .prefix(".pack-")
+            .suffix(".tmp")
+            .tempfile_in(&self.root)
+            .map_err(io_err("create a temporary file in", &self.root))?;
+        let mut writer = HashingWriter {
+            inner: io::BufWriter::with_capacity(256 * 1024, tmp.as_file()),
+            hasher: blake3::Hasher::new(),
+            len: 0,
+        };
+        pack_deterministic(tree, &mut writer)?;
+        writer
+            .inner
+            .flush()
+            .map_err(io_err("write", tmp.path()))?;
+        let hex = writer.hasher.finalize().to_hex();
+        let size = writer.len;
+        // The buffered writer borrows the temp file, which is about to be moved.
+        drop(writer);
+        let id = format!("{ID_PREFIX}{hex}");
+        let target = self.root.join(format!("{hex}.tar.zst"));
+
+        if matches!(hash_file(&target), Ok(Some(existing)) if existing.as_str() == hex.as_str()) {
+            tmp.close().map_err(io_err("remove a temporary file in", &self.root))?;
+            return Ok((id, size));
+        }
+
+        let file = tmp.as_file();
+        // Artifacts are plain data; 0600 from the temp file would hide them from a CI
+        // user sharing the project.
+        file.set_permissions(fs::Permissions::from_mode(0o644))
+            .map_err(io_err("set the mode of", tmp.path()))?;
+        file.sync_all().map_err(io_err("sync", tmp.path()))?;
+        tmp.persist(&target)
+            .map_err(|e| LocalError::io("move the packed image to", &target, e.error))?;
+        sync_dir(&self.root)?;
+        Ok((id, size))
+    }
+
+    /// Unpacks an artifact into `dest` (must be empty or not exist). The artifact's bytes
+    /// are checked against its id first; a mismatch is [`LocalError::Corrupt`] and
+    /// nothing is written.
+    pub fn unpack(&self, artifact_id: &str, dest: &Path) -> Result<(), LocalError> {
+        let path = self.artifact_path(artifact_id)?;
+        let expected = &artifact_id[ID_PREFIX.len()..];
+        match hash_file(&path)? {
+            Some(actual) if actual.as_str() == expected => {}
+            Some(actual) => {
+                return Err(LocalError::Corrupt {
+                    path,
+                    detail: format!("its content hash is {actual}, not the {expected} its id names"),
+                })
+            }
+            None => {
+                return Err(LocalError::io(
+                    "open artifact",
+                    &path,
+                    io::Error::from(io::ErrorKind::NotFound),
+                ))
+            }
+        }
+        let file = File::open(&path).map_err(io_err("open artifact", &path))?;
+        let reader = BufReader::with_capacity(256 * 1024, file);
+        let decoder = zstd::stream::read::Decoder::with_buffer(reader)
+            .map_err(io_err("start zstd decoding of", &path))?;
+        unpack_tar(decoder, dest, &path)
+    }
+
+    /// Removes an artifact; removing one that is already gone is not an error.
+    pub fn remove(&self, artifact_id: &str) -> Result<(), LocalError> {
+        let path = self.artifact_path(artifact_id)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(LocalError::io("remove artifact", &path, e)),
+        }
+    }
+
+    fn artifact_path(&self, artifact_id: &str) -> Result<PathBuf, LocalError> {
+        self.path_of(artifact_id)
+            .ok_or_else(|| LocalError::InvalidArtifactId {
+                id: artifact_id.to_string(),
+            })
+    }
+}
+
+/// The blake3 hex of a file's bytes, or `None` if it does not exist.
+fn hash_file(path: &Path) -> Result<Option<String>, LocalError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(LocalError::io("open artifact", path, e)),
+    };
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(file)
+        .map_err(io_err("read artifact", path))?;
+    Ok(Some(hasher.finalize().to_hex().to_string()))
+}
+
+/// Makes a rename in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), LocalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync the store folder", dir))
+}
+
+/// Hashes and counts the bytes on their way to the temporary file, so the id needs no
+/// second read.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: blake3::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

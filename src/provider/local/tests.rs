@@ -1,0 +1,709 @@
+//! Behaviour of the local storage layer as the provider relies on it: determinism of ids,
+//! faithful round trips, origin formats, and refusal to write outside a destination.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, FileTimes};
+use std::io::{Read, Write};
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tempfile::TempDir;
+
+use super::*;
+
+#[derive(Debug, PartialEq, Eq)]
+enum Node {
+    Dir { mode: u32 },
+    File { mode: u32, data: Vec<u8> },
+    Link { target: PathBuf },
+}
+
+/// Everything a root file system means, keyed by relative path (times left out).
+fn snapshot(root: &Path) -> BTreeMap<String, Node> {
+    let mut out = BTreeMap::new();
+    for entry in walkdir::WalkDir::new(root).follow_links(false).min_depth(1) {
+        let entry = entry.unwrap();
+        let rel = entry.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let meta = fs::symlink_metadata(entry.path()).unwrap();
+        let mode = meta.mode() & 0o7777;
+        let node = if meta.file_type().is_symlink() {
+            Node::Link {
+                target: fs::read_link(entry.path()).unwrap(),
+            }
+        } else if meta.is_dir() {
+            Node::Dir { mode }
+        } else {
+            Node::File {
+                mode,
+                data: fs::read(entry.path()).unwrap(),
+            }
+        };
+        out.insert(rel, node);
+    }
+    out
+}
+
+fn write(path: &Path, data: &[u8], mode: u32) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    fs::write(path, data).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A small root file system with the shapes that matter.
+fn sample_tree(root: &Path) {
+    write(&root.join("etc/passwd"), b"root:x:0:0:root:/root:/bin/sh\n", 0o644);
+    write(&root.join("etc/shadow"), b"root:*:19000:0:99999:7:::\n", 0o640);
+    write(&root.join("bin/busybox"), b"\x7fELF pretend", 0o755);
+    write(&root.join("usr/bin/passwd"), b"setuid tool", 0o4755);
+    fs::create_dir_all(root.join("var/empty")).unwrap();
+    fs::create_dir_all(root.join("tmp")).unwrap();
+    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    symlink("/bin/busybox", root.join("bin/sh")).unwrap();
+    symlink("../bin/busybox", root.join("usr/bin/env")).unwrap();
+}
+
+fn pack_bytes(tree: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    pack_deterministic(tree, &mut out).unwrap();
+    out
+}
+
+fn store_in(dir: &TempDir) -> Store {
+    Store::new(dir.path().join("store"))
+}
+
+fn set_mtime(path: &Path, when: SystemTime) {
+    let f = File::open(path).unwrap();
+    f.set_times(FileTimes::new().set_modified(when).set_accessed(when))
+        .unwrap();
+}
+
+fn store_files(store: &Store) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(store.root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+// ---- determinism -------------------------------------------------------------------
+
+#[test]
+fn same_tree_packed_twice_gives_identical_bytes_and_id() {
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("tree");
+    sample_tree(&tree);
+    assert_eq!(pack_bytes(&tree), pack_bytes(&tree));
+
+    let store = store_in(&dir);
+    let (id1, size1) = store.pack_tree(&tree).unwrap();
+    let (id2, size2) = store.pack_tree(&tree).unwrap();
+    assert_eq!(id1, id2);
+    assert_eq!(size1, size2);
+    assert!(id1.starts_with("local:") && id1.len() == "local:".len() + 64);
+    let stored = store.path_of(&id1).unwrap();
+    assert_eq!(fs::metadata(&stored).unwrap().len(), size1);
+    // The id is the blake3 of the stored bytes.
+    let bytes = fs::read(&stored).unwrap();
+    assert_eq!(id1, format!("local:{}", blake3::hash(&bytes).to_hex()));
+    assert_eq!(bytes, pack_bytes(&tree));
+}
+
+#[test]
+fn a_copy_made_in_another_order_with_other_times_has_the_same_id() {
+    let dir = TempDir::new().unwrap();
+    let a = dir.path().join("a");
+    sample_tree(&a);
+
+    // Build the same tree again, entries created in reverse order, with other mtimes.
+    let b = dir.path().join("b");
+    let snap = snapshot(&a);
+    fs::create_dir_all(&b).unwrap();
+    let mut paths: Vec<_> = snap.keys().cloned().collect();
+    paths.sort_by_key(|p| std::cmp::Reverse(p.clone()));
+    for rel in &paths {
+        let target = b.join(rel);
+        fs::create_dir_all(target.parent().unwrap()).unwrap();
+        match &snap[rel] {
+            Node::Dir { .. } => fs::create_dir_all(&target).unwrap(),
+            Node::File { mode, data } => write(&target, data, *mode),
+            Node::Link { target: t } => symlink(t, &target).unwrap(),
+        }
+    }
+    for rel in &paths {
+        if let Node::Dir { mode } = &snap[rel] {
+            fs::set_permissions(b.join(rel), fs::Permissions::from_mode(*mode)).unwrap();
+        }
+    }
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    for rel in &paths {
+        if !matches!(snap[rel], Node::Link { .. }) {
+            set_mtime(&b.join(rel), old);
+        }
+    }
+    assert_eq!(snapshot(&b), snap);
+    assert_ne!(
+        fs::metadata(a.join("etc/passwd")).unwrap().modified().unwrap(),
+        fs::metadata(b.join("etc/passwd")).unwrap().modified().unwrap()
+    );
+
+    let store = store_in(&dir);
+    assert_eq!(store.pack_tree(&a).unwrap().0, store.pack_tree(&b).unwrap().0);
+}
+
+#[test]
+fn changing_a_file_content_or_mode_changes_the_id() {
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("tree");
+    sample_tree(&tree);
+    let store = store_in(&dir);
+    let (base, _) = store.pack_tree(&tree).unwrap();
+
+    fs::write(tree.join("etc/passwd"), b"root:x:0:0:root:/root:/bin/ash\n").unwrap();
+    let (content_changed, _) = store.pack_tree(&tree).unwrap();
+    assert_ne!(content_changed, base);
+
+    fs::set_permissions(tree.join("etc/passwd"), fs::Permissions::from_mode(0o600)).unwrap();
+    let (mode_changed, _) = store.pack_tree(&tree).unwrap();
+    assert_ne!(mode_changed, content_changed);
+    assert_ne!(mode_changed, base);
+
+    // Both old artifacts stay until removed: the store only adds.
+    assert!(store.contains(&base) && store.contains(&content_changed));
+}
+
+#[test]
+fn headers_carry_no_times_or_names_and_keep_numeric_owners() {
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("tree");
+    sample_tree(&tree);
+    if running_as_root() {
+        std::os::unix::fs::lchown(tree.join("etc/shadow"), Some(1234), Some(42)).unwrap();
+    }
+    let bytes = pack_bytes(&tree);
+    let tar_bytes = zstd::decode_all(&bytes[..]).unwrap();
+    let mut archive = tar::Archive::new(&tar_bytes[..]);
+    let mut names = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let entry = entry.unwrap();
+        let header = entry.header();
+        let name = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
+        assert!(header.as_gnu().is_some(), "{name} is not a GNU header");
+        assert_eq!(header.mtime().unwrap(), 0, "{name}");
+        assert_eq!(header.username_bytes(), Some(&b""[..]), "{name}");
+        assert_eq!(header.groupname_bytes(), Some(&b""[..]), "{name}");
+        assert!(!name.starts_with("./") && !name.starts_with('/'), "{name}");
+        let on_disk = fs::symlink_metadata(tree.join(name.trim_end_matches('/'))).unwrap();
+        assert_eq!(header.uid().unwrap(), u64::from(on_disk.uid()), "{name}");
+        assert_eq!(header.gid().unwrap(), u64::from(on_disk.gid()), "{name}");
+        if !on_disk.file_type().is_symlink() {
+            assert_eq!(header.mode().unwrap(), on_disk.mode() & 0o7777, "{name}");
+        }
+        names.push(name);
+    }
+    assert!(names.contains(&"usr/bin/passwd".to_string()));
+    assert!(names.contains(&"var/empty/".to_string()));
+    // Parents come before children and siblings are in byte order.
+    let pos = |n: &str| names.iter().position(|x| x == n).unwrap();
+    assert!(pos("etc/") < pos("etc/passwd"));
+    assert!(pos("etc/passwd") < pos("etc/shadow"));
+    assert!(pos("bin/") < pos("etc/"));
+}
+
+// ---- round trips -------------------------------------------------------------------
+
+#[test]
+fn pack_then_unpack_gives_back_the_tree() {
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("tree");
+    sample_tree(&tree);
+    let store = store_in(&dir);
+    let (id, _) = store.pack_tree(&tree).unwrap();
+    let out = dir.path().join("deep/out");
+    store.unpack(&id, &out).unwrap();
+    assert_eq!(snapshot(&out), snapshot(&tree));
+    // The setuid bit and the sticky bit survive.
+    assert_eq!(fs::metadata(out.join("usr/bin/passwd")).unwrap().mode() & 0o7777, 0o4755);
+    assert_eq!(fs::metadata(out.join("tmp")).unwrap().mode() & 0o7777, 0o1777);
+    // Repacking the unpacked tree gives the same image.
+    assert_eq!(store.pack_tree(&out).unwrap().0, id);
+}
+
+#[test]
+fn symlinks_round_trip_without_being_followed() {
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    let outside = dir.path().join("outside");
+    write(&outside.join("secret"), b"host data", 0o644);
+    symlink("/bin/busybox", tree.join("sh")).unwrap();
+    symlink(&outside, tree.join("escape")).unwrap();
+    symlink("a/./b//c", tree.join("odd")).unwrap();
+
+    let store = store_in(&dir);
+    let (id, _) = store.pack_tree(&tree).unwrap();
+    let out = dir.path().join("out");
+    store.unpack(&id, &out).unwrap();
+
+    assert_eq!(fs::read_link(out.join("sh")).unwrap(), PathBuf::from("/bin/busybox"));
+    assert_eq!(fs::read_link(out.join("escape")).unwrap(), outside);
+    assert_eq!(fs::read_link(out.join("odd")).unwrap(), PathBuf::from("a/./b//c"));
+    let tar_bytes = zstd::decode_all(&fs::read(store.path_of(&id).unwrap()).unwrap()[..]).unwrap();
+    let names: Vec<String> = tar::Archive::new(&tar_bytes[..])
+        .entries()
+        .unwrap()
+        .map(|e| String::from_utf8_lossy(&e.unwrap().path_bytes()).into_owned())
+        .collect();
+    assert_eq!(names, ["escape", "odd", "sh"], "link targets must not be walked into");
+}
+
+#[test]
+fn empty_directories_survive() {
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("tree");
+    fs::create_dir_all(tree.join("var/lib/empty")).unwrap();
+    fs::create_dir_all(tree.join("proc")).unwrap();
+    fs::set_permissions(tree.join("proc"), fs::Permissions::from_mode(0o555)).unwrap();
+    let store = store_in(&dir);
+    let (id, _) = store.pack_tree(&tree).unwrap();
+    let out = dir.path().join("out");
+    store.unpack(&id, &out).unwrap();
+    assert!(out.join("var/lib/empty").is_dir());
+    assert_eq!(fs::metadata(out.join("proc")).unwrap().mode() & 0o7777, 0o555);
+    assert_eq!(snapshot(&out), snapshot(&tree));
+}
+
+#[test]
+fn long_paths_and_long_link_targets_round_trip() {
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("tree");
+    let long_dir: PathBuf = (0..8).map(|i| format!("directory-level-{i:02}")).collect();
+    let long_file = long_dir.join("a-file-whose-name-is-also-rather-long-to-push-past-limits.conf");
+    assert!(long_file.as_os_str().len() > 200);
+    write(&tree.join(&long_file), b"deep", 0o600);
+    let long_target = format!("/{}", long_file.display());
+    assert!(long_target.len() > 100);
+    symlink(&long_target, tree.join("link")).unwrap();
+
+    let store = store_in(&dir);
+    let (id, _) = store.pack_tree(&tree).unwrap();
+    let out = dir.path().join("out");
+    store.unpack(&id, &out).unwrap();
+    assert_eq!(fs::read(out.join(&long_file)).unwrap(), b"deep");
+    assert_eq!(fs::read_link(out.join("link")).unwrap(), PathBuf::from(&long_target));
+    assert_eq!(snapshot(&out), snapshot(&tree));
+}
+
+#[test]
+fn hard_links_come_back_as_separate_files() {
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("tree");
+    write(&tree.join("bin/gzip"), b"same program", 0o755);
+    fs::hard_link(tree.join("bin/gzip"), tree.join("bin/gunzip")).unwrap();
+    let store = store_in(&dir);
+    let (id, _) = store.pack_tree(&tree).unwrap();
+    let out = dir.path().join("out");
+    store.unpack(&id, &out).unwrap();
+    for name in ["bin/gzip", "bin/gunzip"] {
+        let meta = fs::metadata(out.join(name)).unwrap();
+        assert_eq!(meta.nlink(), 1, "{name}");
+        assert_eq!(meta.mode() & 0o7777, 0o755, "{name}");
+        assert_eq!(fs::read(out.join(name)).unwrap(), b"same program");
+    }
+}
+
+#[test]
+fn fifos_are_skipped() {
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("tree");
+    write(&tree.join("etc/hostname"), b"box\n", 0o644);
+    let fifo = std::ffi::CString::new(tree.join("etc/initctl").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates a file system entry.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let store = store_in(&dir);
+    let (id, _) = store.pack_tree(&tree).unwrap();
+    let out = dir.path().join("out");
+    store.unpack(&id, &out).unwrap();
+    assert!(out.join("etc/hostname").is_file());
+    assert!(fs::symlink_metadata(out.join("etc/initctl")).is_err());
+}
+
+#[test]
+fn ownership_is_restored_only_when_running_as_root() {
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("tree");
+    write(&tree.join("home/user/.profile"), b"PS1=$\n", 0o644);
+    let recorded = if running_as_root() {
+        std::os::unix::fs::lchown(tree.join("home/user/.profile"), Some(1000), Some(1000)).unwrap();
+        1000
+    } else {
+        effective_uid()
+    };
+    let store = store_in(&dir);
+    let (id, _) = store.pack_tree(&tree).unwrap();
+    let out = dir.path().join("out");
+    store.unpack(&id, &out).unwrap();
+    let uid = fs::metadata(out.join("home/user/.profile")).unwrap().uid();
+    assert_eq!(uid, recorded);
+}
+
+#[test]
+fn unpack_refuses_a_destination_that_is_not_empty() {
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("tree");
+    sample_tree(&tree);
+    let store = store_in(&dir);
+    let (id, _) = store.pack_tree(&tree).unwrap();
+    let out = dir.path().join("out");
+    write(&out.join("already-here"), b"x", 0o644);
+    let err = store.unpack(&id, &out).unwrap_err();
+    assert!(matches!(err, LocalError::Io { .. }), "{err}");
+    assert_eq!(snapshot(&out).len(), 1);
+    // An existing empty folder is fine.
+    let empty = dir.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    store.unpack(&id, &empty).unwrap();
+}
+
+// ---- store -------------------------------------------------------------------------
+
+#[test]
+fn store_writes_leave_no_temporary_files() {
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("tree");
+    sample_tree(&tree);
+    let store = store_in(&dir);
+    let (id, _) = store.pack_tree(&tree).unwrap();
+    store.pack_tree(&tree).unwrap();
+    let hex = id.strip_prefix("local:").unwrap();
+    assert_eq!(store_files(&store), [format!("{hex}.tar.zst")]);
+}
+
+#[test]
+fn a_failed_pack_leaves_nothing_in_the_store() {
+    let dir = TempDir::new().unwrap();
+    let store = store_in(&dir);
+    let err = store.pack_tree(&dir.path().join("missing")).unwrap_err();
+    assert!(matches!(err, LocalError::Io { .. }), "{err}");
+    assert!(store_files(&store).is_empty());
+}
+
+#[test]
+fn contains_is_false_after_remove() {
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("tree");
+    sample_tree(&tree);
+    let store = store_in(&dir);
+    let (id, _) = store.pack_tree(&tree).unwrap();
+    assert!(store.contains(&id));
+    store.remove(&id).unwrap();
+    assert!(!store.contains(&id));
+    assert!(store_files(&store).is_empty());
+    // Removing twice is fine; unpacking a removed artifact is an error.
+    store.remove(&id).unwrap();
+    assert!(store.unpack(&id, &dir.path().join("out")).is_err());
+}
+
+#[test]
+fn ids_that_are_not_local_are_rejected() {
+    let store = Store::new("/nonexistent/store");
+    let hex = "ab".repeat(32);
+    assert_eq!(
+        store.path_of(&format!("local:{hex}")),
+        Some(PathBuf::from(format!("/nonexistent/store/{hex}.tar.zst")))
+    );
+    for bad in [
+        "ami-0123456789abcdef0".to_string(),
+        format!("local:{}", &hex[..63]),
+        format!("local:{}", hex.to_uppercase()),
+        format!("local:../{}", &hex[..61]),
+        hex.clone(),
+    ] {
+        assert_eq!(store.path_of(&bad), None, "{bad}");
+        assert!(!store.contains(&bad));
+        assert!(matches!(store.remove(&bad), Err(LocalError::InvalidArtifactId { .. })));
+    }
+}
+
+#[test]
+fn a_damaged_artifact_is_reported_corrupt_and_nothing_is_unpacked() {
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("tree");
+    sample_tree(&tree);
+    let store = store_in(&dir);
+    let (id, _) = store.pack_tree(&tree).unwrap();
+    let path = store.path_of(&id).unwrap();
+    let mut bytes = fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&path, &bytes).unwrap();
+
+    let out = dir.path().join("out");
+    let err = store.unpack(&id, &out).unwrap_err();
+    assert!(matches!(err, LocalError::Corrupt { .. }), "{err}");
+    assert!(!out.exists());
+
+    // Packing the same tree again repairs the artifact in place.
+    assert_eq!(store.pack_tree(&tree).unwrap().0, id);
+    store.unpack(&id, &out).unwrap();
+    assert_eq!(snapshot(&out), snapshot(&tree));
+}
+
+// ---- origins -----------------------------------------------------------------------
+
+/// A plain tar of `tree`, made with the tar crate the way other tools would.
+fn plain_tar(tree: &Path) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(false);
+    builder.append_dir_all(".", tree).unwrap();
+    builder.into_inner().unwrap()
+}
+
+#[test]
+fn tar_origins_unpack_in_every_format() {
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("tree");
+    sample_tree(&tree);
+    let tar_bytes = plain_tar(&tree);
+
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar_bytes).unwrap();
+    let gz_bytes = gz.finish().unwrap();
+    let zst_bytes = zstd::encode_all(&tar_bytes[..], 3).unwrap();
+
+    let cases: [(&str, &[u8]); 7] = [
+        ("base.tar", &tar_bytes),
+        ("base.tar.gz", &gz_bytes),
+        ("base.tgz", &gz_bytes),
+        ("base.tar.zst", &zst_bytes),
+        ("base.tzst", &zst_bytes),
+        // No telling extension: recognised by magic bytes.
+        ("base-zst.img", &zst_bytes),
+        ("base-tar", &tar_bytes),
+    ];
+    let expected = snapshot(&tree);
+    for (name, bytes) in cases {
+        let origin = dir.path().join(name);
+        fs::write(&origin, bytes).unwrap();
+        let dest = dir.path().join(format!("out-{name}"));
+        unpack_origin(&origin, &dest).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(snapshot(&dest), expected, "{name}");
+    }
+}
+
+#[test]
+fn directory_origins_are_copied_with_modes_and_symlinks() {
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("tree");
+    sample_tree(&tree);
+    // A read-only folder with contents must still be copied.
+    write(&tree.join("usr/share/doc/README"), b"docs", 0o444);
+    fs::set_permissions(tree.join("usr/share/doc"), fs::Permissions::from_mode(0o555)).unwrap();
+    let dest = dir.path().join("out");
+    unpack_origin(&tree, &dest).unwrap();
+    assert_eq!(snapshot(&dest), snapshot(&tree));
+    assert!(fs::symlink_metadata(dest.join("bin/sh")).unwrap().file_type().is_symlink());
+    // Same tree, same image, whichever way it came in.
+    let store = store_in(&dir);
+    assert_eq!(store.pack_tree(&dest).unwrap().0, store.pack_tree(&tree).unwrap().0);
+    remove_tree(&dest).unwrap();
+    remove_tree(&tree).unwrap();
+}
+
+#[test]
+fn an_unrecognised_origin_is_unsupported() {
+    let dir = TempDir::new().unwrap();
+    let origin = dir.path().join("base.img");
+    fs::write(&origin, b"PK\x03\x04 this is a zip file, not a tarball").unwrap();
+    let err = unpack_origin(&origin, &dir.path().join("out")).unwrap_err();
+    assert!(matches!(err, LocalError::UnsupportedOrigin { .. }), "{err}");
+    assert!(!dir.path().join("out").exists());
+}
+
+/// A tar with one harmless entry and then one whose name is written raw (the tar builder
+/// refuses unsafe names, which is the point).
+fn tar_with_raw_name(raw_name: &[u8]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut ok = tar::Header::new_gnu();
+    ok.set_entry_type(tar::EntryType::Regular);
+    ok.set_mode(0o644);
+    ok.set_size(2);
+    builder.append_data(&mut ok, "ok.txt", &b"ok"[..]).unwrap();
+
+    let mut evil = tar::Header::new_gnu();
+    evil.as_old_mut().name[..raw_name.len()].copy_from_slice(raw_name);
+    evil.set_entry_type(tar::EntryType::Regular);
+    evil.set_mode(0o644);
+    evil.set_size(4);
+    evil.set_cksum();
+    builder.append(&evil, &b"evil"[..]).unwrap();
+    builder.into_inner().unwrap()
+}
+
+#[test]
+fn an_origin_entry_with_dotdot_is_refused_and_nothing_escapes() {
+    let dir = TempDir::new().unwrap();
+    let origin = dir.path().join("base.tar");
+    fs::write(&origin, tar_with_raw_name(b"../evil")).unwrap();
+    let dest = dir.path().join("out");
+    let err = unpack_origin(&origin, &dest).unwrap_err();
+    match &err {
+        LocalError::UnsafeEntry { entry, path } => {
+            assert_eq!(entry, "../evil");
+            assert_eq!(path, &origin);
+        }
+        other => panic!("expected an unsafe entry, got {other}"),
+    }
+    assert!(!dir.path().join("evil").exists());
+}
+
+#[test]
+fn an_origin_entry_with_an_absolute_path_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let victim = dir.path().join("victim");
+    let origin = dir.path().join("base.tar");
+    fs::write(&origin, tar_with_raw_name(victim.as_os_str().as_encoded_bytes())).unwrap();
+    let err = unpack_origin(&origin, &dir.path().join("out")).unwrap_err();
+    assert!(matches!(err, LocalError::UnsafeEntry { .. }), "{err}");
+    assert!(!victim.exists());
+}
+
+#[test]
+fn an_origin_cannot_write_through_its_own_symlink() {
+    let dir = TempDir::new().unwrap();
+    let outside = dir.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut link = tar::Header::new_gnu();
+    link.set_entry_type(tar::EntryType::Symlink);
+    link.set_mode(0o777);
+    link.set_size(0);
+    builder.append_link(&mut link, "etc", &outside).unwrap();
+    let mut file = tar::Header::new_gnu();
+    file.set_entry_type(tar::EntryType::Regular);
+    file.set_mode(0o644);
+    file.set_size(4);
+    builder.append_data(&mut file, "etc/passwd", &b"evil"[..]).unwrap();
+    let origin = dir.path().join("base.tar");
+    fs::write(&origin, builder.into_inner().unwrap()).unwrap();
+
+    let err = unpack_origin(&origin, &dir.path().join("out")).unwrap_err();
+    match &err {
+        LocalError::UnsafeEntry { entry, .. } => assert_eq!(entry, "etc/passwd"),
+        other => panic!("expected an unsafe entry, got {other}"),
+    }
+    assert!(fs::read_dir(&outside).unwrap().next().is_none());
+}
+
+// ---- copy_into and remove_tree -----------------------------------------------------
+
+#[test]
+fn copy_into_creates_parents_and_keeps_the_exec_bit() {
+    let dir = TempDir::new().unwrap();
+    let project = dir.path().join("project");
+    write(&project.join("scripts/provision.sh"), b"#!/bin/sh\n", 0o755);
+    write(&project.join("config/common/app.conf"), b"a=1\n", 0o640);
+    symlink("app.conf", project.join("config/common/current.conf")).unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir(&root).unwrap();
+
+    copy_into(&project.join("scripts/provision.sh"), &root, "/opt/acme/provision.sh").unwrap();
+    let copied = fs::metadata(root.join("opt/acme/provision.sh")).unwrap();
+    assert_eq!(copied.mode() & 0o7777, 0o755);
+    assert_eq!(fs::metadata(root.join("opt/acme")).unwrap().mode() & 0o7777, 0o755);
+    assert_eq!(fs::read(root.join("opt/acme/provision.sh")).unwrap(), b"#!/bin/sh\n");
+
+    copy_into(&project.join("config/common"), &root, "/etc/acme").unwrap();
+    assert_eq!(snapshot(&root.join("etc/acme")), snapshot(&project.join("config/common")));
+    assert_eq!(
+        fs::read_link(root.join("etc/acme/current.conf")).unwrap(),
+        PathBuf::from("app.conf")
+    );
+
+    // Copying again merges and replaces files in place.
+    fs::write(project.join("config/common/app.conf"), b"a=2\n").unwrap();
+    copy_into(&project.join("config/common"), &root, "/etc/acme").unwrap();
+    assert_eq!(fs::read(root.join("etc/acme/app.conf")).unwrap(), b"a=2\n");
+}
+
+#[test]
+fn copy_into_refuses_a_parent_that_is_a_symlink() {
+    let dir = TempDir::new().unwrap();
+    let outside = dir.path().join("host-etc");
+    fs::create_dir(&outside).unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir(&root).unwrap();
+    symlink(&outside, root.join("etc")).unwrap();
+    let src = dir.path().join("app.conf");
+    write(&src, b"a=1\n", 0o644);
+
+    let err = copy_into(&src, &root, "/etc/acme/app.conf").unwrap_err();
+    assert!(matches!(err, LocalError::UnsafeEntry { .. }), "{err}");
+    let err = copy_into(&src, &root, "/../app.conf").unwrap_err();
+    assert!(matches!(err, LocalError::UnsafeEntry { .. }), "{err}");
+    assert!(fs::read_dir(&outside).unwrap().next().is_none());
+}
+
+#[test]
+fn copy_into_replaces_a_symlink_instead_of_writing_through_it() {
+    let dir = TempDir::new().unwrap();
+    let host_file = dir.path().join("host-resolv.conf");
+    fs::write(&host_file, b"host\n").unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir_all(root.join("etc")).unwrap();
+    symlink(&host_file, root.join("etc/resolv.conf")).unwrap();
+    let src = dir.path().join("resolv.conf");
+    write(&src, b"nameserver 10.0.0.2\n", 0o644);
+
+    copy_into(&src, &root, "/etc/resolv.conf").unwrap();
+    assert_eq!(fs::read(&host_file).unwrap(), b"host\n");
+    let meta = fs::symlink_metadata(root.join("etc/resolv.conf")).unwrap();
+    assert!(meta.is_file());
+    assert_eq!(fs::read(root.join("etc/resolv.conf")).unwrap(), b"nameserver 10.0.0.2\n");
+}
+
+#[test]
+fn remove_tree_removes_read_only_folders() {
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("instance");
+    write(&tree.join("usr/share/doc/README"), b"docs", 0o444);
+    fs::set_permissions(tree.join("usr/share/doc"), fs::Permissions::from_mode(0o555)).unwrap();
+    fs::create_dir_all(tree.join("locked/inner")).unwrap();
+    fs::set_permissions(tree.join("locked"), fs::Permissions::from_mode(0o000)).unwrap();
+    // A link out of the tree is removed, and what it points to is left alone.
+    let keep = dir.path().join("keep");
+    write(&keep.join("file"), b"keep", 0o444);
+    fs::set_permissions(&keep, fs::Permissions::from_mode(0o555)).unwrap();
+    symlink(&keep, tree.join("link")).unwrap();
+
+    remove_tree(&tree).unwrap();
+    assert!(!tree.exists());
+    assert!(keep.join("file").exists());
+    assert_eq!(fs::metadata(&keep).unwrap().mode() & 0o7777, 0o555);
+    // Removing what is already gone is fine (cleanup retries after a crash).
+    remove_tree(&tree).unwrap();
+    fs::set_permissions(&keep, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn unreadable_files_owned_by_us_are_still_packed_with_their_mode() {
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("tree");
+    write(&tree.join("etc/gshadow"), b"root:*::\n", 0o000);
+    let store = store_in(&dir);
+    let (id, _) = store.pack_tree(&tree).unwrap();
+    assert_eq!(fs::metadata(tree.join("etc/gshadow")).unwrap().mode() & 0o7777, 0);
+    let out = dir.path().join("out");
+    store.unpack(&id, &out).unwrap();
+    assert_eq!(fs::metadata(out.join("etc/gshadow")).unwrap().mode() & 0o7777, 0);
+    let mut data = Vec::new();
+    // Reading back needs the permission again (root reads regardless).
+    fs::set_permissions(out.join("etc/gshadow"), fs::Permissions::from_mode(0o400)).unwrap();
+    File::open(out.join("etc/gshadow")).unwrap().read_to_end(&mut data).unwrap();
+    assert_eq!(data, b"root:*::\n");
+}

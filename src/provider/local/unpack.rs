@@ -1,0 +1,193 @@
+//! Safe tar extraction, shared by origins (which come from outside) and stored artifacts.
+//!
+//! Each entry is checked before anything is written: an absolute path or a `..` component
+//! (in the name, or in a hard link's target) is refused with [`LocalError::UnsafeEntry`]
+//! rather than skipped, because a silently incomplete root file system is worse than a
+//! clear error. Writes then go through the tar crate's `unpack_in`, which resolves each
+//! parent folder and refuses to write through a symlink that leads out of the destination;
+//! such a refusal is reported as [`LocalError::UnsafeEntry`] too. Symlinks themselves are
+//! created as recorded, absolute targets included, and never followed.
+//!
+//! Permissions are restored in full (setuid included). Ownership is restored only when
+//! running as root. Directories are created first as plain folders and get their recorded
+//! modes last, deepest first, so a read-only directory does not block its own contents.
+//! Device nodes and fifos are skipped with a warning, as [`super::pack`] skips them.
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Component, Path, PathBuf};
+
+use tar::EntryType;
+
+use super::{io_err, running_as_root, LocalError};
+
+/// Makes sure `dest` is an empty directory, creating it (and its parents) if needed.
+pub(crate) fn prepare_dest(dest: &Path) -> Result<(), LocalError> {
+    match fs::symlink_metadata(dest) {
+        Ok(meta) if meta.is_dir() => {
+            let mut entries = fs::read_dir(dest).map_err(io_err("read destination", dest))?;
+            if entries.next().is_some() {
+                return Err(LocalError::io(
+                    "unpack into",
+                    dest,
+                    io::Error::new(io::ErrorKind::DirectoryNotEmpty, "the folder is not empty"),
+                ));
+            }
+            Ok(())
+        }
+        Ok(_) => Err(LocalError::io(
+            "unpack into",
+            dest,
+            io::Error::new(io::ErrorKind::AlreadyExists, "a file is in the way"),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(dest).map_err(io_err("create destination", dest))
+        }
+        Err(e) => Err(LocalError::io("read destination", dest, e)),
+    }
+}
+
+/// Unpacks the tar stream `reader` into `dest` (empty or missing). `source` names the
+/// archive in errors.
+pub(crate) fn unpack_tar<R: Read>(reader: R, dest: &Path, source: &Path) -> Result<(), LocalError> {
+    prepare_dest(dest)?;
+    let dest = dest
+        .canonicalize()
+        .map_err(io_err("resolve destination", dest))?;
+
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(running_as_root());
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(true);
+    archive.set_unpack_xattrs(false);
+
+    let read_err = |e| LocalError::io("read archive", source, e);
+    // Directory entries wait until the end; see the module docs.
+    let mut directories = Vec::new();
+    for entry in archive.entries().map_err(read_err)? {
+        let mut entry = entry.map_err(read_err)?;
+        let name = entry.path_bytes().into_owned();
+        let unsafe_entry = || LocalError::UnsafeEntry {
+            path: source.to_path_buf(),
+            entry: String::from_utf8_lossy(&name).into_owned(),
+        };
+        if !is_safe_relative(&name) {
+            return Err(unsafe_entry());
+        }
+        let kind = entry.header().entry_type();
+        match kind {
+            EntryType::Directory => {
+                directories.push((name, entry));
+                continue;
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                tracing::warn!(
+                    archive = %source.display(),
+                    entry = %String::from_utf8_lossy(&name),
+                    "skipping a device node or fifo: images hold only directories, files and symlinks"
+                );
+                continue;
+            }
+            EntryType::Link => {
+                let target = entry.link_name_bytes().map(|t| t.into_owned());
+                if !target.as_deref().is_some_and(is_safe_relative) {
+                    return Err(unsafe_entry());
+                }
+            }
+            _ => {}
+        }
+        match entry.unpack_in(&dest) {
+            Ok(true) => {}
+            Ok(false) => return Err(unsafe_entry()),
+            Err(e) => {
+                let link = entry.link_name_bytes().map(|t| t.into_owned());
+                if escapes(&dest, &name, kind, link.as_deref()) {
+                    return Err(unsafe_entry());
+                }
+                return Err(unpack_error(&dest, &name, e));
+            }
+        }
+    }
+
+    // Deepest first, so a parent's restrictive mode is applied after its children's.
+    directories.sort_by(|a, b| b.0.cmp(&a.0));
+    for (name, mut entry) in directories {
+        match entry.unpack_in(&dest) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(LocalError::UnsafeEntry {
+                    path: source.to_path_buf(),
+                    entry: String::from_utf8_lossy(&name).into_owned(),
+                })
+            }
+            Err(e) => {
+                if escapes(&dest, &name, EntryType::Directory, None) {
+                    return Err(LocalError::UnsafeEntry {
+                        path: source.to_path_buf(),
+                        entry: String::from_utf8_lossy(&name).into_owned(),
+                    });
+                }
+                return Err(unpack_error(&dest, &name, e));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn unpack_error(dest: &Path, name: &[u8], source: io::Error) -> LocalError {
+    LocalError::io(
+        format!("unpack entry `{}` into", String::from_utf8_lossy(name)),
+        dest,
+        source,
+    )
+}
+
+/// A relative path without `..`: the only entry names (and hard link targets) that can
+/// stay inside the destination by construction.
+pub(crate) fn is_safe_relative(name: &[u8]) -> bool {
+    !name.is_empty() && !name.starts_with(b"/") && name.split(|&b| b == b'/').all(|c| c != b"..")
+}
+
+/// After a failed write: did the entry fail because a folder on its way (or a hard link's
+/// target) resolves outside `dest`? Then it is an unsafe entry, not an I/O problem.
+fn escapes(dest: &Path, name: &[u8], kind: EntryType, link: Option<&[u8]>) -> bool {
+    let rel = bytes_to_path(name);
+    // The entry itself is replaced, never written through, so only its parents count.
+    let parents = rel.parent().map(Path::to_path_buf).unwrap_or_default();
+    if walks_through_outside_link(dest, &parents) {
+        return true;
+    }
+    if kind == EntryType::Link {
+        if let Some(target) = link {
+            return walks_through_outside_link(dest, &bytes_to_path(target));
+        }
+    }
+    false
+}
+
+/// Whether some prefix of `rel` under `dest` is a symlink that resolves outside `dest`
+/// (or cannot be resolved at all, as with an absolute link to a host path that is missing).
+fn walks_through_outside_link(dest: &Path, rel: &Path) -> bool {
+    let mut cur = dest.to_path_buf();
+    for comp in rel.components() {
+        match comp {
+            Component::Normal(part) => cur.push(part),
+            _ => continue,
+        }
+        match fs::symlink_metadata(&cur) {
+            Ok(meta) if meta.file_type().is_symlink() => match cur.canonicalize() {
+                Ok(resolved) if resolved.starts_with(dest) => {}
+                _ => return true,
+            },
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+fn bytes_to_path(bytes: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
+}

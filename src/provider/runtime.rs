@@ -1,0 +1,230 @@
+//! The `local` provider at run time: `rootfs` builds in a staging folder and test
+//! instances as fresh unpacks of the final artifact, both under the project's work folder
+//! (`.imgraph/tmp`), both ledgered before they exist and removed before returning.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+
+use super::local::{self, Store};
+use super::{BuildRequest, Built, Ledger, Origin, Provider, ProviderError, TestRequest};
+use crate::config::model::{Build, Sandbox, Step};
+use crate::exec::process::{self, CommandSpec, ProcessOutcome};
+use crate::state::{LedgerEntry, ReleaseStatus};
+
+pub struct LocalProvider {
+    pub store: Store,
+    pub sandbox: Sandbox,
+    counter: AtomicU64,
+}
+
+impl LocalProvider {
+    pub fn new(store: Store, sandbox: Sandbox) -> Self {
+        LocalProvider {
+            store,
+            sandbox,
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    /// The image root as a command sees it: the host path, or `/` inside a sandbox.
+    fn root_env(&self, root: &Path) -> String {
+        match self.sandbox {
+            Sandbox::None => root.to_string_lossy().into_owned(),
+            Sandbox::Chroot | Sandbox::Bwrap => "/".into(),
+        }
+    }
+
+    /// A fresh, unique folder name under `work_dir`.
+    fn fresh_dir(&self, work_dir: &Path, kind: &str, node: &str) -> PathBuf {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let safe: String = node
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .collect();
+        work_dir.join(format!("{kind}-{safe}-{}-{n}", std::process::id()))
+    }
+}
+
+/// Runs `f` on the blocking pool (tar, zstd and file copies must not stall the runtime).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, local::LocalError> + Send + 'static,
+) -> Result<T, ProviderError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => Ok(r?),
+        Err(e) => Err(ProviderError::Failed(format!("worker thread failed: {e}"))),
+    }
+}
+
+/// Removes a ledgered folder and marks the ledger entry destroyed.
+async fn remove_ledgered(ledger: &Ledger, id: i64, dir: PathBuf) -> Result<(), ProviderError> {
+    blocking(move || {
+        if dir.exists() {
+            local::remove_tree(&dir)
+        } else {
+            Ok(())
+        }
+    })
+    .await?;
+    ledger.destroyed(id)
+}
+
+#[async_trait]
+impl Provider for LocalProvider {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn build(&self, req: BuildRequest<'_>) -> Result<Built, ProviderError> {
+        let Build::Rootfs { steps } = &req.image.build else {
+            return Err(ProviderError::Failed(format!(
+                "the local provider cannot run `{}` builds; use build \"rootfs\"",
+                req.image.build.builder_name()
+            )));
+        };
+        let staging = self.fresh_dir(req.work_dir, "staging", req.node_id);
+        let id = req.ledger.add(
+            req.node_id,
+            "local",
+            "staging",
+            &staging.to_string_lossy(),
+            "build",
+        )?;
+        let result = self.build_in(&req, steps, &staging).await;
+        let cleanup = remove_ledgered(req.ledger, id, staging).await;
+        let built = result?;
+        cleanup?;
+        Ok(built)
+    }
+
+    async fn test(&self, req: TestRequest<'_>) -> Result<ProcessOutcome, ProviderError> {
+        let instance = self.fresh_dir(req.work_dir, "instance", req.node_id);
+        let instance_id = instance
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let id = req.ledger.add(
+            req.node_id,
+            "local",
+            "instance",
+            &instance.to_string_lossy(),
+            "test",
+        )?;
+        let result = self.test_in(&req, &instance, &instance_id).await;
+        let cleanup = remove_ledgered(req.ledger, id, instance).await;
+        let outcome = result?;
+        cleanup?;
+        Ok(outcome)
+    }
+
+    async fn set_status(&self, _artifact_id: &str, _status: ReleaseStatus) -> Result<(), ProviderError> {
+        // Local images carry their status in the state's image registry only.
+        Ok(())
+    }
+
+    async fn artifact_exists(&self, artifact_id: &str) -> Result<bool, ProviderError> {
+        Ok(self.store.contains(artifact_id))
+    }
+
+    async fn destroy_leftover(&self, entry: &LedgerEntry) -> Result<(), ProviderError> {
+        let dir = PathBuf::from(&entry.resource);
+        blocking(move || {
+            if dir.exists() {
+                local::remove_tree(&dir)
+            } else {
+                Ok(())
+            }
+        })
+        .await
+    }
+}
+
+impl LocalProvider {
+    async fn build_in(&self, req: &BuildRequest<'_>, steps: &[Step], staging: &Path) -> Result<Built, ProviderError> {
+        let root = staging.join("root");
+        let origin = req.origin.clone();
+        let store = self.store.clone();
+        let dest = root.clone();
+        blocking(move || match origin {
+            Origin::LocalPath(p) => local::unpack_origin(&p, &dest),
+            Origin::Artifact(a) => store.unpack(&a, &dest),
+        })
+        .await?;
+
+        for step in steps {
+            if req.cancel.is_cancelled() {
+                return Err(ProviderError::Failed("cancelled".into()));
+            }
+            match step {
+                Step::Copy { from, to } => {
+                    let src = req.project.root.join(from.as_str());
+                    let (r, to) = (root.clone(), to.clone());
+                    append_log(req.log, &format!("imgraph: copy {from} to {to}"));
+                    blocking(move || local::copy_into(&src, &r, &to)).await?;
+                }
+                Step::Run { command } => {
+                    append_log(req.log, &format!("imgraph: run {command}"));
+                    let spec = CommandSpec {
+                        command: command.clone(),
+                        cwd: req.project.root.clone(),
+                        env: vec![
+                            ("IMGRAPH_ROOT".into(), self.root_env(&root)),
+                            ("IMGRAPH_IMAGE".into(), req.image.name.clone()),
+                            ("IMGRAPH_VERSION".into(), req.version.to_string()),
+                            ("IMGRAPH_KEY".into(), req.key.to_string()),
+                        ],
+                        sandbox: self.sandbox,
+                        root: Some(root.clone()),
+                        timeout: None,
+                    };
+                    let outcome = process::run(&spec, req.log, req.cancel).await?;
+                    if !outcome.success() {
+                        return Err(ProviderError::Failed(format!(
+                            "build step `{command}` {}",
+                            outcome.describe()
+                        )));
+                    }
+                }
+            }
+        }
+        let store = self.store.clone();
+        let (artifact_id, size) = blocking(move || store.pack_tree(&root)).await?;
+        append_log(req.log, &format!("imgraph: packed {artifact_id} ({size} bytes)"));
+        Ok(Built { artifact_id })
+    }
+
+    async fn test_in(&self, req: &TestRequest<'_>, instance: &Path, instance_id: &str) -> Result<ProcessOutcome, ProviderError> {
+        let root = instance.join("root");
+        let (store, artifact, dest) = (self.store.clone(), req.artifact_id.to_string(), root.clone());
+        blocking(move || store.unpack(&artifact, &dest)).await?;
+        append_log(
+            req.log,
+            &format!("imgraph: instance {instance_id} from {}", req.artifact_id),
+        );
+        let spec = CommandSpec {
+            command: req.suite.command.clone(),
+            cwd: req.project.root.clone(),
+            env: vec![
+                ("IMGRAPH_INSTANCE_ROOT".into(), self.root_env(&root)),
+                ("IMGRAPH_INSTANCE_ID".into(), instance_id.to_string()),
+                ("IMGRAPH_INSTANCE_IP".into(), "127.0.0.1".into()),
+                ("IMGRAPH_IMAGE".into(), req.image.name.clone()),
+                ("IMGRAPH_VERSION".into(), req.version.to_string()),
+                ("IMGRAPH_IMAGE_ID".into(), req.artifact_id.to_string()),
+            ],
+            sandbox: self.sandbox,
+            root: Some(root),
+            timeout: Some(req.suite.timeout),
+        };
+        Ok(process::run(&spec, req.log, req.cancel).await?)
+    }
+}
+
+/// Appends one line of imgraph's own narration to a node log (best effort).
+pub fn append_log(log: &Path, line: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+        let _ = writeln!(f, "{line}");
+    }
+}

@@ -1,0 +1,157 @@
+//! `imgraph plan` renderings: a terraform-like text view and the versioned JSON document.
+//!
+//! The text groups nodes by action, puts one node per line with its first reason, and
+//! shows root causes apart from cascades, so "1 changed file forces 40 nodes" reads as one
+//! cause and 39 cascades.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::{short_id, timestamp, Palette};
+use crate::plan::{Action, Plan, PlannedNode, Reason};
+
+/// One sentence per reason, in the user's words.
+pub fn reason_text(r: &Reason) -> String {
+    match r {
+        Reason::New => "new: never built or run successfully".into(),
+        Reason::InputChanged {
+            path,
+            change,
+            trigger,
+        } => match trigger {
+            crate::config::model::Trigger::Immediate => format!("`{path}` {}", change.as_str()),
+            crate::config::model::Trigger::Rollup => {
+                format!("`{path}` {} (rollup: waits for a roll-up run)", change.as_str())
+            }
+        },
+        Reason::ConfigChanged { fields } => format!("config changed: {}", fields.join(", ")),
+        Reason::SourceChanged { source, old, new } => {
+            if old.is_empty() {
+                format!("source `{source}` now resolves to {}", short_id(new))
+            } else {
+                format!("source `{source}` changed: {} → {}", short_id(old), short_id(new))
+            }
+        }
+        Reason::UpstreamChanged { node } => format!("cascade from {node}"),
+        Reason::MaxAge {
+            built_at_ms,
+            max_age_secs,
+        } => format!(
+            "older than max-age {} (built {})",
+            humantime::format_duration(Duration::from_secs(*max_age_secs)),
+            timestamp(*built_at_ms)
+        ),
+        Reason::Rollup { path, change } => format!("roll-up: `{path}` {}", change.as_str()),
+        Reason::PreviousFailure { error } => match error {
+            Some(e) => format!("the last run with this key failed: {e}"),
+            None => "the last run with this key failed".into(),
+        },
+        Reason::ArtifactMissing { artifact } => {
+            format!("artifact {} no longer exists", short_id(artifact))
+        }
+        Reason::Forced => "forced with --force".into(),
+    }
+}
+
+/// The human rendering of a plan.
+pub fn render_text(plan: &Plan, p: Palette) -> String {
+    let mut out = String::new();
+    let width = plan.nodes.iter().map(|n| n.id.len()).max().unwrap_or(10).max(10);
+
+    if !plan.sources.is_empty() {
+        let _ = writeln!(out, "{}", p.bold("Sources"));
+        for s in &plan.sources {
+            let tail = match &s.previous_id {
+                Some(old) if old != &s.id => p.yellow(&format!("  (was {})", short_id(old))),
+                _ => String::new(),
+            };
+            let _ = writeln!(out, "  {:width$}  {}{}", s.name, short_id(&s.id), tail);
+        }
+        out.push('\n');
+    }
+
+    let group = |action: Action| plan.nodes.iter().filter(move |n| n.action == action);
+    let runs: Vec<&PlannedNode> = group(Action::Run).collect();
+    if !runs.is_empty() {
+        let _ = writeln!(out, "{}", p.bold("Will run"));
+        for n in &runs {
+            let (mark, id) = if n.cascade {
+                ("~", p.dim(&n.id))
+            } else {
+                ("+", p.green(&n.id))
+            };
+            write_node(&mut out, mark, &id, n, width, p);
+        }
+        out.push('\n');
+    }
+    let deferred: Vec<&PlannedNode> = group(Action::Deferred).collect();
+    if !deferred.is_empty() {
+        let _ = writeln!(
+            out,
+            "{}",
+            p.bold("Deferred until a roll-up run (imgraph apply --rollup) or max-age")
+        );
+        for n in &deferred {
+            write_node(&mut out, "…", &p.yellow(&n.id), n, width, p);
+        }
+        out.push('\n');
+    }
+    let fresh: Vec<&PlannedNode> = group(Action::UpToDate).collect();
+    if !fresh.is_empty() {
+        let _ = writeln!(out, "{}", p.bold("Up to date"));
+        for n in &fresh {
+            let key = n.previous_key.as_deref().map(short_id).unwrap_or_default();
+            let _ = writeln!(out, "  = {}  {}", pad(&p.dim(&n.id), &n.id, width), p.dim(&key));
+        }
+        out.push('\n');
+    }
+
+    let s = &plan.summary;
+    let mut line = if s.run == 0 {
+        "No changes: every selected node is up to date".to_string()
+    } else {
+        format!(
+            "Plan: {} to run ({} {}, {} {})",
+            s.run,
+            s.causes,
+            plural(s.causes, "cause", "causes"),
+            s.cascades,
+            plural(s.cascades, "cascade", "cascades"),
+        )
+    };
+    let _ = write!(line, ", {} deferred, {} up to date", s.deferred, s.up_to_date);
+    if s.not_selected > 0 {
+        let _ = write!(line, ", {} outside --target", s.not_selected);
+    }
+    line.push('.');
+    let _ = writeln!(out, "{}", p.bold(&line));
+    out
+}
+
+fn write_node(out: &mut String, mark: &str, id: &str, n: &PlannedNode, width: usize, p: Palette) {
+    let mut reasons = n.reasons.iter();
+    let first = reasons.next().map(reason_text).unwrap_or_default();
+    let _ = writeln!(out, "  {mark} {}  {first}", pad(id, &n.id, width));
+    for r in reasons {
+        let _ = writeln!(out, "    {:width$}  {}", "", p.dim(&reason_text(r)));
+    }
+}
+
+/// Pads a possibly coloured `shown` string to `width` visible characters of `plain`.
+fn pad(shown: &str, plain: &str, width: usize) -> String {
+    let fill = width.saturating_sub(plain.chars().count());
+    format!("{shown}{}", " ".repeat(fill))
+}
+
+fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 {
+        one
+    } else {
+        many
+    }
+}
+
+/// The `plan --json` document (pretty-printed, stable field order).
+pub fn render_json(plan: &Plan) -> String {
+    serde_json::to_string_pretty(plan).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}

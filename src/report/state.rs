@@ -1,0 +1,127 @@
+//! Renderings of what the state records: `imgraph images` and `imgraph history`.
+
+use std::fmt::Write as _;
+
+use serde_json::json;
+
+use super::{short_id, timestamp, Palette};
+use crate::state::{ImageRecord, NodeRecord, NodeStatus, ReleaseStatus, RunRecord, RunStatus};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+fn status_str(s: ReleaseStatus) -> &'static str {
+    s.as_str()
+}
+
+pub fn images_json(records: &[ImageRecord]) -> String {
+    let images: Vec<_> = records
+        .iter()
+        .map(|r| {
+            json!({
+                "image": r.image, "version": r.version, "id": r.artifact_id,
+                "provider": r.provider, "key": r.key, "status": status_str(r.status),
+                "built_at": timestamp(r.built_at), "built_at_ms": r.built_at,
+                "run_id": r.run_id, "environments": r.environments,
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&json!({"format_version": FORMAT_VERSION, "images": images}))
+        .unwrap_or_default()
+}
+
+pub fn images_text(records: &[ImageRecord], p: Palette) -> String {
+    if records.is_empty() {
+        return "No images built yet: run `imgraph apply`.\n".into();
+    }
+    let mut out = String::new();
+    let w = records.iter().map(|r| r.image.len()).max().unwrap_or(5).max(5);
+    let _ = writeln!(
+        out,
+        "{:w$}  {:10}  {:18}  {:9}  {:20}  ENVIRONMENTS",
+        "IMAGE", "VERSION", "ID", "STATUS", "BUILT"
+    );
+    for r in records {
+        let status = match r.status {
+            ReleaseStatus::Ready => p.green(&format!("{:9}", status_str(r.status))),
+            ReleaseStatus::Failed => p.red(&format!("{:9}", status_str(r.status))),
+            ReleaseStatus::Candidate => p.yellow(&format!("{:9}", status_str(r.status))),
+        };
+        let _ = writeln!(
+            out,
+            "{:w$}  {:10}  {:18}  {status}  {:20}  {}",
+            r.image,
+            r.version,
+            short_id(&r.artifact_id),
+            timestamp(r.built_at),
+            r.environments.join(", ")
+        );
+    }
+    out
+}
+
+fn run_status(s: RunStatus) -> &'static str {
+    match s {
+        RunStatus::Running => "running",
+        RunStatus::Succeeded => "succeeded",
+        RunStatus::Failed => "failed",
+        RunStatus::Cancelled => "cancelled",
+        RunStatus::Abandoned => "abandoned",
+    }
+}
+
+pub fn history_json(runs: &[(RunRecord, Vec<NodeRecord>)]) -> String {
+    let runs: Vec<_> = runs
+        .iter()
+        .map(|(r, nodes)| {
+            json!({
+                "id": r.id, "command": r.command, "status": run_status(r.status),
+                "started_at": timestamp(r.started_at), "started_at_ms": r.started_at,
+                "finished_at_ms": r.finished_at, "pid": r.pid,
+                "options": serde_json::from_str::<serde_json::Value>(&r.options_json).unwrap_or_default(),
+                "nodes": nodes.iter().map(|n| json!({
+                    "id": n.node_id, "status": n.status.as_str(), "key": n.key,
+                    "started_at_ms": n.started_at, "finished_at_ms": n.finished_at,
+                    "error": n.error, "log_path": n.log_path,
+                    "outputs": n.outputs_json.as_deref().and_then(|o| serde_json::from_str::<serde_json::Value>(o).ok()),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&json!({"format_version": FORMAT_VERSION, "runs": runs})).unwrap_or_default()
+}
+
+pub fn history_text(runs: &[(RunRecord, Vec<NodeRecord>)], p: Palette) -> String {
+    if runs.is_empty() {
+        return "No runs yet.\n".into();
+    }
+    let mut out = String::new();
+    for (r, nodes) in runs {
+        let status = match r.status {
+            RunStatus::Succeeded => p.green(run_status(r.status)),
+            RunStatus::Failed | RunStatus::Abandoned => p.red(run_status(r.status)),
+            _ => p.yellow(run_status(r.status)),
+        };
+        let _ = writeln!(
+            out,
+            "{} {}  {}  {status}  {} nodes",
+            p.bold("run"),
+            r.id,
+            timestamp(r.started_at),
+            nodes.len()
+        );
+        for n in nodes {
+            let dur = n
+                .finished_at
+                .map(|f| format!("{:.1}s", (f - n.started_at) as f64 / 1000.0))
+                .unwrap_or_else(|| "-".into());
+            let st = match n.status {
+                NodeStatus::Succeeded => p.green(n.status.as_str()),
+                NodeStatus::Failed => p.red(n.status.as_str()),
+                _ => p.yellow(n.status.as_str()),
+            };
+            let err = n.error.as_deref().map(|e| format!("  {e}")).unwrap_or_default();
+            let _ = writeln!(out, "    {:32} {st:10} {dur:>7}{err}", n.node_id);
+        }
+    }
+    out
+}

@@ -1,0 +1,329 @@
+//! The image registry: every successful build's version, artifact id, key and release
+//! status, and which version went to which environment.
+//!
+//! Versions are `SERIES.PATCH` strings; ordering compares dot-separated parts as numbers
+//! (so 1.4.10 sorts after 1.4.9), which is done in Rust rather than SQL to keep the
+//! queries plain.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+use rusqlite::{params, OptionalExtension, Row};
+
+use super::{now_ms, ImageRecord, ReleaseStatus, RunId, State, StateError};
+
+const IMAGE_COLS: &str = "image, version, artifact_id, provider, key, status, built_at, run_id";
+
+fn image_from_row(row: &Row<'_>) -> rusqlite::Result<ImageRecord> {
+    Ok(ImageRecord {
+        image: row.get(0)?,
+        version: row.get(1)?,
+        artifact_id: row.get(2)?,
+        provider: row.get(3)?,
+        key: row.get(4)?,
+        status: row.get(5)?,
+        built_at: row.get(6)?,
+        run_id: row.get(7)?,
+        environments: Vec::new(),
+    })
+}
+
+/// Compares versions part by part, numerically where both parts are numbers.
+pub(crate) fn compare_versions(a: &str, b: &str) -> Ordering {
+    let mut left = a.split('.');
+    let mut right = b.split('.');
+    loop {
+        match (left.next(), right.next()) {
+            (None, None) => return Ordering::Equal,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(x), Some(y)) => {
+                let ord = match (x.parse::<u64>(), y.parse::<u64>()) {
+                    (Ok(x), Ok(y)) => x.cmp(&y),
+                    _ => x.cmp(y),
+                };
+                if ord != Ordering::Equal {
+                    return ord;
+                }
+            }
+        }
+    }
+}
+
+fn is_constraint(err: &rusqlite::Error, extended: std::ffi::c_int) -> bool {
+    matches!(err, rusqlite::Error::SqliteFailure(e, _) if e.extended_code == extended)
+}
+
+impl State {
+    /// The version the next build of `image` in `series` gets: `SERIES.0` when the series
+    /// has none yet, else the highest patch recorded for that image and series (whatever
+    /// its status, so a failed version's number is never reused) plus one.
+    pub fn next_version(&self, image: &str, series: &str) -> Result<String, StateError> {
+        let invalid = |detail: &str| StateError::InvalidSeries {
+            image: image.to_owned(),
+            series: series.to_owned(),
+            detail: detail.to_owned(),
+        };
+        if series.is_empty() || series.split('.').any(|p| p.parse::<u64>().is_err()) {
+            return Err(invalid(&format!(
+                "version series `{series}` is not dot-separated numbers such as \"1.4\""
+            )));
+        }
+        let prefix = format!("{series}.");
+        let context = format!("number the next version of image {image}");
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT version FROM images WHERE image = ?1 AND substr(version, 1, ?2) = ?3",
+            )
+            .map_err(|e| self.sql_err(e, &*context))?;
+        let versions = stmt
+            .query_map(
+                params![image, prefix.chars().count() as i64, prefix],
+                |row| row.get::<_, String>(0),
+            )
+            .map_err(|e| self.sql_err(e, &*context))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.sql_err(e, &*context))?;
+        // Only `SERIES.N` counts: with series 1.4, "1.4.2.1" is not a patch of it.
+        let highest = versions
+            .iter()
+            .filter_map(|v| v.strip_prefix(&prefix)?.parse::<u64>().ok())
+            .max();
+        let next = match highest {
+            None => 0,
+            Some(n) => n
+                .checked_add(1)
+                .ok_or_else(|| invalid("the patch number would overflow"))?,
+        };
+        Ok(format!("{series}.{next}"))
+    }
+
+    /// Records a built version. `(image, version)` is unique: recording it twice is an
+    /// error ([`StateError::VersionExists`]). `rec.environments` is ignored.
+    pub fn record_image(&self, rec: &ImageRecord) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                &format!(
+                    "INSERT INTO images ({IMAGE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                ),
+                params![
+                    rec.image,
+                    rec.version,
+                    rec.artifact_id,
+                    rec.provider,
+                    rec.key,
+                    rec.status,
+                    rec.built_at,
+                    rec.run_id
+                ],
+            )
+            .map_err(|e| {
+                if is_constraint(&e, rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY) {
+                    StateError::VersionExists {
+                        path: self.path.clone(),
+                        image: rec.image.clone(),
+                        version: rec.version.clone(),
+                    }
+                } else {
+                    self.sql_err(e, format!("record image {} {}", rec.image, rec.version))
+                }
+            })?;
+        Ok(())
+    }
+
+    pub fn set_image_status(
+        &self,
+        image: &str,
+        version: &str,
+        status: ReleaseStatus,
+    ) -> Result<(), StateError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE images SET status = ?1 WHERE image = ?2 AND version = ?3",
+                params![status, image, version],
+            )
+            .map_err(|e| {
+                self.sql_err(
+                    e,
+                    format!("mark image {image} {version} {}", status.as_str()),
+                )
+            })?;
+        if changed == 0 {
+            return Err(self.not_found(format!("image {image} {version}")));
+        }
+        Ok(())
+    }
+
+    /// Every recorded version (of one image, or of all), by image name, then newest
+    /// version first.
+    pub fn images(&self, image: Option<&str>) -> Result<Vec<ImageRecord>, StateError> {
+        let context = "list images";
+        let tx = self.read_tx(context)?;
+        let mut records = {
+            let mut stmt = self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT {IMAGE_COLS} FROM images WHERE ?1 IS NULL OR image = ?1"
+                ))
+                .map_err(|e| self.sql_err(e, context))?;
+            let rows = stmt
+                .query_map([image], image_from_row)
+                .map_err(|e| self.sql_err(e, context))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(|e| self.sql_err(e, context))?
+        };
+        let mut delivered: HashMap<(String, String), Vec<String>> = HashMap::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT image, version, environment FROM deliveries
+                     WHERE ?1 IS NULL OR image = ?1 ORDER BY id",
+                )
+                .map_err(|e| self.sql_err(e, context))?;
+            let rows = stmt
+                .query_map([image], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?))
+                })
+                .map_err(|e| self.sql_err(e, context))?;
+            for row in rows {
+                let (image, version, env): (String, String, String) =
+                    row.map_err(|e| self.sql_err(e, context))?;
+                let envs = delivered.entry((image, version)).or_default();
+                if !envs.contains(&env) {
+                    envs.push(env);
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.sql_err(e, context))?;
+        for rec in &mut records {
+            if let Some(envs) = delivered.remove(&(rec.image.clone(), rec.version.clone())) {
+                rec.environments = envs;
+            }
+        }
+        records.sort_by(|a, b| {
+            a.image
+                .cmp(&b.image)
+                .then_with(|| compare_versions(&b.version, &a.version))
+        });
+        Ok(records)
+    }
+
+    /// The newest version whose provider artifact is `artifact_id` (a content-addressed
+    /// store can give two versions the same artifact).
+    pub fn image_by_artifact(&self, artifact_id: &str) -> Result<Option<ImageRecord>, StateError> {
+        self.newest_image(
+            "artifact_id = ?1",
+            params![artifact_id],
+            &format!("find the image of artifact {artifact_id}"),
+        )
+    }
+
+    /// The newest version of `image` built with `key`.
+    pub fn image_by_key(&self, image: &str, key: &str) -> Result<Option<ImageRecord>, StateError> {
+        self.newest_image(
+            "image = ?1 AND key = ?2",
+            params![image, key],
+            &format!("find image {image} with key {key}"),
+        )
+    }
+
+    fn newest_image(
+        &self,
+        filter: &str,
+        params: &[&dyn rusqlite::ToSql],
+        context: &str,
+    ) -> Result<Option<ImageRecord>, StateError> {
+        let tx = self.read_tx(context)?;
+        let found = self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {IMAGE_COLS} FROM images WHERE {filter}
+                     ORDER BY built_at DESC, rowid DESC LIMIT 1"
+                ),
+                params,
+                image_from_row,
+            )
+            .optional()
+            .map_err(|e| self.sql_err(e, context))?;
+        let Some(mut rec) = found else {
+            return Ok(None);
+        };
+        rec.environments = self.environments_of(&rec.image, &rec.version, context)?;
+        tx.commit().map_err(|e| self.sql_err(e, context))?;
+        Ok(Some(rec))
+    }
+
+    fn environments_of(
+        &self,
+        image: &str,
+        version: &str,
+        context: &str,
+    ) -> Result<Vec<String>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT environment FROM deliveries WHERE image = ?1 AND version = ?2
+                 GROUP BY environment ORDER BY min(id)",
+            )
+            .map_err(|e| self.sql_err(e, context))?;
+        let rows = stmt
+            .query_map([image, version], |row| row.get(0))
+            .map_err(|e| self.sql_err(e, context))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| self.sql_err(e, context))
+    }
+
+    /// Records that `image` `version` was delivered to `environment` by `run`. The
+    /// version must be recorded.
+    pub fn record_delivery(
+        &self,
+        image: &str,
+        version: &str,
+        environment: &str,
+        run: RunId,
+    ) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO deliveries (image, version, environment, run_id, delivered_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![image, version, environment, run, now_ms()],
+            )
+            .map_err(|e| {
+                if is_constraint(&e, rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY) {
+                    self.not_found(format!("image {image} {version} or run {run}"))
+                } else {
+                    self.sql_err(
+                        e,
+                        format!("record the delivery of image {image} {version} to {environment}"),
+                    )
+                }
+            })?;
+        Ok(())
+    }
+
+    /// The version most recently delivered to `environment`.
+    pub fn delivered_version(
+        &self,
+        image: &str,
+        environment: &str,
+    ) -> Result<Option<String>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT version FROM deliveries WHERE image = ?1 AND environment = ?2
+                 ORDER BY id DESC LIMIT 1",
+                [image, environment],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| {
+                self.sql_err(
+                    e,
+                    format!("find the version of image {image} delivered to {environment}"),
+                )
+            })
+    }
+}

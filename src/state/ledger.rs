@@ -1,0 +1,98 @@
+//! The ledger of temporary resources. A row is written before the resource is created
+//! (with a placeholder `resource` when the id is only known afterwards, then updated), so
+//! a run killed between "create" and "record" still leaves a trace for the next run or
+//! `imgraph gc` to clean up.
+
+use rusqlite::{params, Row};
+
+use super::{now_ms, LedgerEntry, RunId, State, StateError};
+
+fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<LedgerEntry> {
+    Ok(LedgerEntry {
+        id: row.get(0)?,
+        run_id: row.get(1)?,
+        node_id: row.get(2)?,
+        provider: row.get(3)?,
+        kind: row.get(4)?,
+        resource: row.get(5)?,
+        purpose: row.get(6)?,
+        created_at: row.get(7)?,
+        destroyed_at: row.get(8)?,
+    })
+}
+
+impl State {
+    pub fn ledger_add(
+        &self,
+        run: Option<RunId>,
+        node_id: &str,
+        provider: &str,
+        kind: &str,
+        resource: &str,
+        purpose: &str,
+    ) -> Result<i64, StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO ledger (run_id, node_id, provider, kind, resource, purpose, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![run, node_id, provider, kind, resource, purpose, now_ms()],
+            )
+            .map_err(|e| {
+                self.sql_err(e, format!("record {kind} {resource} of node {node_id} in the ledger"))
+            })?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Replaces the resource of a ledger entry (e.g. with the instance id once known).
+    pub fn ledger_set_resource(&self, id: i64, resource: &str) -> Result<(), StateError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE ledger SET resource = ?1 WHERE id = ?2",
+                params![resource, id],
+            )
+            .map_err(|e| {
+                self.sql_err(
+                    e,
+                    format!("record resource {resource} in ledger entry {id}"),
+                )
+            })?;
+        if changed == 0 {
+            return Err(self.not_found(format!("ledger entry {id}")));
+        }
+        Ok(())
+    }
+
+    /// Marks an entry destroyed; marking it again keeps the first time.
+    pub fn ledger_mark_destroyed(&self, id: i64) -> Result<(), StateError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE ledger SET destroyed_at = coalesce(destroyed_at, ?1) WHERE id = ?2",
+                params![now_ms(), id],
+            )
+            .map_err(|e| self.sql_err(e, format!("mark ledger entry {id} destroyed")))?;
+        if changed == 0 {
+            return Err(self.not_found(format!("ledger entry {id}")));
+        }
+        Ok(())
+    }
+
+    /// Entries not yet destroyed, oldest first.
+    pub fn ledger_open(&self) -> Result<Vec<LedgerEntry>, StateError> {
+        let context = "list open ledger entries";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, run_id, node_id, provider, kind, resource, purpose, created_at,
+                        destroyed_at
+                 FROM ledger WHERE destroyed_at IS NULL ORDER BY id",
+            )
+            .map_err(|e| self.sql_err(e, context))?;
+        let rows = stmt
+            .query_map([], entry_from_row)
+            .map_err(|e| self.sql_err(e, context))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| self.sql_err(e, context))
+    }
+}

@@ -1,0 +1,179 @@
+//! Node runs: what each stage node ran with (key, manifest, stanza, upstream keys,
+//! reasons) and how it ended. `plan` reads them back as each node's history.
+
+use std::collections::HashMap;
+
+use rusqlite::{params, Params, Row};
+
+use super::{
+    now_ms, NodeHistory, NodeRecord, NodeRunId, NodeStart, NodeStatus, RunId, State, StateError,
+};
+
+const NODE_COLS: &str = "id, run_id, node_id, key, manifest_json, stanza, upstream_json, \
+     reasons_json, status, outputs_json, error, log_path, started_at, finished_at";
+
+fn node_from_row(row: &Row<'_>) -> rusqlite::Result<NodeRecord> {
+    Ok(NodeRecord {
+        id: row.get(0)?,
+        run_id: row.get(1)?,
+        node_id: row.get(2)?,
+        key: row.get(3)?,
+        manifest_json: row.get(4)?,
+        stanza: row.get(5)?,
+        upstream_json: row.get(6)?,
+        reasons_json: row.get(7)?,
+        status: row.get(8)?,
+        outputs_json: row.get(9)?,
+        error: row.get(10)?,
+        log_path: row.get(11)?,
+        started_at: row.get(12)?,
+        finished_at: row.get(13)?,
+    })
+}
+
+/// Selects the newest succeeded record of each node.
+const LAST_SUCCESS: &str = "status = 'succeeded'";
+/// Selects the newest record of each node that actually started.
+const LAST_ATTEMPT: &str = "attempted = 1";
+
+impl State {
+    /// Records that a node started in `run`; its status is `Running` until
+    /// [`State::finish_node`].
+    pub fn start_node(&self, run: RunId, start: &NodeStart) -> Result<NodeRunId, StateError> {
+        self.insert_node(run, start, NodeStatus::Running, true, None, None)
+            .map_err(|e| self.sql_err(e, format!("record the start of node {}", start.node_id)))
+    }
+
+    pub fn finish_node(
+        &self,
+        id: NodeRunId,
+        status: NodeStatus,
+        outputs_json: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<(), StateError> {
+        let finished_at = (status != NodeStatus::Running).then(now_ms);
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE node_runs SET status = ?1, outputs_json = ?2, error = ?3, finished_at = ?4
+                 WHERE id = ?5",
+                params![status, outputs_json, error, finished_at, id],
+            )
+            .map_err(|e| self.sql_err(e, format!("record the end of node run {id}")))?;
+        if changed == 0 {
+            return Err(self.not_found(format!("node run {id}")));
+        }
+        Ok(())
+    }
+
+    /// A node that never started (skipped because of an upstream failure, or cancelled
+    /// before start). `cause` is kept as its error. Such records never count as a node's
+    /// `last_attempt`.
+    pub fn record_not_run(
+        &self,
+        run: RunId,
+        start: &NodeStart,
+        status: NodeStatus,
+        cause: &str,
+    ) -> Result<NodeRunId, StateError> {
+        let now = now_ms();
+        self.insert_node(run, start, status, false, Some(cause), Some(now))
+            .map_err(|e| self.sql_err(e, format!("record that node {} did not run", start.node_id)))
+    }
+
+    fn insert_node(
+        &self,
+        run: RunId,
+        start: &NodeStart,
+        status: NodeStatus,
+        attempted: bool,
+        error: Option<&str>,
+        finished_at: Option<i64>,
+    ) -> rusqlite::Result<NodeRunId> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO node_runs (run_id, node_id, key, manifest_json, stanza, upstream_json,
+                 reasons_json, status, attempted, error, log_path, started_at, finished_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?;
+        stmt.execute(params![
+            run,
+            start.node_id,
+            start.key,
+            start.manifest_json,
+            start.stanza,
+            start.upstream_json,
+            start.reasons_json,
+            status,
+            attempted,
+            error,
+            start.log_path,
+            now_ms(),
+            finished_at,
+        ])?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// One node's last success and last attempt.
+    pub fn history(&self, node_id: &str) -> Result<NodeHistory, StateError> {
+        let context = format!("read the history of node {node_id}");
+        let tx = self.read_tx(&context)?;
+        let newest = |filter: &str| {
+            self.query_nodes(
+                &format!("WHERE node_id = ?1 AND {filter} ORDER BY id DESC LIMIT 1"),
+                [node_id],
+                &context,
+            )
+            .map(|mut v| v.pop())
+        };
+        let history = NodeHistory {
+            last_success: newest(LAST_SUCCESS)?,
+            last_attempt: newest(LAST_ATTEMPT)?,
+        };
+        tx.commit().map_err(|e| self.sql_err(e, context))?;
+        Ok(history)
+    }
+
+    /// Every node's history, read in one snapshot with two queries.
+    pub fn snapshot(&self) -> Result<HashMap<String, NodeHistory>, StateError> {
+        let context = "read the history of every node";
+        let tx = self.read_tx(context)?;
+        let newest_each = |filter: &str| {
+            self.query_nodes(
+                &format!(
+                    "WHERE id IN (SELECT max(id) FROM node_runs WHERE {filter} GROUP BY node_id)"
+                ),
+                [],
+                context,
+            )
+        };
+        let mut out: HashMap<String, NodeHistory> = HashMap::new();
+        for rec in newest_each(LAST_SUCCESS)? {
+            let node_id = rec.node_id.clone();
+            out.entry(node_id).or_default().last_success = Some(rec);
+        }
+        for rec in newest_each(LAST_ATTEMPT)? {
+            let node_id = rec.node_id.clone();
+            out.entry(node_id).or_default().last_attempt = Some(rec);
+        }
+        tx.commit().map_err(|e| self.sql_err(e, context))?;
+        Ok(out)
+    }
+
+    /// `SELECT <node columns> FROM node_runs <tail>`.
+    pub(super) fn query_nodes<P: Params>(
+        &self,
+        tail: &str,
+        params: P,
+        context: &str,
+    ) -> Result<Vec<NodeRecord>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {NODE_COLS} FROM node_runs {tail}"))
+            .map_err(|e| self.sql_err(e, context))?;
+        let rows = stmt
+            .query_map(params, node_from_row)
+            .map_err(|e| self.sql_err(e, context))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| self.sql_err(e, context))
+    }
+}

@@ -1,0 +1,94 @@
+//! The stat cache: project-relative path -> what the file looked like when it was hashed.
+//!
+//! The hasher decides whether a cached digest still holds; this module only stores the
+//! entries. Nanosecond times are stored as decimal text because `i128` does not fit an
+//! SQLite integer; sizes and inodes are stored as the `i64` with the same bits.
+
+use std::collections::HashMap;
+
+use rusqlite::params;
+
+use super::{StatEntry, State, StateError};
+
+impl State {
+    pub fn load_stat_cache(&self) -> Result<HashMap<String, StatEntry>, StateError> {
+        let context = "load the stat cache";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT path, size, mtime_ns, ctime_ns, inode, mode, digest, recorded_at_ns
+                 FROM stat_cache",
+            )
+            .map_err(|e| self.sql_err(e, context))?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, i64>(4)?,
+                    row.get::<_, u32>(5)?,
+                    row.get::<_, String>(6)?,
+                    row.get::<_, String>(7)?,
+                ))
+            })
+            .map_err(|e| self.sql_err(e, context))?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (path, size, mtime, ctime, inode, mode, digest, recorded) =
+                row.map_err(|e| self.sql_err(e, context))?;
+            let time = |text: &str| {
+                text.parse::<i128>().map_err(|_| StateError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!("stat cache entry `{path}` has a bad time `{text}`"),
+                })
+            };
+            let entry = StatEntry {
+                size: size as u64,
+                mtime_ns: time(&mtime)?,
+                ctime_ns: time(&ctime)?,
+                inode: inode as u64,
+                mode,
+                digest,
+                recorded_at_ns: time(&recorded)?,
+            };
+            out.insert(path, entry);
+        }
+        Ok(out)
+    }
+
+    /// Inserts or replaces `entries`, in one transaction. Entries not listed are kept.
+    pub fn store_stat_cache(&self, entries: &[(String, StatEntry)]) -> Result<(), StateError> {
+        let context = "store the stat cache";
+        let tx = self.write_tx(context)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO stat_cache
+                         (path, size, mtime_ns, ctime_ns, inode, mode, digest, recorded_at_ns)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (path) DO UPDATE SET
+                         size = excluded.size, mtime_ns = excluded.mtime_ns,
+                         ctime_ns = excluded.ctime_ns, inode = excluded.inode,
+                         mode = excluded.mode, digest = excluded.digest,
+                         recorded_at_ns = excluded.recorded_at_ns",
+                )
+                .map_err(|e| self.sql_err(e, context))?;
+            for (path, entry) in entries {
+                stmt.execute(params![
+                    path,
+                    entry.size as i64,
+                    entry.mtime_ns.to_string(),
+                    entry.ctime_ns.to_string(),
+                    entry.inode as i64,
+                    entry.mode,
+                    entry.digest,
+                    entry.recorded_at_ns.to_string(),
+                ])
+                .map_err(|e| self.sql_err(e, format!("{context} entry `{path}`")))?;
+            }
+        }
+        tx.commit().map_err(|e| self.sql_err(e, context))
+    }
+}

@@ -1,0 +1,637 @@
+use std::path::Path;
+
+use rusqlite::params;
+
+use super::*;
+
+fn open_in(dir: &Path) -> State {
+    State::open(&dir.join("state.db")).expect("open state")
+}
+
+fn start<'a>(node_id: &'a str, key: &'a str) -> NodeStart<'a> {
+    NodeStart {
+        node_id,
+        key,
+        manifest_json: "[]",
+        stanza: "{}",
+        upstream_json: "{}",
+        reasons_json: "[]",
+        log_path: None,
+    }
+}
+
+fn image(name: &str, version: &str, artifact: &str, key: &str, built_at: i64) -> ImageRecord {
+    ImageRecord {
+        image: name.into(),
+        version: version.into(),
+        artifact_id: artifact.into(),
+        provider: "local".into(),
+        key: key.into(),
+        status: ReleaseStatus::Candidate,
+        built_at,
+        run_id: None,
+        environments: Vec::new(),
+    }
+}
+
+/// A pid that certainly belonged to a process that has exited.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true")
+        .spawn()
+        .expect("spawn true");
+    let pid = child.id();
+    child.wait().expect("wait for true");
+    pid
+}
+
+fn insert_run(state: &State, pid: u32, proc_start: Option<&str>) -> RunId {
+    state
+        .conn
+        .execute(
+            "INSERT INTO runs (command, options_json, status, started_at, pid, proc_start)
+             VALUES ('apply', '{}', 'running', 0, ?1, ?2)",
+            params![pid, proc_start],
+        )
+        .expect("insert run");
+    state.conn.last_insert_rowid()
+}
+
+#[test]
+fn migrating_twice_keeps_version_and_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = {
+        let state = open_in(dir.path());
+        assert_eq!(state.schema_version().unwrap(), MIGRATIONS.len() as u32);
+        state.begin_run("apply", r#"{"rollup":true}"#).unwrap()
+    };
+    let state = open_in(dir.path());
+    assert_eq!(state.schema_version().unwrap(), MIGRATIONS.len() as u32);
+    let runs = state.runs(10).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].id, run);
+    assert_eq!(runs[0].options_json, r#"{"rollup":true}"#);
+    assert_eq!(runs[0].status, RunStatus::Running);
+    assert_eq!(runs[0].pid, std::process::id());
+}
+
+#[test]
+fn a_failing_migration_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let err = State::open_with(&path, &[MIGRATIONS[0], "CREATE TABLE extra (a); NOT SQL;"])
+        .expect_err("the broken migration must fail");
+    assert!(matches!(err, StateError::Sqlite { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("apply schema migration 2"),
+        "{err}"
+    );
+
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let version: u32 = raw
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 0);
+    let tables: i64 = raw
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        tables, 0,
+        "migration 1 must be rolled back with migration 2"
+    );
+    drop(raw);
+
+    let state = State::open(&path).unwrap();
+    assert_eq!(state.schema_version().unwrap(), MIGRATIONS.len() as u32);
+}
+
+#[test]
+fn newer_schema_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.pragma_update(None, "user_version", 99).unwrap();
+    drop(raw);
+
+    let err = State::open(&path).expect_err("newer schema must be refused");
+    assert!(
+        matches!(err, StateError::NewerSchema { found: 99, known, .. } if known == MIGRATIONS.len() as u32),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!(
+            "state file was written by a newer imgraph (schema 99, this build knows {})",
+            MIGRATIONS.len()
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+}
+
+#[test]
+fn journal_is_wal_and_foreign_keys_are_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open_in(dir.path());
+    let mode: String = state
+        .conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    // A node run of a run that does not exist is refused.
+    assert!(state.start_node(12345, &start("build:base", "k")).is_err());
+}
+
+#[test]
+fn unwritable_parent_is_reported_with_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, "a file, not a folder").unwrap();
+    let path = blocker.join("sub").join("state.db");
+    let err = State::open(&path).expect_err("parent cannot be created");
+    assert!(matches!(err, StateError::CreateDir { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn statuses_round_trip_through_text() {
+    for s in [
+        NodeStatus::Running,
+        NodeStatus::Succeeded,
+        NodeStatus::Failed,
+        NodeStatus::Skipped,
+        NodeStatus::Cancelled,
+        NodeStatus::Abandoned,
+    ] {
+        assert_eq!(NodeStatus::parse(s.as_str()), Some(s));
+    }
+    for s in [
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+        RunStatus::Abandoned,
+    ] {
+        assert_eq!(RunStatus::parse(s.as_str()), Some(s));
+    }
+    for s in [
+        ReleaseStatus::Candidate,
+        ReleaseStatus::Ready,
+        ReleaseStatus::Failed,
+    ] {
+        assert_eq!(ReleaseStatus::parse(s.as_str()), Some(s));
+    }
+    assert_eq!(ReleaseStatus::Ready.as_str(), "Ready");
+    assert_eq!(NodeStatus::parse("Succeeded"), None);
+}
+
+#[test]
+fn history_keeps_last_success_behind_a_later_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open_in(dir.path());
+    let run1 = state.begin_run("apply", "{}").unwrap();
+    let ok = state.start_node(run1, &start("build:base", "k1")).unwrap();
+    state
+        .finish_node(
+            ok,
+            NodeStatus::Succeeded,
+            Some(r#"{"artifact":"a1"}"#),
+            None,
+        )
+        .unwrap();
+    let other = state.start_node(run1, &start("build:web", "w1")).unwrap();
+    state
+        .finish_node(other, NodeStatus::Succeeded, None, None)
+        .unwrap();
+    state.finish_run(run1, RunStatus::Succeeded).unwrap();
+
+    let run2 = state.begin_run("apply", "{}").unwrap();
+    let bad = state.start_node(run2, &start("build:base", "k2")).unwrap();
+    state
+        .finish_node(bad, NodeStatus::Failed, None, Some("exit status 1"))
+        .unwrap();
+    // Skipped afterwards: must not become the last attempt.
+    let skipped = state
+        .record_not_run(
+            run2,
+            &start("build:web", "w2"),
+            NodeStatus::Skipped,
+            "build:base failed",
+        )
+        .unwrap();
+    state.finish_run(run2, RunStatus::Failed).unwrap();
+
+    let base = state.history("build:base").unwrap();
+    let success = base.last_success.expect("last success");
+    assert_eq!(success.id, ok);
+    assert_eq!(success.key, "k1");
+    assert_eq!(
+        success.outputs_json.as_deref(),
+        Some(r#"{"artifact":"a1"}"#)
+    );
+    assert!(success.finished_at.is_some());
+    let attempt = base.last_attempt.expect("last attempt");
+    assert_eq!((attempt.id, attempt.status), (bad, NodeStatus::Failed));
+    assert_eq!(attempt.error.as_deref(), Some("exit status 1"));
+
+    let web = state.history("build:web").unwrap();
+    assert_eq!(web.last_success.as_ref().map(|r| r.id), Some(other));
+    assert_eq!(web.last_attempt.as_ref().map(|r| r.id), Some(other));
+
+    let snap = state.snapshot().unwrap();
+    assert_eq!(snap.len(), 2);
+    assert_eq!(
+        snap["build:base"].last_success.as_ref().map(|r| r.id),
+        Some(ok)
+    );
+    assert_eq!(
+        snap["build:base"].last_attempt.as_ref().map(|r| r.id),
+        Some(bad)
+    );
+    assert_eq!(
+        snap["build:web"].last_attempt.as_ref().map(|r| r.id),
+        Some(other)
+    );
+    assert!(state
+        .history("test:base/smoke")
+        .unwrap()
+        .last_attempt
+        .is_none());
+
+    let nodes: Vec<_> = state
+        .node_runs(run2)
+        .unwrap()
+        .into_iter()
+        .map(|n| (n.id, n.status))
+        .collect();
+    assert_eq!(
+        nodes,
+        vec![(bad, NodeStatus::Failed), (skipped, NodeStatus::Skipped)]
+    );
+    let runs = state.runs(1).unwrap();
+    assert_eq!((runs[0].id, runs[0].status), (run2, RunStatus::Failed));
+}
+
+#[test]
+fn finishing_an_unknown_node_or_run_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open_in(dir.path());
+    let err = state
+        .finish_node(77, NodeStatus::Succeeded, None, None)
+        .unwrap_err();
+    assert!(matches!(err, StateError::NotFound { .. }), "{err:?}");
+    assert!(matches!(
+        state.finish_run(77, RunStatus::Failed),
+        Err(StateError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn next_version_numbers_patches_numerically_per_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open_in(dir.path());
+    assert_eq!(state.next_version("base", "1.4").unwrap(), "1.4.0");
+    for patch in 0..=9 {
+        let v = state.next_version("base", "1.4").unwrap();
+        assert_eq!(v, format!("1.4.{patch}"));
+        let mut rec = image("base", &v, &format!("a{patch}"), "k", patch);
+        if patch == 9 {
+            // A failed version's number is still taken.
+            rec.status = ReleaseStatus::Failed;
+        }
+        state.record_image(&rec).unwrap();
+    }
+    assert_eq!(state.next_version("base", "1.4").unwrap(), "1.4.10");
+    state
+        .record_image(&image("base", "1.4.10", "a10", "k", 10))
+        .unwrap();
+    assert_eq!(state.next_version("base", "1.4").unwrap(), "1.4.11");
+    // Other series, and other images, count separately.
+    assert_eq!(state.next_version("base", "1.5").unwrap(), "1.5.0");
+    assert_eq!(state.next_version("base", "1").unwrap(), "1.0");
+    assert_eq!(state.next_version("web", "1.4").unwrap(), "1.4.0");
+    state
+        .record_image(&image("base", "1.40.3", "x", "k", 11))
+        .unwrap();
+    assert_eq!(state.next_version("base", "1.40").unwrap(), "1.40.4");
+    assert_eq!(state.next_version("base", "1.4").unwrap(), "1.4.11");
+    assert!(matches!(
+        state.next_version("base", "1.x"),
+        Err(StateError::InvalidSeries { .. })
+    ));
+}
+
+#[test]
+fn recording_a_version_twice_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open_in(dir.path());
+    state
+        .record_image(&image("base", "1.4.0", "a", "k", 1))
+        .unwrap();
+    let err = state
+        .record_image(&image("base", "1.4.0", "b", "k2", 2))
+        .unwrap_err();
+    assert!(matches!(err, StateError::VersionExists { .. }), "{err:?}");
+    assert!(err.to_string().contains("base 1.4.0"), "{err}");
+    assert_eq!(state.images(Some("base")).unwrap()[0].artifact_id, "a");
+}
+
+#[test]
+fn image_registry_sorts_finds_and_tracks_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open_in(dir.path());
+    let run = state.begin_run("apply", "{}").unwrap();
+    state
+        .record_image(&image("web", "1.0.0", "w0", "kw", 5))
+        .unwrap();
+    state
+        .record_image(&image("base", "1.4.9", "same", "k1", 1))
+        .unwrap();
+    state
+        .record_image(&image("base", "1.4.10", "same", "k2", 2))
+        .unwrap();
+    state
+        .record_image(&image("base", "1.4.2", "b2", "k1", 0))
+        .unwrap();
+    state
+        .set_image_status("base", "1.4.10", ReleaseStatus::Ready)
+        .unwrap();
+    assert!(matches!(
+        state.set_image_status("base", "9.9.9", ReleaseStatus::Ready),
+        Err(StateError::NotFound { .. })
+    ));
+
+    state
+        .record_delivery("base", "1.4.9", "staging", run)
+        .unwrap();
+    state
+        .record_delivery("base", "1.4.10", "staging", run)
+        .unwrap();
+    state
+        .record_delivery("base", "1.4.10", "production", run)
+        .unwrap();
+    state
+        .record_delivery("base", "1.4.10", "staging", run)
+        .unwrap();
+    assert!(state
+        .record_delivery("base", "0.0.1", "staging", run)
+        .is_err());
+
+    let all: Vec<_> = state
+        .images(None)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.image, r.version, r.environments))
+        .collect();
+    assert_eq!(
+        all,
+        vec![
+            (
+                "base".into(),
+                "1.4.10".into(),
+                vec!["staging".to_string(), "production".into()]
+            ),
+            ("base".into(), "1.4.9".into(), vec!["staging".to_string()]),
+            ("base".into(), "1.4.2".into(), vec![]),
+            ("web".into(), "1.0.0".into(), vec![]),
+        ]
+    );
+    assert_eq!(state.images(Some("web")).unwrap().len(), 1);
+
+    let by_artifact = state.image_by_artifact("same").unwrap().expect("found");
+    assert_eq!(by_artifact.version, "1.4.10");
+    assert_eq!(by_artifact.status, ReleaseStatus::Ready);
+    assert_eq!(by_artifact.environments, vec!["staging", "production"]);
+    assert!(state.image_by_artifact("nope").unwrap().is_none());
+    assert_eq!(
+        state.image_by_key("base", "k1").unwrap().map(|r| r.version),
+        Some("1.4.9".into())
+    );
+    assert!(state.image_by_key("web", "k1").unwrap().is_none());
+
+    assert_eq!(
+        state
+            .delivered_version("base", "staging")
+            .unwrap()
+            .as_deref(),
+        Some("1.4.10")
+    );
+    assert_eq!(state.delivered_version("web", "staging").unwrap(), None);
+}
+
+#[test]
+fn stat_cache_round_trips_and_upserts() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open_in(dir.path());
+    let big = StatEntry {
+        size: u64::MAX,
+        mtime_ns: i128::from(i64::MAX) * 4,
+        ctime_ns: -5,
+        inode: u64::MAX - 1,
+        mode: 0o100755,
+        digest: "b3v1:aa".into(),
+        recorded_at_ns: 1_700_000_000_123_456_789,
+    };
+    let small = StatEntry {
+        size: 3,
+        mtime_ns: 1,
+        ctime_ns: 2,
+        inode: 4,
+        mode: 0o100644,
+        digest: "b3v1:bb".into(),
+        recorded_at_ns: 5,
+    };
+    state
+        .store_stat_cache(&[
+            ("a.txt".into(), big.clone()),
+            ("b/c.txt".into(), small.clone()),
+        ])
+        .unwrap();
+    let mut changed = small.clone();
+    changed.digest = "b3v1:cc".into();
+    state
+        .store_stat_cache(&[("b/c.txt".into(), changed.clone())])
+        .unwrap();
+
+    drop(state);
+    let loaded = open_in(dir.path()).load_stat_cache().unwrap();
+    assert_eq!(loaded.len(), 2);
+    assert_eq!(loaded["a.txt"], big);
+    assert_eq!(loaded["b/c.txt"], changed);
+}
+
+#[test]
+fn ledger_lists_only_entries_not_destroyed() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open_in(dir.path());
+    let run = state.begin_run("apply", "{}").unwrap();
+    let a = state
+        .ledger_add(
+            Some(run),
+            "test:base/smoke",
+            "aws",
+            "instance",
+            "pending",
+            "smoke test",
+        )
+        .unwrap();
+    let b = state
+        .ledger_add(
+            None,
+            "build:base",
+            "local",
+            "staging",
+            "/tmp/x",
+            "build root",
+        )
+        .unwrap();
+    state.ledger_set_resource(a, "i-0123").unwrap();
+    state.ledger_mark_destroyed(b).unwrap();
+    state.ledger_mark_destroyed(b).unwrap();
+
+    let open = state.ledger_open().unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].id, a);
+    assert_eq!(open[0].resource, "i-0123");
+    assert_eq!(open[0].run_id, Some(run));
+    assert_eq!(open[0].destroyed_at, None);
+    assert!(matches!(
+        state.ledger_mark_destroyed(999),
+        Err(StateError::NotFound { .. })
+    ));
+    assert!(matches!(
+        state.ledger_set_resource(999, "x"),
+        Err(StateError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn lease_is_exclusive_and_taken_over_from_dead_holders() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open_in(dir.path());
+    let me = std::process::id();
+
+    assert_eq!(
+        state.acquire_lease("apply A").unwrap(),
+        LeaseOutcome::Acquired
+    );
+    assert_eq!(
+        state.acquire_lease("apply A").unwrap(),
+        LeaseOutcome::Acquired
+    );
+    match state.acquire_lease("apply B").unwrap() {
+        LeaseOutcome::HeldBy { pid, holder, .. } => {
+            assert_eq!((pid, holder.as_str()), (me, "apply A"))
+        }
+        other => panic!("expected HeldBy, got {other:?}"),
+    }
+    // A second connection sees the same lease.
+    let other = open_in(dir.path());
+    assert!(matches!(
+        other.acquire_lease("apply B").unwrap(),
+        LeaseOutcome::HeldBy { .. }
+    ));
+    state.release_lease().unwrap();
+    assert_eq!(
+        other.acquire_lease("apply B").unwrap(),
+        LeaseOutcome::Acquired
+    );
+    other.release_lease().unwrap();
+
+    // Held by another live process (pid 1 always exists).
+    state
+        .conn
+        .execute(
+            "INSERT INTO lease (id, pid, proc_start, holder, since) VALUES (1, 1, NULL, 'ci', 42)",
+            [],
+        )
+        .unwrap();
+    assert_eq!(
+        state.acquire_lease("apply A").unwrap(),
+        LeaseOutcome::HeldBy {
+            pid: 1,
+            holder: "ci".into(),
+            since: 42
+        }
+    );
+    // Releasing only gives up a lease this process holds.
+    state.release_lease().unwrap();
+    assert!(matches!(
+        state.acquire_lease("apply A").unwrap(),
+        LeaseOutcome::HeldBy { pid: 1, .. }
+    ));
+
+    // Held by a process that is gone: taken over.
+    state
+        .conn
+        .execute("UPDATE lease SET pid = ?1", [dead_pid()])
+        .unwrap();
+    assert_eq!(
+        state.acquire_lease("apply A").unwrap(),
+        LeaseOutcome::Acquired
+    );
+    assert!(
+        matches!(other.acquire_lease("apply B").unwrap(), LeaseOutcome::HeldBy { pid, .. } if pid == me)
+    );
+}
+
+#[test]
+fn abandon_stale_runs_marks_only_runs_whose_process_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open_in(dir.path());
+    let mine = state.begin_run("apply", "{}").unwrap();
+    let alive = insert_run(&state, 1, None);
+    let dead = insert_run(&state, dead_pid(), None);
+    let node = state.start_node(dead, &start("build:base", "k")).unwrap();
+    let done = state.start_node(dead, &start("build:web", "k")).unwrap();
+    state
+        .finish_node(done, NodeStatus::Succeeded, None, None)
+        .unwrap();
+
+    assert_eq!(state.abandon_stale_runs(Some(mine)).unwrap(), vec![dead]);
+    let status = |id| state.run(id).unwrap().expect("run").status;
+    assert_eq!(status(dead), RunStatus::Abandoned);
+    assert_eq!(status(alive), RunStatus::Running);
+    assert_eq!(status(mine), RunStatus::Running);
+    let nodes = state.node_runs(dead).unwrap();
+    assert_eq!(nodes[0].id, node);
+    assert_eq!(nodes[0].status, NodeStatus::Abandoned);
+    assert!(nodes[0].finished_at.is_some());
+    assert_eq!(nodes[1].status, NodeStatus::Succeeded);
+    // Nothing left to do the second time.
+    assert!(state.abandon_stale_runs(Some(mine)).unwrap().is_empty());
+
+    // Forced (the caller holds the lease): everything but the caller's run.
+    assert_eq!(state.abandon_running_runs(Some(mine)).unwrap(), vec![alive]);
+    assert_eq!(status(mine), RunStatus::Running);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_reused_pid_does_not_keep_a_dead_run_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open_in(dir.path());
+    // Same pid as this process, but another process identity: a killed run in an
+    // earlier container whose main process had the same pid.
+    let stale = insert_run(&state, std::process::id(), Some("other-boot/123"));
+    let current = state.begin_run("apply", "{}").unwrap();
+    assert_eq!(
+        state.abandon_stale_runs(Some(current)).unwrap(),
+        vec![stale]
+    );
+
+    state
+        .conn
+        .execute(
+            "INSERT INTO lease (id, pid, proc_start, holder, since) VALUES (1, ?1, 'other-boot/123', 'old', 0)",
+            [std::process::id()],
+        )
+        .unwrap();
+    assert_eq!(state.acquire_lease("new").unwrap(), LeaseOutcome::Acquired);
+}

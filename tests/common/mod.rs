@@ -1,0 +1,152 @@
+//! Shared helpers for integration tests: each test gets its own copy of a project in a
+//! temporary folder and runs the real binary against it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use imgraph::plan::{Action, BuildOutputs, Plan};
+use imgraph::state::{NodeStart, NodeStatus, State};
+use imgraph::workspace::Workspace;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Copies a folder (relative to the repository) into a fresh temporary folder.
+pub fn copy_project(rel: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dest = tmp.path().join("project");
+    copy_dir(&repo_root().join(rel), &dest);
+    (tmp, dest)
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let ty = entry.file_type().expect("file type");
+        let target = to.join(entry.file_name());
+        if entry.file_name() == ".imgraph" {
+            continue;
+        }
+        if ty.is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else if ty.is_symlink() {
+            let link = std::fs::read_link(entry.path()).expect("readlink");
+            std::os::unix::fs::symlink(link, &target).expect("symlink");
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// The real binary, run in `dir` with colour off.
+pub fn imgraph(dir: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("imgraph").expect("binary");
+    cmd.arg("-C").arg(dir).env("NO_COLOR", "1").env_remove("RUST_LOG");
+    cmd
+}
+
+/// Records every `run` node of `plan` as succeeded, as an apply would, through the
+/// library API. Build nodes get an artifact that exists in the local store.
+pub fn seed_success(dir: &Path, plan: &Plan) {
+    let ws = Workspace::open(dir).expect("open workspace");
+    let store = ws.local_store().expect("local store");
+    let state: &State = &ws.state;
+    let run = state.begin_run("seed", "{}").expect("begin run");
+    for n in plan.nodes.iter().filter(|n| n.action == Action::Run) {
+        let (m, u, r) = n.record_fields();
+        let id = state
+            .start_node(
+                run,
+                &NodeStart {
+                    node_id: &n.id,
+                    key: &n.key,
+                    manifest_json: &m,
+                    stanza: &n.stanza,
+                    upstream_json: &u,
+                    reasons_json: &r,
+                    log_path: None,
+                },
+            )
+            .expect("start node");
+        let outputs = if n.id.starts_with("build:") {
+            let hex = blake3::hash(n.key.as_bytes()).to_hex().to_string();
+            let artifact_id = format!("local:{hex}");
+            let path = store.path_of(&artifact_id).expect("artifact path");
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir store");
+            std::fs::write(&path, b"seeded").expect("write artifact");
+            Some(
+                serde_json::to_string(&BuildOutputs {
+                    artifact_id,
+                    version: "1.0.0".into(),
+                })
+                .expect("json"),
+            )
+        } else {
+            None
+        };
+        state
+            .finish_node(id, NodeStatus::Succeeded, outputs.as_deref(), None)
+            .expect("finish node");
+    }
+    state
+        .finish_run(run, imgraph::state::RunStatus::Succeeded)
+        .expect("finish run");
+}
+
+/// Records one failed attempt of `node_id` with the key the current plan gives it.
+pub fn seed_failure(dir: &Path, plan: &Plan, node_id: &str, error: &str) {
+    let ws = Workspace::open(dir).expect("open workspace");
+    let n = plan.node(node_id).expect("node in plan");
+    let (m, u, r) = n.record_fields();
+    let run = ws.state.begin_run("seed", "{}").expect("begin run");
+    let id = ws
+        .state
+        .start_node(
+            run,
+            &NodeStart {
+                node_id: &n.id,
+                key: &n.key,
+                manifest_json: &m,
+                stanza: &n.stanza,
+                upstream_json: &u,
+                reasons_json: &r,
+                log_path: None,
+            },
+        )
+        .expect("start node");
+    ws.state
+        .finish_node(id, NodeStatus::Failed, None, Some(error))
+        .expect("finish node");
+}
+
+pub fn plan_of(dir: &Path, options: &imgraph::plan::PlanOptions) -> Plan {
+    let ws = Workspace::open(dir).expect("open workspace");
+    ws.plan(options).expect("plan")
+}
+
+/// (node id, action, reason kinds) for compact assertions.
+pub fn actions(plan: &Plan) -> Vec<(String, &'static str, Vec<&'static str>)> {
+    plan.nodes
+        .iter()
+        .map(|n| {
+            (
+                n.id.clone(),
+                n.action.as_str(),
+                n.reasons.iter().map(|r| r.kind()).collect(),
+            )
+        })
+        .collect()
+}
+
+pub fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write");
+}
+
+pub fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).expect("open");
+    f.write_all(text.as_bytes()).expect("append");
+}
