@@ -51,7 +51,12 @@ impl Paths {
         what: &str,
     ) -> Option<String> {
         if raw.trim().is_empty() {
-            diags.error("empty_path", span, format!("{what} path is empty"), "empty path");
+            diags.error(
+                "empty_path",
+                span,
+                format!("{what} path is empty"),
+                "empty path",
+            );
             return None;
         }
         if Path::new(raw).is_absolute() || raw.starts_with('/') {
@@ -187,7 +192,12 @@ impl Paths {
     /// Checks an `exclude` pattern compiles the way the hash module will compile it.
     pub(crate) fn exclude(&self, diags: &mut Diags, raw: &str, span: SourceSpan) -> Option<String> {
         if raw.trim().is_empty() {
-            diags.error("empty_path", span, "exclude pattern is empty", "empty pattern");
+            diags.error(
+                "empty_path",
+                span,
+                "exclude pattern is empty",
+                "empty pattern",
+            );
             return None;
         }
         let full = if raw.contains('/') {

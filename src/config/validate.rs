@@ -21,7 +21,7 @@ use miette::SourceSpan;
 use super::diag::{did_you_mean, quoted_list, suggestion, Diags};
 use super::model::{
     Build, Delivery, Environment, FromRef, Image, Input, InputKind, InstanceSettings, Project,
-    ProviderDef, ProviderKind, RelPath, Sandbox, Source, SourceKind, Step, TestSuite, Trigger,
+    ProviderDef, ProviderKind, Sandbox, Source, SourceKind, Step, TestSuite, Trigger,
 };
 use super::paths::{Expect, Paths};
 use super::raw::{Node, Scalar};
@@ -519,7 +519,9 @@ impl V<'_> {
                         format!("config version {n} is not supported"),
                         "unsupported version",
                     )
-                    .help("this imgraph reads config version 1; a newer file needs a newer imgraph");
+                    .help(
+                        "this imgraph reads config version 1; a newer file needs a newer imgraph",
+                    );
             }
             ref other => {
                 self.diags
@@ -544,7 +546,9 @@ impl V<'_> {
         if Path::new(&path.value).is_absolute() {
             return Some(PathBuf::from(&path.value));
         }
-        let rel = self.paths.relative(self.diags, &path.value, path.span, "state path")?;
+        let rel = self
+            .paths
+            .relative(self.diags, &path.value, path.span, "state path")?;
         if rel.is_empty() {
             self.diags.error(
                 "bad_value",
@@ -634,7 +638,7 @@ impl V<'_> {
             _ => {
                 let place = "in provider `aws`";
                 let kids = self.children(node, &["region", "profile", "endpoint"], place);
-                let mut value = |v: &mut Self, key: &str, usage: &str| {
+                let value = |v: &mut Self, key: &str, usage: &str| {
                     let n = v.single(&kids, key, place)?;
                     v.leaf(n, "a value", usage).map(|s| s.value)
                 };
@@ -783,12 +787,24 @@ impl V<'_> {
     }
 
     fn local_source(&mut self, node: &Node) -> Option<SourceKind> {
-        let s = self.leaf(node, "a tarball or folder", "local \"bases/debian-12.tar.zst\"")?;
-        let path = self
-            .paths
-            .existing(self.diags, &s.value, s.span, "source image", Expect::FileOrDir)?;
+        let s = self.leaf(
+            node,
+            "a tarball or folder",
+            "local \"bases/debian-12.tar.zst\"",
+        )?;
+        let path = self.paths.existing(
+            self.diags,
+            &s.value,
+            s.span,
+            "source image",
+            Expect::FileOrDir,
+        )?;
         let is_dir = self.paths.root.join(path.as_str()).is_dir();
-        if !is_dir && !SOURCE_ARCHIVES.iter().any(|ext| path.as_str().ends_with(ext)) {
+        if !is_dir
+            && !SOURCE_ARCHIVES
+                .iter()
+                .any(|ext| path.as_str().ends_with(ext))
+        {
             self.diags
                 .error(
                     "source_format",
@@ -806,7 +822,11 @@ impl V<'_> {
         let usage = "aws owner=\"amazon\" name=\"amzn2-ami-hvm-*\"";
         self.props(node, &["owner", "name"]);
         let _ = self.args(node, &[], usage);
-        let kids = self.children(node, &["owner", "tag"], &format!("in the aws filter of {owner}"));
+        let kids = self.children(
+            node,
+            &["owner", "tag"],
+            &format!("in the aws filter of {owner}"),
+        );
         let mut owners = Vec::new();
         owners.extend(self.prop_str(node, "owner", usage).map(|s| s.value));
         let name = self.prop_str(node, "name", usage).map(|s| s.value);
@@ -814,12 +834,16 @@ impl V<'_> {
         let mut seen = HashMap::new();
         for kid in kids {
             if kid.name == "owner" {
-                owners.extend(self.leaf(kid, "an account id or alias", "owner \"amazon\"").map(|s| s.value));
+                owners.extend(
+                    self.leaf(kid, "an account id or alias", "owner \"amazon\"")
+                        .map(|s| s.value),
+                );
                 continue;
             }
             self.props(kid, &[]);
             self.no_children(kid);
-            let Some(mut kv) = self.args(kid, &["a tag key", "a value"], "tag \"KEY\" \"VALUE\"") else {
+            let Some(mut kv) = self.args(kid, &["a tag key", "a value"], "tag \"KEY\" \"VALUE\"")
+            else {
                 continue;
             };
             let value = kv.pop().map(|s| s.value).unwrap_or_default();
@@ -828,7 +852,8 @@ impl V<'_> {
                 tags.insert(key.value, value);
             }
         }
-        let has_owner_node = node.prop("owner").is_some() || node.children().iter().any(|k| k.name == "owner");
+        let has_owner_node =
+            node.prop("owner").is_some() || node.children().iter().any(|k| k.name == "owner");
         if !has_owner_node {
             self.diags
                 .error(
@@ -1099,8 +1124,13 @@ impl V<'_> {
                 let kids = self.children(node, &["var"], "in a packer build");
                 let template = self.required_prop(node, "template", usage);
                 let template = template.and_then(|t| {
-                    self.paths
-                        .existing(self.diags, &t.value, t.span, "packer template", Expect::File)
+                    self.paths.existing(
+                        self.diags,
+                        &t.value,
+                        t.span,
+                        "packer template",
+                        Expect::File,
+                    )
                 });
                 let mut vars = BTreeMap::new();
                 let mut seen = HashMap::new();
@@ -1108,7 +1138,8 @@ impl V<'_> {
                     self.props(kid, &[]);
                     self.no_children(kid);
                     let usage = "var \"instance_type\" \"t3.small\"";
-                    let Some(mut kv) = self.args(kid, &["a variable name", "a value"], usage) else {
+                    let Some(mut kv) = self.args(kid, &["a variable name", "a value"], usage)
+                    else {
                         continue;
                     };
                     let value = kv.pop().map(|s| s.value).unwrap_or_default();
@@ -1154,8 +1185,13 @@ impl V<'_> {
         let from = self.arg(node, "a project path", usage);
         let to = self.required_prop(node, "to", usage);
         let from = from.and_then(|f| {
-            self.paths
-                .existing(self.diags, &f.value, f.span, "copy source", Expect::FileOrDir)
+            self.paths.existing(
+                self.diags,
+                &f.value,
+                f.span,
+                "copy source",
+                Expect::FileOrDir,
+            )
         });
         let to = to?;
         if !to.value.starts_with('/') {
@@ -1172,7 +1208,10 @@ impl V<'_> {
                 ));
             return None;
         }
-        Some(Step::Copy { from: from?, to: to.value })
+        Some(Step::Copy {
+            from: from?,
+            to: to.value,
+        })
     }
 
     fn input(&mut self, node: &Node) -> Option<Input> {
@@ -1210,9 +1249,13 @@ impl V<'_> {
         self.no_children(node);
         let trigger = self.trigger(node, Trigger::Rollup, usage);
         let raw = self.arg(node, "a package list file", usage)?;
-        let path = self
-            .paths
-            .existing(self.diags, &raw.value, raw.span, "package list", Expect::File)?;
+        let path = self.paths.existing(
+            self.diags,
+            &raw.value,
+            raw.span,
+            "package list",
+            Expect::File,
+        )?;
         Some(Input {
             kind: InputKind::Packages { path },
             trigger,
@@ -1257,7 +1300,11 @@ impl V<'_> {
         image_place: &str,
     ) -> Option<TestSuite> {
         self.props(node, &[]);
-        let name = self.arg(node, "a name", "test \"smoke\" { run \"sh tests/smoke/check.sh\" }");
+        let name = self.arg(
+            node,
+            "a name",
+            "test \"smoke\" { run \"sh tests/smoke/check.sh\" }",
+        );
         let owner = match &name {
             Some(n) => format!("test `{}`", n.value),
             None => "this test".to_owned(),
@@ -1271,7 +1318,8 @@ impl V<'_> {
                     node,
                     &owner,
                     "run",
-                    "add `run \"COMMAND\"`: the command that checks a fresh instance of the image".to_owned(),
+                    "add `run \"COMMAND\"`: the command that checks a fresh instance of the image"
+                        .to_owned(),
                 );
                 None
             }
@@ -1339,7 +1387,7 @@ impl V<'_> {
             &["type", "subnet", "security-group", "key-name", "profile"],
             place,
         );
-        let mut one = |v: &mut Self, key: &str, usage: &str| {
+        let one = |v: &mut Self, key: &str, usage: &str| {
             let n = v.single(&kids, key, place)?;
             v.leaf(n, "a value", usage).map(|s| s.value)
         };
@@ -1369,7 +1417,11 @@ impl V<'_> {
         let mut names = Vec::new();
         for d in drafts {
             if let Some(n) = &d.name {
-                if self.names.get(&n.value).is_some_and(|(_, span)| *span == n.span) {
+                if self
+                    .names
+                    .get(&n.value)
+                    .is_some_and(|(_, span)| *span == n.span)
+                {
                     index.insert(n.value.as_str(), names.len());
                     names.push(n.value.as_str());
                 }
@@ -1378,7 +1430,9 @@ impl V<'_> {
         let mut edges = Vec::new();
         for d in drafts {
             if let (Some(n), Some(from)) = (&d.name, &d.from_image) {
-                if let (Some(&a), Some(&b)) = (index.get(n.value.as_str()), index.get(from.value.as_str())) {
+                if let (Some(&a), Some(&b)) =
+                    (index.get(n.value.as_str()), index.get(from.value.as_str()))
+                {
                     edges.push((a, b, from.span));
                 }
             }
@@ -1389,7 +1443,9 @@ impl V<'_> {
                 let (a, b, span) = edges[e];
                 (span, format!("`{}` is built from `{}`", names[a], names[b]))
             });
-            let Some((span, label)) = labels.next() else { continue };
+            let Some((span, label)) = labels.next() else {
+                continue;
+            };
             let mut d = self
                 .diags
                 .error("cycle", span, format!("images form a cycle: {path}"), label)
@@ -1408,7 +1464,11 @@ impl V<'_> {
 impl V<'_> {
     fn environment(&mut self, node: &Node) -> EnvDraft {
         self.props(node, &[]);
-        let name = self.arg(node, "a name", "environment \"NAME\" { deliver \"IMAGE\" { run \"CMD\" } }");
+        let name = self.arg(
+            node,
+            "a name",
+            "environment \"NAME\" { deliver \"IMAGE\" { run \"CMD\" } }",
+        );
         let owner = match &name {
             Some(n) => format!("environment `{}`", n.value),
             None => "this environment".to_owned(),
@@ -1426,9 +1486,12 @@ impl V<'_> {
                     continue;
                 };
                 if !self.environments.contains_key(&s.value) {
-                    let names: Vec<&str> = self.environment_order.iter().map(String::as_str).collect();
+                    let names: Vec<&str> =
+                        self.environment_order.iter().map(String::as_str).collect();
                     let help = suggestion(&s.value, &names, "environments in this file are")
-                        .unwrap_or_else(|| "declare it with `environment \"NAME\" { ... }`".to_owned());
+                        .unwrap_or_else(|| {
+                            "declare it with `environment \"NAME\" { ... }`".to_owned()
+                        });
                     self.diags
                         .error(
                             "unknown_reference",
@@ -1539,7 +1602,9 @@ impl V<'_> {
             if self.environments.get(&name.value) != Some(&name.span) {
                 continue;
             }
-            let Some(&a) = index.get(name.value.as_str()) else { continue };
+            let Some(&a) = index.get(name.value.as_str()) else {
+                continue;
+            };
             for after in &env.after {
                 if let Some(&b) = index.get(after.value.as_str()) {
                     edges.push((a, b, after.span));
@@ -1552,7 +1617,9 @@ impl V<'_> {
                 let (a, b, span) = edges[e];
                 (span, format!("`{}` comes after `{}`", names[a], names[b]))
             });
-            let Some((span, label)) = labels.next() else { continue };
+            let Some((span, label)) = labels.next() else {
+                continue;
+            };
             let mut d = self
                 .diags
                 .error("cycle", span, format!("environments form a cycle: {path}"), label)
@@ -1581,7 +1648,9 @@ impl V<'_> {
         for env in &firsts {
             let Some(name) = &env.name else { continue };
             for after in &env.after {
-                let Some(earlier) = by_name.get(after.value.as_str()) else { continue };
+                let Some(earlier) = by_name.get(after.value.as_str()) else {
+                    continue;
+                };
                 if earlier.name.as_ref().is_some_and(|n| n.value == name.value) {
                     continue; // a self-`after` is reported as a cycle
                 }
@@ -1644,10 +1713,7 @@ fn builder_help(provider: &str) -> String {
 
 /// `"10m"` from `timeout "10m"`, for type error messages.
 fn example_of(usage: &str) -> &str {
-    usage
-        .split('"')
-        .nth(1)
-        .unwrap_or("10m")
+    usage.split('"').nth(1).unwrap_or("10m")
 }
 
 fn count(n: usize, noun: &str) -> String {
@@ -1669,7 +1735,9 @@ fn cycles(nodes: usize, edges: &[(usize, usize, SourceSpan)]) -> Vec<Vec<usize>>
     let mut found = Vec::new();
     for component in petgraph::algo::tarjan_scc(&graph) {
         let members: Vec<usize> = component.iter().map(|n| n.index()).collect();
-        let Some(&start) = members.iter().min() else { continue };
+        let Some(&start) = members.iter().min() else {
+            continue;
+        };
         if members.len() == 1 {
             if let Some(e) = edges.iter().position(|&(a, b, _)| a == start && b == start) {
                 found.push(vec![e]);
@@ -1698,7 +1766,9 @@ fn cycles(nodes: usize, edges: &[(usize, usize, SourceSpan)]) -> Vec<Vec<usize>>
         let Some(mut e) = closing else { continue };
         let mut path = vec![e];
         while edges[e].0 != start {
-            let Some(&prev) = via.get(&edges[e].0) else { break };
+            let Some(&prev) = via.get(&edges[e].0) else {
+                break;
+            };
             path.push(prev);
             e = prev;
         }
@@ -1730,7 +1800,12 @@ mod tests {
     fn finds_every_node_of_a_cycle_in_order() {
         let names = ["a", "b", "c", "d"];
         // d -> a is a way into the cycle, not part of it.
-        let edges = [(0, 1, span()), (1, 2, span()), (2, 0, span()), (3, 0, span())];
+        let edges = [
+            (0, 1, span()),
+            (1, 2, span()),
+            (2, 0, span()),
+            (3, 0, span()),
+        ];
         let found = cycles(4, &edges);
         assert_eq!(found.len(), 1);
         assert_eq!(cycle_path(&names, &edges, &found[0]), "a -> b -> c -> a");

@@ -556,7 +556,7 @@ fn an_origin_entry_with_dotdot_is_refused_and_nothing_escapes() {
             assert_eq!(entry, "../evil");
             assert_eq!(path, &origin);
         }
-        other => panic!("expected an unsafe entry, got {other}"),
+        other => panic!("expected an unsafe entry, got {other:?}"),
     }
     assert!(!dir.path().join("evil").exists());
 }
@@ -595,7 +595,7 @@ fn an_origin_cannot_write_through_its_own_symlink() {
     let err = unpack_origin(&origin, &dir.path().join("out")).unwrap_err();
     match &err {
         LocalError::UnsafeEntry { entry, .. } => assert_eq!(entry, "etc/passwd"),
-        other => panic!("expected an unsafe entry, got {other}"),
+        other => panic!("expected an unsafe entry, got {other:?}"),
     }
     assert!(fs::read_dir(&outside).unwrap().next().is_none());
 }
