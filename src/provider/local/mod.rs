@@ -81,7 +81,10 @@ impl LocalError {
 }
 
 /// Builds a `map_err` closure that wraps an [`io::Error`] with what was being done.
-pub(crate) fn io_err<'a>(context: &'a str, path: &'a Path) -> impl FnOnce(io::Error) -> LocalError + 'a {
+pub(crate) fn io_err<'a>(
+    context: &'a str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> LocalError + 'a {
     move |source| LocalError::io(context, path, source)
 }
 

@@ -48,7 +48,9 @@ pub fn unpack_origin(origin: &Path, dest: &Path) -> Result<(), LocalError> {
     match format {
         ArchiveFormat::Tar => unpack_tar(reader, dest, origin),
         // Multi-member gzip is what `pigz` and concatenated tarballs produce.
-        ArchiveFormat::TarGz => unpack_tar(flate2::bufread::MultiGzDecoder::new(reader), dest, origin),
+        ArchiveFormat::TarGz => {
+            unpack_tar(flate2::bufread::MultiGzDecoder::new(reader), dest, origin)
+        }
         ArchiveFormat::TarZst => {
             let decoder = zstd::stream::read::Decoder::with_buffer(reader)
                 .map_err(io_err("start zstd decoding of", origin))?;
@@ -117,7 +119,10 @@ mod tests {
 
     #[test]
     fn magic_bytes_decide_when_the_name_does_not() {
-        assert_eq!(detect_magic(&[0x1f, 0x8b, 8, 0]), Some(ArchiveFormat::TarGz));
+        assert_eq!(
+            detect_magic(&[0x1f, 0x8b, 8, 0]),
+            Some(ArchiveFormat::TarGz)
+        );
         assert_eq!(
             detect_magic(&[0x28, 0xb5, 0x2f, 0xfd, 0]),
             Some(ArchiveFormat::TarZst)
@@ -129,4 +134,3 @@ mod tests {
         assert_eq!(detect_magic(&[]), None);
     }
 }
-

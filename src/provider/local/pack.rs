@@ -140,7 +140,9 @@ fn append_entry<W: Write>(
         if bytes.len() <= header.as_old().linkname.len() {
             // Literal bytes: `set_link_name` would normalise `a/./b` or `a//b`, and the
             // target must come back exactly as it was.
-            header.set_link_name_literal(bytes).map_err(io_err("pack", path))?;
+            header
+                .set_link_name_literal(bytes)
+                .map_err(io_err("pack", path))?;
             builder
                 .append_data(&mut header, rel, io::empty())
                 .map_err(append_err)
@@ -191,7 +193,9 @@ impl<R: Read> Read for ExactReader<R> {
         if self.remaining == 0 || buf.is_empty() {
             return Ok(0);
         }
-        let max = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(buf.len());
+        let max = usize::try_from(self.remaining)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         let n = self.inner.read(&mut buf[..max])?;
         if n == 0 {
             return Err(io::Error::new(

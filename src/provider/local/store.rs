@@ -44,7 +44,10 @@ impl Store {
     /// Where the artifact lives; `None` for ids that are not `local:<64 lowercase hex>`.
     pub fn path_of(&self, artifact_id: &str) -> Option<PathBuf> {
         let hex = artifact_id.strip_prefix(ID_PREFIX)?;
-        let valid = hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let valid = hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         valid.then(|| self.root.join(format!("{hex}.tar.zst")))
     }
 
@@ -71,10 +74,7 @@ impl Store {
             len: 0,
         };
         pack_deterministic(tree, &mut writer)?;
-        writer
-            .inner
-            .flush()
-            .map_err(io_err("write", tmp.path()))?;
+        writer.inner.flush().map_err(io_err("write", tmp.path()))?;
         let hex = writer.hasher.finalize().to_hex();
         let size = writer.len;
         // The buffered writer borrows the temp file, which is about to be moved.
@@ -83,7 +83,8 @@ impl Store {
         let target = self.root.join(format!("{hex}.tar.zst"));
 
         if matches!(hash_file(&target), Ok(Some(existing)) if existing.as_str() == hex.as_str()) {
-            tmp.close().map_err(io_err("remove a temporary file in", &self.root))?;
+            tmp.close()
+                .map_err(io_err("remove a temporary file in", &self.root))?;
             return Ok((id, size));
         }
 
@@ -110,7 +111,9 @@ impl Store {
             Some(actual) => {
                 return Err(LocalError::Corrupt {
                     path,
-                    detail: format!("its content hash is {actual}, not the {expected} its id names"),
+                    detail: format!(
+                        "its content hash is {actual}, not the {expected} its id names"
+                    ),
                 })
             }
             None => {

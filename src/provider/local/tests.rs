@@ -24,7 +24,12 @@ fn snapshot(root: &Path) -> BTreeMap<String, Node> {
     let mut out = BTreeMap::new();
     for entry in walkdir::WalkDir::new(root).follow_links(false).min_depth(1) {
         let entry = entry.unwrap();
-        let rel = entry.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let meta = fs::symlink_metadata(entry.path()).unwrap();
         let mode = meta.mode() & 0o7777;
         let node = if meta.file_type().is_symlink() {
@@ -54,8 +59,16 @@ fn write(path: &Path, data: &[u8], mode: u32) {
 
 /// A small root file system with the shapes that matter.
 fn sample_tree(root: &Path) {
-    write(&root.join("etc/passwd"), b"root:x:0:0:root:/root:/bin/sh\n", 0o644);
-    write(&root.join("etc/shadow"), b"root:*:19000:0:99999:7:::\n", 0o640);
+    write(
+        &root.join("etc/passwd"),
+        b"root:x:0:0:root:/root:/bin/sh\n",
+        0o644,
+    );
+    write(
+        &root.join("etc/shadow"),
+        b"root:*:19000:0:99999:7:::\n",
+        0o640,
+    );
     write(&root.join("bin/busybox"), b"\x7fELF pretend", 0o755);
     write(&root.join("usr/bin/passwd"), b"setuid tool", 0o4755);
     fs::create_dir_all(root.join("var/empty")).unwrap();
@@ -147,12 +160,21 @@ fn a_copy_made_in_another_order_with_other_times_has_the_same_id() {
     }
     assert_eq!(snapshot(&b), snap);
     assert_ne!(
-        fs::metadata(a.join("etc/passwd")).unwrap().modified().unwrap(),
-        fs::metadata(b.join("etc/passwd")).unwrap().modified().unwrap()
+        fs::metadata(a.join("etc/passwd"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        fs::metadata(b.join("etc/passwd"))
+            .unwrap()
+            .modified()
+            .unwrap()
     );
 
     let store = store_in(&dir);
-    assert_eq!(store.pack_tree(&a).unwrap().0, store.pack_tree(&b).unwrap().0);
+    assert_eq!(
+        store.pack_tree(&a).unwrap().0,
+        store.pack_tree(&b).unwrap().0
+    );
 }
 
 #[test]
@@ -227,8 +249,14 @@ fn pack_then_unpack_gives_back_the_tree() {
     store.unpack(&id, &out).unwrap();
     assert_eq!(snapshot(&out), snapshot(&tree));
     // The setuid bit and the sticky bit survive.
-    assert_eq!(fs::metadata(out.join("usr/bin/passwd")).unwrap().mode() & 0o7777, 0o4755);
-    assert_eq!(fs::metadata(out.join("tmp")).unwrap().mode() & 0o7777, 0o1777);
+    assert_eq!(
+        fs::metadata(out.join("usr/bin/passwd")).unwrap().mode() & 0o7777,
+        0o4755
+    );
+    assert_eq!(
+        fs::metadata(out.join("tmp")).unwrap().mode() & 0o7777,
+        0o1777
+    );
     // Repacking the unpacked tree gives the same image.
     assert_eq!(store.pack_tree(&out).unwrap().0, id);
 }
@@ -249,16 +277,26 @@ fn symlinks_round_trip_without_being_followed() {
     let out = dir.path().join("out");
     store.unpack(&id, &out).unwrap();
 
-    assert_eq!(fs::read_link(out.join("sh")).unwrap(), PathBuf::from("/bin/busybox"));
+    assert_eq!(
+        fs::read_link(out.join("sh")).unwrap(),
+        PathBuf::from("/bin/busybox")
+    );
     assert_eq!(fs::read_link(out.join("escape")).unwrap(), outside);
-    assert_eq!(fs::read_link(out.join("odd")).unwrap(), PathBuf::from("a/./b//c"));
+    assert_eq!(
+        fs::read_link(out.join("odd")).unwrap(),
+        PathBuf::from("a/./b//c")
+    );
     let tar_bytes = zstd::decode_all(&fs::read(store.path_of(&id).unwrap()).unwrap()[..]).unwrap();
     let names: Vec<String> = tar::Archive::new(&tar_bytes[..])
         .entries()
         .unwrap()
         .map(|e| String::from_utf8_lossy(&e.unwrap().path_bytes()).into_owned())
         .collect();
-    assert_eq!(names, ["escape", "odd", "sh"], "link targets must not be walked into");
+    assert_eq!(
+        names,
+        ["escape", "odd", "sh"],
+        "link targets must not be walked into"
+    );
 }
 
 #[test]
@@ -273,7 +311,10 @@ fn empty_directories_survive() {
     let out = dir.path().join("out");
     store.unpack(&id, &out).unwrap();
     assert!(out.join("var/lib/empty").is_dir());
-    assert_eq!(fs::metadata(out.join("proc")).unwrap().mode() & 0o7777, 0o555);
+    assert_eq!(
+        fs::metadata(out.join("proc")).unwrap().mode() & 0o7777,
+        0o555
+    );
     assert_eq!(snapshot(&out), snapshot(&tree));
 }
 
@@ -294,7 +335,10 @@ fn long_paths_and_long_link_targets_round_trip() {
     let out = dir.path().join("out");
     store.unpack(&id, &out).unwrap();
     assert_eq!(fs::read(out.join(&long_file)).unwrap(), b"deep");
-    assert_eq!(fs::read_link(out.join("link")).unwrap(), PathBuf::from(&long_target));
+    assert_eq!(
+        fs::read_link(out.join("link")).unwrap(),
+        PathBuf::from(&long_target)
+    );
     assert_eq!(snapshot(&out), snapshot(&tree));
 }
 
@@ -321,7 +365,12 @@ fn fifos_are_skipped() {
     let dir = TempDir::new().unwrap();
     let tree = dir.path().join("tree");
     write(&tree.join("etc/hostname"), b"box\n", 0o644);
-    let fifo = std::ffi::CString::new(tree.join("etc/initctl").into_os_string().into_encoded_bytes()).unwrap();
+    let fifo = std::ffi::CString::new(
+        tree.join("etc/initctl")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
     // SAFETY: a valid NUL-terminated path; mkfifo only creates a file system entry.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
     let store = store_in(&dir);
@@ -425,7 +474,10 @@ fn ids_that_are_not_local_are_rejected() {
     ] {
         assert_eq!(store.path_of(&bad), None, "{bad}");
         assert!(!store.contains(&bad));
-        assert!(matches!(store.remove(&bad), Err(LocalError::InvalidArtifactId { .. })));
+        assert!(matches!(
+            store.remove(&bad),
+            Err(LocalError::InvalidArtifactId { .. })
+        ));
     }
 }
 
@@ -502,14 +554,24 @@ fn directory_origins_are_copied_with_modes_and_symlinks() {
     sample_tree(&tree);
     // A read-only folder with contents must still be copied.
     write(&tree.join("usr/share/doc/README"), b"docs", 0o444);
-    fs::set_permissions(tree.join("usr/share/doc"), fs::Permissions::from_mode(0o555)).unwrap();
+    fs::set_permissions(
+        tree.join("usr/share/doc"),
+        fs::Permissions::from_mode(0o555),
+    )
+    .unwrap();
     let dest = dir.path().join("out");
     unpack_origin(&tree, &dest).unwrap();
     assert_eq!(snapshot(&dest), snapshot(&tree));
-    assert!(fs::symlink_metadata(dest.join("bin/sh")).unwrap().file_type().is_symlink());
+    assert!(fs::symlink_metadata(dest.join("bin/sh"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
     // Same tree, same image, whichever way it came in.
     let store = store_in(&dir);
-    assert_eq!(store.pack_tree(&dest).unwrap().0, store.pack_tree(&tree).unwrap().0);
+    assert_eq!(
+        store.pack_tree(&dest).unwrap().0,
+        store.pack_tree(&tree).unwrap().0
+    );
     remove_tree(&dest).unwrap();
     remove_tree(&tree).unwrap();
 }
@@ -530,6 +592,8 @@ fn tar_with_raw_name(raw_name: &[u8]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     let mut ok = tar::Header::new_gnu();
     ok.set_entry_type(tar::EntryType::Regular);
+    ok.set_uid(0);
+    ok.set_gid(0);
     ok.set_mode(0o644);
     ok.set_size(2);
     builder.append_data(&mut ok, "ok.txt", &b"ok"[..]).unwrap();
@@ -537,6 +601,8 @@ fn tar_with_raw_name(raw_name: &[u8]) -> Vec<u8> {
     let mut evil = tar::Header::new_gnu();
     evil.as_old_mut().name[..raw_name.len()].copy_from_slice(raw_name);
     evil.set_entry_type(tar::EntryType::Regular);
+    evil.set_uid(0);
+    evil.set_gid(0);
     evil.set_mode(0o644);
     evil.set_size(4);
     evil.set_cksum();
@@ -566,7 +632,11 @@ fn an_origin_entry_with_an_absolute_path_is_refused() {
     let dir = TempDir::new().unwrap();
     let victim = dir.path().join("victim");
     let origin = dir.path().join("base.tar");
-    fs::write(&origin, tar_with_raw_name(victim.as_os_str().as_encoded_bytes())).unwrap();
+    fs::write(
+        &origin,
+        tar_with_raw_name(victim.as_os_str().as_encoded_bytes()),
+    )
+    .unwrap();
     let err = unpack_origin(&origin, &dir.path().join("out")).unwrap_err();
     assert!(matches!(err, LocalError::UnsafeEntry { .. }), "{err}");
     assert!(!victim.exists());
@@ -581,14 +651,20 @@ fn an_origin_cannot_write_through_its_own_symlink() {
     let mut builder = tar::Builder::new(Vec::new());
     let mut link = tar::Header::new_gnu();
     link.set_entry_type(tar::EntryType::Symlink);
+    link.set_uid(0);
+    link.set_gid(0);
     link.set_mode(0o777);
     link.set_size(0);
     builder.append_link(&mut link, "etc", &outside).unwrap();
     let mut file = tar::Header::new_gnu();
     file.set_entry_type(tar::EntryType::Regular);
+    file.set_uid(0);
+    file.set_gid(0);
     file.set_mode(0o644);
     file.set_size(4);
-    builder.append_data(&mut file, "etc/passwd", &b"evil"[..]).unwrap();
+    builder
+        .append_data(&mut file, "etc/passwd", &b"evil"[..])
+        .unwrap();
     let origin = dir.path().join("base.tar");
     fs::write(&origin, builder.into_inner().unwrap()).unwrap();
 
@@ -612,14 +688,28 @@ fn copy_into_creates_parents_and_keeps_the_exec_bit() {
     let root = dir.path().join("root");
     fs::create_dir(&root).unwrap();
 
-    copy_into(&project.join("scripts/provision.sh"), &root, "/opt/acme/provision.sh").unwrap();
+    copy_into(
+        &project.join("scripts/provision.sh"),
+        &root,
+        "/opt/acme/provision.sh",
+    )
+    .unwrap();
     let copied = fs::metadata(root.join("opt/acme/provision.sh")).unwrap();
     assert_eq!(copied.mode() & 0o7777, 0o755);
-    assert_eq!(fs::metadata(root.join("opt/acme")).unwrap().mode() & 0o7777, 0o755);
-    assert_eq!(fs::read(root.join("opt/acme/provision.sh")).unwrap(), b"#!/bin/sh\n");
+    assert_eq!(
+        fs::metadata(root.join("opt/acme")).unwrap().mode() & 0o7777,
+        0o755
+    );
+    assert_eq!(
+        fs::read(root.join("opt/acme/provision.sh")).unwrap(),
+        b"#!/bin/sh\n"
+    );
 
     copy_into(&project.join("config/common"), &root, "/etc/acme").unwrap();
-    assert_eq!(snapshot(&root.join("etc/acme")), snapshot(&project.join("config/common")));
+    assert_eq!(
+        snapshot(&root.join("etc/acme")),
+        snapshot(&project.join("config/common"))
+    );
     assert_eq!(
         fs::read_link(root.join("etc/acme/current.conf")).unwrap(),
         PathBuf::from("app.conf")
@@ -664,7 +754,10 @@ fn copy_into_replaces_a_symlink_instead_of_writing_through_it() {
     assert_eq!(fs::read(&host_file).unwrap(), b"host\n");
     let meta = fs::symlink_metadata(root.join("etc/resolv.conf")).unwrap();
     assert!(meta.is_file());
-    assert_eq!(fs::read(root.join("etc/resolv.conf")).unwrap(), b"nameserver 10.0.0.2\n");
+    assert_eq!(
+        fs::read(root.join("etc/resolv.conf")).unwrap(),
+        b"nameserver 10.0.0.2\n"
+    );
 }
 
 #[test]
@@ -672,7 +765,11 @@ fn remove_tree_removes_read_only_folders() {
     let dir = TempDir::new().unwrap();
     let tree = dir.path().join("instance");
     write(&tree.join("usr/share/doc/README"), b"docs", 0o444);
-    fs::set_permissions(tree.join("usr/share/doc"), fs::Permissions::from_mode(0o555)).unwrap();
+    fs::set_permissions(
+        tree.join("usr/share/doc"),
+        fs::Permissions::from_mode(0o555),
+    )
+    .unwrap();
     fs::create_dir_all(tree.join("locked/inner")).unwrap();
     fs::set_permissions(tree.join("locked"), fs::Permissions::from_mode(0o000)).unwrap();
     // A link out of the tree is removed, and what it points to is left alone.
@@ -697,13 +794,22 @@ fn unreadable_files_owned_by_us_are_still_packed_with_their_mode() {
     write(&tree.join("etc/gshadow"), b"root:*::\n", 0o000);
     let store = store_in(&dir);
     let (id, _) = store.pack_tree(&tree).unwrap();
-    assert_eq!(fs::metadata(tree.join("etc/gshadow")).unwrap().mode() & 0o7777, 0);
+    assert_eq!(
+        fs::metadata(tree.join("etc/gshadow")).unwrap().mode() & 0o7777,
+        0
+    );
     let out = dir.path().join("out");
     store.unpack(&id, &out).unwrap();
-    assert_eq!(fs::metadata(out.join("etc/gshadow")).unwrap().mode() & 0o7777, 0);
+    assert_eq!(
+        fs::metadata(out.join("etc/gshadow")).unwrap().mode() & 0o7777,
+        0
+    );
     let mut data = Vec::new();
     // Reading back needs the permission again (root reads regardless).
     fs::set_permissions(out.join("etc/gshadow"), fs::Permissions::from_mode(0o400)).unwrap();
-    File::open(out.join("etc/gshadow")).unwrap().read_to_end(&mut data).unwrap();
+    File::open(out.join("etc/gshadow"))
+        .unwrap()
+        .read_to_end(&mut data)
+        .unwrap();
     assert_eq!(data, b"root:*::\n");
 }

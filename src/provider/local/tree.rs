@@ -44,7 +44,8 @@ pub(crate) fn copy_tree(src: &Path, dest: &Path, preserve_owner: bool) -> Result
         let entry = entry.map_err(|e| walk_error(e, src))?;
         let rel = relative(entry.path(), src)?;
         let target = dest.join(rel);
-        let meta = fs::symlink_metadata(entry.path()).map_err(io_err("read metadata of", entry.path()))?;
+        let meta =
+            fs::symlink_metadata(entry.path()).map_err(io_err("read metadata of", entry.path()))?;
         let owner = preserve_owner.then(|| (meta.uid(), meta.gid()));
         let kind = meta.file_type();
         if kind.is_dir() {
@@ -130,7 +131,8 @@ pub fn copy_into(from: &Path, root: &Path, to: &str) -> Result<(), LocalError> {
         } else {
             target.join(sub)
         };
-        let meta = fs::symlink_metadata(entry.path()).map_err(io_err("read metadata of", entry.path()))?;
+        let meta =
+            fs::symlink_metadata(entry.path()).map_err(io_err("read metadata of", entry.path()))?;
         if meta.is_dir() {
             // Pre-order walk: every folder is checked here before anything is written in
             // it, so no write below can pass through a symlink.
@@ -196,7 +198,12 @@ fn create_dir(path: &Path) -> Result<(), LocalError> {
         .map_err(io_err("create folder", path))
 }
 
-fn copy_file(src: &Path, meta: &fs::Metadata, dest: &Path, owner: Option<(u32, u32)>) -> Result<(), LocalError> {
+fn copy_file(
+    src: &Path,
+    meta: &fs::Metadata,
+    dest: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<(), LocalError> {
     let mut input = open_readable(src, meta)?;
     // `create_new` (O_EXCL) refuses to open through a symlink that appeared meanwhile.
     let mut output = OpenOptions::new()
@@ -205,10 +212,12 @@ fn copy_file(src: &Path, meta: &fs::Metadata, dest: &Path, owner: Option<(u32, u
         .mode(0o600)
         .open(dest)
         .map_err(io_err("create", dest))?;
-    io::copy(&mut input, &mut output).map_err(|e| LocalError::io(format!("copy `{}` to", src.display()), dest, e))?;
+    io::copy(&mut input, &mut output)
+        .map_err(|e| LocalError::io(format!("copy `{}` to", src.display()), dest, e))?;
     // Ownership first: chown clears setuid/setgid, the mode then puts them back.
     if let Some((uid, gid)) = owner {
-        std::os::unix::fs::fchown(&output, Some(uid), Some(gid)).map_err(io_err("set the owner of", dest))?;
+        std::os::unix::fs::fchown(&output, Some(uid), Some(gid))
+            .map_err(io_err("set the owner of", dest))?;
     }
     output
         .set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))
@@ -219,7 +228,8 @@ fn copy_symlink(src: &Path, dest: &Path, owner: Option<(u32, u32)>) -> Result<()
     let target = fs::read_link(src).map_err(io_err("read symlink", src))?;
     std::os::unix::fs::symlink(&target, dest).map_err(io_err("create symlink", dest))?;
     if let Some((uid, gid)) = owner {
-        std::os::unix::fs::lchown(dest, Some(uid), Some(gid)).map_err(io_err("set the owner of", dest))?;
+        std::os::unix::fs::lchown(dest, Some(uid), Some(gid))
+            .map_err(io_err("set the owner of", dest))?;
     }
     Ok(())
 }
@@ -228,9 +238,11 @@ fn copy_symlink(src: &Path, dest: &Path, owner: Option<(u32, u32)>) -> Result<()
 fn finish_dirs(dirs: Vec<PendingDir>) -> Result<(), LocalError> {
     for dir in dirs.into_iter().rev() {
         if let Some((uid, gid)) = dir.owner {
-            std::os::unix::fs::lchown(&dir.path, Some(uid), Some(gid)).map_err(io_err("set the owner of", &dir.path))?;
+            std::os::unix::fs::lchown(&dir.path, Some(uid), Some(gid))
+                .map_err(io_err("set the owner of", &dir.path))?;
         }
-        fs::set_permissions(&dir.path, fs::Permissions::from_mode(dir.mode)).map_err(io_err("set the mode of", &dir.path))?;
+        fs::set_permissions(&dir.path, fs::Permissions::from_mode(dir.mode))
+            .map_err(io_err("set the mode of", &dir.path))?;
     }
     Ok(())
 }
@@ -270,7 +282,8 @@ fn make_dirs_writable(dir: &Path) -> Result<(), LocalError> {
     }
     let mode = meta.mode() & 0o7777;
     if mode & 0o700 != 0o700 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o700)).map_err(io_err("make writable", dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o700))
+            .map_err(io_err("make writable", dir))?;
     }
     let entries = fs::read_dir(dir).map_err(io_err("read folder", dir))?;
     for entry in entries {
@@ -303,4 +316,3 @@ fn warn_skipped(path: &Path) {
         "skipping a fifo, socket or device node: images hold only directories, files and symlinks"
     );
 }
-

@@ -1,0 +1,241 @@
+//! `imgraph apply` end to end through the real binary on the local provider.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn images_json(dir: &Path) -> Value {
+    let out = imgraph(dir).args(["images", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// (image, version, status) of every recorded image version.
+fn versions(dir: &Path) -> Vec<(String, String, String)> {
+    let v = images_json(dir);
+    let mut out: Vec<(String, String, String)> = v["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["image"].as_str().unwrap().to_string(),
+                i["version"].as_str().unwrap().to_string(),
+                i["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn plan_json(dir: &Path, extra: &[&str]) -> Value {
+    let out = imgraph(dir).arg("plan").arg("--json").args(extra).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn node_action(plan: &Value, id: &str) -> String {
+    plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == id)
+        .map(|n| n["action"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("{id} not in plan"))
+}
+
+/// Node ids that ran in the newest run, from `imgraph history --json`.
+fn last_run_nodes(dir: &Path) -> Vec<(String, String)> {
+    let out = imgraph(dir).args(["history", "--json", "--limit", "1"]).output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["runs"][0]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap().to_string(), n["status"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// Folders left under `.imgraph/tmp` (staging roots and test instances).
+fn leftovers(dir: &Path) -> Vec<String> {
+    match std::fs::read_dir(dir.join(".imgraph/tmp")) {
+        Ok(rd) => rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[test]
+fn quickstart_applies_end_to_end_and_then_has_nothing_to_do() {
+    let (_t, dir) = copy_project("examples/quickstart");
+    imgraph(&dir).arg("apply").assert().code(0);
+    assert_eq!(
+        versions(&dir),
+        vec![
+            ("base".into(), "1.0.0".into(), "Ready".into()),
+            ("web".into(), "2.3.0".into(), "Ready".into()),
+        ]
+    );
+    let web = &images_json(&dir)["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["image"] == "web")
+        .unwrap()
+        .clone();
+    assert_eq!(web["environments"], serde_json::json!(["staging", "production"]));
+    assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
+
+    let second = imgraph(&dir).arg("apply").assert().code(0);
+    let out = String::from_utf8_lossy(&second.get_output().stdout).to_string();
+    assert!(out.contains("Nothing to run"), "{out}");
+    imgraph(&dir).args(["plan", "--detailed-exitcode"]).assert().code(0);
+}
+
+#[test]
+fn a_failing_test_blocks_ready_and_downstream_and_a_fix_reruns_only_the_test() {
+    let (_t, dir) = copy_project("examples/quickstart");
+    let smoke = dir.join("tests/base/smoke.sh");
+    let original = std::fs::read_to_string(&smoke).unwrap();
+    write(&smoke, &format!("{original}echo 'motd is wrong' >&2; exit 1\n"));
+
+    let out = imgraph(&dir).arg("apply").output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("motd is wrong"), "log tail shown for the failure:\n{text}");
+    assert_eq!(versions(&dir), vec![("base".into(), "1.0.0".into(), "Failed".into())]);
+    let ran = last_run_nodes(&dir);
+    assert!(ran.contains(&("test:base/smoke".into(), "failed".into())));
+    for id in ["publish:base", "build:web", "deliver:web@production"] {
+        assert!(ran.contains(&(id.into(), "skipped".into())), "{id}: {ran:?}");
+    }
+    assert!(leftovers(&dir).is_empty());
+
+    write(&smoke, &original);
+    let plan = plan_json(&dir, &[]);
+    assert_eq!(node_action(&plan, "build:base"), "up-to-date");
+    assert_eq!(node_action(&plan, "test:base/smoke"), "run");
+    imgraph(&dir).arg("apply").assert().code(0);
+    let ran: Vec<String> = last_run_nodes(&dir).into_iter().map(|(id, _)| id).collect();
+    assert!(!ran.contains(&"build:base".to_string()), "{ran:?}");
+    assert!(ran.contains(&"test:base/smoke".to_string()));
+    assert!(ran.contains(&"publish:base".to_string()));
+    assert!(ran.contains(&"deliver:web@production".to_string()));
+    assert_eq!(
+        versions(&dir),
+        vec![
+            ("base".into(), "1.0.0".into(), "Ready".into()),
+            ("web".into(), "2.3.0".into(), "Ready".into()),
+        ]
+    );
+}
+
+#[test]
+fn a_deleted_artifact_and_an_edited_file_rebuild_with_next_versions() {
+    let (_t, dir) = copy_project("examples/quickstart");
+    imgraph(&dir).arg("apply").assert().code(0);
+    for e in std::fs::read_dir(dir.join(".imgraph/images")).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let plan = plan_json(&dir, &[]);
+    let base = plan["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "build:base").unwrap();
+    assert_eq!(base["reasons"][0]["kind"], "artifact-missing");
+    imgraph(&dir).arg("apply").assert().code(0);
+    assert!(versions(&dir).contains(&("base".into(), "1.0.1".into(), "Ready".into())));
+
+    append(&dir.join("config/web/index.html"), "<p>v2</p>\n");
+    let plan = plan_json(&dir, &[]);
+    assert_eq!(node_action(&plan, "build:base"), "up-to-date");
+    assert_eq!(node_action(&plan, "build:web"), "run");
+    imgraph(&dir).arg("apply").assert().code(0);
+    let v = versions(&dir);
+    assert!(v.contains(&("web".into(), "2.3.2".into(), "Ready".into())), "{v:?}");
+    assert!(!v.contains(&("base".into(), "1.0.2".into(), "Ready".into())), "{v:?}");
+}
+
+#[test]
+fn independent_builds_really_run_in_parallel() {
+    let (_t, dir) = copy_project("tests/fixtures/projects/parallel");
+    imgraph(&dir).args(["apply", "--parallelism", "2"]).assert().code(0);
+
+    let (_t1, serial) = copy_project("tests/fixtures/projects/parallel");
+    let out = imgraph(&serial).args(["apply", "--parallelism", "1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("gave up waiting"), "{text}");
+}
+
+#[test]
+fn a_test_timeout_fails_the_node_and_removes_the_instance() {
+    let (_t, dir) = copy_project("tests/fixtures/projects/slow");
+    let out = imgraph(&dir).arg("apply").output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("timed out after 2s"), "{text}");
+    assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
+    assert_eq!(versions(&dir), vec![("slow".into(), "1.0.0".into(), "Failed".into())]);
+}
+
+#[test]
+fn ctrl_c_stops_kills_cleans_up_and_records_cancelled() {
+    let (_t, dir) = copy_project("tests/fixtures/projects/slow");
+    let cfg = dir.join("imgraph.kdl");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("timeout \"2s\"", "timeout \"60s\"");
+    write(&cfg, &text);
+    let bin = assert_cmd::cargo::cargo_bin("imgraph");
+    let mut child = std::process::Command::new(bin)
+        .arg("-C")
+        .arg(&dir)
+        .arg("apply")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the test instance exists, so the interrupt lands mid-test.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !leftovers(&dir).iter().any(|l| l.starts_with("instance-")) {
+        assert!(Instant::now() < deadline, "the test instance never appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
+    let ran = last_run_nodes(&dir);
+    assert!(ran.contains(&("test:slow/sleepy".into(), "cancelled".into())), "{ran:?}");
+    assert!(ran.contains(&("publish:slow".into(), "cancelled".into())) || ran.contains(&("publish:slow".into(), "skipped".into())), "{ran:?}");
+}
+
+#[test]
+fn production_only_gets_what_staging_got_first() {
+    let (_t, dir) = copy_project("examples/quickstart");
+    // Staging's rollout fails the first time.
+    let deliver = dir.join("deliver/deliver.sh");
+    let original = std::fs::read_to_string(&deliver).unwrap();
+    write(
+        &deliver,
+        &original.replace("set -eu\n", "set -eu\nif [ \"$IMGRAPH_ENVIRONMENT\" = staging ] && [ ! -e .allow-staging ]; then echo 'staging rollout failed' >&2; exit 1; fi\n"),
+    );
+    imgraph(&dir).arg("apply").assert().code(3);
+    let ran = last_run_nodes(&dir);
+    assert!(ran.contains(&("deliver:web@staging".into(), "failed".into())));
+    assert!(ran.contains(&("deliver:web@production".into(), "skipped".into())), "{ran:?}");
+    assert!(!dir.join(".imgraph/deliveries/production").exists());
+
+    write(&dir.join(".allow-staging"), "");
+    imgraph(&dir).arg("apply").assert().code(0);
+    let staging = std::fs::read_to_string(dir.join(".imgraph/deliveries/staging")).unwrap();
+    let production = std::fs::read_to_string(dir.join(".imgraph/deliveries/production")).unwrap();
+    assert_eq!(staging, production, "production got exactly what staging got");
+    let order: Vec<String> = last_run_nodes(&dir).into_iter().map(|(id, _)| id).collect();
+    let s = order.iter().position(|i| i == "deliver:web@staging").unwrap();
+    let p = order.iter().position(|i| i == "deliver:web@production").unwrap();
+    assert!(s < p, "{order:?}");
+}
