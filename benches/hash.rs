@@ -60,6 +60,7 @@ fn bench_hash(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("hash_tree_2000_small_20_mib");
     group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(1));
     group.bench_function("cold", |b| {
         b.iter(|| {
             let cache = StatCache::empty();

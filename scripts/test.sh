@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
+command -v packer >/dev/null 2>&1 || need_apt+=(packer)   # tests/aws.rs: Packer 1.6.6
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     echo "test.sh: installing ${need_apt[*]}"
@@ -17,6 +18,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     echo "test.sh: missing ${need_apt[*]} (run as root, or install them): tests that need them fail in CI" >&2
   fi
 fi
+# tests/aws.rs: an EC2-compatible server (moto) on loopback; installs moto[server] if missing.
+bash scripts/moto.sh
+export IMGRAPH_TEST_EC2_ENDPOINT="${IMGRAPH_TEST_EC2_ENDPOINT:-http://127.0.0.1:${MOTO_PORT:-5055}}"
 
 cargo build --quiet --all-targets
 cargo test --all-targets "$@"

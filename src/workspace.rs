@@ -285,6 +285,7 @@ impl Workspace {
             state: state.clone(),
             providers: Arc::new(providers),
             work_root,
+            resolved_sources: Arc::new(plan.sources.iter().map(|s| (s.name.clone(), s.id.clone())).collect()),
         };
         let summary = crate::exec::execute(ctx, &plan, "apply", exec, events, cancel).await;
         let st = state.lock().map_err(|_| Error::Other("the state lock was poisoned".into()))?;

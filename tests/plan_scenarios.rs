@@ -249,3 +249,15 @@ fn force_and_target_select_what_runs() {
     assert_eq!(ids, vec!["build:base", "test:base/smoke", "publish:base"]);
     assert_eq!(plan.summary.not_selected, 5);
 }
+
+#[test]
+fn moving_the_project_folder_keeps_every_key() {
+    let (_t, dir) = seeded();
+    let moved_root = tempfile::tempdir().unwrap();
+    let moved = moved_root.path().join("elsewhere/project");
+    copy_dir(&dir, &moved);
+    // copy_dir leaves `.imgraph` out; bring the state and the store along.
+    copy_dir(&dir.join(".imgraph"), &moved.join(".imgraph"));
+    let plan = plan_of(&moved, &PlanOptions::default());
+    assert_eq!(plan.summary.run, 0, "{:?}", actions(&plan));
+}

@@ -201,7 +201,7 @@ pub(crate) fn did_you_mean<'a>(
 }
 
 /// `did you mean `x`?`, or the full list of valid names when nothing is close.
-pub(crate) fn suggestion<'a>(name: &str, candidates: &[&'a str], what: &str) -> Option<String> {
+pub(crate) fn suggestion(name: &str, candidates: &[&str], what: &str) -> Option<String> {
     if let Some(close) = did_you_mean(name, candidates.iter().copied()) {
         return Some(format!("did you mean `{close}`?"));
     }

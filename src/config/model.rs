@@ -292,7 +292,7 @@ pub fn canonical_build(project: &Project, image: &Image) -> String {
     #[derive(Serialize)]
     struct C<'a> {
         v: u32,
-        provider: Option<&'a ProviderKind>,
+        provider: Option<serde_json::Value>,
         from: &'a FromRef,
         version: &'a str,
         build: &'a Build,
@@ -301,7 +301,14 @@ pub fn canonical_build(project: &Project, image: &Image) -> String {
     }
     let mut inputs: Vec<&Input> = image.inputs.iter().collect();
     inputs.sort_by_key(|i| serde_json::to_string(i).unwrap_or_default());
-    let provider = project.provider(&image.provider).map(|p| &p.kind);
+    // Only what changes the result: not the store folder (moving the project must not
+    // change keys), nor the endpoint or profile used to reach the same region.
+    let provider = project.provider(&image.provider).map(|p| match &p.kind {
+        ProviderKind::Local { sandbox, .. } => {
+            serde_json::json!({"type": "local", "sandbox": sandbox})
+        }
+        ProviderKind::Aws { region, .. } => serde_json::json!({"type": "aws", "region": region}),
+    });
     canonical_json(&C {
         v: 1,
         provider,

@@ -100,7 +100,10 @@ impl Paths {
         let meta = match std::fs::metadata(&full) {
             Ok(meta) => meta,
             Err(_) => {
-                let hint = self.sibling_hint(&rel);
+                let hint = self.sibling_hint(&rel).unwrap_or_else(|| {
+                    "paths are relative to the project folder (the folder holding imgraph.kdl)"
+                        .to_owned()
+                });
                 diags
                     .error(
                         "missing_file",
@@ -108,7 +111,7 @@ impl Paths {
                         format!("{what} `{raw}` does not exist"),
                         "not found in the project folder",
                     )
-                    .maybe_help(hint);
+                    .help(hint);
                 return None;
             }
         };

@@ -74,16 +74,27 @@ pub(crate) fn parse(text: &str, diags: &mut Diags) -> Option<Vec<Node>> {
     match text.parse::<kdl::KdlDocument>() {
         Ok(doc) => Some(nodes(&doc, text)),
         Err(err) => {
+            // kdl reports an unclosed block twice, once at its `{` and once over its body;
+            // the first says it all.
+            let unclosed_block = err
+                .diagnostics
+                .iter()
+                .any(|d| d.message.as_deref() == Some("No closing '}' for child block"));
             for d in &err.diagnostics {
+                if unclosed_block
+                    && d.message.as_deref() == Some("Closing '}' was not found after nodes")
+                {
+                    continue;
+                }
                 let message = d
                     .message
                     .as_deref()
                     .map(lowercase_first)
                     .unwrap_or_else(|| "invalid KDL syntax".to_owned());
-                let label = d.label.clone().unwrap_or_else(|| "here".to_owned());
+                let label = syntax_label(d.label.as_deref());
                 diags
-                    .error("syntax", d.span, message, label)
-                    .maybe_help(d.help.clone());
+                    .error("syntax", syntax_span(text, d.span), message, label)
+                    .maybe_help(d.help.as_deref().map(lowercase_first));
             }
             if err.diagnostics.is_empty() {
                 diags.error(
@@ -130,7 +141,7 @@ fn node(n: &kdl::KdlNode, text: &str) -> Node {
     let (children, children_span) = match n.children() {
         Some(doc) => {
             let span = doc.span();
-            let span = if span.len() == 0 { head_span } else { span };
+            let span = if span.is_empty() { head_span } else { span };
             (Some(nodes(doc, text)), span)
         }
         None => (None, head_span),
@@ -169,6 +180,32 @@ fn prop_value_span(text: &str, key: SourceSpan, entry: SourceSpan) -> SourceSpan
         })
         .unwrap_or(entry.offset());
     SourceSpan::new(start.into(), entry_end.saturating_sub(start))
+}
+
+/// kdl labels say what the parser was looking for ("not EOF"); say what the user sees.
+fn syntax_label(label: Option<&str>) -> String {
+    match label {
+        None => "here".to_owned(),
+        Some("not EOF") => "unexpected text after the last node".to_owned(),
+        Some("not float") | Some("not integer") => "invalid number".to_owned(),
+        Some("not quoted string") => "unterminated string".to_owned(),
+        Some("not property value") => "value expected after `=`".to_owned(),
+        Some(other) => other.to_owned(),
+    }
+}
+
+/// Some kdl errors span from the start of the file to the problem; the problem is at the
+/// end, so point there.
+fn syntax_span(text: &str, span: SourceSpan) -> SourceSpan {
+    let end = span.offset() + span.len();
+    let spans_lines = text
+        .get(span.offset()..end)
+        .is_some_and(|covered| covered.trim_end().contains('\n'));
+    if span.offset() == 0 && spans_lines {
+        SourceSpan::new(end.into(), 0)
+    } else {
+        span
+    }
 }
 
 fn lowercase_first(s: &str) -> String {

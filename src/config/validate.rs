@@ -68,6 +68,7 @@ pub(crate) fn project(nodes: &[Node], cx: Context, diags: &mut Diags) -> Option<
         environments: HashMap::new(),
         environment_order: Vec::new(),
         providers: Vec::new(),
+        providers_unclear: false,
     };
     let top = v.known(nodes, TOP_LEVEL, "at the top level");
 
@@ -165,6 +166,9 @@ struct V<'d> {
     environment_order: Vec<String>,
     /// Declared provider names (or the implicit `local`).
     providers: Vec<String>,
+    /// A provider declaration has no valid name (already reported): image provider errors
+    /// would only repeat it.
+    providers_unclear: bool,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -209,7 +213,8 @@ impl V<'_> {
                         format!("property `{}` is given twice on `{}`", prop.name, node.name),
                         "given again here",
                     )
-                    .label(first.name_span, "first given here");
+                    .label(first.name_span, "first given here")
+                    .help("give each property once");
                 continue;
             }
             if allowed.contains(&prop.name.as_str()) {
@@ -384,6 +389,14 @@ impl V<'_> {
     }
 
     fn missing_child(&mut self, node: &Node, owner: &str, child: &str, help: String) {
+        // A misspelt `bulid` is already reported with "did you mean `build`?".
+        let misspelt = node
+            .children()
+            .iter()
+            .any(|k| k.name != child && did_you_mean(&k.name, [child]).is_some());
+        if misspelt {
+            return;
+        }
         self.diags
             .error(
                 "missing_node",
@@ -395,14 +408,20 @@ impl V<'_> {
     }
 
     /// One of `options`, or a reported error with "did you mean".
-    fn choice(&mut self, s: &Str, what: &str, options: &[&str]) -> Option<usize> {
+    fn choice(
+        &mut self,
+        s: &Str,
+        code: &'static str,
+        what: &str,
+        options: &[&str],
+    ) -> Option<usize> {
         if let Some(i) = options.iter().position(|o| *o == s.value) {
             return Some(i);
         }
         let help = suggestion(&s.value, options, &format!("a {what} is one of"));
         self.diags
             .error(
-                "unknown_value",
+                code,
                 s.span,
                 format!("unknown {what} `{}`", s.value),
                 format!("unknown {what}"),
@@ -465,7 +484,7 @@ impl V<'_> {
         let Some(s) = self.prop_str(node, "trigger", usage) else {
             return default;
         };
-        match self.choice(&s, "trigger", TRIGGERS) {
+        match self.choice(&s, "unknown_value", "trigger", TRIGGERS) {
             Some(0) => Trigger::Immediate,
             Some(_) => Trigger::Rollup,
             None => default,
@@ -477,19 +496,14 @@ impl V<'_> {
         &mut self,
         seen: &mut HashMap<String, SourceSpan>,
         s: &Str,
-        what: &str,
-        place: &str,
+        message: String,
+        help: &str,
     ) -> bool {
         if let Some(first) = seen.get(&s.value) {
             self.diags
-                .error(
-                    "duplicate_name",
-                    s.span,
-                    format!("{what} `{}` is defined twice {place}", s.value),
-                    "defined again here",
-                )
+                .error("duplicate_name", s.span, message, "defined again here")
                 .label(*first, "first defined here")
-                .help(format!("each {what} needs its own name"));
+                .help(help);
             return false;
         }
         seen.insert(s.value.clone(), s.span);
@@ -572,20 +586,26 @@ impl V<'_> {
                 value: def.name.clone(),
                 span: def.span,
             };
-            if self.unique(&mut seen, &name, "provider", "in this file") {
+            if self.unique(
+                &mut seen,
+                &name,
+                format!("provider `{}` is declared twice", name.value),
+                "declare each provider once",
+            ) {
                 defs.push(def);
             }
         }
         // Every declared provider counts for image checks, even one with errors inside.
-        self.providers = top
-            .iter()
-            .filter(|n| n.name == "provider")
-            .filter_map(|n| match n.args.first().map(|a| &a.value) {
-                Some(Scalar::String(s)) if PROVIDERS.contains(&s.as_str()) => Some(s.clone()),
-                _ => None,
-            })
-            .collect();
-        self.providers.dedup();
+        for node in top.iter().filter(|n| n.name == "provider") {
+            match node.args.first().map(|a| &a.value) {
+                Some(Scalar::String(s)) if PROVIDERS.contains(&s.as_str()) => {
+                    if !self.providers.contains(s) {
+                        self.providers.push(s.clone());
+                    }
+                }
+                _ => self.providers_unclear = true,
+            }
+        }
         if top.iter().all(|n| n.name != "provider") {
             self.providers = vec!["local".to_owned()];
             defs.push(ProviderDef {
@@ -603,7 +623,7 @@ impl V<'_> {
     fn provider(&mut self, node: &Node) -> Option<ProviderDef> {
         self.props(node, &[]);
         let name = self.arg(node, "a provider name", "provider \"local\" { ... }")?;
-        let kind = match self.choice(&name, "provider", PROVIDERS)? {
+        let kind = match self.choice(&name, "unknown_provider", "provider", PROVIDERS)? {
             0 => {
                 let place = "in provider `local`";
                 let kids = self.children(node, &["store", "sandbox"], place);
@@ -618,7 +638,7 @@ impl V<'_> {
                 };
                 let sandbox = match self.single(&kids, "sandbox", place) {
                     Some(n) => match self.leaf(n, "a sandbox kind", "sandbox \"none\"") {
-                        Some(s) => match self.choice(&s, "sandbox", SANDBOXES) {
+                        Some(s) => match self.choice(&s, "unknown_value", "sandbox", SANDBOXES) {
                             Some(1) => Sandbox::Chroot,
                             Some(2) => Sandbox::Bwrap,
                             _ => Sandbox::None,
@@ -694,20 +714,26 @@ impl V<'_> {
                     NameKind::Source => "source",
                     NameKind::Image => "image",
                 };
-                let message = if *first_kind == kind {
-                    format!("{} `{}` is defined twice", what(kind), name.value)
+                let (message, help) = if *first_kind == kind {
+                    (
+                        format!("{} `{}` is defined twice", what(kind), name.value),
+                        format!("each {} needs its own name; rename one", what(kind)),
+                    )
                 } else {
-                    format!(
-                        "{} `{}` has the same name as a {}",
-                        what(kind),
-                        name.value,
-                        what(*first_kind)
+                    (
+                        format!(
+                            "{} `{}` has the same name as a {}",
+                            what(kind),
+                            name.value,
+                            what(*first_kind)
+                        ),
+                        "sources and images share one set of names, so that `from` can name either; rename one".to_owned(),
                     )
                 };
                 self.diags
                     .error("duplicate_name", name.span, message, "defined again here")
                     .label(*first_span, "first defined here")
-                    .help("sources and images share one set of names, so `from` can name either; rename one");
+                    .help(help);
                 continue;
             }
             self.names.insert(name.value.clone(), (kind, name.span));
@@ -721,7 +747,12 @@ impl V<'_> {
             let Some(name) = first_string(node) else {
                 continue;
             };
-            if self.unique(&mut seen, &name, "environment", "in this file") {
+            if self.unique(
+                &mut seen,
+                &name,
+                format!("environment `{}` is defined twice", name.value),
+                "each environment needs its own name; rename one",
+            ) {
                 self.environments.insert(name.value.clone(), name.span);
                 self.environment_order.push(name.value);
             }
@@ -848,7 +879,12 @@ impl V<'_> {
             };
             let value = kv.pop().map(|s| s.value).unwrap_or_default();
             let Some(key) = kv.pop() else { continue };
-            if self.unique(&mut seen, &key, "tag filter", &format!("in {owner}")) {
+            if self.unique(
+                &mut seen,
+                &key,
+                format!("tag filter `{}` is given twice in {owner}", key.value),
+                "give each tag key once",
+            ) {
                 tags.insert(key.value, value);
             }
         }
@@ -1036,7 +1072,9 @@ impl V<'_> {
         if let Some(node) = self.single(kids, "provider", place) {
             let s = self.leaf(node, "a provider name", "provider \"local\"")?;
             if !self.providers.contains(&s.value) {
-                self.undeclared_provider(&s);
+                if !(self.providers_unclear && PROVIDERS.contains(&s.value.as_str())) {
+                    self.undeclared_provider(&s);
+                }
                 return None;
             }
             if let Some((needed, builder)) = needed {
@@ -1063,7 +1101,10 @@ impl V<'_> {
         if self.providers.iter().any(|p| p == needed) {
             return Some(needed.to_owned());
         }
-        let declared: Vec<&str> = self.providers.iter().map(String::as_str).collect();
+        if self.providers_unclear {
+            return None;
+        }
+        let declared = self.declared_providers();
         self.diags
             .error(
                 "provider_mismatch",
@@ -1074,12 +1115,17 @@ impl V<'_> {
                 ),
                 format!("needs `{needed}`"),
             )
-            .help(format!(
-                "{}; declared: {}",
-                builder_help(needed),
-                quoted_list(&declared)
-            ));
+            .help(format!("{}; declared: {declared}", builder_help(needed)));
         None
+    }
+
+    fn declared_providers(&self) -> String {
+        let declared: Vec<&str> = self.providers.iter().map(String::as_str).collect();
+        if declared.is_empty() {
+            "none".to_owned()
+        } else {
+            quoted_list(&declared)
+        }
     }
 
     fn undeclared_provider(&mut self, s: &Str) {
@@ -1091,7 +1137,7 @@ impl V<'_> {
                 format!(
                     "declare it at the top level, e.g. `provider \"{}\" {{ ... }}`; declared: {}",
                     s.value,
-                    quoted_list(&declared)
+                    self.declared_providers()
                 ),
             )
         } else {
@@ -1110,7 +1156,7 @@ impl V<'_> {
     /// The build and its builder name as written.
     fn build(&mut self, node: &Node) -> Option<(Build, Str)> {
         let builder = self.arg(node, "a builder name", "build \"rootfs\" { ... }")?;
-        let build = match self.choice(&builder, "builder", BUILDERS)? {
+        let build = match self.choice(&builder, "unknown_builder", "builder", BUILDERS)? {
             0 => {
                 self.props(node, &[]);
                 let kids = self.children(node, &["copy", "run"], "in a rootfs build");
@@ -1144,7 +1190,12 @@ impl V<'_> {
                     };
                     let value = kv.pop().map(|s| s.value).unwrap_or_default();
                     let Some(key) = kv.pop() else { continue };
-                    if self.unique(&mut seen, &key, "packer variable", "in this build") {
+                    if self.unique(
+                        &mut seen,
+                        &key,
+                        format!("packer variable `{}` is given twice", key.value),
+                        "give each variable once",
+                    ) {
                         vars.insert(key.value, value);
                     }
                 }
@@ -1279,7 +1330,12 @@ impl V<'_> {
             .required_prop(node, "run", usage)
             .and_then(|s| self.nonempty_command(&s));
         let name = name?;
-        if !self.unique(seen, &name, "probe", place) {
+        if !self.unique(
+            seen,
+            &name,
+            format!("probe `{}` is defined twice {place}", name.value),
+            "each probe of an image needs its own name; rename one",
+        ) {
             return None;
         }
         Some(Input {
@@ -1334,7 +1390,12 @@ impl V<'_> {
             .filter_map(|k| self.input(k))
             .collect();
         let name = name?;
-        if !self.unique(seen, &name, "test", image_place) {
+        if !self.unique(
+            seen,
+            &name,
+            format!("test `{}` is defined twice {image_place}", name.value),
+            "each test of an image needs its own name; rename one",
+        ) {
             return None;
         }
         Some(TestSuite {
@@ -1371,7 +1432,12 @@ impl V<'_> {
                     .help("imgraph sets the `imgraph:` tags itself (image, version, key); pick another key");
                 continue;
             }
-            if self.unique(&mut seen, &key, "tag", &format!("on {owner}")) {
+            if self.unique(
+                &mut seen,
+                &key,
+                format!("tag `{}` is given twice on {owner}", key.value),
+                "give each tag once",
+            ) {
                 tags.insert(key.value, value.value);
             }
         }
@@ -1502,7 +1568,12 @@ impl V<'_> {
                         .help(help);
                     continue;
                 }
-                if self.unique(&mut seen_after, &s, "`after`", &place) {
+                if self.unique(
+                    &mut seen_after,
+                    &s,
+                    format!("`after \"{}\"` is given twice {place}", s.value),
+                    "remove one of them",
+                ) {
                     after.push(s);
                 }
                 continue;
@@ -1510,7 +1581,12 @@ impl V<'_> {
             let Some((image, delivery)) = self.delivery(kid) else {
                 continue;
             };
-            if self.unique(&mut seen_deliveries, &image, "delivery of image", &place) {
+            if self.unique(
+                &mut seen_deliveries,
+                &image,
+                format!("image `{}` is delivered twice {place}", image.value),
+                "deliver each image once per environment; put both commands in one `run`",
+            ) {
                 delivered.push(image);
                 deliveries.extend(delivery);
             }

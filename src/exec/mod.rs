@@ -54,6 +54,8 @@ pub struct ExecContext {
     pub providers: Arc<HashMap<String, Arc<dyn Provider>>>,
     /// Where logs and temporary folders go (`.imgraph/`).
     pub work_root: PathBuf,
+    /// Source name → the id it resolved to for this plan (an AMI id for AWS sources).
+    pub resolved_sources: Arc<HashMap<String, String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -405,9 +407,11 @@ async fn run_node(
             let origin = match &image.from {
                 FromRef::Source(s) => match ctx.project.source(s).map(|s| &s.kind) {
                     Some(SourceKind::Local { path }) => Origin::LocalPath(ctx.project.root.join(path.as_str())),
-                    Some(SourceKind::Aws { .. }) | None => {
-                        return Err(ProviderError::Failed(format!("source `{s}` cannot be used by this build")))
-                    }
+                    Some(SourceKind::Aws { .. }) => match ctx.resolved_sources.get(s) {
+                        Some(ami) => Origin::Artifact(ami.clone()),
+                        None => return Err(ProviderError::Failed(format!("source `{s}` was not resolved"))),
+                    },
+                    None => return Err(ProviderError::Failed(format!("unknown source `{s}`"))),
                 },
                 FromRef::Image(up) => {
                     let built = current_build(ctx, fresh, up)?;

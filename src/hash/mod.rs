@@ -15,13 +15,13 @@
 //! - a probe: the stdout of its command (`sh -c`, in the project folder, 60 s limit).
 //!
 //! Every digest is `b3v1:` + 64 hex characters; the prefix versions the encoding (see
-//! [`digest`]). A [`Manifest`] lists the leaves of one node with digest and trigger, and
+//! `digest.rs`). A [`Manifest`] lists the leaves of one node with digest and trigger, and
 //! its own digest goes into the node's key, while the plan diffs two manifests entry by
 //! entry to explain a rebuild file by file.
 //!
 //! Cost: files are hashed in parallel (rayon), big files additionally with blake3's own
 //! parallelism, and the stat cache skips reading files whose size, times, inode and mode
-//! are unchanged (see [`cache`] for the racy-entry rule). Walking and `stat` remain per
+//! are unchanged (see `cache.rs` for the racy-entry rule). Walking and `stat` remain per
 //! plan; the [`Hasher`] memo makes a file shared by many nodes cost one read per plan.
 
 mod cache;

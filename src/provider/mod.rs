@@ -4,6 +4,8 @@
 //! returns, on success, failure, timeout and cancellation alike. A killed process leaves
 //! ledger entries behind, and [`Provider::destroy_leftover`] removes what they name.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod local;
 pub mod runtime;
 

@@ -108,7 +108,7 @@ pub fn render_text(plan: &Plan, p: Palette) -> String {
 
     let s = &plan.summary;
     let mut line = if s.run == 0 {
-        "No changes: every selected node is up to date".to_string()
+        "No changes to run".to_string()
     } else {
         format!(
             "Plan: {} to run ({} {}, {} {})",
@@ -119,7 +119,13 @@ pub fn render_text(plan: &Plan, p: Palette) -> String {
             plural(s.cascades, "cascade", "cascades"),
         )
     };
-    let _ = write!(line, ", {} deferred, {} up to date", s.deferred, s.up_to_date);
+    let _ = write!(
+        line,
+        "{}{} deferred, {} up to date",
+        if s.run == 0 { ": " } else { ", " },
+        s.deferred,
+        s.up_to_date
+    );
     if s.not_selected > 0 {
         let _ = write!(line, ", {} outside --target", s.not_selected);
     }
@@ -129,11 +135,37 @@ pub fn render_text(plan: &Plan, p: Palette) -> String {
 }
 
 fn write_node(out: &mut String, mark: &str, id: &str, n: &PlannedNode, width: usize, p: Palette) {
-    let mut reasons = n.reasons.iter();
-    let first = reasons.next().map(reason_text).unwrap_or_default();
+    let mut lines: Vec<String> = Vec::new();
+    let cascades: Vec<&str> = n
+        .reasons
+        .iter()
+        .filter_map(|r| match r {
+            Reason::UpstreamChanged { node } => Some(node.as_str()),
+            _ => None,
+        })
+        .collect();
+    for r in &n.reasons {
+        match r {
+            Reason::UpstreamChanged { .. } => {}
+            Reason::InputChanged {
+                path,
+                change,
+                trigger: crate::config::model::Trigger::Rollup,
+            } if n.action == Action::Run => lines.push(format!(
+                "`{path}` {} (rollup change, included in this run)",
+                change.as_str()
+            )),
+            other => lines.push(reason_text(other)),
+        }
+    }
+    if !cascades.is_empty() {
+        lines.push(format!("cascade from {}", cascades.join(", ")));
+    }
+    let mut lines = lines.into_iter();
+    let first = lines.next().unwrap_or_default();
     let _ = writeln!(out, "  {mark} {}  {first}", pad(id, &n.id, width));
-    for r in reasons {
-        let _ = writeln!(out, "    {:width$}  {}", "", p.dim(&reason_text(r)));
+    for line in lines {
+        let _ = writeln!(out, "    {:width$}  {}", "", p.dim(&line));
     }
 }
 

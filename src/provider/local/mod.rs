@@ -18,14 +18,14 @@
 //! Everything here is synchronous and blocking; the async runtime calls it from
 //! `spawn_blocking`.
 //!
-//! Layout: [`pack`] writes archives, [`unpack`] reads them safely, [`origin`] recognises
+//! Layout: [`pack`] writes archives, `unpack` reads them safely, [`origin`] recognises
 //! origin formats, [`tree`] copies and removes folder trees, [`store`] is the store.
 
 pub mod origin;
 pub mod pack;
 pub mod store;
 pub mod tree;
-pub mod unpack;
+mod unpack;
 
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,7 @@
 //! any case); a name that says nothing is recognised by its first bytes (gzip and zstd
 //! magic numbers, the `ustar` mark of a tar header). A name is trusted over the bytes so a
 //! mislabelled file fails loudly as what it claims to be rather than being guessed at.
-//! Unpacking goes through [`super::unpack`], which refuses entries that would land outside
+//! Unpacking goes through the `unpack` module, which refuses entries that would land outside
 //! the destination.
 
 use std::fs::{self, File};

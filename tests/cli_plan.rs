@@ -1,0 +1,120 @@
+//! `imgraph plan`, `validate` and `graph` through the real binary: text and JSON
+//! snapshots, the JSON schema, exit codes and colour rules.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use imgraph::plan::PlanOptions;
+
+fn stdout_of(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = imgraph(dir).args(args).output().unwrap();
+    (out.status.code(), String::from_utf8(out.stdout).unwrap())
+}
+
+fn schema() -> jsonschema::Validator {
+    let text = std::fs::read_to_string(repo_root().join("schema/plan.schema.json")).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    jsonschema::validator_for(&value).unwrap()
+}
+
+fn assert_valid(doc: &str) {
+    let value: serde_json::Value = serde_json::from_str(doc).unwrap();
+    let validator = schema();
+    let errors: Vec<String> = validator.iter_errors(&value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "plan JSON does not match schema/plan.schema.json:\n{}", errors.join("\n"));
+}
+
+#[test]
+fn fresh_quickstart_plan_text_and_exit_codes() {
+    let (_t, dir) = copy_project("examples/quickstart");
+    let (code, text) = stdout_of(&dir, &["plan"]);
+    assert_eq!(code, Some(0));
+    insta::assert_snapshot!("quickstart_fresh_text", text);
+    let (code, _) = stdout_of(&dir, &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, Some(2));
+    assert!(!text.contains('\u{1b}'), "no colour when piped");
+}
+
+#[test]
+fn one_cause_and_its_cascades_in_text_and_json() {
+    let (_t, dir) = copy_project("examples/quickstart");
+    let plan = plan_of(&dir, &PlanOptions::default());
+    seed_success(&dir, &plan);
+    append(&dir.join("config/base/motd"), "changed\n");
+    append(&dir.join("packages/base.txt"), "htop\n");
+    let (code, text) = stdout_of(&dir, &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, Some(2));
+    insta::assert_snapshot!("quickstart_cause_and_cascades_text", text);
+    let (_, json) = stdout_of(&dir, &["plan", "--json"]);
+    assert_valid(&json);
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    insta::assert_json_snapshot!("quickstart_cause_and_cascades_json", value);
+}
+
+#[test]
+fn deferred_and_rollup_plans_match_the_schema() {
+    let (_t, dir) = copy_project("examples/quickstart");
+    let (_, fresh) = stdout_of(&dir, &["plan", "--json"]);
+    assert_valid(&fresh);
+    let plan = plan_of(&dir, &PlanOptions::default());
+    seed_success(&dir, &plan);
+    let (code, json) = stdout_of(&dir, &["plan", "--json", "--detailed-exitcode"]);
+    assert_eq!(code, Some(0), "nothing changed: {json}");
+    assert_valid(&json);
+    append(&dir.join("packages/base.txt"), "htop\n");
+    let (code, deferred) = stdout_of(&dir, &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, Some(0), "a deferred change is not a pending change");
+    insta::assert_snapshot!("quickstart_deferred_text", deferred);
+    let (code, rollup) = stdout_of(&dir, &["plan", "--json", "--rollup", "--detailed-exitcode"]);
+    assert_eq!(code, Some(2));
+    assert_valid(&rollup);
+    for extra in [["--target", "base"], ["--force", "web"]] {
+        let (_, j) = stdout_of(&dir, &["plan", "--json", extra[0], extra[1]]);
+        assert_valid(&j);
+    }
+}
+
+#[test]
+fn bad_config_exits_1_with_a_located_diagnostic() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join("imgraph.kdl"), "image \"a\" {\n    form \"x\"\n}\n");
+    let out = imgraph(tmp.path()).args(["plan", "--detailed-exitcode"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("imgraph.kdl:2:5"), "{err}");
+    assert!(err.contains("from"), "suggests `from`: {err}");
+    assert!(!tmp.path().join(".imgraph").exists(), "bad config changes nothing");
+}
+
+#[test]
+fn unknown_target_and_force_are_errors() {
+    let (_t, dir) = copy_project("examples/quickstart");
+    let out = imgraph(&dir).args(["plan", "--target", "nope"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown target `nope`"));
+    let out = imgraph(&dir).args(["plan", "--force", "nope"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn validate_and_graph() {
+    let (_t, dir) = copy_project("examples/quickstart");
+    let (code, text) = stdout_of(&dir, &["validate"]);
+    assert_eq!(code, Some(0));
+    assert!(text.contains("2 images, 1 sources, 2 environments"), "{text}");
+    let (_, dot) = stdout_of(&dir, &["graph", "--format", "dot"]);
+    insta::assert_snapshot!("quickstart_graph_dot", dot);
+    let (_, mermaid) = stdout_of(&dir, &["graph", "--format", "mermaid"]);
+    insta::assert_snapshot!("quickstart_graph_mermaid", mermaid);
+}
+
+#[test]
+fn colour_only_when_asked_for_or_on_a_terminal() {
+    let (_t, dir) = copy_project("examples/quickstart");
+    let out = imgraph(&dir).env_remove("NO_COLOR").env("CLICOLOR_FORCE", "1").arg("plan").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains('\u{1b}'), "CLICOLOR_FORCE gives colour");
+    let out = imgraph(&dir).env("CLICOLOR_FORCE", "1").env("NO_COLOR", "1").arg("plan").output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains('\u{1b}'), "NO_COLOR wins");
+}
