@@ -16,7 +16,7 @@ use crate::hash::{CachedStat, Hasher, StatCache};
 use crate::plan::{self, BuildOutputs, Facts, Plan, PlanOptions};
 use crate::exec::{Event, ExecContext, ExecOptions};
 use crate::provider::local::Store;
-use crate::provider::runtime::LocalProvider;
+use crate::provider::local::LocalProvider;
 use crate::provider::Provider;
 use crate::state::{LeaseOutcome, State, StatEntry};
 

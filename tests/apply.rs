@@ -239,3 +239,45 @@ fn production_only_gets_what_staging_got_first() {
     let p = order.iter().position(|i| i == "deliver:web@production").unwrap();
     assert!(s < p, "{order:?}");
 }
+
+/// Tools this test needs from Debian (installed by scripts/test.sh): in CI their absence
+/// fails the test; elsewhere it is said out loud and the test returns.
+fn require_tools(tools: &[&str]) -> bool {
+    let missing: Vec<&&str> = tools.iter().filter(|t| !Path::new(t).exists()).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("missing {missing:?}: scripts/test.sh installs them (bubblewrap, busybox-static)");
+    }
+    eprintln!("NOT RUN: missing {missing:?}; run scripts/test.sh to install them");
+    false
+}
+
+#[test]
+fn a_busybox_root_builds_and_tests_inside_bwrap() {
+    if !require_tools(&["/usr/bin/bwrap", "/bin/busybox"]) {
+        return;
+    }
+    let (_t, dir) = copy_project("examples/busybox-bwrap");
+    let made = std::process::Command::new("sh").arg(dir.join("make-root.sh")).output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let out = imgraph(&dir).arg("apply").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(versions(&dir), vec![("mini".into(), "0.1.0".into(), "Ready".into())]);
+    // The test ran inside the image: its log carries the in-image check's words.
+    let logs = dir.join(".imgraph/logs");
+    let run = std::fs::read_dir(&logs).unwrap().next().unwrap().unwrap().path();
+    let test_log = std::fs::read_to_string(run.join("test_mini_inside.log")).unwrap();
+    assert!(test_log.contains("inside busybox: all checks passed"), "{test_log}");
+    // Nothing of the sandbox's mounts is packed into the image.
+    let id = images_json(&dir)["images"][0]["id"].as_str().unwrap().to_string();
+    let ws = imgraph::workspace::Workspace::open(&dir).unwrap();
+    let unpacked = tempfile::tempdir().unwrap();
+    let root = unpacked.path().join("root");
+    ws.local_store().unwrap().unpack(&id, &root).unwrap();
+    assert!(root.join("etc/app/build-info").exists());
+    assert!(!root.join("tmp/imgraph-project").exists());
+    assert!(leftovers(&dir).is_empty());
+}

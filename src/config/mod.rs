@@ -77,7 +77,10 @@ fn error_count(n: usize) -> String {
 
 /// Loads a project: `path` is a project folder (then `<path>/imgraph.kdl`) or a `.kdl` file.
 pub fn load(path: &Path) -> Result<model::Project, ConfigError> {
-    let file = if path.is_dir() {
+    // A path that is neither a folder nor a `.kdl` file was meant as a project folder: the
+    // error then names the file that was looked for.
+    let is_kdl = path.extension().is_some_and(|e| e == "kdl");
+    let file = if path.is_dir() || (!is_kdl && !path.exists()) {
         path.join(CONFIG_FILE)
     } else {
         path.to_path_buf()

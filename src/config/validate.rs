@@ -86,18 +86,11 @@ pub(crate) fn project(nodes: &[Node], cx: Context, diags: &mut Diags) -> Option<
     v.declare_environments(&top);
 
     let mut sources = Vec::new();
-    let mut images = Vec::new();
     let mut drafts = Vec::new();
     for node in &top {
         match node.name.as_str() {
             "source" => sources.extend(v.source(node)),
-            "image" => {
-                let draft = v.image(node);
-                if let Some(image) = &draft.image {
-                    images.push(image.clone());
-                }
-                drafts.push(draft);
-            }
+            "image" => drafts.push(v.image(node)),
             _ => {}
         }
     }
@@ -120,7 +113,7 @@ pub(crate) fn project(nodes: &[Node], cx: Context, diags: &mut Diags) -> Option<
         state_path,
         providers,
         sources,
-        images,
+        images: drafts.into_iter().filter_map(|d| d.image).collect(),
         environments: envs.into_iter().filter_map(|e| e.environment).collect(),
     })
 }

@@ -25,7 +25,7 @@ pub use events::{Event, NodeOutcome, NodeReport, RunSummary};
 use crate::config::model::{FromRef, Project, SourceKind};
 use crate::graph::{build_id, Stage, StageGraph};
 use crate::plan::{Action, BuildOutputs, Plan, PlannedNode};
-use crate::provider::runtime::append_log;
+use crate::provider::append_log;
 use crate::provider::{BuildRequest, Ledger, Origin, Provider, ProviderError, TestRequest};
 use crate::state::{ImageRecord, NodeStart, NodeStatus, ReleaseStatus, RunId, RunStatus, State};
 

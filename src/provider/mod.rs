@@ -7,7 +7,6 @@
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod local;
-pub mod runtime;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -112,4 +111,12 @@ pub trait Provider: Send + Sync {
     async fn artifact_exists(&self, artifact_id: &str) -> Result<bool, ProviderError>;
     /// Destroys a resource a killed run left behind.
     async fn destroy_leftover(&self, entry: &LedgerEntry) -> Result<(), ProviderError>;
+}
+
+/// Appends one line of imgraph's own narration to a node log (best effort).
+pub fn append_log(log: &Path, line: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+        let _ = writeln!(f, "{line}");
+    }
 }

@@ -23,7 +23,7 @@ use super::{
 };
 use crate::config::model::{InstanceSettings, Step};
 use crate::exec::process::{self, CommandSpec, ProcessOutcome};
-use crate::provider::runtime::append_log;
+use crate::provider::append_log;
 use crate::provider::{BuildRequest, Built, Origin, ProviderError, TestRequest};
 
 /// The instance type when `instance { type ... }` is not given.

@@ -122,6 +122,8 @@ pub struct AwsProvider {
     /// When set, instances carry `imgraph:project` and leftover clean-up only touches
     /// instances with this value (several projects can share an account).
     project: Option<String>,
+    /// Extra environment for Packer (after imgraph's own variables).
+    packer_env: Vec<(String, String)>,
     /// Deadlines and poll intervals of every wait.
     pub waits: WaitSettings,
     counter: AtomicU64,
@@ -169,6 +171,7 @@ impl AwsProvider {
             profile: profile.map(str::to_string),
             endpoint: endpoint.map(str::to_string),
             project: None,
+            packer_env: Vec::new(),
             waits: WaitSettings::default(),
             counter: AtomicU64::new(0),
         })
@@ -184,6 +187,7 @@ impl AwsProvider {
             profile: None,
             endpoint: None,
             project: None,
+            packer_env: Vec::new(),
             waits: WaitSettings::default(),
             counter: AtomicU64::new(0),
         }
@@ -198,6 +202,13 @@ impl AwsProvider {
 
     pub fn with_waits(mut self, waits: WaitSettings) -> Self {
         self.waits = waits;
+        self
+    }
+
+    /// Extra environment for the Packer process (e.g. credentials for a client built by
+    /// hand, `PACKER_LOG`); it is set after imgraph's own variables.
+    pub fn with_packer_env(mut self, env: Vec<(String, String)>) -> Self {
+        self.packer_env = env;
         self
     }
 
@@ -514,7 +525,7 @@ fn settle<T>(
     match cleanup {
         Ok(terminated) => {
             if !terminated.is_empty() {
-                crate::provider::runtime::append_log(
+                crate::provider::append_log(
                     log,
                     &format!("imgraph: terminated {}", terminated.join(", ")),
                 );
@@ -525,7 +536,7 @@ fn settle<T>(
             Ok(value)
         }
         Err(cleanup) => {
-            crate::provider::runtime::append_log(log, &format!("imgraph: failed to clean up: {cleanup}"));
+            crate::provider::append_log(log, &format!("imgraph: failed to clean up: {cleanup}"));
             match result {
                 Ok(_) => Err(cleanup.into()),
                 Err(body) => Err(ProviderError::Failed(format!(

@@ -16,7 +16,7 @@ use super::error::AwsError;
 use super::{shell_quote, AwsProvider, TagSet};
 use crate::config::model::RelPath;
 use crate::exec::process::{self, CommandSpec};
-use crate::provider::runtime::append_log;
+use crate::provider::append_log;
 use crate::provider::{BuildRequest, Built, Origin, ProviderError};
 
 /// Packer escapes commas inside machine-readable fields as this.
@@ -155,6 +155,7 @@ impl AwsProvider {
             // Packer otherwise asks HashiCorp's server for updates on every run.
             ("CHECKPOINT_DISABLE".to_string(), "1".to_string()),
         ]);
+        env.extend(self.packer_env.iter().cloned());
         let spec = CommandSpec {
             command,
             cwd: req.project.root.clone(),

@@ -19,10 +19,12 @@
 //! `spawn_blocking`.
 //!
 //! Layout: [`pack`] writes archives, `unpack` reads them safely, [`origin`] recognises
-//! origin formats, [`tree`] copies and removes folder trees, [`store`] is the store.
+//! origin formats, [`tree`] copies and removes folder trees, [`store`] is the store, and
+//! [`provider`] runs builds and test instances on top of them.
 
 pub mod origin;
 pub mod pack;
+pub mod provider;
 pub mod store;
 pub mod tree;
 mod unpack;
@@ -35,6 +37,7 @@ use std::path::{Path, PathBuf};
 
 pub use origin::unpack_origin;
 pub use pack::pack_deterministic;
+pub use provider::LocalProvider;
 pub use store::Store;
 pub use tree::{copy_into, remove_tree};
 

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
-use super::local::{self, Store};
-use super::{BuildRequest, Built, Ledger, Origin, Provider, ProviderError, TestRequest};
+use crate::provider::local::{self, Store};
+use crate::provider::{append_log, BuildRequest, Built, Ledger, Origin, Provider, ProviderError, TestRequest};
 use crate::config::model::{Build, Sandbox, Step};
 use crate::exec::process::{self, CommandSpec, ProcessOutcome};
 use crate::state::{LedgerEntry, ReleaseStatus};
@@ -218,13 +218,5 @@ impl LocalProvider {
             timeout: Some(req.suite.timeout),
         };
         Ok(process::run(&spec, req.log, req.cancel).await?)
-    }
-}
-
-/// Appends one line of imgraph's own narration to a node log (best effort).
-pub fn append_log(log: &Path, line: &str) {
-    use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
-        let _ = writeln!(f, "{line}");
     }
 }
