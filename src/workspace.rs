@@ -26,6 +26,25 @@ pub struct Workspace {
     pub state: State,
 }
 
+/// The providers a project declares, connected and ready.
+#[derive(Clone, Default)]
+pub struct Providers {
+    /// Provider name → implementation, for the executor.
+    pub all: HashMap<String, Arc<dyn Provider>>,
+    /// The AWS provider again, for what only it can do (source lookups, tag recovery).
+    #[cfg(feature = "aws")]
+    pub aws: Option<Arc<crate::provider::aws::AwsProvider>>,
+}
+
+/// A build found through its cloud tags although the state had no record of it.
+#[derive(Debug, Clone)]
+pub struct Recovered {
+    pub image: String,
+    pub version: String,
+    pub artifact_id: String,
+    pub status: String,
+}
+
 impl Workspace {
     /// Loads `imgraph.kdl` from `path` (a folder or the file), builds the graph and opens
     /// (creating if needed) the state file.
@@ -49,7 +68,7 @@ impl Workspace {
     }
 
     /// Hashes every input, resolves every source and checks recorded artifacts.
-    pub fn gather(&self) -> Result<Facts> {
+    pub async fn gather(&self, providers: &Providers) -> Result<Facts> {
         let cached = self.state.load_stat_cache()?;
         let cache = StatCache::new(
             cached
@@ -97,11 +116,8 @@ impl Workspace {
         for source in &self.project.sources {
             let id = match &source.kind {
                 SourceKind::Local { path } => hasher.tree_digest(path.as_str())?,
-                SourceKind::Aws { .. } => {
-                    return Err(Error::ProviderUnavailable {
-                        name: source.name.clone(),
-                        provider: "aws".into(),
-                    })
+                SourceKind::Aws { owners, name, tags } => {
+                    resolve_aws_source(providers, &source.name, owners, name.as_deref(), tags).await?
                 }
             };
             facts.sources.insert(source.name.clone(), id);
@@ -142,10 +158,15 @@ impl Workspace {
             if out.artifact_id.is_empty() || seen.contains_key(&out.artifact_id) {
                 continue;
             }
-            let present = match &store {
-                Some(s) if out.artifact_id.starts_with("local:") => s.contains(&out.artifact_id),
+            let present = if out.artifact_id.starts_with("local:") {
+                store.as_ref().is_some_and(|s| s.contains(&out.artifact_id))
+            } else if let Some(p) = providers.all.values().find(|p| p.name() != "local") {
+                p.artifact_exists(&out.artifact_id)
+                    .await
+                    .map_err(|e| Error::Other(format!("failed to check artifact {}: {}", out.artifact_id, crate::exec::error_chain(&e))))?
+            } else {
                 // Artifacts of providers this project no longer declares cannot be checked.
-                _ => false,
+                false
             };
             seen.insert(out.artifact_id.clone(), present);
             if !present {
@@ -155,11 +176,163 @@ impl Workspace {
         Ok(facts)
     }
 
-    /// Gathers facts and decides.
-    pub fn plan(&self, options: &PlanOptions) -> Result<Plan> {
-        let facts = self.gather()?;
+    /// Gathers facts and decides. Builds that the state does not know but the cloud does
+    /// (found by their `imgraph:key` tag, e.g. on an ephemeral CI runner whose state file
+    /// is gone) are recorded first, so they are not rebuilt.
+    pub async fn plan(&self, providers: &Providers, options: &PlanOptions) -> Result<Plan> {
+        let facts = self.gather(providers).await?;
+        let plan = plan::decide(&self.project, &self.graph, &facts, options)?;
+        if self.recover_from_tags(providers, &plan).await?.is_empty() {
+            return Ok(plan);
+        }
+        let facts = self.gather(providers).await?;
         Ok(plan::decide(&self.project, &self.graph, &facts, options)?)
     }
+
+    /// [`Workspace::plan`] for callers without a runtime (tests, benches).
+    pub fn plan_blocking(&self, options: &PlanOptions) -> Result<Plan> {
+        let rt = current_thread_runtime()?;
+        rt.block_on(async {
+            let providers = self.providers().await?;
+            self.plan(&providers, options).await
+        })
+    }
+
+    /// [`Workspace::gather`] for callers without a runtime.
+    pub fn gather_blocking(&self) -> Result<Facts> {
+        let rt = current_thread_runtime()?;
+        rt.block_on(async {
+            let providers = self.providers().await?;
+            self.gather(&providers).await
+        })
+    }
+
+    /// For each `build:` node planned as new on a cloud provider, looks for an image
+    /// tagged with its key; records what it finds (build, and when the image is Ready its
+    /// tests and publish too, whose keys follow from the build's) as a recovery run.
+    pub async fn recover_from_tags(&self, providers: &Providers, plan: &Plan) -> Result<Vec<Recovered>> {
+        #[cfg(feature = "aws")]
+        {
+            let Some(aws) = providers.aws.as_ref() else {
+                return Ok(Vec::new());
+            };
+            let mut found = Vec::new();
+            let mut run = None;
+            for n in &plan.nodes {
+                let is_new_build = n.stage == Stage::Build && n.reasons == vec![plan::Reason::New];
+                let image = n.image.as_deref().and_then(|i| self.project.image(i));
+                let Some(image) = image.filter(|i| is_new_build && i.provider == "aws") else {
+                    continue;
+                };
+                let Some(tagged) = aws
+                    .find_by_key(&image.name, &n.key)
+                    .await
+                    .map_err(|e| Error::Other(crate::exec::error_chain(&e)))?
+                else {
+                    continue;
+                };
+                let run_id = match run {
+                    Some(r) => r,
+                    None => {
+                        let r = self.state.begin_run("recover", "{}")?;
+                        run = Some(r);
+                        r
+                    }
+                };
+                let status = tagged.status.clone().unwrap_or_else(|| "Candidate".into());
+                let release = crate::state::ReleaseStatus::parse(&status).unwrap_or(crate::state::ReleaseStatus::Candidate);
+                if self.state.images(Some(&image.name))?.iter().all(|r| r.version != tagged.version) {
+                    self.state.record_image(&crate::state::ImageRecord {
+                        image: image.name.clone(),
+                        version: tagged.version.clone(),
+                        artifact_id: tagged.ami_id.clone(),
+                        provider: "aws".into(),
+                        key: n.key.clone(),
+                        status: release,
+                        built_at: crate::state::now_ms(),
+                        run_id: Some(run_id),
+                        environments: Vec::new(),
+                    })?;
+                }
+                let outputs = serde_json::to_string(&BuildOutputs {
+                    artifact_id: tagged.ami_id.clone(),
+                    version: tagged.version.clone(),
+                })
+                .unwrap_or_default();
+                let mut nodes = vec![n];
+                if release == crate::state::ReleaseStatus::Ready {
+                    nodes.extend(plan.nodes.iter().filter(|m| {
+                        m.image.as_deref() == Some(image.name.as_str())
+                            && matches!(m.stage, Stage::Test | Stage::Publish)
+                    }));
+                }
+                for m in nodes {
+                    let (manifest, upstream, reasons) = m.record_fields();
+                    let id = self.state.start_node(
+                        run_id,
+                        &crate::state::NodeStart {
+                            node_id: &m.id,
+                            key: &m.key,
+                            manifest_json: &manifest,
+                            stanza: &m.stanza,
+                            upstream_json: &upstream,
+                            reasons_json: &reasons,
+                            log_path: None,
+                        },
+                    )?;
+                    let out = (m.stage == Stage::Build).then_some(outputs.as_str());
+                    self.state.finish_node(id, crate::state::NodeStatus::Succeeded, out, None)?;
+                }
+                found.push(Recovered {
+                    image: image.name.clone(),
+                    version: tagged.version,
+                    artifact_id: tagged.ami_id,
+                    status,
+                });
+            }
+            if let Some(r) = run {
+                self.state.finish_run(r, crate::state::RunStatus::Succeeded)?;
+            }
+            Ok(found)
+        }
+        #[cfg(not(feature = "aws"))]
+        {
+            let _ = (providers, plan);
+            Ok(Vec::new())
+        }
+    }
+}
+
+fn current_thread_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            what: "failed to start the async runtime".into(),
+            path: std::path::PathBuf::new(),
+            source,
+        })
+}
+
+async fn resolve_aws_source(
+    providers: &Providers,
+    name: &str,
+    owners: &[String],
+    pattern: Option<&str>,
+    tags: &std::collections::BTreeMap<String, String>,
+) -> Result<String> {
+    #[cfg(feature = "aws")]
+    if let Some(aws) = providers.aws.as_ref() {
+        return aws
+            .resolve_source(owners, pattern, tags)
+            .await
+            .map_err(|e| Error::Other(format!("failed to resolve source `{name}`: {}", crate::exec::error_chain(&e))));
+    }
+    let _ = (providers, owners, pattern, tags);
+    Err(Error::ProviderUnavailable {
+        name: name.to_string(),
+        provider: "aws".into(),
+    })
 }
 
 /// What `apply` returns besides the run summary.
@@ -178,17 +351,42 @@ impl Workspace {
             .unwrap_or_else(|| self.project.root.join(".imgraph"))
     }
 
-    /// The providers this project declares, ready to run work.
-    pub fn providers(&self) -> Result<HashMap<String, Arc<dyn Provider>>> {
-        let mut out: HashMap<String, Arc<dyn Provider>> = HashMap::new();
+    /// The providers this project declares, connected and ready to run work.
+    pub async fn providers(&self) -> Result<Providers> {
+        let mut out = Providers::default();
         for p in &self.project.providers {
             match &p.kind {
                 ProviderKind::Local { store, sandbox } => {
-                    out.insert(
+                    out.all.insert(
                         p.name.clone(),
                         Arc::new(LocalProvider::new(Store::new(store.clone()), *sandbox)),
                     );
                 }
+                #[cfg(feature = "aws")]
+                ProviderKind::Aws {
+                    region,
+                    profile,
+                    endpoint,
+                } => {
+                    // Scopes leftover clean-up to this project: its folder name plus a
+                    // digest of its path, so two checkouts never reap each other's instances.
+                    let folder = self
+                        .project
+                        .root
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "imgraph".into());
+                    let path_digest = blake3::hash(self.project.root.to_string_lossy().as_bytes()).to_hex();
+                    let project_name = format!("{folder}-{}", &path_digest[..8]);
+                    let aws = crate::provider::aws::AwsProvider::connect(region.as_deref(), profile.as_deref(), endpoint.as_deref())
+                        .await
+                        .map_err(|e| Error::Other(format!("failed to set up the aws provider: {}", crate::exec::error_chain(&e))))?
+                        .with_project(project_name);
+                    let aws = Arc::new(aws);
+                    out.all.insert(p.name.clone(), aws.clone());
+                    out.aws = Some(aws);
+                }
+                #[cfg(not(feature = "aws"))]
                 ProviderKind::Aws { .. } => {
                     return Err(Error::ProviderUnavailable {
                         name: p.name.clone(),
@@ -202,12 +400,11 @@ impl Workspace {
 
     /// Destroys what killed runs left behind (found through the instance ledger) and marks
     /// their runs abandoned. Returns the events describing what was cleaned.
-    pub async fn collect_garbage(&self, providers: &HashMap<String, Arc<dyn Provider>>) -> Result<Vec<Event>> {
+    pub async fn collect_garbage(&self, providers: &Providers) -> Result<Vec<Event>> {
         self.state.abandon_stale_runs(None)?;
         let mut events = Vec::new();
         for entry in self.state.ledger_open()? {
-            // Entries of a live run belong to it (another apply holds the lease then).
-            let Some(provider) = providers.get(&entry.provider) else {
+            let Some(provider) = providers.all.get(&entry.provider) else {
                 continue;
             };
             provider
@@ -220,6 +417,22 @@ impl Workspace {
                 kind: entry.kind.clone(),
                 node: entry.node_id.clone(),
             });
+        }
+        // Instances tagged by imgraph whose ledger entry was never written (a crash
+        // between the ledger and the cloud call cannot cause this, but a lost state file can).
+        #[cfg(feature = "aws")]
+        if let Some(aws) = providers.aws.as_ref() {
+            let ids = aws
+                .terminate_tagged_leftovers(None)
+                .await
+                .map_err(|e| Error::Other(format!("failed to clean up tagged instances: {}", crate::exec::error_chain(&e))))?;
+            for id in ids {
+                events.push(Event::LeftoverDestroyed {
+                    resource: id,
+                    kind: "instance".into(),
+                    node: "a run imgraph has no record of".into(),
+                });
+            }
         }
         Ok(events)
     }
@@ -251,7 +464,7 @@ impl Workspace {
         events: UnboundedSender<Event>,
         cancel: CancellationToken,
     ) -> Result<ApplyOutcome> {
-        let providers = match self.providers() {
+        let providers = match self.providers().await {
             Ok(p) => p,
             Err(e) => {
                 self.state.release_lease()?;
@@ -262,7 +475,7 @@ impl Workspace {
             for ev in self.collect_garbage(&providers).await? {
                 let _ = events.send(ev);
             }
-            self.plan(options)
+            self.plan(&providers, options).await
         }
         .await;
         let plan = match prepared {
@@ -283,7 +496,7 @@ impl Workspace {
             project: Arc::new(project),
             graph: Arc::new(graph),
             state: state.clone(),
-            providers: Arc::new(providers),
+            providers: Arc::new(providers.all),
             work_root,
             resolved_sources: Arc::new(plan.sources.iter().map(|s| (s.name.clone(), s.id.clone())).collect()),
         };

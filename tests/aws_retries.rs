@@ -31,7 +31,10 @@ struct Script {
 
 impl Script {
     fn on(self: &Arc<Self>, action: &str, answers: Vec<(u16, String)>) -> Arc<Self> {
-        self.answers.lock().unwrap().insert(action.to_string(), answers.into());
+        self.answers
+            .lock()
+            .unwrap()
+            .insert(action.to_string(), answers.into());
         self.clone()
     }
 
@@ -50,7 +53,13 @@ impl Script {
         match all.get_mut(action) {
             Some(q) if q.len() > 1 => q.pop_front().unwrap(),
             Some(q) if q.len() == 1 => q[0].clone(),
-            _ => (400, error_doc("InvalidAction", &format!("the script has no answer for {action}"))),
+            _ => (
+                400,
+                error_doc(
+                    "InvalidAction",
+                    &format!("the script has no answer for {action}"),
+                ),
+            ),
         }
     }
 }
@@ -137,7 +146,10 @@ fn terminate_doc(id: &str) -> (u16, String) {
 }
 
 fn throttled() -> (u16, String) {
-    (503, error_doc("RequestLimitExceeded", "Request limit exceeded."))
+    (
+        503,
+        error_doc("RequestLimitExceeded", "Request limit exceeded."),
+    )
 }
 
 /// Serves the script on a loopback port; returns its URL.
@@ -146,7 +158,9 @@ async fn serve(script: Arc<Script>) -> String {
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
         loop {
-            let Ok((sock, _)) = listener.accept().await else { return };
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
             let script = script.clone();
             tokio::spawn(handle(sock, script));
         }
@@ -159,7 +173,9 @@ async fn handle(mut sock: tokio::net::TcpStream, script: Arc<Script>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let header_end = loop {
-        let Ok(n) = sock.read(&mut chunk).await else { return };
+        let Ok(n) = sock.read(&mut chunk).await else {
+            return;
+        };
         if n == 0 {
             return;
         }
@@ -173,11 +189,14 @@ async fn handle(mut sock: tokio::net::TcpStream, script: Arc<Script>) {
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
         })
         .unwrap_or(0);
     while buf.len() < header_end + length {
-        let Ok(n) = sock.read(&mut chunk).await else { return };
+        let Ok(n) = sock.read(&mut chunk).await else {
+            return;
+        };
         if n == 0 {
             break;
         }
@@ -245,18 +264,34 @@ async fn throttling_is_retried_until_ec2_answers() {
             throttled(),
             throttled(),
             images_doc(&[
-                ("ami-old", "amzn2-ami-hvm-2.0.2018-x86_64-gp2", "2018-08-10T00:00:00.000Z"),
-                ("ami-new", "amzn2-ami-hvm-2.0.2024-x86_64-gp2", "2024-01-01T00:00:00.000Z"),
+                (
+                    "ami-old",
+                    "amzn2-ami-hvm-2.0.2018-x86_64-gp2",
+                    "2018-08-10T00:00:00.000Z",
+                ),
+                (
+                    "ami-new",
+                    "amzn2-ami-hvm-2.0.2024-x86_64-gp2",
+                    "2024-01-01T00:00:00.000Z",
+                ),
             ]),
         ],
     );
     let aws = provider(&serve(script.clone()).await, 5);
     let ami = aws
-        .resolve_source(&owners(), Some("amzn2-ami-hvm-*-x86_64-gp2"), &Default::default())
+        .resolve_source(
+            &owners(),
+            Some("amzn2-ami-hvm-*-x86_64-gp2"),
+            &Default::default(),
+        )
         .await
         .unwrap();
     assert_eq!(ami, "ami-new");
-    assert_eq!(script.calls("DescribeImages").len(), 4, "3 throttled answers, then the real one");
+    assert_eq!(
+        script.calls("DescribeImages").len(),
+        4,
+        "3 throttled answers, then the real one"
+    );
     let body = &script.calls("DescribeImages")[3];
     assert!(body.contains("Owner.1=amazon"), "{body}");
     assert!(body.contains("amzn2-ami-hvm-%2A-x86_64-gp2"), "{body}");
@@ -267,13 +302,19 @@ async fn server_errors_are_retried() {
     let script = Arc::new(Script::default()).on(
         "DescribeImages",
         vec![
-            (500, error_doc("InternalError", "An internal error has occurred.")),
+            (
+                500,
+                error_doc("InternalError", "An internal error has occurred."),
+            ),
             (503, error_doc("Unavailable", "The server is overloaded.")),
             images_doc(&[("ami-1", "base-1.0.0", "2024-01-01T00:00:00.000Z")]),
         ],
     );
     let aws = provider(&serve(script.clone()).await, 5);
-    let ami = aws.resolve_source(&owners(), None, &Default::default()).await.unwrap();
+    let ami = aws
+        .resolve_source(&owners(), None, &Default::default())
+        .await
+        .unwrap();
     assert_eq!(ami, "ami-1");
     assert_eq!(script.calls("DescribeImages").len(), 3);
 }
@@ -289,7 +330,10 @@ async fn retries_stop_at_the_configured_attempts() {
         .to_string();
     assert_eq!(script.calls("DescribeImages").len(), 3, "max_attempts is 3");
     assert!(err.contains("ec2:DescribeImages"), "{err}");
-    assert!(err.contains("RequestLimitExceeded: Request limit exceeded."), "{err}");
+    assert!(
+        err.contains("RequestLimitExceeded: Request limit exceeded."),
+        "{err}"
+    );
     assert!(err.contains("owned by amazon named `amzn2-*`"), "{err}");
 }
 
@@ -316,7 +360,13 @@ async fn no_matching_source_names_the_query() {
 async fn an_authorisation_failure_on_tagging_names_the_action_and_the_ami() {
     let script = Arc::new(Script::default()).on(
         "CreateTags",
-        vec![(403, error_doc("UnauthorizedOperation", "You are not authorized to perform this operation."))],
+        vec![(
+            403,
+            error_doc(
+                "UnauthorizedOperation",
+                "You are not authorized to perform this operation.",
+            ),
+        )],
     );
     let aws = provider(&serve(script.clone()).await, 5);
     let err = aws
@@ -328,7 +378,11 @@ async fn an_authorisation_failure_on_tagging_names_the_action_and_the_ami() {
         err,
         "not authorised to call ec2:CreateTags on ami-9: You are not authorized to perform this operation."
     );
-    assert_eq!(script.calls("CreateTags").len(), 1, "an authorisation failure is not retried");
+    assert_eq!(
+        script.calls("CreateTags").len(),
+        1,
+        "an authorisation failure is not retried"
+    );
 }
 
 /// A project with one aws image and one test suite, and an open state, in a temp folder.
@@ -368,7 +422,10 @@ image "web" {
     }
 }
 
-async fn run_test(aws: &AwsProvider, f: &Fixture) -> Result<imgraph::exec::process::ProcessOutcome, String> {
+async fn run_test(
+    aws: &AwsProvider,
+    f: &Fixture,
+) -> Result<imgraph::exec::process::ProcessOutcome, String> {
     let image = f.project.image("web").unwrap();
     let ledger = Ledger {
         state: f.state.clone(),
@@ -396,7 +453,13 @@ async fn an_unauthorised_launch_names_run_instances_and_the_ami_and_leaves_no_le
     let script = Arc::new(Script::default())
         .on(
             "RunInstances",
-            vec![(403, error_doc("UnauthorizedOperation", "You are not authorized to perform this operation."))],
+            vec![(
+                403,
+                error_doc(
+                    "UnauthorizedOperation",
+                    "You are not authorized to perform this operation.",
+                ),
+            )],
         )
         .on("DescribeInstances", vec![describe_instances_doc(&[])]);
     let aws = provider(&serve(script.clone()).await, 5);
@@ -410,7 +473,11 @@ async fn an_unauthorised_launch_names_run_instances_and_the_ami_and_leaves_no_le
     // The clean-up looked for an instance carrying the launch's token (none exists).
     let lookups = script.calls("DescribeInstances");
     assert_eq!(lookups.len(), 1);
-    assert!(lookups[0].contains("tag%3Aimgraph%3Atoken"), "{}", lookups[0]);
+    assert!(
+        lookups[0].contains("tag%3Aimgraph%3Atoken"),
+        "{}",
+        lookups[0]
+    );
     assert!(f.state.lock().unwrap().ledger_open().unwrap().is_empty());
 }
 
@@ -418,7 +485,10 @@ async fn an_unauthorised_launch_names_run_instances_and_the_ami_and_leaves_no_le
 async fn an_instance_that_never_starts_times_out_and_is_terminated() {
     let script = Arc::new(Script::default())
         .on("RunInstances", vec![run_instances_doc("i-0stuck")])
-        .on("DescribeInstances", vec![describe_instances_doc(&[("i-0stuck", "pending")])])
+        .on(
+            "DescribeInstances",
+            vec![describe_instances_doc(&[("i-0stuck", "pending")])],
+        )
         .on("TerminateInstances", vec![terminate_doc("i-0stuck")]);
     let aws = provider(&serve(script.clone()).await, 5);
     let f = fixture();
@@ -433,7 +503,11 @@ async fn an_instance_that_never_starts_times_out_and_is_terminated() {
     }
     let terminated = script.calls("TerminateInstances");
     assert_eq!(terminated.len(), 1);
-    assert!(terminated[0].contains("InstanceId.1=i-0stuck"), "{}", terminated[0]);
+    assert!(
+        terminated[0].contains("InstanceId.1=i-0stuck"),
+        "{}",
+        terminated[0]
+    );
     assert!(f.state.lock().unwrap().ledger_open().unwrap().is_empty());
 }
 
@@ -441,20 +515,35 @@ async fn an_instance_that_never_starts_times_out_and_is_terminated() {
 async fn a_failed_termination_keeps_the_ledger_entry_for_gc() {
     let script = Arc::new(Script::default())
         .on("RunInstances", vec![run_instances_doc("i-0kept")])
-        .on("DescribeInstances", vec![describe_instances_doc(&[("i-0kept", "pending")])])
+        .on(
+            "DescribeInstances",
+            vec![describe_instances_doc(&[("i-0kept", "pending")])],
+        )
         .on(
             "TerminateInstances",
-            vec![(403, error_doc("UnauthorizedOperation", "You are not authorized to perform this operation."))],
+            vec![(
+                403,
+                error_doc(
+                    "UnauthorizedOperation",
+                    "You are not authorized to perform this operation.",
+                ),
+            )],
         );
     let aws = provider(&serve(script.clone()).await, 5);
     let f = fixture();
     let err = run_test(&aws, &f).await.unwrap_err();
-    assert!(err.starts_with("timed out after 300ms waiting for instance i-0kept to start"), "{err}");
+    assert!(
+        err.starts_with("timed out after 300ms waiting for instance i-0kept to start"),
+        "{err}"
+    );
     assert!(
         err.contains("not authorised to call ec2:TerminateInstances on i-0kept"),
         "{err}"
     );
     let open = f.state.lock().unwrap().ledger_open().unwrap();
     assert_eq!(open.len(), 1);
-    assert_eq!((open[0].kind.as_str(), open[0].resource.as_str()), ("instance", "i-0kept"));
+    assert_eq!(
+        (open[0].kind.as_str(), open[0].resource.as_str()),
+        ("instance", "i-0kept")
+    );
 }

@@ -63,7 +63,7 @@ fn a_missing_project_folder_is_a_read_error() {
     let rendered = render_plain(&err);
     assert!(matches!(err, ConfigError::Read { .. }));
     assert!(
-        rendered.contains("tests/fixtures/no-such-project"),
+        rendered.contains("tests/fixtures/no-such-project/imgraph.kdl"),
         "{rendered}"
     );
     assert!(rendered.contains("pass -C DIR"), "{rendered}");

@@ -225,7 +225,7 @@ fn a_failed_run_with_the_same_key_is_retried() {
 fn max_age_rebuilds_an_old_image() {
     let (_t, dir) = seeded();
     let ws = imgraph::workspace::Workspace::open(&dir).unwrap();
-    let mut facts = ws.gather().unwrap();
+    let mut facts = ws.gather_blocking().unwrap();
     facts.now_ms += 31 * 24 * 3600 * 1000;
     let plan = imgraph::plan::decide(&ws.project, &ws.graph, &facts, &PlanOptions::default()).unwrap();
     let base = plan.node("build:base").unwrap();

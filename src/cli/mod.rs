@@ -176,7 +176,11 @@ fn validate(cli: &Cli) -> Result<i32> {
 
 fn plan(cli: &Cli, args: &PlanArgs) -> Result<i32> {
     let ws = Workspace::open(&cli.dir)?;
-    let plan = ws.plan(&args.selection.options())?;
+    let rt = runtime()?;
+    let plan = rt.block_on(async {
+        let providers = ws.providers().await?;
+        ws.plan(&providers, &args.selection.options()).await
+    })?;
     if args.json {
         println!("{}", report::plan::render_json(&plan));
     } else {
@@ -296,9 +300,11 @@ fn gc(cli: &Cli) -> Result<i32> {
             since: report::timestamp(since),
         });
     }
-    let providers = ws.providers()?;
     let rt = runtime()?;
-    let result = rt.block_on(ws.collect_garbage(&providers));
+    let result = rt.block_on(async {
+        let providers = ws.providers().await?;
+        ws.collect_garbage(&providers).await
+    });
     ws.state.release_lease()?;
     let events = result?;
     for ev in &events {

@@ -124,7 +124,7 @@ pub fn seed_failure(dir: &Path, plan: &Plan, node_id: &str, error: &str) {
 
 pub fn plan_of(dir: &Path, options: &imgraph::plan::PlanOptions) -> Plan {
     let ws = Workspace::open(dir).expect("open workspace");
-    ws.plan(options).expect("plan")
+    ws.plan_blocking(options).expect("plan")
 }
 
 /// (node id, action, reason kinds) for compact assertions.

@@ -48,9 +48,18 @@ impl Launched {
 }
 
 /// The user data of an `ec2` build: the `run` steps in order, then power off.
-pub fn user_data_script(image: &str, steps: &[Step], version: &str, key: &str) -> Result<String, AwsError> {
+pub fn user_data_script(
+    image: &str,
+    steps: &[Step],
+    version: &str,
+    key: &str,
+) -> Result<String, AwsError> {
     let mut script = String::from("#!/bin/sh\nset -e\n");
-    for (k, v) in [("IMGRAPH_IMAGE", image), ("IMGRAPH_VERSION", version), ("IMGRAPH_KEY", key)] {
+    for (k, v) in [
+        ("IMGRAPH_IMAGE", image),
+        ("IMGRAPH_VERSION", version),
+        ("IMGRAPH_KEY", key),
+    ] {
         script.push_str(&format!("export {k}={}\n", shell_quote(v)));
     }
     for step in steps {
@@ -88,7 +97,11 @@ pub fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -128,7 +141,14 @@ fn state_of(i: &Instance) -> String {
 
 impl AwsProvider {
     /// Tags every temporary instance carries.
-    fn instance_tags(&self, run: Option<i64>, purpose: &str, image: &str, node: &str, token: &str) -> Vec<(String, String)> {
+    fn instance_tags(
+        &self,
+        run: Option<i64>,
+        purpose: &str,
+        image: &str,
+        node: &str,
+        token: &str,
+    ) -> Vec<(String, String)> {
         let mut tags = vec![
             ("Name".to_string(), format!("imgraph {purpose} {node}")),
             (TAG_RUN.to_string(), run_tag(run)),
@@ -203,7 +223,13 @@ impl AwsProvider {
     /// The instance as DescribeInstances sees it; `None` while EC2 does not know it yet
     /// (a new instance can take a moment to appear).
     async fn describe_instance(&self, id: &str) -> Result<Option<Instance>, AwsError> {
-        match self.client.describe_instances().instance_ids(id).send().await {
+        match self
+            .client
+            .describe_instances()
+            .instance_ids(id)
+            .send()
+            .await
+        {
             Ok(out) => Ok(out
                 .reservations()
                 .iter()
@@ -230,7 +256,11 @@ impl AwsProvider {
         timeout: std::time::Duration,
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<Instance, AwsError> {
-        let verb = if goal == InstanceStateName::Stopped { "stop" } else { "start" };
+        let verb = if goal == InstanceStateName::Stopped {
+            "stop"
+        } else {
+            "start"
+        };
         let target = Target {
             what: "instance",
             id,
@@ -244,7 +274,11 @@ impl AwsProvider {
             let waiting = match goal {
                 InstanceStateName::Stopped => matches!(
                     state,
-                    Some(InstanceStateName::Pending | InstanceStateName::Running | InstanceStateName::Stopping)
+                    Some(
+                        InstanceStateName::Pending
+                            | InstanceStateName::Running
+                            | InstanceStateName::Stopping
+                    )
                 ),
                 _ => matches!(state, Some(InstanceStateName::Pending)),
             };
@@ -258,7 +292,10 @@ impl AwsProvider {
                     id: id.to_string(),
                     goal: verb,
                     state: state_of(&instance),
-                    reason: instance.state_reason().and_then(|r| r.message()).map(str::to_string),
+                    reason: instance
+                        .state_reason()
+                        .and_then(|r| r.message())
+                        .map(str::to_string),
                 })
             }
         })
@@ -266,44 +303,63 @@ impl AwsProvider {
     }
 
     /// Waits until the AMI is `available`; fails when it ends `failed` or vanishes.
-    async fn wait_image(&self, ami: &str, cancel: &tokio_util::sync::CancellationToken) -> Result<(), AwsError> {
+    async fn wait_image(
+        &self,
+        ami: &str,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), AwsError> {
         use aws_sdk_ec2::types::ImageState;
         let target = Target {
             what: "image",
             id: ami,
             goal: "become available",
         };
-        poll_until(target, self.waits.image_timeout, &self.waits, cancel, || async {
-            let answer = self.client.describe_images().image_ids(ami).send().await;
-            let image = match answer {
-                Ok(out) => out.images().iter().find(|i| i.image_id() == Some(ami)).cloned(),
-                Err(e) => {
-                    let e = api_error("DescribeImages", ami, e);
-                    if is_not_found(&e) {
-                        None
-                    } else {
-                        return Err(e);
+        poll_until(
+            target,
+            self.waits.image_timeout,
+            &self.waits,
+            cancel,
+            || async {
+                let answer = self.client.describe_images().image_ids(ami).send().await;
+                let image = match answer {
+                    Ok(out) => out
+                        .images()
+                        .iter()
+                        .find(|i| i.image_id() == Some(ami))
+                        .cloned(),
+                    Err(e) => {
+                        let e = api_error("DescribeImages", ami, e);
+                        if is_not_found(&e) {
+                            None
+                        } else {
+                            return Err(e);
+                        }
                     }
+                };
+                let Some(image) = image else {
+                    return Ok(Poll::Waiting("not visible yet".into()));
+                };
+                let state = image.state().cloned();
+                match state {
+                    Some(ImageState::Available) => Ok(Poll::Ready(())),
+                    Some(ImageState::Pending) | None => Ok(Poll::Waiting(
+                        state
+                            .map(|s| s.as_str().to_string())
+                            .unwrap_or_else(|| "unknown".into()),
+                    )),
+                    Some(other) => Err(AwsError::WaitFailed {
+                        what: "image",
+                        id: ami.to_string(),
+                        goal: "become available",
+                        state: other.as_str().to_string(),
+                        reason: image
+                            .state_reason()
+                            .and_then(|r| r.message())
+                            .map(str::to_string),
+                    }),
                 }
-            };
-            let Some(image) = image else {
-                return Ok(Poll::Waiting("not visible yet".into()));
-            };
-            let state = image.state().cloned();
-            match state {
-                Some(ImageState::Available) => Ok(Poll::Ready(())),
-                Some(ImageState::Pending) | None => Ok(Poll::Waiting(
-                    state.map(|s| s.as_str().to_string()).unwrap_or_else(|| "unknown".into()),
-                )),
-                Some(other) => Err(AwsError::WaitFailed {
-                    what: "image",
-                    id: ami.to_string(),
-                    goal: "become available",
-                    state: other.as_str().to_string(),
-                    reason: image.state_reason().and_then(|r| r.message()).map(str::to_string),
-                }),
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -325,7 +381,13 @@ impl AwsProvider {
                 Err(e) if is_not_found(&e) => {
                     // One unknown id fails the whole call: retry one by one.
                     for id in chunk {
-                        match self.client.terminate_instances().instance_ids(id).send().await {
+                        match self
+                            .client
+                            .terminate_instances()
+                            .instance_ids(id)
+                            .send()
+                            .await
+                        {
                             Ok(_) => done.push(id.clone()),
                             Err(e) => {
                                 let e = api_error("TerminateInstances", id, e);
@@ -360,7 +422,11 @@ impl AwsProvider {
 
     /// The clean-up after a body: the launched instance, or (when the launch's answer never
     /// arrived) whatever carries the token.
-    pub(super) async fn cleanup_instance(&self, launched: Option<String>, token: &str) -> Result<Vec<String>, AwsError> {
+    pub(super) async fn cleanup_instance(
+        &self,
+        launched: Option<String>,
+        token: &str,
+    ) -> Result<Vec<String>, AwsError> {
         match launched {
             Some(id) => self.terminate(&[id]).await,
             None => self.terminate_by_token(token).await,
@@ -398,11 +464,21 @@ impl AwsProvider {
         req.ledger.set_resource(entry, &id)?;
         append_log(
             req.log,
-            &format!("imgraph: launched {id} from {origin}; waiting for its user data to power it off"),
+            &format!(
+                "imgraph: launched {id} from {origin}; waiting for its user data to power it off"
+            ),
         );
-        self.wait_instance(&id, InstanceStateName::Stopped, self.waits.build_timeout, req.cancel)
-            .await?;
-        append_log(req.log, &format!("imgraph: {id} stopped; creating the image"));
+        self.wait_instance(
+            &id,
+            InstanceStateName::Stopped,
+            self.waits.build_timeout,
+            req.cancel,
+        )
+        .await?;
+        append_log(
+            req.log,
+            &format!("imgraph: {id} stopped; creating the image"),
+        );
 
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -428,8 +504,11 @@ impl AwsProvider {
             })?;
         append_log(req.log, &format!("imgraph: created {ami} ({name})"));
         let finished = async {
-            self.tag(&ami, &TagSet::for_image(req.image, req.version, req.key).pairs())
-                .await?;
+            self.tag(
+                &ami,
+                &TagSet::for_image(req.image, req.version, req.key).pairs(),
+            )
+            .await?;
             self.wait_image(&ami, req.cancel).await
         }
         .await;
@@ -437,7 +516,10 @@ impl AwsProvider {
             // A half-made image must not be mistaken for a build: deregister it (best effort).
             if let Err(d) = self.client.deregister_image().image_id(&ami).send().await {
                 let d = api_error("DeregisterImage", &ami, d);
-                append_log(req.log, &format!("imgraph: failed to deregister {ami}: {d}"));
+                append_log(
+                    req.log,
+                    &format!("imgraph: failed to deregister {ami}: {d}"),
+                );
             }
             return Err(e.into());
         }
@@ -465,9 +547,17 @@ impl AwsProvider {
             .await?;
         launched.set(&id);
         req.ledger.set_resource(entry, &id)?;
-        append_log(req.log, &format!("imgraph: launched {id} from {}", req.artifact_id));
+        append_log(
+            req.log,
+            &format!("imgraph: launched {id} from {}", req.artifact_id),
+        );
         let instance = self
-            .wait_instance(&id, InstanceStateName::Running, self.waits.launch_timeout, req.cancel)
+            .wait_instance(
+                &id,
+                InstanceStateName::Running,
+                self.waits.launch_timeout,
+                req.cancel,
+            )
             .await?;
         let private_ip = instance.private_ip_address().map(str::to_string);
         let public_ip = instance.public_ip_address().map(str::to_string);
@@ -490,9 +580,18 @@ impl AwsProvider {
             cwd: req.project.root.clone(),
             env: vec![
                 ("IMGRAPH_INSTANCE_ID".into(), running.id.clone()),
-                ("IMGRAPH_INSTANCE_IP".into(), running.ip.clone().unwrap_or_default()),
-                ("IMGRAPH_INSTANCE_PRIVATE_IP".into(), running.private_ip.unwrap_or_default()),
-                ("IMGRAPH_INSTANCE_PUBLIC_IP".into(), running.public_ip.unwrap_or_default()),
+                (
+                    "IMGRAPH_INSTANCE_IP".into(),
+                    running.ip.clone().unwrap_or_default(),
+                ),
+                (
+                    "IMGRAPH_INSTANCE_PRIVATE_IP".into(),
+                    running.private_ip.unwrap_or_default(),
+                ),
+                (
+                    "IMGRAPH_INSTANCE_PUBLIC_IP".into(),
+                    running.public_ip.unwrap_or_default(),
+                ),
                 ("IMGRAPH_IMAGE".into(), req.image.name.clone()),
                 ("IMGRAPH_VERSION".into(), req.version.to_string()),
                 ("IMGRAPH_IMAGE_ID".into(), req.artifact_id.to_string()),
@@ -523,8 +622,12 @@ mod tests {
     #[test]
     fn user_data_runs_the_steps_in_order_and_powers_off() {
         let steps = vec![
-            Step::Run { command: "yum install -y nginx".into() },
-            Step::Run { command: "systemctl enable nginx".into() },
+            Step::Run {
+                command: "yum install -y nginx".into(),
+            },
+            Step::Run {
+                command: "systemctl enable nginx".into(),
+            },
         ];
         let script = user_data_script("web", &steps, "1.0.2", "abc").unwrap();
         assert_eq!(
@@ -540,15 +643,24 @@ mod tests {
             from: RelPath("config/web".into()),
             to: "/etc/web".into(),
         }];
-        let err = user_data_script("web", &steps, "1.0.0", "k").unwrap_err().to_string();
-        assert!(err.contains("copy steps are not supported by ec2 builds"), "{err}");
+        let err = user_data_script("web", &steps, "1.0.0", "k")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("copy steps are not supported by ec2 builds"),
+            "{err}"
+        );
         assert!(err.contains("config/web"), "{err}");
     }
 
     #[test]
     fn user_data_over_the_ec2_limit_is_refused() {
-        let steps = vec![Step::Run { command: "x".repeat(USER_DATA_LIMIT) }];
-        let err = user_data_script("web", &steps, "1.0.0", "k").unwrap_err().to_string();
+        let steps = vec![Step::Run {
+            command: "x".repeat(USER_DATA_LIMIT),
+        }];
+        let err = user_data_script("web", &steps, "1.0.0", "k")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("at most 16384"), "{err}");
     }
 }

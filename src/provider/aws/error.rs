@@ -61,7 +61,9 @@ pub enum AwsError {
     },
     #[error("find a source AMI: no available image {query}")]
     NoSourceMatch { query: String },
-    #[error("connect to EC2: no region is set (give `region` in `provider \"aws\"`, or set AWS_REGION)")]
+    #[error(
+        "connect to EC2: no region is set (give `region` in `provider \"aws\"`, or set AWS_REGION)"
+    )]
     NoRegion,
     #[error("{action}: EC2 answered without {missing}")]
     Incomplete {
@@ -150,7 +152,10 @@ mod tests {
         let e = api_error(
             "RunInstances",
             "ami-123",
-            service_error("UnauthorizedOperation", "You are not authorized to perform this operation."),
+            service_error(
+                "UnauthorizedOperation",
+                "You are not authorized to perform this operation.",
+            ),
         );
         assert_eq!(
             e.to_string(),
@@ -160,13 +165,21 @@ mod tests {
 
     #[test]
     fn other_errors_carry_their_code_and_message() {
-        let e = api_error("RunInstances", "ami-123", service_error("InsufficientInstanceCapacity", "none left"));
+        let e = api_error(
+            "RunInstances",
+            "ami-123",
+            service_error("InsufficientInstanceCapacity", "none left"),
+        );
         assert_eq!(
             e.to_string(),
             "call ec2:RunInstances on ami-123: InsufficientInstanceCapacity: none left"
         );
         assert!(!is_not_found(&e));
-        let gone = api_error("TerminateInstances", "i-1", service_error("InvalidInstanceID.NotFound", "gone"));
+        let gone = api_error(
+            "TerminateInstances",
+            "i-1",
+            service_error("InvalidInstanceID.NotFound", "gone"),
+        );
         assert!(is_not_found(&gone));
     }
 

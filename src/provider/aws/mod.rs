@@ -255,14 +255,20 @@ impl AwsProvider {
 
     /// The newest available self-owned image tagged `imgraph:image=IMAGE` and
     /// `imgraph:key=KEY`: what a build with this key made, for recovery without state.
-    pub async fn find_by_key(&self, image: &str, key: &str) -> Result<Option<TaggedImage>, ProviderError> {
+    pub async fn find_by_key(
+        &self,
+        image: &str,
+        key: &str,
+    ) -> Result<Option<TaggedImage>, ProviderError> {
         let filters = vec![
             filter("state", ["available"]),
             filter(&format!("tag:{TAG_IMAGE}"), [image]),
             filter(&format!("tag:{TAG_KEY}"), [key]),
         ];
         let resource = format!("self-owned images tagged {TAG_IMAGE}={image}, {TAG_KEY}={key}");
-        let images = self.describe_images(&["self".to_string()], filters, &resource).await?;
+        let images = self
+            .describe_images(&["self".to_string()], filters, &resource)
+            .await?;
         Ok(images
             .iter()
             .filter(|i| i.state() == Some(&ImageState::Available))
@@ -273,9 +279,14 @@ impl AwsProvider {
     /// Every available self-owned image with an `imgraph:image` tag (for
     /// `imgraph state recover`), sorted by image, creation date and id.
     pub async fn list_tagged_images(&self) -> Result<Vec<TaggedImage>, ProviderError> {
-        let filters = vec![filter("state", ["available"]), filter("tag-key", [TAG_IMAGE])];
+        let filters = vec![
+            filter("state", ["available"]),
+            filter("tag-key", [TAG_IMAGE]),
+        ];
         let resource = format!("self-owned images tagged {TAG_IMAGE}");
-        let images = self.describe_images(&["self".to_string()], filters, &resource).await?;
+        let images = self
+            .describe_images(&["self".to_string()], filters, &resource)
+            .await?;
         let mut out: Vec<TaggedImage> = images
             .iter()
             .filter(|i| i.state() == Some(&ImageState::Available))
@@ -290,7 +301,10 @@ impl AwsProvider {
     /// Terminates pending, running, stopping and stopped instances tagged
     /// `imgraph:purpose` (of this project, when scoped) whose `imgraph:run` is not
     /// `keep_run`: leftovers of killed runs. Returns the instance ids terminated.
-    pub async fn terminate_tagged_leftovers(&self, keep_run: Option<i64>) -> Result<Vec<String>, ProviderError> {
+    pub async fn terminate_tagged_leftovers(
+        &self,
+        keep_run: Option<i64>,
+    ) -> Result<Vec<String>, ProviderError> {
         let mut filters = vec![
             filter("tag-key", [TAG_PURPOSE]),
             filter("instance-state-name", LIVE_STATES.iter().copied()),
@@ -462,9 +476,16 @@ impl Provider for AwsProvider {
         settle(req.ledger, entry, req.log, result, cleanup)
     }
 
-    async fn set_status(&self, artifact_id: &str, status: ReleaseStatus) -> Result<(), ProviderError> {
-        self.tag(artifact_id, &[(TAG_STATUS.to_string(), status.as_str().to_string())])
-            .await?;
+    async fn set_status(
+        &self,
+        artifact_id: &str,
+        status: ReleaseStatus,
+    ) -> Result<(), ProviderError> {
+        self.tag(
+            artifact_id,
+            &[(TAG_STATUS.to_string(), status.as_str().to_string())],
+        )
+        .await?;
         Ok(())
     }
 
@@ -480,10 +501,9 @@ impl Provider for AwsProvider {
             .await
             .map_err(|e| api_error("DescribeImages", artifact_id, e));
         match answer {
-            Ok(out) => Ok(out
-                .images()
-                .iter()
-                .any(|i| i.image_id() == Some(artifact_id) && i.state() == Some(&ImageState::Available))),
+            Ok(out) => Ok(out.images().iter().any(|i| {
+                i.image_id() == Some(artifact_id) && i.state() == Some(&ImageState::Available)
+            })),
             Err(e) if error::is_not_found(&e) => Ok(false),
             Err(e) => Err(e.into()),
         }
@@ -512,7 +532,7 @@ impl Provider for AwsProvider {
     }
 }
 
-/// Combines a body's result with its clean-up, as `runtime.rs` does: the ledger entry is
+/// Combines a body's result with its clean-up, as the local provider does: the ledger entry is
 /// closed only when the clean-up succeeded (otherwise `gc` retries it), and the body's
 /// error comes first.
 fn settle<T>(
@@ -562,7 +582,10 @@ impl TagSet {
         tags.insert(TAG_IMAGE.to_string(), image.name.clone());
         tags.insert(TAG_VERSION.to_string(), version.to_string());
         tags.insert(TAG_KEY.to_string(), key.to_string());
-        tags.insert(TAG_STATUS.to_string(), ReleaseStatus::Candidate.as_str().to_string());
+        tags.insert(
+            TAG_STATUS.to_string(),
+            ReleaseStatus::Candidate.as_str().to_string(),
+        );
         TagSet(tags)
     }
 
@@ -583,7 +606,9 @@ fn tag(key: &str, value: &str) -> Tag {
 }
 
 fn tag_value<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
-    tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
+    tags.iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
 }
 
 /// Orders images oldest to newest: creation date, then name, then id.
@@ -604,7 +629,11 @@ fn tagged_image(i: &AmiImage) -> Option<TaggedImage> {
 }
 
 /// "owned by amazon named `amzn2-*` tagged {a=b}" for messages.
-fn describe_query(owners: &[String], name: Option<&str>, tags: &BTreeMap<String, String>) -> String {
+fn describe_query(
+    owners: &[String],
+    name: Option<&str>,
+    tags: &BTreeMap<String, String>,
+) -> String {
     let mut s = if owners.is_empty() {
         "owned by anyone".to_string()
     } else {
@@ -650,7 +679,11 @@ mod tests {
     #[test]
     fn the_newest_image_wins_and_ties_go_to_the_later_name() {
         let img = |id: &str, name: &str, date: &str| {
-            AmiImage::builder().image_id(id).name(name).creation_date(date).build()
+            AmiImage::builder()
+                .image_id(id)
+                .name(name)
+                .creation_date(date)
+                .build()
         };
         let images = [
             img("ami-1", "amzn2-2018", "2024-01-01T00:00:00.000Z"),

@@ -47,16 +47,13 @@ fn pick_ami(value: &str, region: Option<&str>) -> Option<String> {
 /// names an AMI (`<ts>,<target>,artifact,<n>,id,<region>:ami-...`). Other lines, including
 /// imgraph's own narration in the same log, are ignored.
 pub fn parse_packer_artifact(output: &str, region: Option<&str>) -> Option<String> {
-    output
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.trim_end_matches('\r').splitn(6, ',').collect();
-            match fields.as_slice() {
-                [_ts, _target, "artifact", _n, "id", value] => pick_ami(value, region),
-                _ => None,
-            }
-        })
-        .last()
+    output.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.trim_end_matches('\r').splitn(6, ',').collect();
+        match fields.as_slice() {
+            [_ts, _target, "artifact", _n, "id", value] => pick_ami(value, region),
+            _ => None,
+        }
+    })
 }
 
 /// The error messages Packer printed (`<ts>,,ui,error,<message>`), unescaped.
@@ -228,15 +225,27 @@ imgraph: building web 1.0.0
     #[test]
     fn picks_the_ami_of_the_provider_region_when_packer_copied_it() {
         let out = "1,amazon-ebs,artifact,0,id,eu-west-1:ami-111%!(PACKER_COMMA)us-east-1:ami-222\n";
-        assert_eq!(parse_packer_artifact(out, Some("us-east-1")).as_deref(), Some("ami-222"));
-        assert_eq!(parse_packer_artifact(out, Some("ap-south-1")).as_deref(), Some("ami-111"));
+        assert_eq!(
+            parse_packer_artifact(out, Some("us-east-1")).as_deref(),
+            Some("ami-222")
+        );
+        assert_eq!(
+            parse_packer_artifact(out, Some("ap-south-1")).as_deref(),
+            Some("ami-111")
+        );
     }
 
     #[test]
     fn no_artifact_line_means_no_ami() {
-        assert_eq!(parse_packer_artifact("1,,ui,say,nothing built\n", None), None);
+        assert_eq!(
+            parse_packer_artifact("1,,ui,say,nothing built\n", None),
+            None
+        );
         // A non-AMI artifact (another builder) is not taken for one.
-        assert_eq!(parse_packer_artifact("1,docker,artifact,0,id,sha256:abc\n", None), None);
+        assert_eq!(
+            parse_packer_artifact("1,docker,artifact,0,id,sha256:abc\n", None),
+            None
+        );
         assert_eq!(parse_packer_artifact("", None), None);
     }
 
@@ -255,7 +264,13 @@ imgraph: building web 1.0.0
         let mut vars = BTreeMap::new();
         vars.insert("instance_type".to_string(), "t3.small".to_string());
         vars.insert("motd".to_string(), "it's here".to_string());
-        let cmd = packer_command(&RelPath("packer/base.json".into()), &vars, "ami-1", "web", "1.0.2");
+        let cmd = packer_command(
+            &RelPath("packer/base.json".into()),
+            &vars,
+            "ami-1",
+            "web",
+            "1.0.2",
+        );
         assert_eq!(
             cmd,
             "packer build -machine-readable -var 'instance_type=t3.small' -var 'motd=it'\\''s here' \

@@ -129,13 +129,19 @@ mod tests {
     #[tokio::test]
     async fn returns_once_the_goal_is_reached() {
         let calls = AtomicUsize::new(0);
-        let out = poll_until(target(), Duration::from_secs(10), &fast(), &CancellationToken::new(), || async {
-            if calls.fetch_add(1, Ordering::SeqCst) < 3 {
-                Ok(Poll::Waiting("stopping".into()))
-            } else {
-                Ok(Poll::Ready("stopped"))
-            }
-        })
+        let out = poll_until(
+            target(),
+            Duration::from_secs(10),
+            &fast(),
+            &CancellationToken::new(),
+            || async {
+                if calls.fetch_add(1, Ordering::SeqCst) < 3 {
+                    Ok(Poll::Waiting("stopping".into()))
+                } else {
+                    Ok(Poll::Ready("stopped"))
+                }
+            },
+        )
         .await
         .unwrap();
         assert_eq!(out, "stopped");
@@ -144,9 +150,13 @@ mod tests {
 
     #[tokio::test]
     async fn gives_up_at_the_deadline_with_the_last_state() {
-        let err = poll_until::<(), _, _>(target(), Duration::from_millis(30), &fast(), &CancellationToken::new(), || async {
-            Ok(Poll::Waiting("running".into()))
-        })
+        let err = poll_until::<(), _, _>(
+            target(),
+            Duration::from_millis(30),
+            &fast(),
+            &CancellationToken::new(),
+            || async { Ok(Poll::Waiting("running".into())) },
+        )
         .await
         .unwrap_err();
         assert_eq!(
@@ -168,9 +178,13 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
             c2.cancel();
         });
-        let err = poll_until::<(), _, _>(target(), Duration::from_secs(600), &slow, &cancel, || async {
-            Ok(Poll::Waiting("running".into()))
-        })
+        let err = poll_until::<(), _, _>(
+            target(),
+            Duration::from_secs(600),
+            &slow,
+            &cancel,
+            || async { Ok(Poll::Waiting("running".into())) },
+        )
         .await
         .unwrap_err();
         assert!(matches!(err, AwsError::Cancelled { .. }), "{err}");
