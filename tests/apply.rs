@@ -281,3 +281,89 @@ fn a_busybox_root_builds_and_tests_inside_bwrap() {
     assert!(!root.join("tmp/imgraph-project").exists());
     assert!(leftovers(&dir).is_empty());
 }
+
+/// Starts `imgraph apply` on `dir` in the background and waits until a test instance exists.
+fn start_apply_until_instance(dir: &Path) -> std::process::Child {
+    let bin = assert_cmd::cargo::cargo_bin("imgraph");
+    let child = std::process::Command::new(bin)
+        .arg("-C")
+        .arg(dir)
+        .arg("apply")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !leftovers(dir).iter().any(|l| l.starts_with("instance-")) {
+        assert!(Instant::now() < deadline, "the test instance never appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn slow_project(test_timeout: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let (t, dir) = copy_project("tests/fixtures/projects/slow");
+    let cfg = dir.join("imgraph.kdl");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("timeout \"2s\"", &format!("timeout \"{test_timeout}\""));
+    write(&cfg, &text);
+    (t, dir)
+}
+
+#[test]
+fn a_killed_run_is_cleaned_up_and_finished_by_the_next_apply() {
+    let (_t, dir) = slow_project("60s");
+    let mut child = start_apply_until_instance(&dir);
+    child.kill().unwrap(); // SIGKILL: no clean-up code runs
+    child.wait().unwrap();
+    assert!(!leftovers(&dir).is_empty(), "the killed run left its instance behind");
+
+    // The next apply finds the leftover through the ledger, destroys it, marks the killed
+    // run abandoned and redoes only the unfinished work (the build is kept).
+    let cfg = dir.join("imgraph.kdl");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("echo started; sleep 30", "echo quick");
+    write(&cfg, &text);
+    let out = imgraph(&dir).arg("apply").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("cleaned up instance"), "{stdout}");
+    assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
+    let ran: Vec<String> = last_run_nodes(&dir).into_iter().map(|(id, _)| id).collect();
+    assert!(!ran.contains(&"build:slow".to_string()), "the finished build is not redone: {ran:?}");
+    let history: Value = serde_json::from_slice(&imgraph(&dir).args(["history", "--json"]).output().unwrap().stdout).unwrap();
+    assert_eq!(history["runs"][1]["status"], "abandoned");
+}
+
+#[test]
+fn a_second_apply_on_the_same_state_fails_clearly() {
+    let (_t, dir) = slow_project("60s");
+    let mut first = start_apply_until_instance(&dir);
+    let out = imgraph(&dir).arg("apply").output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another apply holds the state lock"), "{err}");
+    assert!(err.contains(&first.id().to_string()), "names the holder's pid: {err}");
+    unsafe {
+        libc::kill(first.id() as i32, libc::SIGINT);
+    }
+    assert_eq!(first.wait().unwrap().code(), Some(130));
+    assert!(leftovers(&dir).is_empty());
+}
+
+#[test]
+fn apply_json_is_versioned_ndjson() {
+    let (_t, dir) = copy_project("examples/quickstart");
+    let out = imgraph(&dir).args(["apply", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    assert!(events.iter().all(|e| e["v"] == 1 && e["ts_ms"].is_i64()));
+    assert_eq!(events.first().unwrap()["event"], "run-started");
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "run-finished");
+    assert_eq!(last["status"], "succeeded");
+    let finished = events.iter().filter(|e| e["event"] == "node-finished").count();
+    assert_eq!(finished, 8);
+}

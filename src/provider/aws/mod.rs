@@ -393,6 +393,11 @@ impl AwsProvider {
         if let Some(p) = &self.profile {
             env.push(("AWS_PROFILE".into(), p.clone()));
         }
+        // For the template's `run_tags`, so project-scoped leftover clean-up finds them.
+        env.push((
+            "IMGRAPH_PROJECT".into(),
+            self.project.clone().unwrap_or_default(),
+        ));
         // Always set, so a value in imgraph's own environment cannot point Packer elsewhere.
         let endpoint = self.endpoint.clone().unwrap_or_default();
         env.push(("IMGRAPH_EC2_ENDPOINT".into(), endpoint.clone()));

@@ -6,9 +6,11 @@
 //! appended to the node log, and parses only the part of the log this run wrote. Packer
 //! reaches the same EC2 endpoint and region as imgraph through environment variables
 //! (`IMGRAPH_EC2_ENDPOINT` for the template's `custom_endpoint_ec2`, `AWS_REGION`,
-//! `AWS_PROFILE`); a template that also tags its build instance with
-//! `imgraph:token = {{env `IMGRAPH_TOKEN`}}` lets imgraph terminate that instance when
-//! Packer is killed before its own clean-up ran.
+//! `AWS_PROFILE`). It also gets `IMGRAPH_IMAGE`, `IMGRAPH_VERSION`, `IMGRAPH_KEY`,
+//! `IMGRAPH_RUN`, `IMGRAPH_TOKEN` and `IMGRAPH_PROJECT`: a template that puts the last
+//! three in its `run_tags` (`imgraph:run`, `imgraph:token`, `imgraph:project`) lets
+//! imgraph terminate the build instance when Packer is killed before its own clean-up ran
+//! (`process::run` gives Packer only a short grace period after SIGTERM).
 
 use std::path::Path;
 
