@@ -583,6 +583,7 @@ async fn deliver(
         sandbox: crate::config::model::Sandbox::None,
         root: None,
         timeout: None,
+        ..Default::default()
     };
     let outcome = process::run(&spec, log, cancel).await?;
     if !outcome.success() {

@@ -18,7 +18,7 @@ pub const SANDBOX_PROJECT: &str = "/tmp/imgraph-project";
 /// How long a process group gets between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(3);
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct CommandSpec {
     pub command: String,
     /// Working directory on the host (the project folder).
@@ -28,6 +28,10 @@ pub struct CommandSpec {
     pub sandbox: Sandbox,
     pub root: Option<PathBuf>,
     pub timeout: Option<Duration>,
+    /// The first signal sent on timeout or cancellation (default SIGTERM; Packer wants SIGINT).
+    pub stop_signal: Option<i32>,
+    /// How long the group gets after the first signal before SIGKILL (default [`KILL_GRACE`]).
+    pub grace: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,8 +174,8 @@ pub async fn run(
         _ = cancel.cancelled() => ProcessOutcome::Cancelled,
     };
     if let Some(pg) = pgid {
-        signal_group(pg, libc::SIGTERM);
-        if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
+        signal_group(pg, spec.stop_signal.unwrap_or(libc::SIGTERM));
+        if tokio::time::timeout(spec.grace.unwrap_or(KILL_GRACE), child.wait()).await.is_err() {
             signal_group(pg, libc::SIGKILL);
             let _ = child.wait().await;
         }
@@ -223,6 +227,7 @@ mod tests {
             sandbox: Sandbox::None,
             root: None,
             timeout,
+            ..Default::default()
         }
     }
 

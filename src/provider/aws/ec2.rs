@@ -599,6 +599,7 @@ impl AwsProvider {
             sandbox: crate::config::model::Sandbox::None,
             root: None,
             timeout: Some(req.suite.timeout),
+            ..Default::default()
         };
         Ok(process::run(&spec, req.log, req.cancel).await?)
     }

@@ -48,6 +48,9 @@ fn pick_ami(value: &str, region: Option<&str>) -> Option<String> {
 /// The AMI id from Packer's machine-readable output: the last artifact `id` line that
 /// names an AMI (`<ts>,<target>,artifact,<n>,id,<region>:ami-...`). Other lines, including
 /// imgraph's own narration in the same log, are ignored.
+/// How long Packer gets after SIGINT to clean up its temporary resources.
+pub const PACKER_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
 pub fn parse_packer_artifact(output: &str, region: Option<&str>) -> Option<String> {
     output.lines().rev().find_map(|line| {
         let fields: Vec<&str> = line.trim_end_matches('\r').splitn(6, ',').collect();
@@ -162,6 +165,10 @@ impl AwsProvider {
             sandbox: crate::config::model::Sandbox::None,
             root: None,
             timeout: None,
+            // Packer cleans up (key pairs, security groups, instances) on SIGINT.
+            stop_signal: Some(libc::SIGINT),
+            grace: Some(PACKER_GRACE),
+            ..Default::default()
         };
         let offset = log_len(req.log);
         let outcome = process::run(&spec, req.log, req.cancel).await?;

@@ -177,6 +177,7 @@ impl LocalProvider {
                         sandbox: self.sandbox,
                         root: Some(root.clone()),
                         timeout: None,
+                        ..Default::default()
                     };
                     let outcome = process::run(&spec, req.log, req.cancel).await?;
                     if !outcome.success() {
@@ -216,6 +217,7 @@ impl LocalProvider {
             sandbox: self.sandbox,
             root: Some(root),
             timeout: Some(req.suite.timeout),
+            ..Default::default()
         };
         Ok(process::run(&spec, req.log, req.cancel).await?)
     }
