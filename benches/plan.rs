@@ -26,13 +26,21 @@ fn generate(root: &Path) {
     for c in 0..CHAINS {
         for d in 0..DEPTH {
             let name = format!("img-{c}-{d}");
-            let from = if d == 0 { "origin".to_string() } else { format!("img-{c}-{}", d - 1) };
+            let from = if d == 0 {
+                "origin".to_string()
+            } else {
+                format!("img-{c}-{}", d - 1)
+            };
             let conf = root.join(format!("conf/{name}"));
             fs::create_dir_all(&conf).expect("mkdir");
             for f in 0..FILES {
                 let p = conf.join(format!("f{f:03}.conf"));
                 fs::write(&p, format!("setting_{f} = {c}-{d}\n")).expect("write");
-                fs::File::options().write(true).open(&p).and_then(|h| h.set_modified(old)).expect("mtime");
+                fs::File::options()
+                    .write(true)
+                    .open(&p)
+                    .and_then(|h| h.set_modified(old))
+                    .expect("mtime");
             }
             kdl.push_str(&format!(
                 "image \"{name}\" {{\n  from \"{from}\"\n  build \"rootfs\" {{ copy \"conf/{name}\" to=\"/etc/{name}\"; }}\n  test \"t\" {{ run \"true\"; }}\n}}\n"
@@ -41,7 +49,10 @@ fn generate(root: &Path) {
     }
     kdl.push_str("environment \"staging\" {\n");
     for c in 0..CHAINS {
-        kdl.push_str(&format!("  deliver \"img-{c}-{}\" {{ run \"true\"; }}\n", DEPTH - 1));
+        kdl.push_str(&format!(
+            "  deliver \"img-{c}-{}\" {{ run \"true\"; }}\n",
+            DEPTH - 1
+        ));
     }
     kdl.push_str("}\n");
     fs::write(root.join("imgraph.kdl"), kdl).expect("write config");
@@ -55,9 +66,22 @@ fn record_all(dir: &Path) {
         let (m, u, r) = n.record_fields();
         let id = ws
             .state
-            .start_node(run, &NodeStart { node_id: &n.id, key: &n.key, manifest_json: &m, stanza: &n.stanza, upstream_json: &u, reasons_json: &r, log_path: None })
+            .start_node(
+                run,
+                &NodeStart {
+                    node_id: &n.id,
+                    key: &n.key,
+                    manifest_json: &m,
+                    stanza: &n.stanza,
+                    upstream_json: &u,
+                    reasons_json: &r,
+                    log_path: None,
+                },
+            )
             .expect("start");
-        ws.state.finish_node(id, NodeStatus::Succeeded, None, None).expect("finish");
+        ws.state
+            .finish_node(id, NodeStatus::Succeeded, None, None)
+            .expect("finish");
     }
 }
 
@@ -90,7 +114,11 @@ fn bench_plan(c: &mut Criterion) {
         })
     });
     for c in 0..CHAINS {
-        fs::write(warm.path().join(format!("conf/img-{c}-0/f000.conf")), "changed\n").expect("edit");
+        fs::write(
+            warm.path().join(format!("conf/img-{c}-0/f000.conf")),
+            "changed\n",
+        )
+        .expect("edit");
     }
     group.bench_function("one-change-per-chain", |b| {
         b.iter(|| {

@@ -31,8 +31,14 @@ pub enum Error {
     #[diagnostic(help("rebuild imgraph with `--features aws` (on by default)"))]
     ProviderUnavailable { name: String, provider: String },
     #[error("another apply holds the state lock (pid {pid}, {holder}) since {since}")]
-    #[diagnostic(help("wait for it to finish; if that process is gone, the next apply takes the lock over"))]
-    Locked { pid: u32, holder: String, since: String },
+    #[diagnostic(help(
+        "wait for it to finish; if that process is gone, the next apply takes the lock over"
+    ))]
+    Locked {
+        pid: u32,
+        holder: String,
+        since: String,
+    },
     #[error("{0}")]
     Other(String),
 }

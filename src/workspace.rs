@@ -11,14 +11,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::model::{Project, ProviderKind, SourceKind};
 use crate::error::{Error, Result};
+use crate::exec::{Event, ExecContext, ExecOptions};
 use crate::graph::{Stage, StageGraph};
 use crate::hash::{CachedStat, Hasher, StatCache};
 use crate::plan::{self, BuildOutputs, Facts, Plan, PlanOptions};
-use crate::exec::{Event, ExecContext, ExecOptions};
-use crate::provider::local::Store;
 use crate::provider::local::LocalProvider;
+use crate::provider::local::Store;
 use crate::provider::Provider;
-use crate::state::{LeaseOutcome, State, StatEntry};
+use crate::state::{LeaseOutcome, StatEntry, State};
 
 pub struct Workspace {
     pub project: Project,
@@ -103,7 +103,11 @@ impl Workspace {
             let manifest = match node.stage {
                 Stage::Build => hasher.manifest(&image.inputs, &image.build.referenced_paths())?,
                 Stage::Test => {
-                    let Some(suite) = image.tests.iter().find(|t| Some(&t.name) == node.suite.as_ref()) else {
+                    let Some(suite) = image
+                        .tests
+                        .iter()
+                        .find(|t| Some(&t.name) == node.suite.as_ref())
+                    else {
                         continue;
                     };
                     hasher.manifest(&suite.inputs, &[])?
@@ -117,7 +121,8 @@ impl Workspace {
             let id = match &source.kind {
                 SourceKind::Local { path } => hasher.tree_digest(path.as_str())?,
                 SourceKind::Aws { owners, name, tags } => {
-                    resolve_aws_source(providers, &source.name, owners, name.as_deref(), tags).await?
+                    resolve_aws_source(providers, &source.name, owners, name.as_deref(), tags)
+                        .await?
                 }
             };
             facts.sources.insert(source.name.clone(), id);
@@ -149,7 +154,11 @@ impl Workspace {
         let store = self.local_store();
         let mut seen: HashMap<String, bool> = HashMap::new();
         for h in facts.history.values() {
-            let Some(outputs) = h.last_success.as_ref().and_then(|s| s.outputs_json.as_deref()) else {
+            let Some(outputs) = h
+                .last_success
+                .as_ref()
+                .and_then(|s| s.outputs_json.as_deref())
+            else {
                 continue;
             };
             let Ok(out) = serde_json::from_str::<BuildOutputs>(outputs) else {
@@ -161,9 +170,13 @@ impl Workspace {
             let present = if out.artifact_id.starts_with("local:") {
                 store.as_ref().is_some_and(|s| s.contains(&out.artifact_id))
             } else if let Some(p) = providers.all.values().find(|p| p.name() != "local") {
-                p.artifact_exists(&out.artifact_id)
-                    .await
-                    .map_err(|e| Error::Other(format!("failed to check artifact {}: {}", out.artifact_id, crate::exec::error_chain(&e))))?
+                p.artifact_exists(&out.artifact_id).await.map_err(|e| {
+                    Error::Other(format!(
+                        "failed to check artifact {}: {}",
+                        out.artifact_id,
+                        crate::exec::error_chain(&e)
+                    ))
+                })?
             } else {
                 // Artifacts of providers this project no longer declares cannot be checked.
                 false
@@ -189,6 +202,53 @@ impl Workspace {
         Ok(plan::decide(&self.project, &self.graph, &facts, options)?)
     }
 
+    /// `imgraph state recover`: records every build the cloud's tags know of. Builds whose
+    /// key matches the current config also get their node records back (so they are not
+    /// rebuilt); older versions go into the image registry only.
+    pub async fn recover(&self, providers: &Providers) -> Result<Vec<Recovered>> {
+        let facts = self.gather(providers).await?;
+        let plan = plan::decide(&self.project, &self.graph, &facts, &PlanOptions::default())?;
+        let mut found = self.recover_from_tags(providers, &plan).await?;
+        #[cfg(feature = "aws")]
+        if let Some(aws) = providers.aws.as_ref() {
+            let tagged = aws
+                .list_tagged_images()
+                .await
+                .map_err(|e| Error::Other(crate::exec::error_chain(&e)))?;
+            for t in tagged {
+                if self.project.image(&t.image).is_none()
+                    || self
+                        .state
+                        .images(Some(&t.image))?
+                        .iter()
+                        .any(|r| r.version == t.version)
+                {
+                    continue;
+                }
+                let status = t.status.clone().unwrap_or_else(|| "Candidate".into());
+                self.state.record_image(&crate::state::ImageRecord {
+                    image: t.image.clone(),
+                    version: t.version.clone(),
+                    artifact_id: t.ami_id.clone(),
+                    provider: "aws".into(),
+                    key: t.key.clone(),
+                    status: crate::state::ReleaseStatus::parse(&status)
+                        .unwrap_or(crate::state::ReleaseStatus::Candidate),
+                    built_at: crate::state::now_ms(),
+                    run_id: None,
+                    environments: Vec::new(),
+                })?;
+                found.push(Recovered {
+                    image: t.image,
+                    version: t.version,
+                    artifact_id: t.ami_id,
+                    status,
+                });
+            }
+        }
+        Ok(found)
+    }
+
     /// [`Workspace::plan`] for callers without a runtime (tests, benches).
     pub fn plan_blocking(&self, options: &PlanOptions) -> Result<Plan> {
         let rt = current_thread_runtime()?;
@@ -210,7 +270,11 @@ impl Workspace {
     /// For each `build:` node planned as new on a cloud provider, looks for an image
     /// tagged with its key; records what it finds (build, and when the image is Ready its
     /// tests and publish too, whose keys follow from the build's) as a recovery run.
-    pub async fn recover_from_tags(&self, providers: &Providers, plan: &Plan) -> Result<Vec<Recovered>> {
+    pub async fn recover_from_tags(
+        &self,
+        providers: &Providers,
+        plan: &Plan,
+    ) -> Result<Vec<Recovered>> {
         #[cfg(feature = "aws")]
         {
             let Some(aws) = providers.aws.as_ref() else {
@@ -240,8 +304,14 @@ impl Workspace {
                     }
                 };
                 let status = tagged.status.clone().unwrap_or_else(|| "Candidate".into());
-                let release = crate::state::ReleaseStatus::parse(&status).unwrap_or(crate::state::ReleaseStatus::Candidate);
-                if self.state.images(Some(&image.name))?.iter().all(|r| r.version != tagged.version) {
+                let release = crate::state::ReleaseStatus::parse(&status)
+                    .unwrap_or(crate::state::ReleaseStatus::Candidate);
+                if self
+                    .state
+                    .images(Some(&image.name))?
+                    .iter()
+                    .all(|r| r.version != tagged.version)
+                {
                     self.state.record_image(&crate::state::ImageRecord {
                         image: image.name.clone(),
                         version: tagged.version.clone(),
@@ -281,7 +351,8 @@ impl Workspace {
                         },
                     )?;
                     let out = (m.stage == Stage::Build).then_some(outputs.as_str());
-                    self.state.finish_node(id, crate::state::NodeStatus::Succeeded, out, None)?;
+                    self.state
+                        .finish_node(id, crate::state::NodeStatus::Succeeded, out, None)?;
                 }
                 found.push(Recovered {
                     image: image.name.clone(),
@@ -291,7 +362,8 @@ impl Workspace {
                 });
             }
             if let Some(r) = run {
-                self.state.finish_run(r, crate::state::RunStatus::Succeeded)?;
+                self.state
+                    .finish_run(r, crate::state::RunStatus::Succeeded)?;
             }
             Ok(found)
         }
@@ -326,7 +398,12 @@ async fn resolve_aws_source(
         return aws
             .resolve_source(owners, pattern, tags)
             .await
-            .map_err(|e| Error::Other(format!("failed to resolve source `{name}`: {}", crate::exec::error_chain(&e))));
+            .map_err(|e| {
+                Error::Other(format!(
+                    "failed to resolve source `{name}`: {}",
+                    crate::exec::error_chain(&e)
+                ))
+            });
     }
     let _ = (providers, owners, pattern, tags);
     Err(Error::ProviderUnavailable {
@@ -376,12 +453,22 @@ impl Workspace {
                         .file_name()
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_else(|| "imgraph".into());
-                    let path_digest = blake3::hash(self.project.root.to_string_lossy().as_bytes()).to_hex();
+                    let path_digest =
+                        blake3::hash(self.project.root.to_string_lossy().as_bytes()).to_hex();
                     let project_name = format!("{folder}-{}", &path_digest[..8]);
-                    let aws = crate::provider::aws::AwsProvider::connect(region.as_deref(), profile.as_deref(), endpoint.as_deref())
-                        .await
-                        .map_err(|e| Error::Other(format!("failed to set up the aws provider: {}", crate::exec::error_chain(&e))))?
-                        .with_project(project_name);
+                    let aws = crate::provider::aws::AwsProvider::connect(
+                        region.as_deref(),
+                        profile.as_deref(),
+                        endpoint.as_deref(),
+                    )
+                    .await
+                    .map_err(|e| {
+                        Error::Other(format!(
+                            "failed to set up the aws provider: {}",
+                            crate::exec::error_chain(&e)
+                        ))
+                    })?
+                    .with_project(project_name);
                     let aws = Arc::new(aws);
                     out.all.insert(p.name.clone(), aws.clone());
                     out.aws = Some(aws);
@@ -407,10 +494,14 @@ impl Workspace {
             let Some(provider) = providers.all.get(&entry.provider) else {
                 continue;
             };
-            provider
-                .destroy_leftover(&entry)
-                .await
-                .map_err(|e| Error::Other(format!("failed to destroy {} {}: {}", entry.kind, entry.resource, crate::exec::error_chain(&e))))?;
+            provider.destroy_leftover(&entry).await.map_err(|e| {
+                Error::Other(format!(
+                    "failed to destroy {} {}: {}",
+                    entry.kind,
+                    entry.resource,
+                    crate::exec::error_chain(&e)
+                ))
+            })?;
             self.state.ledger_mark_destroyed(entry.id)?;
             events.push(Event::LeftoverDestroyed {
                 resource: entry.resource.clone(),
@@ -422,10 +513,12 @@ impl Workspace {
         // between the ledger and the cloud call cannot cause this, but a lost state file can).
         #[cfg(feature = "aws")]
         if let Some(aws) = providers.aws.as_ref() {
-            let ids = aws
-                .terminate_tagged_leftovers(None)
-                .await
-                .map_err(|e| Error::Other(format!("failed to clean up tagged instances: {}", crate::exec::error_chain(&e))))?;
+            let ids = aws.terminate_tagged_leftovers(None).await.map_err(|e| {
+                Error::Other(format!(
+                    "failed to clean up tagged instances: {}",
+                    crate::exec::error_chain(&e)
+                ))
+            })?;
             for id in ids {
                 events.push(Event::LeftoverDestroyed {
                     resource: id,
@@ -498,10 +591,17 @@ impl Workspace {
             state: state.clone(),
             providers: Arc::new(providers.all),
             work_root,
-            resolved_sources: Arc::new(plan.sources.iter().map(|s| (s.name.clone(), s.id.clone())).collect()),
+            resolved_sources: Arc::new(
+                plan.sources
+                    .iter()
+                    .map(|s| (s.name.clone(), s.id.clone()))
+                    .collect(),
+            ),
         };
         let summary = crate::exec::execute(ctx, &plan, "apply", exec, events, cancel).await;
-        let st = state.lock().map_err(|_| Error::Other("the state lock was poisoned".into()))?;
+        let st = state
+            .lock()
+            .map_err(|_| Error::Other("the state lock was poisoned".into()))?;
         st.release_lease()?;
         let summary = summary.map_err(|e| Error::Other(crate::exec::error_chain(&e)))?;
         Ok(ApplyOutcome { plan, summary })

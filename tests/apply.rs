@@ -10,7 +10,11 @@ use serde_json::Value;
 
 fn images_json(dir: &Path) -> Value {
     let out = imgraph(dir).args(["images", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -34,8 +38,17 @@ fn versions(dir: &Path) -> Vec<(String, String, String)> {
 }
 
 fn plan_json(dir: &Path, extra: &[&str]) -> Value {
-    let out = imgraph(dir).arg("plan").arg("--json").args(extra).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = imgraph(dir)
+        .arg("plan")
+        .arg("--json")
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -51,20 +64,30 @@ fn node_action(plan: &Value, id: &str) -> String {
 
 /// Node ids that ran in the newest run, from `imgraph history --json`.
 fn last_run_nodes(dir: &Path) -> Vec<(String, String)> {
-    let out = imgraph(dir).args(["history", "--json", "--limit", "1"]).output().unwrap();
+    let out = imgraph(dir)
+        .args(["history", "--json", "--limit", "1"])
+        .output()
+        .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     v["runs"][0]["nodes"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|n| (n["id"].as_str().unwrap().to_string(), n["status"].as_str().unwrap().to_string()))
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap().to_string(),
+                n["status"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
 /// Folders left under `.imgraph/tmp` (staging roots and test instances).
 fn leftovers(dir: &Path) -> Vec<String> {
     match std::fs::read_dir(dir.join(".imgraph/tmp")) {
-        Ok(rd) => rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -87,13 +110,19 @@ fn quickstart_applies_end_to_end_and_then_has_nothing_to_do() {
         .find(|i| i["image"] == "web")
         .unwrap()
         .clone();
-    assert_eq!(web["environments"], serde_json::json!(["staging", "production"]));
+    assert_eq!(
+        web["environments"],
+        serde_json::json!(["staging", "production"])
+    );
     assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
 
     let second = imgraph(&dir).arg("apply").assert().code(0);
     let out = String::from_utf8_lossy(&second.get_output().stdout).to_string();
     assert!(out.contains("Nothing to run"), "{out}");
-    imgraph(&dir).args(["plan", "--detailed-exitcode"]).assert().code(0);
+    imgraph(&dir)
+        .args(["plan", "--detailed-exitcode"])
+        .assert()
+        .code(0);
 }
 
 #[test]
@@ -101,17 +130,29 @@ fn a_failing_test_blocks_ready_and_downstream_and_a_fix_reruns_only_the_test() {
     let (_t, dir) = copy_project("examples/quickstart");
     let smoke = dir.join("tests/base/smoke.sh");
     let original = std::fs::read_to_string(&smoke).unwrap();
-    write(&smoke, &format!("{original}echo 'motd is wrong' >&2; exit 1\n"));
+    write(
+        &smoke,
+        &format!("{original}echo 'motd is wrong' >&2; exit 1\n"),
+    );
 
     let out = imgraph(&dir).arg("apply").output().unwrap();
     assert_eq!(out.status.code(), Some(3));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("motd is wrong"), "log tail shown for the failure:\n{text}");
-    assert_eq!(versions(&dir), vec![("base".into(), "1.0.0".into(), "Failed".into())]);
+    assert!(
+        text.contains("motd is wrong"),
+        "log tail shown for the failure:\n{text}"
+    );
+    assert_eq!(
+        versions(&dir),
+        vec![("base".into(), "1.0.0".into(), "Failed".into())]
+    );
     let ran = last_run_nodes(&dir);
     assert!(ran.contains(&("test:base/smoke".into(), "failed".into())));
     for id in ["publish:base", "build:web", "deliver:web@production"] {
-        assert!(ran.contains(&(id.into(), "skipped".into())), "{id}: {ran:?}");
+        assert!(
+            ran.contains(&(id.into(), "skipped".into())),
+            "{id}: {ran:?}"
+        );
     }
     assert!(leftovers(&dir).is_empty());
 
@@ -142,7 +183,12 @@ fn a_deleted_artifact_and_an_edited_file_rebuild_with_next_versions() {
         std::fs::remove_file(e.unwrap().path()).unwrap();
     }
     let plan = plan_json(&dir, &[]);
-    let base = plan["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "build:base").unwrap();
+    let base = plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "build:base")
+        .unwrap();
     assert_eq!(base["reasons"][0]["kind"], "artifact-missing");
     imgraph(&dir).arg("apply").assert().code(0);
     assert!(versions(&dir).contains(&("base".into(), "1.0.1".into(), "Ready".into())));
@@ -153,17 +199,29 @@ fn a_deleted_artifact_and_an_edited_file_rebuild_with_next_versions() {
     assert_eq!(node_action(&plan, "build:web"), "run");
     imgraph(&dir).arg("apply").assert().code(0);
     let v = versions(&dir);
-    assert!(v.contains(&("web".into(), "2.3.2".into(), "Ready".into())), "{v:?}");
-    assert!(!v.contains(&("base".into(), "1.0.2".into(), "Ready".into())), "{v:?}");
+    assert!(
+        v.contains(&("web".into(), "2.3.2".into(), "Ready".into())),
+        "{v:?}"
+    );
+    assert!(
+        !v.contains(&("base".into(), "1.0.2".into(), "Ready".into())),
+        "{v:?}"
+    );
 }
 
 #[test]
 fn independent_builds_really_run_in_parallel() {
     let (_t, dir) = copy_project("tests/fixtures/projects/parallel");
-    imgraph(&dir).args(["apply", "--parallelism", "2"]).assert().code(0);
+    imgraph(&dir)
+        .args(["apply", "--parallelism", "2"])
+        .assert()
+        .code(0);
 
     let (_t1, serial) = copy_project("tests/fixtures/projects/parallel");
-    let out = imgraph(&serial).args(["apply", "--parallelism", "1"]).output().unwrap();
+    let out = imgraph(&serial)
+        .args(["apply", "--parallelism", "1"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(3));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("gave up waiting"), "{text}");
@@ -177,14 +235,19 @@ fn a_test_timeout_fails_the_node_and_removes_the_instance() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("timed out after 2s"), "{text}");
     assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
-    assert_eq!(versions(&dir), vec![("slow".into(), "1.0.0".into(), "Failed".into())]);
+    assert_eq!(
+        versions(&dir),
+        vec![("slow".into(), "1.0.0".into(), "Failed".into())]
+    );
 }
 
 #[test]
 fn ctrl_c_stops_kills_cleans_up_and_records_cancelled() {
     let (_t, dir) = copy_project("tests/fixtures/projects/slow");
     let cfg = dir.join("imgraph.kdl");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("timeout \"2s\"", "timeout \"60s\"");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("timeout \"2s\"", "timeout \"60s\"");
     write(&cfg, &text);
     let bin = assert_cmd::cargo::cargo_bin("imgraph");
     let mut child = std::process::Command::new(bin)
@@ -199,7 +262,10 @@ fn ctrl_c_stops_kills_cleans_up_and_records_cancelled() {
     // Wait until the test instance exists, so the interrupt lands mid-test.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !leftovers(&dir).iter().any(|l| l.starts_with("instance-")) {
-        assert!(Instant::now() < deadline, "the test instance never appeared");
+        assert!(
+            Instant::now() < deadline,
+            "the test instance never appeared"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     unsafe {
@@ -209,8 +275,15 @@ fn ctrl_c_stops_kills_cleans_up_and_records_cancelled() {
     assert_eq!(status.code(), Some(130));
     assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
     let ran = last_run_nodes(&dir);
-    assert!(ran.contains(&("test:slow/sleepy".into(), "cancelled".into())), "{ran:?}");
-    assert!(ran.contains(&("publish:slow".into(), "cancelled".into())) || ran.contains(&("publish:slow".into(), "skipped".into())), "{ran:?}");
+    assert!(
+        ran.contains(&("test:slow/sleepy".into(), "cancelled".into())),
+        "{ran:?}"
+    );
+    assert!(
+        ran.contains(&("publish:slow".into(), "cancelled".into()))
+            || ran.contains(&("publish:slow".into(), "skipped".into())),
+        "{ran:?}"
+    );
 }
 
 #[test]
@@ -226,17 +299,29 @@ fn production_only_gets_what_staging_got_first() {
     imgraph(&dir).arg("apply").assert().code(3);
     let ran = last_run_nodes(&dir);
     assert!(ran.contains(&("deliver:web@staging".into(), "failed".into())));
-    assert!(ran.contains(&("deliver:web@production".into(), "skipped".into())), "{ran:?}");
+    assert!(
+        ran.contains(&("deliver:web@production".into(), "skipped".into())),
+        "{ran:?}"
+    );
     assert!(!dir.join(".imgraph/deliveries/production").exists());
 
     write(&dir.join(".allow-staging"), "");
     imgraph(&dir).arg("apply").assert().code(0);
     let staging = std::fs::read_to_string(dir.join(".imgraph/deliveries/staging")).unwrap();
     let production = std::fs::read_to_string(dir.join(".imgraph/deliveries/production")).unwrap();
-    assert_eq!(staging, production, "production got exactly what staging got");
+    assert_eq!(
+        staging, production,
+        "production got exactly what staging got"
+    );
     let order: Vec<String> = last_run_nodes(&dir).into_iter().map(|(id, _)| id).collect();
-    let s = order.iter().position(|i| i == "deliver:web@staging").unwrap();
-    let p = order.iter().position(|i| i == "deliver:web@production").unwrap();
+    let s = order
+        .iter()
+        .position(|i| i == "deliver:web@staging")
+        .unwrap();
+    let p = order
+        .iter()
+        .position(|i| i == "deliver:web@production")
+        .unwrap();
     assert!(s < p, "{order:?}");
 }
 
@@ -260,19 +345,40 @@ fn a_busybox_root_builds_and_tests_inside_bwrap() {
         return;
     }
     let (_t, dir) = copy_project("examples/busybox-bwrap");
-    let made = std::process::Command::new("sh").arg(dir.join("make-root.sh")).output().unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let made = std::process::Command::new("sh")
+        .arg(dir.join("make-root.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let out = imgraph(&dir).arg("apply").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
-    assert_eq!(versions(&dir), vec![("mini".into(), "0.1.0".into(), "Ready".into())]);
+    assert_eq!(
+        versions(&dir),
+        vec![("mini".into(), "0.1.0".into(), "Ready".into())]
+    );
     // The test ran inside the image: its log carries the in-image check's words.
     let logs = dir.join(".imgraph/logs");
-    let run = std::fs::read_dir(&logs).unwrap().next().unwrap().unwrap().path();
+    let run = std::fs::read_dir(&logs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let test_log = std::fs::read_to_string(run.join("test_mini_inside.log")).unwrap();
-    assert!(test_log.contains("inside busybox: all checks passed"), "{test_log}");
+    assert!(
+        test_log.contains("inside busybox: all checks passed"),
+        "{test_log}"
+    );
     // Nothing of the sandbox's mounts is packed into the image.
-    let id = images_json(&dir)["images"][0]["id"].as_str().unwrap().to_string();
+    let id = images_json(&dir)["images"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let ws = imgraph::workspace::Workspace::open(&dir).unwrap();
     let unpacked = tempfile::tempdir().unwrap();
     let root = unpacked.path().join("root");
@@ -296,7 +402,10 @@ fn start_apply_until_instance(dir: &Path) -> std::process::Child {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !leftovers(dir).iter().any(|l| l.starts_with("instance-")) {
-        assert!(Instant::now() < deadline, "the test instance never appeared");
+        assert!(
+            Instant::now() < deadline,
+            "the test instance never appeared"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     child
@@ -305,7 +414,9 @@ fn start_apply_until_instance(dir: &Path) -> std::process::Child {
 fn slow_project(test_timeout: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let (t, dir) = copy_project("tests/fixtures/projects/slow");
     let cfg = dir.join("imgraph.kdl");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("timeout \"2s\"", &format!("timeout \"{test_timeout}\""));
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("timeout \"2s\"", &format!("timeout \"{test_timeout}\""));
     write(&cfg, &text);
     (t, dir)
 }
@@ -316,12 +427,17 @@ fn a_killed_run_is_cleaned_up_and_finished_by_the_next_apply() {
     let mut child = start_apply_until_instance(&dir);
     child.kill().unwrap(); // SIGKILL: no clean-up code runs
     child.wait().unwrap();
-    assert!(!leftovers(&dir).is_empty(), "the killed run left its instance behind");
+    assert!(
+        !leftovers(&dir).is_empty(),
+        "the killed run left its instance behind"
+    );
 
     // The next apply finds the leftover through the ledger, destroys it, marks the killed
     // run abandoned and redoes only the unfinished work (the build is kept).
     let cfg = dir.join("imgraph.kdl");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("echo started; sleep 30", "echo quick");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("echo started; sleep 30", "echo quick");
     write(&cfg, &text);
     let out = imgraph(&dir).arg("apply").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -329,8 +445,18 @@ fn a_killed_run_is_cleaned_up_and_finished_by_the_next_apply() {
     assert!(stdout.contains("cleaned up instance"), "{stdout}");
     assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
     let ran: Vec<String> = last_run_nodes(&dir).into_iter().map(|(id, _)| id).collect();
-    assert!(!ran.contains(&"build:slow".to_string()), "the finished build is not redone: {ran:?}");
-    let history: Value = serde_json::from_slice(&imgraph(&dir).args(["history", "--json"]).output().unwrap().stdout).unwrap();
+    assert!(
+        !ran.contains(&"build:slow".to_string()),
+        "the finished build is not redone: {ran:?}"
+    );
+    let history: Value = serde_json::from_slice(
+        &imgraph(&dir)
+            .args(["history", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
     assert_eq!(history["runs"][1]["status"], "abandoned");
 }
 
@@ -342,7 +468,10 @@ fn a_second_apply_on_the_same_state_fails_clearly() {
     assert_eq!(out.status.code(), Some(4));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another apply holds the state lock"), "{err}");
-    assert!(err.contains(&first.id().to_string()), "names the holder's pid: {err}");
+    assert!(
+        err.contains(&first.id().to_string()),
+        "names the holder's pid: {err}"
+    );
     unsafe {
         libc::kill(first.id() as i32, libc::SIGINT);
     }
@@ -364,6 +493,9 @@ fn apply_json_is_versioned_ndjson() {
     let last = events.last().unwrap();
     assert_eq!(last["event"], "run-finished");
     assert_eq!(last["status"], "succeeded");
-    let finished = events.iter().filter(|e| e["event"] == "node-finished").count();
+    let finished = events
+        .iter()
+        .filter(|e| e["event"] == "node-finished")
+        .count();
     assert_eq!(finished, 8);
 }

@@ -642,6 +642,47 @@ async fn a_lost_state_file_is_recovered_from_the_ami_tags() {
         "nothing to do after recovery: {}",
         output_text(&out)
     );
+
+    // `imgraph state recover` on an empty state rebuilds the registry from the same tags.
+    for name in ["state.db", "state.db-wal", "state.db-shm"] {
+        let path = dir.join(".imgraph").join(name);
+        if path.exists() {
+            std::fs::remove_file(&path).expect("remove state");
+        }
+    }
+    let out = tokio::task::spawn_blocking({
+        let (dir, url) = (dir.clone(), url.clone());
+        move || {
+            imgraph_aws(&dir, &url)
+                .args(["state", "recover"])
+                .output()
+                .expect("run recover")
+        }
+    })
+    .await
+    .expect("recover thread");
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&format!("recovered {image} ")), "{text}");
+    assert!(text.contains("(Ready)"), "{text}");
+    let images = tokio::task::spawn_blocking({
+        let (dir, url) = (dir.clone(), url.clone());
+        move || {
+            imgraph_aws(&dir, &url)
+                .args(["images", "--json"])
+                .output()
+                .expect("images")
+        }
+    })
+    .await
+    .expect("images thread");
+    let v: Value = serde_json::from_slice(&images.stdout).expect("images json");
+    assert_eq!(v["images"][0]["image"], image.as_str());
+    assert_eq!(v["images"][0]["status"], "Ready");
+    assert!(v["images"][0]["id"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("ami-"));
 }
 
 // ---------------------------------------------------------------------------------------

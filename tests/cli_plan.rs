@@ -22,8 +22,15 @@ fn schema() -> jsonschema::Validator {
 fn assert_valid(doc: &str) {
     let value: serde_json::Value = serde_json::from_str(doc).unwrap();
     let validator = schema();
-    let errors: Vec<String> = validator.iter_errors(&value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
-    assert!(errors.is_empty(), "plan JSON does not match schema/plan.schema.json:\n{}", errors.join("\n"));
+    let errors: Vec<String> = validator
+        .iter_errors(&value)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "plan JSON does not match schema/plan.schema.json:\n{}",
+        errors.join("\n")
+    );
 }
 
 #[test]
@@ -79,22 +86,37 @@ fn deferred_and_rollup_plans_match_the_schema() {
 #[test]
 fn bad_config_exits_1_with_a_located_diagnostic() {
     let tmp = tempfile::tempdir().unwrap();
-    write(&tmp.path().join("imgraph.kdl"), "image \"a\" {\n    form \"x\"\n}\n");
-    let out = imgraph(tmp.path()).args(["plan", "--detailed-exitcode"]).output().unwrap();
+    write(
+        &tmp.path().join("imgraph.kdl"),
+        "image \"a\" {\n    form \"x\"\n}\n",
+    );
+    let out = imgraph(tmp.path())
+        .args(["plan", "--detailed-exitcode"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("imgraph.kdl:2:5"), "{err}");
     assert!(err.contains("from"), "suggests `from`: {err}");
-    assert!(!tmp.path().join(".imgraph").exists(), "bad config changes nothing");
+    assert!(
+        !tmp.path().join(".imgraph").exists(),
+        "bad config changes nothing"
+    );
 }
 
 #[test]
 fn unknown_target_and_force_are_errors() {
     let (_t, dir) = copy_project("examples/quickstart");
-    let out = imgraph(&dir).args(["plan", "--target", "nope"]).output().unwrap();
+    let out = imgraph(&dir)
+        .args(["plan", "--target", "nope"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown target `nope`"));
-    let out = imgraph(&dir).args(["plan", "--force", "nope"]).output().unwrap();
+    let out = imgraph(&dir)
+        .args(["plan", "--force", "nope"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -103,7 +125,10 @@ fn validate_and_graph() {
     let (_t, dir) = copy_project("examples/quickstart");
     let (code, text) = stdout_of(&dir, &["validate"]);
     assert_eq!(code, Some(0));
-    assert!(text.contains("2 images, 1 sources, 2 environments"), "{text}");
+    assert!(
+        text.contains("2 images, 1 sources, 2 environments"),
+        "{text}"
+    );
     let (_, dot) = stdout_of(&dir, &["graph", "--format", "dot"]);
     insta::assert_snapshot!("quickstart_graph_dot", dot);
     let (_, mermaid) = stdout_of(&dir, &["graph", "--format", "mermaid"]);
@@ -113,8 +138,24 @@ fn validate_and_graph() {
 #[test]
 fn colour_only_when_asked_for_or_on_a_terminal() {
     let (_t, dir) = copy_project("examples/quickstart");
-    let out = imgraph(&dir).env_remove("NO_COLOR").env("CLICOLOR_FORCE", "1").arg("plan").output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains('\u{1b}'), "CLICOLOR_FORCE gives colour");
-    let out = imgraph(&dir).env("CLICOLOR_FORCE", "1").env("NO_COLOR", "1").arg("plan").output().unwrap();
-    assert!(!String::from_utf8_lossy(&out.stdout).contains('\u{1b}'), "NO_COLOR wins");
+    let out = imgraph(&dir)
+        .env_remove("NO_COLOR")
+        .env("CLICOLOR_FORCE", "1")
+        .arg("plan")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains('\u{1b}'),
+        "CLICOLOR_FORCE gives colour"
+    );
+    let out = imgraph(&dir)
+        .env("CLICOLOR_FORCE", "1")
+        .env("NO_COLOR", "1")
+        .arg("plan")
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains('\u{1b}'),
+        "NO_COLOR wins"
+    );
 }

@@ -25,7 +25,9 @@ fn seeded() -> (tempfile::TempDir, std::path::PathBuf) {
 }
 
 fn action(plan: &imgraph::plan::Plan, id: &str) -> Action {
-    plan.node(id).unwrap_or_else(|| panic!("{id} not in plan")).action
+    plan.node(id)
+        .unwrap_or_else(|| panic!("{id} not in plan"))
+        .action
 }
 
 #[test]
@@ -71,7 +73,10 @@ fn editing_a_config_file_rebuilds_base_and_cascades_everything_downstream() {
         let n = plan.node(id).unwrap();
         assert_eq!(n.action, Action::Run, "{id}");
         assert!(n.cascade, "{id} should be a cascade: {:?}", n.reasons);
-        assert!(n.reasons.iter().all(|r| matches!(r, Reason::UpstreamChanged { .. })));
+        assert!(n
+            .reasons
+            .iter()
+            .all(|r| matches!(r, Reason::UpstreamChanged { .. })));
     }
     assert_eq!(plan.summary.causes, 1);
     assert_eq!(plan.summary.cascades, ALL.len() - 1);
@@ -81,8 +86,16 @@ fn editing_a_config_file_rebuilds_base_and_cascades_everything_downstream() {
 fn touching_mtimes_only_changes_nothing() {
     let (_t, dir) = seeded();
     let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
-    for f in ["config/base/motd", "scripts/provision-base.sh", "packages/base.txt", "tests/base/smoke.sh"] {
-        let file = std::fs::File::options().write(true).open(dir.join(f)).unwrap();
+    for f in [
+        "config/base/motd",
+        "scripts/provision-base.sh",
+        "packages/base.txt",
+        "tests/base/smoke.sh",
+    ] {
+        let file = std::fs::File::options()
+            .write(true)
+            .open(dir.join(f))
+            .unwrap();
         file.set_modified(later).unwrap();
     }
     let plan = plan_of(&dir, &PlanOptions::default());
@@ -104,10 +117,21 @@ fn a_package_list_change_waits_for_a_rollup() {
             trigger: Trigger::Rollup,
         }]
     );
-    assert_eq!(plan.summary.run, 0, "nothing runs until the roll-up: {:?}", actions(&plan));
+    assert_eq!(
+        plan.summary.run,
+        0,
+        "nothing runs until the roll-up: {:?}",
+        actions(&plan)
+    );
     assert_eq!(plan.summary.deferred, 1);
 
-    let rollup = plan_of(&dir, &PlanOptions { rollup: true, ..Default::default() });
+    let rollup = plan_of(
+        &dir,
+        &PlanOptions {
+            rollup: true,
+            ..Default::default()
+        },
+    );
     let base = rollup.node("build:base").unwrap();
     assert_eq!(base.action, Action::Run);
     assert_eq!(
@@ -138,7 +162,12 @@ fn changing_a_test_input_reruns_that_test_and_its_publish_only() {
     );
     assert_eq!(action(&plan, "publish:base"), Action::Run);
     // Re-verifying base does not rebuild what was made from the same artifact.
-    for id in ["build:web", "test:web/http", "publish:web", "deliver:web@staging"] {
+    for id in [
+        "build:web",
+        "test:web/http",
+        "publish:web",
+        "deliver:web@staging",
+    ] {
         assert_eq!(action(&plan, id), Action::UpToDate, "{id}");
     }
 }
@@ -160,7 +189,10 @@ fn a_new_source_id_is_named_old_and_new() {
             new: after.clone(),
         }]
     );
-    assert_eq!(plan.sources[0].previous_id.as_deref(), Some(before.as_str()));
+    assert_eq!(
+        plan.sources[0].previous_id.as_deref(),
+        Some(before.as_str())
+    );
 }
 
 #[test]
@@ -168,11 +200,21 @@ fn a_changed_build_step_is_a_config_change() {
     let (_t, dir) = seeded();
     let cfg = dir.join("imgraph.kdl");
     let text = std::fs::read_to_string(&cfg).unwrap();
-    write(&cfg, &text.replace("run \"sh scripts/provision-web.sh\"", "run \"sh scripts/provision-web.sh --verbose\""));
+    write(
+        &cfg,
+        &text.replace(
+            "run \"sh scripts/provision-web.sh\"",
+            "run \"sh scripts/provision-web.sh --verbose\"",
+        ),
+    );
     let plan = plan_of(&dir, &PlanOptions::default());
     let web = plan.node("build:web").unwrap();
     assert_eq!(web.action, Action::Run);
-    assert!(matches!(&web.reasons[0], Reason::ConfigChanged { fields } if fields.iter().any(|f| f.starts_with("build"))), "{:?}", web.reasons);
+    assert!(
+        matches!(&web.reasons[0], Reason::ConfigChanged { fields } if fields.iter().any(|f| f.starts_with("build"))),
+        "{:?}",
+        web.reasons
+    );
     assert_eq!(action(&plan, "build:base"), Action::UpToDate);
 }
 
@@ -182,7 +224,10 @@ fn comments_whitespace_order_and_tags_do_not_change_keys() {
     let cfg = dir.join("imgraph.kdl");
     let text = std::fs::read_to_string(&cfg).unwrap();
     let edited = text
-        .replace("    version \"1.0\"\n    max-age \"30d\"\n", "    max-age \"30d\"   // moved\n\n    version  \"1.0\"\n")
+        .replace(
+            "    version \"1.0\"\n    max-age \"30d\"\n",
+            "    max-age \"30d\"   // moved\n\n    version  \"1.0\"\n",
+        )
         .replace("Team \"platform\"", "Team \"platform-eng\"");
     assert_ne!(text, edited);
     write(&cfg, &format!("// a new comment\n{edited}"));
@@ -203,7 +248,11 @@ fn a_missing_artifact_is_never_a_cache_hit() {
     let plan = plan_of(&dir, &PlanOptions::default());
     let base = plan.node("build:base").unwrap();
     assert_eq!(base.action, Action::Run);
-    assert!(matches!(base.reasons[0], Reason::ArtifactMissing { .. }), "{:?}", base.reasons);
+    assert!(
+        matches!(base.reasons[0], Reason::ArtifactMissing { .. }),
+        "{:?}",
+        base.reasons
+    );
     // The rebuilt artifact must be tested again before it is published.
     assert_eq!(action(&plan, "test:base/smoke"), Action::Run);
     assert_eq!(action(&plan, "publish:base"), Action::Run);
@@ -214,11 +263,22 @@ fn a_failed_run_with_the_same_key_is_retried() {
     let (_t, dir) = seeded();
     append(&dir.join("tests/web/check.sh"), "# flaky?\n");
     let plan = plan_of(&dir, &PlanOptions::default());
-    seed_failure(&dir, &plan, "test:web/http", "test `http` exited with status 1");
+    seed_failure(
+        &dir,
+        &plan,
+        "test:web/http",
+        "test `http` exited with status 1",
+    );
     let again = plan_of(&dir, &PlanOptions::default());
     let t = again.node("test:web/http").unwrap();
     assert_eq!(t.action, Action::Run);
-    assert!(t.reasons.iter().any(|r| matches!(r, Reason::PreviousFailure { error: Some(e) } if e.contains("status 1"))), "{:?}", t.reasons);
+    assert!(
+        t.reasons.iter().any(
+            |r| matches!(r, Reason::PreviousFailure { error: Some(e) } if e.contains("status 1"))
+        ),
+        "{:?}",
+        t.reasons
+    );
 }
 
 #[test]
@@ -227,10 +287,13 @@ fn max_age_rebuilds_an_old_image() {
     let ws = imgraph::workspace::Workspace::open(&dir).unwrap();
     let mut facts = ws.gather_blocking().unwrap();
     facts.now_ms += 31 * 24 * 3600 * 1000;
-    let plan = imgraph::plan::decide(&ws.project, &ws.graph, &facts, &PlanOptions::default()).unwrap();
+    let plan =
+        imgraph::plan::decide(&ws.project, &ws.graph, &facts, &PlanOptions::default()).unwrap();
     let base = plan.node("build:base").unwrap();
     assert_eq!(base.action, Action::Run);
-    assert!(matches!(base.reasons[0], Reason::MaxAge { max_age_secs, .. } if max_age_secs == 30 * 24 * 3600));
+    assert!(
+        matches!(base.reasons[0], Reason::MaxAge { max_age_secs, .. } if max_age_secs == 30 * 24 * 3600)
+    );
     // web has no max-age of its own, but is rebuilt from the new base.
     assert_eq!(action(&plan, "build:web"), Action::Run);
 }
@@ -238,13 +301,28 @@ fn max_age_rebuilds_an_old_image() {
 #[test]
 fn force_and_target_select_what_runs() {
     let (_t, dir) = seeded();
-    let plan = plan_of(&dir, &PlanOptions { force: vec!["web".into()], ..Default::default() });
+    let plan = plan_of(
+        &dir,
+        &PlanOptions {
+            force: vec!["web".into()],
+            ..Default::default()
+        },
+    );
     assert_eq!(action(&plan, "build:base"), Action::UpToDate);
-    assert_eq!(plan.node("build:web").unwrap().reasons, vec![Reason::Forced]);
+    assert_eq!(
+        plan.node("build:web").unwrap().reasons,
+        vec![Reason::Forced]
+    );
     assert_eq!(action(&plan, "deliver:web@staging"), Action::Run);
 
     let (_t2, fresh) = copy_project("examples/quickstart");
-    let plan = plan_of(&fresh, &PlanOptions { targets: vec!["base".into()], ..Default::default() });
+    let plan = plan_of(
+        &fresh,
+        &PlanOptions {
+            targets: vec!["base".into()],
+            ..Default::default()
+        },
+    );
     let ids: Vec<&str> = plan.nodes.iter().map(|n| n.id.as_str()).collect();
     assert_eq!(ids, vec!["build:base", "test:base/smoke", "publish:base"]);
     assert_eq!(plan.summary.not_selected, 5);

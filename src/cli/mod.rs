@@ -12,7 +12,11 @@ use crate::report::{self, Palette};
 use crate::workspace::Workspace;
 
 #[derive(Debug, Parser)]
-#[command(name = "imgraph", version, about = "Decides when server images must be rebuilt, and runs their pipeline")]
+#[command(
+    name = "imgraph",
+    version,
+    about = "Decides when server images must be rebuilt, and runs their pipeline"
+)]
 pub struct Cli {
     /// Project folder (holding imgraph.kdl) or the config file itself.
     #[arg(short = 'C', long = "dir", global = true, default_value = ".")]
@@ -54,6 +58,16 @@ pub enum Command {
     },
     /// Destroy temporary instances and folders that killed runs left behind.
     Gc,
+    /// Work on the state file itself.
+    #[command(subcommand)]
+    State(StateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Rebuild the image registry from cloud tags (imgraph:image, imgraph:version,
+    /// imgraph:key, Release_Status), e.g. after the state file was lost.
+    Recover,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -117,7 +131,11 @@ pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { exit::ERROR } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::ERROR
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             return code;
         }
@@ -157,6 +175,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::Images { image, json } => images(cli, image.as_deref(), *json),
         Command::History { limit, json } => history(cli, *limit, *json),
         Command::Gc => gc(cli),
+        Command::State(StateCommand::Recover) => state_recover(cli),
     }
 }
 
@@ -184,7 +203,10 @@ fn plan(cli: &Cli, args: &PlanArgs) -> Result<i32> {
     if args.json {
         println!("{}", report::plan::render_json(&plan));
     } else {
-        print!("{}", report::plan::render_text(&plan, Palette::for_stdout()));
+        print!(
+            "{}",
+            report::plan::render_text(&plan, Palette::for_stdout())
+        );
     }
     Ok(if args.detailed_exitcode && plan.has_changes() {
         exit::CHANGES_PENDING
@@ -270,7 +292,10 @@ fn images(cli: &Cli, image: Option<&str>, json: bool) -> Result<i32> {
     if json {
         println!("{}", report::state::images_json(&records));
     } else {
-        print!("{}", report::state::images_text(&records, Palette::for_stdout()));
+        print!(
+            "{}",
+            report::state::images_text(&records, Palette::for_stdout())
+        );
     }
     Ok(exit::OK)
 }
@@ -285,7 +310,10 @@ fn history(cli: &Cli, limit: usize, json: bool) -> Result<i32> {
     if json {
         println!("{}", report::state::history_json(&runs));
     } else {
-        print!("{}", report::state::history_text(&runs, Palette::for_stdout()));
+        print!(
+            "{}",
+            report::state::history_text(&runs, Palette::for_stdout())
+        );
     }
     Ok(exit::OK)
 }
@@ -293,7 +321,9 @@ fn history(cli: &Cli, limit: usize, json: bool) -> Result<i32> {
 fn gc(cli: &Cli) -> Result<i32> {
     let ws = Workspace::open(&cli.dir)?;
     let holder = format!("imgraph gc (pid {})", std::process::id());
-    if let crate::state::LeaseOutcome::HeldBy { pid, holder, since } = ws.state.acquire_lease(&holder)? {
+    if let crate::state::LeaseOutcome::HeldBy { pid, holder, since } =
+        ws.state.acquire_lease(&holder)?
+    {
         return Err(crate::error::Error::Locked {
             pid,
             holder,
@@ -308,10 +338,35 @@ fn gc(cli: &Cli) -> Result<i32> {
     ws.state.release_lease()?;
     let events = result?;
     for ev in &events {
-        if let crate::exec::Event::LeftoverDestroyed { resource, kind, node } = ev {
+        if let crate::exec::Event::LeftoverDestroyed {
+            resource,
+            kind,
+            node,
+        } = ev
+        {
             println!("destroyed {kind} {resource} (left by {node})");
         }
     }
     println!("gc: {} leftovers destroyed", events.len());
+    Ok(exit::OK)
+}
+
+fn state_recover(cli: &Cli) -> Result<i32> {
+    let ws = Workspace::open(&cli.dir)?;
+    let rt = runtime()?;
+    let found = rt.block_on(async {
+        let providers = ws.providers().await?;
+        ws.recover(&providers).await
+    })?;
+    for r in &found {
+        println!(
+            "recovered {} {} {} ({})",
+            r.image, r.version, r.artifact_id, r.status
+        );
+    }
+    println!(
+        "state recover: {} image versions recovered from tags",
+        found.len()
+    );
     Ok(exit::OK)
 }

@@ -38,7 +38,9 @@ pub struct ExecOptions {
 impl Default for ExecOptions {
     fn default() -> Self {
         ExecOptions {
-            parallelism: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            parallelism: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             fail_fast: false,
         }
     }
@@ -107,7 +109,11 @@ pub async fn execute(
     cancel: CancellationToken,
 ) -> Result<RunSummary, ExecError> {
     let started = Instant::now();
-    let to_run: Vec<&PlannedNode> = plan.nodes.iter().filter(|n| n.action == Action::Run).collect();
+    let to_run: Vec<&PlannedNode> = plan
+        .nodes
+        .iter()
+        .filter(|n| n.action == Action::Run)
+        .collect();
     let by_id: HashMap<&str, &PlannedNode> = to_run.iter().map(|n| (n.id.as_str(), *n)).collect();
     let deps = run_dependencies(&ctx.graph, &by_id);
 
@@ -121,7 +127,10 @@ pub async fn execute(
         st.begin_run(command, &options_json)?
     };
     for dir in [ctx.logs_dir(run_id), ctx.tmp_dir()] {
-        std::fs::create_dir_all(&dir).map_err(|source| ExecError::Io { path: dir.clone(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| ExecError::Io {
+            path: dir.clone(),
+            source,
+        })?;
     }
     let _ = events.send(Event::RunStarted {
         run_id,
@@ -155,16 +164,23 @@ pub async fn execute(
                 let cause = format!("{bad} did not succeed");
                 record_not_run(&ctx, run_id, node, NodeStatus::Skipped, &cause)?;
                 status.insert(node.id.clone(), NodeOutcome::Skipped);
-                reports.insert(node.id.clone(), NodeReport::not_run(&node.id, NodeOutcome::Skipped, &cause));
+                reports.insert(
+                    node.id.clone(),
+                    NodeReport::not_run(&node.id, NodeOutcome::Skipped, &cause),
+                );
                 let _ = events.send(Event::NodeSkipped {
                     node: node.id.clone(),
                     cause,
                 });
                 continue;
             }
-            let ready = my_deps.iter().all(|d| status.get(d.as_str()) == Some(&NodeOutcome::Succeeded));
+            let ready = my_deps
+                .iter()
+                .all(|d| status.get(d.as_str()) == Some(&NodeOutcome::Succeeded));
             if ready && !stop_starting && tasks.len() < parallelism {
-                let log = ctx.logs_dir(run_id).join(format!("{}.log", sanitize(&node.id)));
+                let log = ctx
+                    .logs_dir(run_id)
+                    .join(format!("{}.log", sanitize(&node.id)));
                 let node_run = start_node(&ctx, run_id, node, &log)?;
                 let _ = events.send(Event::NodeStarted {
                     node: node.id.clone(),
@@ -194,7 +210,10 @@ pub async fn execute(
                 let cause = "its dependencies never became ready".to_string();
                 record_not_run(&ctx, run_id, node, NodeStatus::Skipped, &cause)?;
                 status.insert(node.id.clone(), NodeOutcome::Skipped);
-                reports.insert(node.id.clone(), NodeReport::not_run(&node.id, NodeOutcome::Skipped, &cause));
+                reports.insert(
+                    node.id.clone(),
+                    NodeReport::not_run(&node.id, NodeOutcome::Skipped, &cause),
+                );
             }
             break;
         }
@@ -242,7 +261,10 @@ pub async fn execute(
     for node in pending {
         let cause = "not started: the run was stopped".to_string();
         record_not_run(&ctx, run_id, node, NodeStatus::Cancelled, &cause)?;
-        reports.insert(node.id.clone(), NodeReport::not_run(&node.id, NodeOutcome::Cancelled, &cause));
+        reports.insert(
+            node.id.clone(),
+            NodeReport::not_run(&node.id, NodeOutcome::Cancelled, &cause),
+        );
         let _ = events.send(Event::NodeSkipped {
             node: node.id.clone(),
             cause,
@@ -261,7 +283,11 @@ pub async fn execute(
     };
     summary.status = if summary.interrupted {
         RunStatus::Cancelled
-    } else if summary.nodes.iter().any(|n| n.outcome != NodeOutcome::Succeeded) {
+    } else if summary
+        .nodes
+        .iter()
+        .any(|n| n.outcome != NodeOutcome::Succeeded)
+    {
         RunStatus::Failed
     } else {
         RunStatus::Succeeded
@@ -276,10 +302,15 @@ pub async fn execute(
 
 /// For each node that runs, the nearest running nodes it needs, looking through nodes that
 /// do not run (those are satisfied by earlier runs).
-fn run_dependencies(graph: &StageGraph, run: &HashMap<&str, &PlannedNode>) -> HashMap<String, Vec<String>> {
+fn run_dependencies(
+    graph: &StageGraph,
+    run: &HashMap<&str, &PlannedNode>,
+) -> HashMap<String, Vec<String>> {
     let mut out = HashMap::new();
     for id in run.keys() {
-        let Some(idx) = graph.index_of(id) else { continue };
+        let Some(idx) = graph.index_of(id) else {
+            continue;
+        };
         let mut found = Vec::new();
         let mut seen = HashSet::new();
         let mut stack = graph.upstream(idx);
@@ -302,11 +333,23 @@ fn run_dependencies(graph: &StageGraph, run: &HashMap<&str, &PlannedNode>) -> Ha
 
 fn sanitize(id: &str) -> String {
     id.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
-fn node_start<'a>(node: &'a PlannedNode, manifest: &'a str, upstream: &'a str, reasons: &'a str, log: Option<&'a str>) -> NodeStart<'a> {
+fn node_start<'a>(
+    node: &'a PlannedNode,
+    manifest: &'a str,
+    upstream: &'a str,
+    reasons: &'a str,
+    log: Option<&'a str>,
+) -> NodeStart<'a> {
     NodeStart {
         node_id: &node.id,
         key: &node.key,
@@ -318,14 +361,25 @@ fn node_start<'a>(node: &'a PlannedNode, manifest: &'a str, upstream: &'a str, r
     }
 }
 
-fn start_node(ctx: &ExecContext, run: RunId, node: &PlannedNode, log: &Path) -> Result<i64, ExecError> {
+fn start_node(
+    ctx: &ExecContext,
+    run: RunId,
+    node: &PlannedNode,
+    log: &Path,
+) -> Result<i64, ExecError> {
     let (m, u, r) = node.record_fields();
     let log_s = log.to_string_lossy();
     let st = ctx.state.lock().map_err(|_| ExecError::Poisoned)?;
     Ok(st.start_node(run, &node_start(node, &m, &u, &r, Some(&log_s)))?)
 }
 
-fn record_not_run(ctx: &ExecContext, run: RunId, node: &PlannedNode, status: NodeStatus, cause: &str) -> Result<(), ExecError> {
+fn record_not_run(
+    ctx: &ExecContext,
+    run: RunId,
+    node: &PlannedNode,
+    status: NodeStatus,
+    cause: &str,
+) -> Result<(), ExecError> {
     let (m, u, r) = node.record_fields();
     let st = ctx.state.lock().map_err(|_| ExecError::Poisoned)?;
     st.record_not_run(run, &node_start(node, &m, &u, &r, None), status, cause)?;
@@ -343,17 +397,28 @@ fn finish(
 ) -> NodeResult {
     let (outcome, status, outputs, error) = match result {
         Ok(outputs) => (NodeOutcome::Succeeded, NodeStatus::Succeeded, outputs, None),
-        Err(e) if cancel.is_cancelled() => {
-            (NodeOutcome::Cancelled, NodeStatus::Cancelled, None, Some(error_chain(&e)))
-        }
-        Err(e) => (NodeOutcome::Failed, NodeStatus::Failed, None, Some(error_chain(&e))),
+        Err(e) if cancel.is_cancelled() => (
+            NodeOutcome::Cancelled,
+            NodeStatus::Cancelled,
+            None,
+            Some(error_chain(&e)),
+        ),
+        Err(e) => (
+            NodeOutcome::Failed,
+            NodeStatus::Failed,
+            None,
+            Some(error_chain(&e)),
+        ),
     };
-    let recorded = ctx
-        .lock()
-        .and_then(|st| Ok(st.finish_node(node_run, status, outputs.as_deref(), error.as_deref())?));
+    let recorded = ctx.lock().and_then(|st| {
+        Ok(st.finish_node(node_run, status, outputs.as_deref(), error.as_deref())?)
+    });
     let (outcome, error) = match recorded {
         Ok(()) => (outcome, error),
-        Err(e) => (NodeOutcome::Failed, Some(format!("failed to record the outcome: {}", error_chain(&e)))),
+        Err(e) => (
+            NodeOutcome::Failed,
+            Some(format!("failed to record the outcome: {}", error_chain(&e))),
+        ),
     };
     NodeResult {
         id: node.id.clone(),
@@ -392,11 +457,9 @@ async fn run_node(
         .project
         .image(&image_name)
         .ok_or_else(|| ProviderError::Failed(format!("unknown image `{image_name}`")))?;
-    let provider = ctx
-        .providers
-        .get(&image.provider)
-        .cloned()
-        .ok_or_else(|| ProviderError::Failed(format!("provider `{}` is not available", image.provider)))?;
+    let provider = ctx.providers.get(&image.provider).cloned().ok_or_else(|| {
+        ProviderError::Failed(format!("provider `{}` is not available", image.provider))
+    })?;
     let ledger = Ledger {
         state: ctx.state.clone(),
         run: Some(run),
@@ -406,10 +469,16 @@ async fn run_node(
         Stage::Build => {
             let origin = match &image.from {
                 FromRef::Source(s) => match ctx.project.source(s).map(|s| &s.kind) {
-                    Some(SourceKind::Local { path }) => Origin::LocalPath(ctx.project.root.join(path.as_str())),
+                    Some(SourceKind::Local { path }) => {
+                        Origin::LocalPath(ctx.project.root.join(path.as_str()))
+                    }
                     Some(SourceKind::Aws { .. }) => match ctx.resolved_sources.get(s) {
                         Some(ami) => Origin::Artifact(ami.clone()),
-                        None => return Err(ProviderError::Failed(format!("source `{s}` was not resolved"))),
+                        None => {
+                            return Err(ProviderError::Failed(format!(
+                                "source `{s}` was not resolved"
+                            )))
+                        }
                     },
                     None => return Err(ProviderError::Failed(format!("unknown source `{s}`"))),
                 },
@@ -453,7 +522,9 @@ async fn run_node(
                 run_id: Some(run),
                 environments: Vec::new(),
             })?;
-            provider.set_status(&built.artifact_id, ReleaseStatus::Candidate).await?;
+            provider
+                .set_status(&built.artifact_id, ReleaseStatus::Candidate)
+                .await?;
             let outputs = BuildOutputs {
                 artifact_id: built.artifact_id,
                 version,
@@ -487,11 +558,17 @@ async fn run_node(
                 })
                 .await?;
             if outcome.success() {
-                return Ok(Some(serde_json::json!({"artifact_id": built.artifact_id, "version": built.version}).to_string()));
+                return Ok(Some(
+                    serde_json::json!({"artifact_id": built.artifact_id, "version": built.version})
+                        .to_string(),
+                ));
             }
             if !cancel.is_cancelled() {
-                ctx.lock()?.set_image_status(&image.name, &built.version, ReleaseStatus::Failed)?;
-                provider.set_status(&built.artifact_id, ReleaseStatus::Failed).await?;
+                ctx.lock()?
+                    .set_image_status(&image.name, &built.version, ReleaseStatus::Failed)?;
+                provider
+                    .set_status(&built.artifact_id, ReleaseStatus::Failed)
+                    .await?;
             }
             Err(ProviderError::Failed(format!(
                 "test `{suite_name}` {} on {} {}",
@@ -511,8 +588,13 @@ async fn run_node(
                 }
                 st.set_image_status(&image.name, &built.version, ReleaseStatus::Ready)?;
             }
-            provider.set_status(&built.artifact_id, ReleaseStatus::Ready).await?;
-            append_log(log, &format!("imgraph: {} {} is Ready", image.name, built.version));
+            provider
+                .set_status(&built.artifact_id, ReleaseStatus::Ready)
+                .await?;
+            append_log(
+                log,
+                &format!("imgraph: {} {} is Ready", image.name, built.version),
+            );
             Ok(Some(serde_json::json!({"artifact_id": built.artifact_id, "version": built.version, "status": "Ready"}).to_string()))
         }
         Stage::Deliver => deliver(ctx, run, node, image, log, fresh, cancel).await,
@@ -538,7 +620,9 @@ async fn deliver(
         .deliveries
         .iter()
         .find(|d| d.image == image.name)
-        .ok_or_else(|| ProviderError::Failed(format!("{env_name} does not deliver {}", image.name)))?;
+        .ok_or_else(|| {
+            ProviderError::Failed(format!("{env_name} does not deliver {}", image.name))
+        })?;
     let built = current_build(ctx, fresh, &image.name)?;
     {
         let st = ctx.lock()?;
@@ -594,12 +678,19 @@ async fn deliver(
             outcome.describe()
         )));
     }
-    ctx.lock()?.record_delivery(&image.name, &built.version, &env_name, run)?;
-    Ok(Some(serde_json::json!({"version": built.version, "artifact_id": built.artifact_id}).to_string()))
+    ctx.lock()?
+        .record_delivery(&image.name, &built.version, &env_name, run)?;
+    Ok(Some(
+        serde_json::json!({"version": built.version, "artifact_id": built.artifact_id}).to_string(),
+    ))
 }
 
 /// The image's current build: made in this run, or the last successful one.
-fn current_build(ctx: &ExecContext, fresh: &Fresh, image: &str) -> Result<BuildOutputs, ProviderError> {
+fn current_build(
+    ctx: &ExecContext,
+    fresh: &Fresh,
+    image: &str,
+) -> Result<BuildOutputs, ProviderError> {
     if let Some(b) = fresh.lock().ok().and_then(|f| f.get(image).cloned()) {
         return Ok(b);
     }

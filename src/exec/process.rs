@@ -51,7 +51,9 @@ impl ProcessOutcome {
         match self {
             ProcessOutcome::Exited(c) => format!("exited with status {c}"),
             ProcessOutcome::Signalled(s) => format!("was killed by signal {s}"),
-            ProcessOutcome::TimedOut(d) => format!("timed out after {}", humantime::format_duration(*d)),
+            ProcessOutcome::TimedOut(d) => {
+                format!("timed out after {}", humantime::format_duration(*d))
+            }
             ProcessOutcome::Cancelled => "was cancelled".into(),
         }
     }
@@ -161,7 +163,9 @@ pub async fn run(
     })?;
     let pgid = child.id().map(|p| p as i32);
     // No timeout: a century is "never" for a build step, and stays clear of Instant overflow.
-    let timeout = spec.timeout.unwrap_or(Duration::from_secs(100 * 365 * 24 * 3600));
+    let timeout = spec
+        .timeout
+        .unwrap_or(Duration::from_secs(100 * 365 * 24 * 3600));
 
     let outcome = tokio::select! {
         status = child.wait() => {
@@ -175,7 +179,10 @@ pub async fn run(
     };
     if let Some(pg) = pgid {
         signal_group(pg, spec.stop_signal.unwrap_or(libc::SIGTERM));
-        if tokio::time::timeout(spec.grace.unwrap_or(KILL_GRACE), child.wait()).await.is_err() {
+        if tokio::time::timeout(spec.grace.unwrap_or(KILL_GRACE), child.wait())
+            .await
+            .is_err()
+        {
             signal_group(pg, libc::SIGKILL);
             let _ = child.wait().await;
         }
@@ -235,9 +242,13 @@ mod tests {
     async fn output_and_env_reach_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("a.log");
-        let out = run(&spec("echo $GREETING; echo oops >&2; exit 3", None), &log, &CancellationToken::new())
-            .await
-            .unwrap();
+        let out = run(
+            &spec("echo $GREETING; echo oops >&2; exit 3", None),
+            &log,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
         assert_eq!(out, ProcessOutcome::Exited(3));
         assert_eq!(log_tail(&log, 10), vec!["hi", "oops"]);
     }
@@ -249,9 +260,13 @@ mod tests {
         let marker = dir.path().join("grandchild-survived");
         // The grandchild would write the marker after 2 s if it outlived the timeout.
         let cmd = format!("(sleep 2; touch {}) & sleep 30", marker.display());
-        let out = run(&spec(&cmd, Some(Duration::from_millis(300))), &log, &CancellationToken::new())
-            .await
-            .unwrap();
+        let out = run(
+            &spec(&cmd, Some(Duration::from_millis(300))),
+            &log,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
         assert!(matches!(out, ProcessOutcome::TimedOut(_)));
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert!(!marker.exists(), "a grandchild outlived its timed-out node");

@@ -264,7 +264,9 @@ impl StageGraph {
 
     /// Graphviz DOT, one node per stage, clustered by nothing: stable and diffable.
     pub fn to_dot(&self) -> String {
-        let mut out = String::from("digraph imgraph {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n");
+        let mut out = String::from(
+            "digraph imgraph {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
+        );
         for &i in &self.order {
             let n = &self.graph[i];
             let shape = match n.stage {
@@ -297,7 +299,13 @@ impl StageGraph {
                 Stage::Deliver => ("[/", "/]"),
                 _ => ("[", "]"),
             };
-            out.push_str(&format!("  {}{}\"{}\"{}\n", ids[n.id.as_str()], open, n.id, close));
+            out.push_str(&format!(
+                "  {}{}\"{}\"{}\n",
+                ids[n.id.as_str()],
+                open,
+                n.id,
+                close
+            ));
         }
         for (a, b) in self.sorted_edges() {
             out.push_str(&format!("  {} --> {}\n", ids[a.as_str()], ids[b.as_str()]));

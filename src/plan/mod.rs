@@ -566,12 +566,19 @@ impl DecideCtx<'_> {
     }
 
     /// Build nodes only: max-age and artifact existence.
-    fn check_build_freshness(&self, n: &PlannedNode, success: &NodeRecord, reasons: &mut Vec<Reason>) {
+    fn check_build_freshness(
+        &self,
+        n: &PlannedNode,
+        success: &NodeRecord,
+        reasons: &mut Vec<Reason>,
+    ) {
         if n.stage != Stage::Build {
             return;
         }
         let image = n.image.as_deref().and_then(|i| self.project.image(i));
-        if let (Some(max_age), Some(built_at)) = (image.and_then(|i| i.max_age), success.finished_at) {
+        if let (Some(max_age), Some(built_at)) =
+            (image.and_then(|i| i.max_age), success.finished_at)
+        {
             let age_ms = self.facts.now_ms.saturating_sub(built_at);
             if age_ms > i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX) {
                 reasons.push(Reason::MaxAge {
@@ -607,7 +614,9 @@ pub fn diff_manifests(old: &Manifest, new: &Manifest) -> Vec<(String, Change, Tr
     for (path, e) in &new_map {
         match old_map.get(path) {
             None => out.push((path.to_string(), Change::Added, e.trigger)),
-            Some(o) if o.digest != e.digest => out.push((path.to_string(), Change::Modified, e.trigger)),
+            Some(o) if o.digest != e.digest => {
+                out.push((path.to_string(), Change::Modified, e.trigger))
+            }
             Some(_) => {}
         }
     }
@@ -636,7 +645,13 @@ pub fn diff_fields(old: &str, new: &str) -> Vec<String> {
     out
 }
 
-fn diff_values(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, depth: usize, out: &mut Vec<String>) {
+fn diff_values(
+    prefix: &str,
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    depth: usize,
+    out: &mut Vec<String>,
+) {
     use serde_json::Value;
     if a == b {
         return;
@@ -654,9 +669,19 @@ fn diff_values(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, depth
                     format!("{prefix}.{k}")
                 };
                 let null = Value::Null;
-                diff_values(&name, x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), depth + 1, out);
+                diff_values(
+                    &name,
+                    x.get(k).unwrap_or(&null),
+                    y.get(k).unwrap_or(&null),
+                    depth + 1,
+                    out,
+                );
             }
         }
-        _ => out.push(if prefix.is_empty() { "stanza".into() } else { prefix.to_string() }),
+        _ => out.push(if prefix.is_empty() {
+            "stanza".into()
+        } else {
+            prefix.to_string()
+        }),
     }
 }

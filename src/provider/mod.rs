@@ -49,7 +49,14 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub fn add(&self, node: &str, provider: &str, kind: &str, resource: &str, purpose: &str) -> Result<i64, ProviderError> {
+    pub fn add(
+        &self,
+        node: &str,
+        provider: &str,
+        kind: &str,
+        resource: &str,
+        purpose: &str,
+    ) -> Result<i64, ProviderError> {
         let st = self.state.lock().map_err(|_| ProviderError::Poisoned)?;
         Ok(st.ledger_add(self.run, node, provider, kind, resource, purpose)?)
     }
@@ -106,7 +113,11 @@ pub trait Provider: Send + Sync {
     /// destroys the instance, whatever happens.
     async fn test(&self, req: TestRequest<'_>) -> Result<ProcessOutcome, ProviderError>;
     /// Records the release status on the artifact itself (AWS tags); local keeps it in state.
-    async fn set_status(&self, artifact_id: &str, status: ReleaseStatus) -> Result<(), ProviderError>;
+    async fn set_status(
+        &self,
+        artifact_id: &str,
+        status: ReleaseStatus,
+    ) -> Result<(), ProviderError>;
     /// Whether an artifact still exists (a cache hit is never taken for a missing one).
     async fn artifact_exists(&self, artifact_id: &str) -> Result<bool, ProviderError>;
     /// Destroys a resource a killed run left behind.
@@ -116,7 +127,11 @@ pub trait Provider: Send + Sync {
 /// Appends one line of imgraph's own narration to a node log (best effort).
 pub fn append_log(log: &Path, line: &str) {
     use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
         let _ = writeln!(f, "{line}");
     }
 }

@@ -52,7 +52,11 @@ impl Human {
     pub fn handle(&mut self, event: &Event) {
         let p = self.palette;
         match event {
-            Event::RunStarted { run_id, nodes, parallelism } => self.line(&format!(
+            Event::RunStarted {
+                run_id,
+                nodes,
+                parallelism,
+            } => self.line(&format!(
                 "run {run_id}: {} nodes to run, up to {parallelism} at a time",
                 nodes.len()
             )),
@@ -95,8 +99,14 @@ impl Human {
             Event::NodeSkipped { node, cause } => {
                 self.line(&format!("{}    {node}: {cause}", p.yellow("skip")));
             }
-            Event::LeftoverDestroyed { resource, kind, node } => {
-                self.line(&format!("cleaned up {kind} {resource} left by {node} in an earlier run"));
+            Event::LeftoverDestroyed {
+                resource,
+                kind,
+                node,
+            } => {
+                self.line(&format!(
+                    "cleaned up {kind} {resource} left by {node} in an earlier run"
+                ));
             }
             Event::RunFinished(summary) => {
                 if let Some(mp) = &self.live {
@@ -129,8 +139,18 @@ pub fn render_summary(summary: &RunSummary, p: Palette) -> String {
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(out, "{:width$}  {outcome}  {time:>8}", n.id);
     }
-    for n in summary.nodes.iter().filter(|n| n.outcome == NodeOutcome::Failed) {
-        let _ = writeln!(out, "\n{} {}: {}", p.red("✗"), n.id, n.error.as_deref().unwrap_or(""));
+    for n in summary
+        .nodes
+        .iter()
+        .filter(|n| n.outcome == NodeOutcome::Failed)
+    {
+        let _ = writeln!(
+            out,
+            "\n{} {}: {}",
+            p.red("✗"),
+            n.id,
+            n.error.as_deref().unwrap_or("")
+        );
         if let Some(log) = &n.log_path {
             for line in log_tail(log, FAILURE_TAIL_LINES) {
                 let _ = writeln!(out, "  │ {line}");

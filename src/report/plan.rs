@@ -21,7 +21,10 @@ pub fn reason_text(r: &Reason) -> String {
         } => match trigger {
             crate::config::model::Trigger::Immediate => format!("`{path}` {}", change.as_str()),
             crate::config::model::Trigger::Rollup => {
-                format!("`{path}` {} (rollup: waits for a roll-up run)", change.as_str())
+                format!(
+                    "`{path}` {} (rollup: waits for a roll-up run)",
+                    change.as_str()
+                )
             }
         },
         Reason::ConfigChanged { fields } => format!("config changed: {}", fields.join(", ")),
@@ -29,7 +32,11 @@ pub fn reason_text(r: &Reason) -> String {
             if old.is_empty() {
                 format!("source `{source}` now resolves to {}", short_id(new))
             } else {
-                format!("source `{source}` changed: {} → {}", short_id(old), short_id(new))
+                format!(
+                    "source `{source}` changed: {} → {}",
+                    short_id(old),
+                    short_id(new)
+                )
             }
         }
         Reason::UpstreamChanged { node } => format!("cascade from {node}"),
@@ -56,7 +63,13 @@ pub fn reason_text(r: &Reason) -> String {
 /// The human rendering of a plan.
 pub fn render_text(plan: &Plan, p: Palette) -> String {
     let mut out = String::new();
-    let width = plan.nodes.iter().map(|n| n.id.len()).max().unwrap_or(10).max(10);
+    let width = plan
+        .nodes
+        .iter()
+        .map(|n| n.id.len())
+        .max()
+        .unwrap_or(10)
+        .max(10);
 
     if !plan.sources.is_empty() {
         let _ = writeln!(out, "{}", p.bold("Sources"));
@@ -101,7 +114,12 @@ pub fn render_text(plan: &Plan, p: Palette) -> String {
         let _ = writeln!(out, "{}", p.bold("Up to date"));
         for n in &fresh {
             let key = n.previous_key.as_deref().map(short_id).unwrap_or_default();
-            let _ = writeln!(out, "  = {}  {}", pad(&p.dim(&n.id), &n.id, width), p.dim(&key));
+            let _ = writeln!(
+                out,
+                "  = {}  {}",
+                pad(&p.dim(&n.id), &n.id, width),
+                p.dim(&key)
+            );
         }
         out.push('\n');
     }

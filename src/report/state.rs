@@ -34,7 +34,12 @@ pub fn images_text(records: &[ImageRecord], p: Palette) -> String {
         return "No images built yet: run `imgraph apply`.\n".into();
     }
     let mut out = String::new();
-    let w = records.iter().map(|r| r.image.len()).max().unwrap_or(5).max(5);
+    let w = records
+        .iter()
+        .map(|r| r.image.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
     let _ = writeln!(
         out,
         "{:w$}  {:10}  {:18}  {:9}  {:20}  ENVIRONMENTS",
@@ -87,7 +92,8 @@ pub fn history_json(runs: &[(RunRecord, Vec<NodeRecord>)]) -> String {
             })
         })
         .collect();
-    serde_json::to_string_pretty(&json!({"format_version": FORMAT_VERSION, "runs": runs})).unwrap_or_default()
+    serde_json::to_string_pretty(&json!({"format_version": FORMAT_VERSION, "runs": runs}))
+        .unwrap_or_default()
 }
 
 pub fn history_text(runs: &[(RunRecord, Vec<NodeRecord>)], p: Palette) -> String {
@@ -119,7 +125,11 @@ pub fn history_text(runs: &[(RunRecord, Vec<NodeRecord>)], p: Palette) -> String
                 NodeStatus::Failed => p.red(n.status.as_str()),
                 _ => p.yellow(n.status.as_str()),
             };
-            let err = n.error.as_deref().map(|e| format!("  {e}")).unwrap_or_default();
+            let err = n
+                .error
+                .as_deref()
+                .map(|e| format!("  {e}"))
+                .unwrap_or_default();
             let _ = writeln!(out, "    {:32} {st:10} {dur:>7}{err}", n.node_id);
         }
     }

@@ -44,7 +44,10 @@ pub fn copy_dir(from: &Path, to: &Path) {
 /// The real binary, run in `dir` with colour off.
 pub fn imgraph(dir: &Path) -> Command {
     let mut cmd = Command::cargo_bin("imgraph").expect("binary");
-    cmd.arg("-C").arg(dir).env("NO_COLOR", "1").env_remove("RUST_LOG");
+    cmd.arg("-C")
+        .arg(dir)
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG");
     cmd
 }
 
@@ -147,6 +150,9 @@ pub fn write(path: &Path, text: &str) {
 
 pub fn append(path: &Path, text: &str) {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().append(true).open(path).expect("open");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("open");
     f.write_all(text.as_bytes()).expect("append");
 }

@@ -168,7 +168,6 @@ impl AwsProvider {
             // Packer cleans up (key pairs, security groups, instances) on SIGINT.
             stop_signal: Some(libc::SIGINT),
             grace: Some(PACKER_GRACE),
-            ..Default::default()
         };
         let offset = log_len(req.log);
         let outcome = process::run(&spec, req.log, req.cancel).await?;

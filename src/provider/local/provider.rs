@@ -7,10 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
-use crate::provider::local::{self, Store};
-use crate::provider::{append_log, BuildRequest, Built, Ledger, Origin, Provider, ProviderError, TestRequest};
 use crate::config::model::{Build, Sandbox, Step};
 use crate::exec::process::{self, CommandSpec, ProcessOutcome};
+use crate::provider::local::{self, Store};
+use crate::provider::{
+    append_log, BuildRequest, Built, Ledger, Origin, Provider, ProviderError, TestRequest,
+};
 use crate::state::{LedgerEntry, ReleaseStatus};
 
 pub struct LocalProvider {
@@ -41,7 +43,13 @@ impl LocalProvider {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let safe: String = node
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         work_dir.join(format!("{kind}-{safe}-{}-{n}", std::process::id()))
     }
@@ -118,7 +126,11 @@ impl Provider for LocalProvider {
         Ok(outcome)
     }
 
-    async fn set_status(&self, _artifact_id: &str, _status: ReleaseStatus) -> Result<(), ProviderError> {
+    async fn set_status(
+        &self,
+        _artifact_id: &str,
+        _status: ReleaseStatus,
+    ) -> Result<(), ProviderError> {
         // Local images carry their status in the state's image registry only.
         Ok(())
     }
@@ -141,7 +153,12 @@ impl Provider for LocalProvider {
 }
 
 impl LocalProvider {
-    async fn build_in(&self, req: &BuildRequest<'_>, steps: &[Step], staging: &Path) -> Result<Built, ProviderError> {
+    async fn build_in(
+        &self,
+        req: &BuildRequest<'_>,
+        steps: &[Step],
+        staging: &Path,
+    ) -> Result<Built, ProviderError> {
         let root = staging.join("root");
         let origin = req.origin.clone();
         let store = self.store.clone();
@@ -191,13 +208,25 @@ impl LocalProvider {
         }
         let store = self.store.clone();
         let (artifact_id, size) = blocking(move || store.pack_tree(&root)).await?;
-        append_log(req.log, &format!("imgraph: packed {artifact_id} ({size} bytes)"));
+        append_log(
+            req.log,
+            &format!("imgraph: packed {artifact_id} ({size} bytes)"),
+        );
         Ok(Built { artifact_id })
     }
 
-    async fn test_in(&self, req: &TestRequest<'_>, instance: &Path, instance_id: &str) -> Result<ProcessOutcome, ProviderError> {
+    async fn test_in(
+        &self,
+        req: &TestRequest<'_>,
+        instance: &Path,
+        instance_id: &str,
+    ) -> Result<ProcessOutcome, ProviderError> {
         let root = instance.join("root");
-        let (store, artifact, dest) = (self.store.clone(), req.artifact_id.to_string(), root.clone());
+        let (store, artifact, dest) = (
+            self.store.clone(),
+            req.artifact_id.to_string(),
+            root.clone(),
+        );
         blocking(move || store.unpack(&artifact, &dest)).await?;
         append_log(
             req.log,
