@@ -491,6 +491,20 @@ impl Workspace {
         self.state.abandon_stale_runs(None)?;
         let mut events = Vec::new();
         for entry in self.state.ledger_open()? {
+            if entry.kind == crate::exec::process::LEDGER_KIND {
+                // A command of a killed run may still be running: kill its group.
+                crate::exec::process::kill_leftover(&entry.resource);
+                self.state.ledger_mark_destroyed(entry.id)?;
+                events.push(Event::LeftoverDestroyed {
+                    resource: format!(
+                        "process group {}",
+                        entry.resource.split(' ').next().unwrap_or("")
+                    ),
+                    kind: "command".into(),
+                    node: entry.node_id.clone(),
+                });
+                continue;
+            }
             let Some(provider) = providers.all.get(&entry.provider) else {
                 continue;
             };

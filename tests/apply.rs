@@ -424,6 +424,14 @@ fn slow_project(test_timeout: &str) -> (tempfile::TempDir, std::path::PathBuf) {
 #[test]
 fn a_killed_run_is_cleaned_up_and_finished_by_the_next_apply() {
     let (_t, dir) = slow_project("60s");
+    // The test command outlives a SIGKILLed imgraph (it runs in its own process group)
+    // and would leave a marker 3 s later unless the next run kills it.
+    let cfg = dir.join("imgraph.kdl");
+    let slow = "echo started; sleep 3; touch orphan-survived; sleep 30";
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("echo started; sleep 30", slow);
+    write(&cfg, &text);
     let mut child = start_apply_until_instance(&dir);
     child.kill().unwrap(); // SIGKILL: no clean-up code runs
     child.wait().unwrap();
@@ -434,10 +442,9 @@ fn a_killed_run_is_cleaned_up_and_finished_by_the_next_apply() {
 
     // The next apply finds the leftover through the ledger, destroys it, marks the killed
     // run abandoned and redoes only the unfinished work (the build is kept).
-    let cfg = dir.join("imgraph.kdl");
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
-        .replace("echo started; sleep 30", "echo quick");
+        .replace(slow, "echo quick");
     write(&cfg, &text);
     let out = imgraph(&dir).arg("apply").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -458,6 +465,15 @@ fn a_killed_run_is_cleaned_up_and_finished_by_the_next_apply() {
     )
     .unwrap();
     assert_eq!(history["runs"][1]["status"], "abandoned");
+    assert!(
+        stdout.contains("cleaned up command process group"),
+        "{stdout}"
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        !dir.join("orphan-survived").exists(),
+        "the killed run's command was left running"
+    );
 }
 
 #[test]

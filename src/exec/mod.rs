@@ -667,6 +667,13 @@ async fn deliver(
         sandbox: crate::config::model::Sandbox::None,
         root: None,
         timeout: None,
+        ledger: Some(process::ProcessLedger {
+            ledger: Ledger {
+                state: ctx.state.clone(),
+                run: Some(run),
+            },
+            node: node.id.clone(),
+        }),
         ..Default::default()
     };
     let outcome = process::run(&spec, log, cancel).await?;

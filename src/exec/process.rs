@@ -32,6 +32,37 @@ pub struct CommandSpec {
     pub stop_signal: Option<i32>,
     /// How long the group gets after the first signal before SIGKILL (default [`KILL_GRACE`]).
     pub grace: Option<Duration>,
+    /// Where to record the running process group, so that if imgraph itself is killed
+    /// the next run can kill what it left running.
+    pub ledger: Option<ProcessLedger>,
+}
+
+/// A ledger for running process groups: `(ledger, node id)`.
+#[derive(Clone)]
+pub struct ProcessLedger {
+    pub ledger: crate::provider::Ledger,
+    pub node: String,
+}
+
+impl std::fmt::Debug for ProcessLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ProcessLedger({})", self.node)
+    }
+}
+
+/// The ledger `kind` of a running process group; its resource is `"PGID IDENTITY"`.
+pub const LEDGER_KIND: &str = "process";
+
+/// Kills a process group a killed run left running, if it is still the same one.
+pub fn kill_leftover(resource: &str) {
+    let mut parts = resource.splitn(2, ' ');
+    let Some(pgid) = parts.next().and_then(|p| p.parse::<u32>().ok()) else {
+        return;
+    };
+    let identity = parts.next().filter(|i| !i.is_empty());
+    if crate::state::process_is_alive(pgid, identity) {
+        signal_group(pgid as i32, libc::SIGKILL);
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +193,35 @@ pub async fn run(
         source,
     })?;
     let pgid = child.id().map(|p| p as i32);
+    let ledger_id = match (&spec.ledger, child.id()) {
+        (Some(pl), Some(pid)) => {
+            let identity = crate::state::process_identity(pid).unwrap_or_default();
+            pl.ledger
+                .add(
+                    &pl.node,
+                    "host",
+                    LEDGER_KIND,
+                    &format!("{pid} {identity}"),
+                    "command",
+                )
+                .ok()
+                .map(|id| (pl, id))
+        }
+        _ => None,
+    };
+    let outcome = wait_or_stop(spec, &mut child, pgid, cancel).await;
+    if let Some((pl, id)) = ledger_id {
+        let _ = pl.ledger.destroyed(id);
+    }
+    outcome
+}
+
+async fn wait_or_stop(
+    spec: &CommandSpec,
+    child: &mut tokio::process::Child,
+    pgid: Option<i32>,
+    cancel: &CancellationToken,
+) -> Result<ProcessOutcome, ProcessError> {
     // No timeout: a century is "never" for a build step, and stays clear of Instant overflow.
     let timeout = spec
         .timeout

@@ -470,3 +470,13 @@ pub fn now_ms() -> i64 {
         Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
     }
 }
+
+/// Whether a process is alive and, when its recorded identity is known, still the same one.
+pub fn process_is_alive(pid: u32, identity: Option<&str>) -> bool {
+    process::is_alive(pid, identity)
+}
+
+/// A process's identity (boot id and start time) for [`process_is_alive`].
+pub fn process_identity(pid: u32) -> Option<String> {
+    process::identity_of(pid)
+}

@@ -46,6 +46,11 @@ fn pid_exists(pid: u32) -> bool {
     pid != 0
 }
 
+/// The identity of any process (boot id and start time), to recognise it later.
+pub(crate) fn identity_of(pid: u32) -> Option<String> {
+    identity(pid)
+}
+
 #[cfg(target_os = "linux")]
 fn identity(pid: u32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -599,6 +599,10 @@ impl AwsProvider {
             sandbox: crate::config::model::Sandbox::None,
             root: None,
             timeout: Some(req.suite.timeout),
+            ledger: Some(process::ProcessLedger {
+                ledger: req.ledger.clone(),
+                node: req.node_id.to_string(),
+            }),
             ..Default::default()
         };
         Ok(process::run(&spec, req.log, req.cancel).await?)

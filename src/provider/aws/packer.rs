@@ -168,6 +168,10 @@ impl AwsProvider {
             // Packer cleans up (key pairs, security groups, instances) on SIGINT.
             stop_signal: Some(libc::SIGINT),
             grace: Some(PACKER_GRACE),
+            ledger: Some(process::ProcessLedger {
+                ledger: req.ledger.clone(),
+                node: req.node_id.to_string(),
+            }),
         };
         let offset = log_len(req.log);
         let outcome = process::run(&spec, req.log, req.cancel).await?;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 
 use crate::config::model::{Build, Sandbox, Step};
-use crate::exec::process::{self, CommandSpec, ProcessOutcome};
+use crate::exec::process::{self, CommandSpec, ProcessLedger, ProcessOutcome};
 use crate::provider::local::{self, Store};
 use crate::provider::{
     append_log, BuildRequest, Built, Ledger, Origin, Provider, ProviderError, TestRequest,
@@ -194,6 +194,10 @@ impl LocalProvider {
                         sandbox: self.sandbox,
                         root: Some(root.clone()),
                         timeout: None,
+                        ledger: Some(ProcessLedger {
+                            ledger: req.ledger.clone(),
+                            node: req.node_id.to_string(),
+                        }),
                         ..Default::default()
                     };
                     let outcome = process::run(&spec, req.log, req.cancel).await?;
@@ -246,6 +250,10 @@ impl LocalProvider {
             sandbox: self.sandbox,
             root: Some(root),
             timeout: Some(req.suite.timeout),
+            ledger: Some(ProcessLedger {
+                ledger: req.ledger.clone(),
+                node: req.node_id.to_string(),
+            }),
             ..Default::default()
         };
         Ok(process::run(&spec, req.log, req.cancel).await?)
