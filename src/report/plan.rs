@@ -10,6 +10,17 @@ use std::time::Duration;
 use super::{short_id, timestamp, Palette};
 use crate::plan::{Action, Plan, PlannedNode, Reason};
 
+/// How a changed leaf input reads: a file path, or a probe's output.
+fn input_text(path: &str, change: crate::plan::Change) -> String {
+    match path.strip_prefix("probe:") {
+        Some(name) => match change {
+            crate::plan::Change::Modified => format!("probe `{name}` output changed"),
+            other => format!("probe `{name}` {}", other.as_str()),
+        },
+        None => format!("`{path}` {}", change.as_str()),
+    }
+}
+
 /// One sentence per reason, in the user's words.
 pub fn reason_text(r: &Reason) -> String {
     match r {
@@ -19,11 +30,11 @@ pub fn reason_text(r: &Reason) -> String {
             change,
             trigger,
         } => match trigger {
-            crate::config::model::Trigger::Immediate => format!("`{path}` {}", change.as_str()),
+            crate::config::model::Trigger::Immediate => input_text(path, *change),
             crate::config::model::Trigger::Rollup => {
                 format!(
-                    "`{path}` {} (rollup: waits for a roll-up run)",
-                    change.as_str()
+                    "{} (rollup: waits for a roll-up run)",
+                    input_text(path, *change)
                 )
             }
         },
@@ -48,7 +59,7 @@ pub fn reason_text(r: &Reason) -> String {
             humantime::format_duration(Duration::from_secs(*max_age_secs)),
             timestamp(*built_at_ms)
         ),
-        Reason::Rollup { path, change } => format!("roll-up: `{path}` {}", change.as_str()),
+        Reason::Rollup { path, change } => format!("roll-up: {}", input_text(path, *change)),
         Reason::PreviousFailure { error } => match error {
             Some(e) => format!("the last run with this key failed: {e}"),
             None => "the last run with this key failed".into(),
@@ -170,8 +181,8 @@ fn write_node(out: &mut String, mark: &str, id: &str, n: &PlannedNode, width: us
                 change,
                 trigger: crate::config::model::Trigger::Rollup,
             } if n.action == Action::Run => lines.push(format!(
-                "`{path}` {} (rollup change, included in this run)",
-                change.as_str()
+                "{} (rollup change, included in this run)",
+                input_text(path, *change)
             )),
             other => lines.push(reason_text(other)),
         }
