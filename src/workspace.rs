@@ -282,6 +282,7 @@ impl Workspace {
             };
             let mut found = Vec::new();
             let mut run = None;
+            let mut took_lease = false;
             for n in &plan.nodes {
                 let is_new_build = n.stage == Stage::Build && n.reasons == vec![plan::Reason::New];
                 let image = n.image.as_deref().and_then(|i| self.project.image(i));
@@ -298,6 +299,13 @@ impl Workspace {
                 let run_id = match run {
                     Some(r) => r,
                     None => {
+                        // Recording needs the lease (an apply may be recording the same
+                        // build right now); inside apply this process already holds it.
+                        match self.state.acquire_lease("imgraph (recovery from tags)")? {
+                            LeaseOutcome::Acquired => took_lease = true,
+                            LeaseOutcome::HeldBy { pid, .. } if pid == std::process::id() => {}
+                            LeaseOutcome::HeldBy { .. } => return Ok(Vec::new()),
+                        }
                         let r = self.state.begin_run("recover", "{}")?;
                         run = Some(r);
                         r
@@ -350,7 +358,8 @@ impl Workspace {
                             log_path: None,
                         },
                     )?;
-                    let out = (m.stage == Stage::Build).then_some(outputs.as_str());
+                    // Build, tests and publish all stand for this artifact.
+                    let out = Some(outputs.as_str());
                     self.state
                         .finish_node(id, crate::state::NodeStatus::Succeeded, out, None)?;
                 }
@@ -364,6 +373,9 @@ impl Workspace {
             if let Some(r) = run {
                 self.state
                     .finish_run(r, crate::state::RunStatus::Succeeded)?;
+            }
+            if took_lease {
+                self.state.release_lease()?;
             }
             Ok(found)
         }
@@ -487,7 +499,16 @@ impl Workspace {
 
     /// Destroys what killed runs left behind (found through the instance ledger) and marks
     /// their runs abandoned. Returns the events describing what was cleaned.
-    pub async fn collect_garbage(&self, providers: &Providers) -> Result<Vec<Event>> {
+    ///
+    /// With `by_tags`, also terminates cloud instances tagged for this project that no
+    /// ledger knows (a lost state file). `apply` leaves that to an explicit `imgraph gc`:
+    /// two CI runners with separate state files but the same checkout path would otherwise
+    /// reap each other's live test instances.
+    pub async fn collect_garbage(
+        &self,
+        providers: &Providers,
+        by_tags: bool,
+    ) -> Result<Vec<Event>> {
         self.state.abandon_stale_runs(None)?;
         let mut events = Vec::new();
         for entry in self.state.ledger_open()? {
@@ -526,7 +547,7 @@ impl Workspace {
         // Instances tagged by imgraph whose ledger entry was never written (a crash
         // between the ledger and the cloud call cannot cause this, but a lost state file can).
         #[cfg(feature = "aws")]
-        if let Some(aws) = providers.aws.as_ref() {
+        if let Some(aws) = providers.aws.as_ref().filter(|_| by_tags) {
             let ids = aws.terminate_tagged_leftovers(None).await.map_err(|e| {
                 Error::Other(format!(
                     "failed to clean up tagged instances: {}",
@@ -579,7 +600,7 @@ impl Workspace {
             }
         };
         let prepared = async {
-            for ev in self.collect_garbage(&providers).await? {
+            for ev in self.collect_garbage(&providers, false).await? {
                 let _ = events.send(ev);
             }
             self.plan(&providers, options).await

@@ -339,3 +339,67 @@ fn moving_the_project_folder_keeps_every_key() {
     let plan = plan_of(&moved, &PlanOptions::default());
     assert_eq!(plan.summary.run, 0, "{:?}", actions(&plan));
 }
+
+#[test]
+fn a_rebuilt_artifact_whose_tests_never_finished_is_tested_before_anything_else() {
+    // Regression: a build re-ran with the same key (max-age, --force, a missing artifact)
+    // and its tests were interrupted; the new artifact must not pass as tested.
+    let (_t, dir) = seeded();
+    let plan = plan_of(&dir, &PlanOptions::default());
+    let build = plan.node("build:base").unwrap();
+    let ws = imgraph::workspace::Workspace::open(&dir).unwrap();
+    let (m, u, r) = build.record_fields();
+    let run = ws.state.begin_run("seed", "{}").unwrap();
+    let id = ws
+        .state
+        .start_node(
+            run,
+            &imgraph::state::NodeStart {
+                node_id: &build.id,
+                key: &build.key,
+                manifest_json: &m,
+                stanza: &build.stanza,
+                upstream_json: &u,
+                reasons_json: &r,
+                log_path: None,
+            },
+        )
+        .unwrap();
+    let store = ws.local_store().unwrap();
+    let artifact = format!("local:{}", "ab".repeat(32));
+    std::fs::write(store.path_of(&artifact).unwrap(), b"rebuilt").unwrap();
+    let outputs = serde_json::json!({"artifact_id": artifact, "version": "1.0.1"}).to_string();
+    ws.state
+        .finish_node(
+            id,
+            imgraph::state::NodeStatus::Succeeded,
+            Some(&outputs),
+            None,
+        )
+        .unwrap();
+    drop(ws);
+
+    let plan = plan_of(&dir, &PlanOptions::default());
+    assert_eq!(action(&plan, "build:base"), Action::UpToDate);
+    let t = plan.node("test:base/smoke").unwrap();
+    assert_eq!(t.action, Action::Run, "{:?}", t.reasons);
+    assert_eq!(
+        t.reasons,
+        vec![Reason::UpstreamChanged {
+            node: "build:base".into()
+        }]
+    );
+    assert_eq!(action(&plan, "publish:base"), Action::Run);
+}
+
+#[test]
+fn an_image_that_never_built_is_not_deferred_by_a_rollup_change() {
+    let (_t, dir) = copy_project("examples/quickstart");
+    let plan = plan_of(&dir, &PlanOptions::default());
+    seed_failure(&dir, &plan, "build:base", "build step failed");
+    append(&dir.join("packages/base.txt"), "htop\n");
+    let plan = plan_of(&dir, &PlanOptions::default());
+    let base = plan.node("build:base").unwrap();
+    assert_eq!(base.action, Action::Run, "{:?}", base.reasons);
+    assert!(base.reasons.contains(&Reason::New));
+}

@@ -333,7 +333,7 @@ fn gc(cli: &Cli) -> Result<i32> {
     let rt = runtime()?;
     let result = rt.block_on(async {
         let providers = ws.providers().await?;
-        ws.collect_garbage(&providers).await
+        ws.collect_garbage(&providers, true).await
     });
     ws.state.release_lease()?;
     let events = result?;

@@ -138,150 +138,49 @@ pub async fn execute(
         parallelism: options.parallelism,
     });
 
-    let fresh: Fresh = Arc::new(Mutex::new(HashMap::new()));
-    let mut status: HashMap<String, NodeOutcome> = HashMap::new();
-    let mut reports: BTreeMap<String, NodeReport> = BTreeMap::new();
-    let mut pending: Vec<&PlannedNode> = to_run.clone();
+    // Ctrl-C cancels `cancel`; --fail-fast cancels only `stop`, its child, so the two
+    // can be told apart (interrupted → exit 130; fail-fast → an ordinary failure).
+    let stop = cancel.child_token();
+    let mut sched = Scheduler {
+        ctx: &ctx,
+        run_id,
+        events: &events,
+        status: HashMap::new(),
+        reports: BTreeMap::new(),
+        log_paths: HashMap::new(),
+    };
     let mut tasks: JoinSet<NodeResult> = JoinSet::new();
-    let mut log_paths: HashMap<String, PathBuf> = HashMap::new();
-    let mut stop_starting = false;
-    let parallelism = options.parallelism.max(1);
-
-    loop {
-        if cancel.is_cancelled() {
-            stop_starting = true;
-        }
-        // Skip whatever waits on a failure; start whatever is ready.
-        let mut still = Vec::new();
-        for node in pending.drain(..) {
-            let my_deps = deps.get(node.id.as_str()).cloned().unwrap_or_default();
-            if let Some(bad) = my_deps.iter().find(|d| {
-                matches!(
-                    status.get(d.as_str()),
-                    Some(NodeOutcome::Failed | NodeOutcome::Skipped | NodeOutcome::Cancelled)
-                )
-            }) {
-                let cause = format!("{bad} did not succeed");
-                record_not_run(&ctx, run_id, node, NodeStatus::Skipped, &cause)?;
-                status.insert(node.id.clone(), NodeOutcome::Skipped);
-                reports.insert(
-                    node.id.clone(),
-                    NodeReport::not_run(&node.id, NodeOutcome::Skipped, &cause),
-                );
-                let _ = events.send(Event::NodeSkipped {
-                    node: node.id.clone(),
-                    cause,
-                });
-                continue;
-            }
-            let ready = my_deps
-                .iter()
-                .all(|d| status.get(d.as_str()) == Some(&NodeOutcome::Succeeded));
-            if ready && !stop_starting && tasks.len() < parallelism {
-                let log = ctx
-                    .logs_dir(run_id)
-                    .join(format!("{}.log", sanitize(&node.id)));
-                let node_run = start_node(&ctx, run_id, node, &log)?;
-                let _ = events.send(Event::NodeStarted {
-                    node: node.id.clone(),
-                    log_path: log.clone(),
-                });
-                log_paths.insert(node.id.clone(), log.clone());
-                status.insert(node.id.clone(), NodeOutcome::Running);
-                let (c, n, f, tok) = (ctx.clone(), node.clone(), fresh.clone(), cancel.clone());
-                tasks.spawn(async move {
-                    let started = Instant::now();
-                    let result = run_node(&c, run_id, &n, &log, &f, &tok).await;
-                    finish(&c, node_run, &n, result, &tok, started)
-                });
-            } else {
-                still.push(node);
-            }
-        }
-        pending = still;
-
-        if tasks.is_empty() {
-            if stop_starting || pending.is_empty() {
-                break;
-            }
-            // Nothing runs and nothing can start: only possible when a dependency is
-            // outside this plan's run set but was treated as pending. Skip the rest.
-            for node in pending.drain(..) {
-                let cause = "its dependencies never became ready".to_string();
-                record_not_run(&ctx, run_id, node, NodeStatus::Skipped, &cause)?;
-                status.insert(node.id.clone(), NodeOutcome::Skipped);
-                reports.insert(
-                    node.id.clone(),
-                    NodeReport::not_run(&node.id, NodeOutcome::Skipped, &cause),
-                );
-            }
-            break;
-        }
-
-        let joined = tokio::select! {
-            j = tasks.join_next() => j,
-            _ = cancel.cancelled(), if !stop_starting => { stop_starting = true; continue; }
-        };
-        let Some(joined) = joined else { continue };
-        let res = match joined {
-            Ok(r) => r,
-            Err(e) => {
-                // A node task panicked: the scheduler keeps going; the node is failed.
-                tracing::error!("node task crashed: {e}");
-                continue;
-            }
-        };
-        let duration_ms = res.started.elapsed().as_millis() as u64;
-        let log_path = log_paths.get(&res.id).cloned();
-        if res.outcome == NodeOutcome::Failed && options.fail_fast {
-            stop_starting = true;
-            cancel.cancel();
-        }
-        status.insert(res.id.clone(), res.outcome);
-        let _ = events.send(Event::NodeFinished {
-            node: res.id.clone(),
-            outcome: res.outcome,
-            duration_ms,
-            error: res.error.clone(),
-            log_path: log_path.clone(),
-        });
-        reports.insert(
-            res.id.clone(),
-            NodeReport {
-                id: res.id,
-                outcome: res.outcome,
-                duration_ms: Some(duration_ms),
-                error: res.error,
-                log_path,
-            },
-        );
+    let mut task_nodes: HashMap<tokio::task::Id, String> = HashMap::new();
+    let looped = sched
+        .run_loop(
+            to_run.clone(),
+            &deps,
+            options,
+            &stop,
+            &mut tasks,
+            &mut task_nodes,
+        )
+        .await;
+    if looped.is_err() {
+        // Never leave a node task behind: each one cleans up its instance or staging
+        // folder before it returns, so stop them and wait.
+        stop.cancel();
+        while tasks.join_next().await.is_some() {}
     }
+    looped?;
 
-    // Whatever never started because of Ctrl-C or --fail-fast is recorded as cancelled.
-    for node in pending {
-        let cause = "not started: the run was stopped".to_string();
-        record_not_run(&ctx, run_id, node, NodeStatus::Cancelled, &cause)?;
-        reports.insert(
-            node.id.clone(),
-            NodeReport::not_run(&node.id, NodeOutcome::Cancelled, &cause),
-        );
-        let _ = events.send(Event::NodeSkipped {
-            node: node.id.clone(),
-            cause,
-        });
-    }
-
+    let interrupted = cancel.is_cancelled();
     let mut summary = RunSummary {
         run_id,
         status: RunStatus::Succeeded,
         nodes: to_run
             .iter()
-            .filter_map(|n| reports.remove(&n.id))
+            .filter_map(|n| sched.reports.remove(&n.id))
             .collect(),
         duration_ms: started.elapsed().as_millis() as u64,
-        interrupted: cancel.is_cancelled() && !options.fail_fast,
+        interrupted,
     };
-    summary.status = if summary.interrupted {
+    summary.status = if interrupted {
         RunStatus::Cancelled
     } else if summary
         .nodes
@@ -298,6 +197,190 @@ pub async fn execute(
     }
     let _ = events.send(Event::RunFinished(summary.clone()));
     Ok(summary)
+}
+
+/// The executor's bookkeeping for one run.
+struct Scheduler<'a> {
+    ctx: &'a ExecContext,
+    run_id: RunId,
+    events: &'a UnboundedSender<Event>,
+    status: HashMap<String, NodeOutcome>,
+    reports: BTreeMap<String, NodeReport>,
+    log_paths: HashMap<String, PathBuf>,
+}
+
+impl Scheduler<'_> {
+    /// Records a node that will not run (skipped or cancelled) everywhere at once.
+    fn mark_not_run(
+        &mut self,
+        node: &PlannedNode,
+        outcome: NodeOutcome,
+        cause: String,
+    ) -> Result<(), ExecError> {
+        let status = match outcome {
+            NodeOutcome::Cancelled => NodeStatus::Cancelled,
+            _ => NodeStatus::Skipped,
+        };
+        record_not_run(self.ctx, self.run_id, node, status, &cause)?;
+        self.status.insert(node.id.clone(), outcome);
+        self.reports.insert(
+            node.id.clone(),
+            NodeReport::not_run(&node.id, outcome, &cause),
+        );
+        let _ = self.events.send(Event::NodeSkipped {
+            node: node.id.clone(),
+            cause,
+        });
+        Ok(())
+    }
+
+    /// Records a finished node task.
+    fn mark_finished(&mut self, res: NodeResult) {
+        let duration_ms = res.started.elapsed().as_millis() as u64;
+        let log_path = self.log_paths.get(&res.id).cloned();
+        self.status.insert(res.id.clone(), res.outcome);
+        let _ = self.events.send(Event::NodeFinished {
+            node: res.id.clone(),
+            outcome: res.outcome,
+            duration_ms,
+            error: res.error.clone(),
+            log_path: log_path.clone(),
+        });
+        self.reports.insert(
+            res.id.clone(),
+            NodeReport {
+                id: res.id,
+                outcome: res.outcome,
+                duration_ms: Some(duration_ms),
+                error: res.error,
+                log_path,
+            },
+        );
+    }
+
+    async fn run_loop<'p>(
+        &mut self,
+        mut pending: Vec<&'p PlannedNode>,
+        deps: &HashMap<String, Vec<String>>,
+        options: &ExecOptions,
+        stop: &CancellationToken,
+        tasks: &mut JoinSet<NodeResult>,
+        task_nodes: &mut HashMap<tokio::task::Id, String>,
+    ) -> Result<(), ExecError> {
+        let ctx = self.ctx;
+        let run_id = self.run_id;
+        let fresh: Fresh = Arc::new(Mutex::new(HashMap::new()));
+        let parallelism = options.parallelism.max(1);
+        let mut started_at: HashMap<String, (Instant, i64)> = HashMap::new();
+        loop {
+            let stopping = stop.is_cancelled();
+            // Skip whatever waits on a failure; start whatever is ready.
+            let mut still = Vec::new();
+            for node in pending.drain(..) {
+                let my_deps = deps.get(node.id.as_str()).cloned().unwrap_or_default();
+                let bad = my_deps
+                    .iter()
+                    .find_map(|d| match self.status.get(d.as_str()) {
+                        Some(
+                            o @ (NodeOutcome::Failed
+                            | NodeOutcome::Skipped
+                            | NodeOutcome::Cancelled),
+                        ) => Some((d.clone(), *o)),
+                        _ => None,
+                    });
+                if let Some((bad, outcome)) = bad {
+                    let outcome = match outcome {
+                        NodeOutcome::Cancelled => NodeOutcome::Cancelled,
+                        _ => NodeOutcome::Skipped,
+                    };
+                    self.mark_not_run(node, outcome, format!("{bad} did not succeed"))?;
+                    continue;
+                }
+                let ready = my_deps
+                    .iter()
+                    .all(|d| self.status.get(d.as_str()) == Some(&NodeOutcome::Succeeded));
+                if ready && !stopping && tasks.len() < parallelism {
+                    let log = ctx
+                        .logs_dir(run_id)
+                        .join(format!("{}.log", sanitize(&node.id)));
+                    let node_run = start_node(ctx, run_id, node, &log)?;
+                    let _ = self.events.send(Event::NodeStarted {
+                        node: node.id.clone(),
+                        log_path: log.clone(),
+                    });
+                    self.log_paths.insert(node.id.clone(), log.clone());
+                    self.status.insert(node.id.clone(), NodeOutcome::Running);
+                    started_at.insert(node.id.clone(), (Instant::now(), node_run));
+                    let (c, n, f, tok) = (ctx.clone(), node.clone(), fresh.clone(), stop.clone());
+                    let handle = tasks.spawn(async move {
+                        let started = Instant::now();
+                        let result = run_node(&c, run_id, &n, &log, &f, &tok).await;
+                        finish(&c, node_run, &n, result, &tok, started)
+                    });
+                    task_nodes.insert(handle.id(), node.id.clone());
+                } else {
+                    still.push(node);
+                }
+            }
+            pending = still;
+
+            if tasks.is_empty() {
+                if stopping {
+                    // Whatever never started because of Ctrl-C or --fail-fast.
+                    for node in pending.drain(..) {
+                        self.mark_not_run(
+                            node,
+                            NodeOutcome::Cancelled,
+                            "not started: the run was stopped".into(),
+                        )?;
+                    }
+                }
+                // Nothing runs and nothing can start: a dependency never became ready.
+                for node in pending.drain(..) {
+                    self.mark_not_run(
+                        node,
+                        NodeOutcome::Skipped,
+                        "its dependencies never became ready".into(),
+                    )?;
+                }
+                return Ok(());
+            }
+
+            let joined = tokio::select! {
+                j = tasks.join_next_with_id() => j,
+                _ = stop.cancelled(), if !stopping => continue,
+            };
+            let Some(joined) = joined else { continue };
+            let res = match joined {
+                Ok((id, r)) => {
+                    task_nodes.remove(&id);
+                    r
+                }
+                Err(e) => {
+                    // A node task panicked: record the node as failed, never lose it.
+                    let node_id = task_nodes.remove(&e.id()).unwrap_or_default();
+                    let (started, node_run) = started_at
+                        .get(&node_id)
+                        .copied()
+                        .unwrap_or((Instant::now(), 0));
+                    let error = format!("imgraph crashed while running this node: {e}");
+                    if let Ok(st) = ctx.state.lock() {
+                        let _ = st.finish_node(node_run, NodeStatus::Failed, None, Some(&error));
+                    }
+                    NodeResult {
+                        id: node_id,
+                        outcome: NodeOutcome::Failed,
+                        error: Some(error),
+                        started,
+                    }
+                }
+            };
+            if res.outcome == NodeOutcome::Failed && options.fail_fast {
+                stop.cancel();
+            }
+            self.mark_finished(res);
+        }
+    }
 }
 
 /// For each node that runs, the nearest running nodes it needs, looking through nodes that
@@ -484,9 +567,7 @@ async fn run_node(
                 },
                 FromRef::Image(up) => {
                     let built = current_build(ctx, fresh, up)?;
-                    let st = ctx.lock()?;
-                    let rec = st.image_by_artifact(&built.artifact_id)?;
-                    if rec.as_ref().map(|r| r.status) != Some(ReleaseStatus::Ready) {
+                    if release_status(ctx, up, &built.version)? != Some(ReleaseStatus::Ready) {
                         return Err(ProviderError::Failed(format!(
                             "`{}` is built from `{up}` {}, which is not Ready (its tests have not all passed)",
                             image.name, built.version
@@ -579,15 +660,10 @@ async fn run_node(
         }
         Stage::Publish => {
             let built = current_build(ctx, fresh, &image.name)?;
-            {
-                let st = ctx.lock()?;
-                if let Some(rec) = st.image_by_artifact(&built.artifact_id)? {
-                    if rec.status == ReleaseStatus::Failed && image.tests.is_empty() {
-                        return Err(ProviderError::Failed("the image is marked Failed".into()));
-                    }
-                }
-                st.set_image_status(&image.name, &built.version, ReleaseStatus::Ready)?;
-            }
+            // The planner runs publish only after every suite passed on this very build
+            // (in this run, or earlier on the same artifact and version).
+            ctx.lock()?
+                .set_image_status(&image.name, &built.version, ReleaseStatus::Ready)?;
             provider
                 .set_status(&built.artifact_id, ReleaseStatus::Ready)
                 .await?;
@@ -625,11 +701,7 @@ async fn deliver(
         })?;
     let built = current_build(ctx, fresh, &image.name)?;
     {
-        let st = ctx.lock()?;
-        let ready = st
-            .image_by_artifact(&built.artifact_id)?
-            .is_some_and(|r| r.status == ReleaseStatus::Ready);
-        if !ready {
+        if release_status(ctx, &image.name, &built.version)? != Some(ReleaseStatus::Ready) {
             return Err(ProviderError::Failed(format!(
                 "{} {} is not Ready; only Ready images are delivered",
                 image.name, built.version
@@ -644,7 +716,7 @@ async fn deliver(
             if !delivers {
                 continue;
             }
-            let got = st.delivered_version(&image.name, before)?;
+            let got = ctx.lock()?.delivered_version(&image.name, before)?;
             if got.as_deref() != Some(built.version.as_str()) {
                 return Err(ProviderError::Failed(format!(
                     "{env_name} only gets what {before} got first: {before} has {}, this is {} {}",
@@ -690,6 +762,21 @@ async fn deliver(
     Ok(Some(
         serde_json::json!({"version": built.version, "artifact_id": built.artifact_id}).to_string(),
     ))
+}
+
+/// The release status of one version of one image (never of another image that happens
+/// to have the same bytes).
+fn release_status(
+    ctx: &ExecContext,
+    image: &str,
+    version: &str,
+) -> Result<Option<ReleaseStatus>, ProviderError> {
+    Ok(ctx
+        .lock()?
+        .images(Some(image))?
+        .into_iter()
+        .find(|r| r.version == version)
+        .map(|r| r.status))
 }
 
 /// The image's current build: made in this run, or the last successful one.

@@ -335,11 +335,12 @@ pub fn decide(
             upstream,
             effective_key: String::new(),
         };
+        // Forcing an image rebuilds it; its tests and publish follow as cascades.
         let forced = node
             .image
             .as_ref()
             .is_some_and(|i| options.force.contains(i))
-            && node.stage != Stage::Deliver;
+            && node.stage == Stage::Build;
         let upstream_news: Vec<String> = upstream_idx
             .iter()
             .filter(|u| new_output.contains(u))
@@ -402,10 +403,22 @@ pub fn decide(
         match n.action {
             Action::Run => {
                 summary.run += 1;
+                // A cascade runs because something it needs runs; pending rollup changes
+                // it picks up on the way do not make it a cause of its own.
                 n.cascade = n
                     .reasons
                     .iter()
-                    .all(|r| matches!(r, Reason::UpstreamChanged { .. }));
+                    .any(|r| matches!(r, Reason::UpstreamChanged { .. }))
+                    && n.reasons.iter().all(|r| {
+                        matches!(
+                            r,
+                            Reason::UpstreamChanged { .. }
+                                | Reason::InputChanged {
+                                    trigger: Trigger::Rollup,
+                                    ..
+                                }
+                        )
+                    });
                 if n.cascade {
                     summary.cascades += 1;
                 } else {
@@ -483,9 +496,11 @@ impl DecideCtx<'_> {
                 }
                 if let Some(s) = success {
                     self.check_build_freshness(n, s, &mut reasons);
+                    self.check_tested_artifact(n, s, &mut reasons);
                 }
-                if success.is_none() && reasons.is_empty() && pending.is_empty() {
-                    // Only a failed or interrupted record: it still has to succeed once.
+                if success.is_none() && reasons.is_empty() {
+                    // Only a failed record: it still has to succeed once, whatever else
+                    // (even only rollup inputs) changed since.
                     reasons.push(Reason::New);
                 }
             }
@@ -562,6 +577,43 @@ impl DecideCtx<'_> {
             if old_upstream.get(up) != Some(key) || self.upstream_news.contains(up) {
                 reasons.push(Reason::UpstreamChanged { node: up.clone() });
             }
+        }
+    }
+
+    /// Test and publish nodes: their last success must be about the image's current
+    /// build (same artifact, same version). A build that re-ran with an unchanged key
+    /// (max-age, --force, a missing artifact) and whose tests never finished leaves a new
+    /// artifact behind that no test has seen.
+    fn check_tested_artifact(
+        &self,
+        n: &PlannedNode,
+        success: &NodeRecord,
+        reasons: &mut Vec<Reason>,
+    ) {
+        if !matches!(n.stage, Stage::Test | Stage::Publish) {
+            return;
+        }
+        let Some(image) = n.image.as_deref() else {
+            return;
+        };
+        let build = crate::graph::build_id(image);
+        let current = self
+            .facts
+            .history
+            .get(&build)
+            .and_then(|h| h.last_success.as_ref())
+            .and_then(|s| s.outputs_json.as_deref())
+            .and_then(|o| serde_json::from_str::<BuildOutputs>(o).ok());
+        let Some(current) = current else { return };
+        let seen = success
+            .outputs_json
+            .as_deref()
+            .and_then(|o| serde_json::from_str::<BuildOutputs>(o).ok());
+        let already = reasons
+            .iter()
+            .any(|r| matches!(r, Reason::UpstreamChanged { node } if *node == build));
+        if seen.as_ref() != Some(&current) && !already {
+            reasons.push(Reason::UpstreamChanged { node: build });
         }
     }
 

@@ -78,6 +78,10 @@ pub fn short_id(id: &str) -> String {
 
 /// Milliseconds since the epoch → RFC 3339 (UTC, seconds).
 pub fn timestamp(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    // Clamped to years 1970..9999: humantime cannot print later dates, and a corrupt
+    // state file must not crash a listing.
+    const YEAR_9999_MS: i64 = 253_402_300_799_000;
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.clamp(0, YEAR_9999_MS) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
 }

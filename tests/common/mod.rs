@@ -58,6 +58,8 @@ pub fn seed_success(dir: &Path, plan: &Plan) {
     let store = ws.local_store().expect("local store");
     let state: &State = &ws.state;
     let run = state.begin_run("seed", "{}").expect("begin run");
+    // Build outputs of this seeding, which the image's tests and publish record as seen.
+    let mut built: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     for n in plan.nodes.iter().filter(|n| n.action == Action::Run) {
         let (m, u, r) = n.record_fields();
         let id = state
@@ -74,7 +76,14 @@ pub fn seed_success(dir: &Path, plan: &Plan) {
                 },
             )
             .expect("start node");
-        let outputs = if n.id.starts_with("build:") {
+        let image_build = n.image.as_deref().map(|i| format!("build:{i}"));
+        let outputs = if let Some(seen) = image_build
+            .as_ref()
+            .filter(|_| !n.id.starts_with("build:") && !n.id.starts_with("deliver:"))
+            .and_then(|b| built.get(b))
+        {
+            Some(seen.clone())
+        } else if n.id.starts_with("build:") {
             let hex = blake3::hash(n.key.as_bytes()).to_hex().to_string();
             let artifact_id = format!("local:{hex}");
             let path = store.path_of(&artifact_id).expect("artifact path");
@@ -90,6 +99,11 @@ pub fn seed_success(dir: &Path, plan: &Plan) {
         } else {
             None
         };
+        if n.id.starts_with("build:") {
+            if let Some(o) = &outputs {
+                built.insert(n.id.clone(), o.clone());
+            }
+        }
         state
             .finish_node(id, NodeStatus::Succeeded, outputs.as_deref(), None)
             .expect("finish node");
