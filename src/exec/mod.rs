@@ -258,9 +258,9 @@ impl Scheduler<'_> {
         );
     }
 
-    async fn run_loop<'p>(
+    async fn run_loop(
         &mut self,
-        mut pending: Vec<&'p PlannedNode>,
+        mut pending: Vec<&PlannedNode>,
         deps: &HashMap<String, Vec<String>>,
         options: &ExecOptions,
         stop: &CancellationToken,
