@@ -69,13 +69,7 @@ impl RunSummary {
 }
 
 fn run_status<S: serde::Serializer>(s: &RunStatus, ser: S) -> Result<S::Ok, S::Error> {
-    ser.serialize_str(match s {
-        RunStatus::Running => "running",
-        RunStatus::Succeeded => "succeeded",
-        RunStatus::Failed => "failed",
-        RunStatus::Cancelled => "cancelled",
-        RunStatus::Abandoned => "abandoned",
-    })
+    ser.serialize_str(s.as_str())
 }
 
 #[derive(Debug, Clone, Serialize)]

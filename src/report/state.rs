@@ -65,13 +65,7 @@ pub fn images_text(records: &[ImageRecord], p: Palette) -> String {
 }
 
 fn run_status(s: RunStatus) -> &'static str {
-    match s {
-        RunStatus::Running => "running",
-        RunStatus::Succeeded => "succeeded",
-        RunStatus::Failed => "failed",
-        RunStatus::Cancelled => "cancelled",
-        RunStatus::Abandoned => "abandoned",
-    }
+    s.as_str()
 }
 
 pub fn history_json(runs: &[(RunRecord, Vec<NodeRecord>)]) -> String {
