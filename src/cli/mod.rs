@@ -182,14 +182,14 @@ pub fn run(cli: &Cli) -> Result<i32> {
 fn validate(cli: &Cli) -> Result<i32> {
     let project = crate::config::load(&cli.dir)?;
     let graph = crate::graph::StageGraph::build(&project)?;
-    println!(
+    crate::report::outln(&format!(
         "{}: {} images, {} sources, {} environments, {} stages: ok",
         project.config_path.display(),
         project.images.len(),
         project.sources.len(),
         project.environments.len(),
         graph.graph.node_count(),
-    );
+    ));
     Ok(exit::OK)
 }
 
@@ -201,12 +201,9 @@ fn plan(cli: &Cli, args: &PlanArgs) -> Result<i32> {
         ws.plan(&providers, &args.selection.options()).await
     })?;
     if args.json {
-        println!("{}", report::plan::render_json(&plan));
+        crate::report::outln(&report::plan::render_json(&plan));
     } else {
-        print!(
-            "{}",
-            report::plan::render_text(&plan, Palette::for_stdout())
-        );
+        crate::report::out(&report::plan::render_text(&plan, Palette::for_stdout()));
     }
     Ok(if args.detailed_exitcode && plan.has_changes() {
         exit::CHANGES_PENDING
@@ -219,8 +216,8 @@ fn graph(cli: &Cli, format: GraphFormat) -> Result<i32> {
     let project = crate::config::load(&cli.dir)?;
     let graph = crate::graph::StageGraph::build(&project)?;
     match format {
-        GraphFormat::Dot => print!("{}", graph.to_dot()),
-        GraphFormat::Mermaid => print!("{}", graph.to_mermaid()),
+        GraphFormat::Dot => crate::report::out(&graph.to_dot()),
+        GraphFormat::Mermaid => crate::report::out(&graph.to_mermaid()),
     }
     Ok(exit::OK)
 }
@@ -266,7 +263,7 @@ fn apply(cli: &Cli, args: &ApplyArgs) -> Result<i32> {
             let mut human = report::apply::Human::new(palette, live);
             while let Some(ev) = rx.recv().await {
                 if json {
-                    println!("{}", crate::exec::events::to_ndjson(&ev, crate::state::now_ms()));
+                    crate::report::outln(&crate::exec::events::to_ndjson(&ev, crate::state::now_ms()));
                 } else {
                     human.handle(&ev);
                 }
@@ -290,12 +287,9 @@ fn images(cli: &Cli, image: Option<&str>, json: bool) -> Result<i32> {
     let ws = Workspace::open(&cli.dir)?;
     let records = ws.state.images(image)?;
     if json {
-        println!("{}", report::state::images_json(&records));
+        crate::report::outln(&report::state::images_json(&records));
     } else {
-        print!(
-            "{}",
-            report::state::images_text(&records, Palette::for_stdout())
-        );
+        crate::report::out(&report::state::images_text(&records, Palette::for_stdout()));
     }
     Ok(exit::OK)
 }
@@ -308,12 +302,9 @@ fn history(cli: &Cli, limit: usize, json: bool) -> Result<i32> {
         runs.push((run, nodes));
     }
     if json {
-        println!("{}", report::state::history_json(&runs));
+        crate::report::outln(&report::state::history_json(&runs));
     } else {
-        print!(
-            "{}",
-            report::state::history_text(&runs, Palette::for_stdout())
-        );
+        crate::report::out(&report::state::history_text(&runs, Palette::for_stdout()));
     }
     Ok(exit::OK)
 }
@@ -344,10 +335,10 @@ fn gc(cli: &Cli) -> Result<i32> {
             node,
         } = ev
         {
-            println!("destroyed {kind} {resource} (left by {node})");
+            crate::report::outln(&format!("destroyed {kind} {resource} (left by {node})"));
         }
     }
-    println!("gc: {} leftovers destroyed", events.len());
+    crate::report::outln(&format!("gc: {} leftovers destroyed", events.len()));
     Ok(exit::OK)
 }
 
@@ -359,14 +350,14 @@ fn state_recover(cli: &Cli) -> Result<i32> {
         ws.recover(&providers).await
     })?;
     for r in &found {
-        println!(
+        crate::report::outln(&format!(
             "recovered {} {} {} ({})",
             r.image, r.version, r.artifact_id, r.status
-        );
+        ));
     }
-    println!(
+    crate::report::outln(&format!(
         "state recover: {} image versions recovered from tags",
         found.len()
-    );
+    ));
     Ok(exit::OK)
 }

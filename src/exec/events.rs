@@ -79,6 +79,8 @@ pub enum Event {
         run_id: RunId,
         nodes: Vec<String>,
         parallelism: usize,
+        /// The plan's counts, as `plan` prints them.
+        summary: crate::plan::Summary,
     },
     NodeStarted {
         node: String,

@@ -136,6 +136,7 @@ pub async fn execute(
         run_id,
         nodes: to_run.iter().map(|n| n.id.clone()).collect(),
         parallelism: options.parallelism,
+        summary: plan.summary.clone(),
     });
 
     // Ctrl-C cancels `cancel`; --fail-fast cancels only `stop`, its child, so the two

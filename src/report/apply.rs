@@ -56,10 +56,21 @@ impl Human {
                 run_id,
                 nodes,
                 parallelism,
-            } => self.line(&format!(
-                "run {run_id}: {} nodes to run, up to {parallelism} at a time",
-                nodes.len()
-            )),
+                summary,
+            } => {
+                if !nodes.is_empty() {
+                    self.line(&format!(
+                        "run {run_id}: {} to run ({} {}, {} {}), {} deferred, {} up to date; up to {parallelism} at a time",
+                        nodes.len(),
+                        summary.causes,
+                        if summary.causes == 1 { "cause" } else { "causes" },
+                        summary.cascades,
+                        if summary.cascades == 1 { "cascade" } else { "cascades" },
+                        summary.deferred,
+                        summary.up_to_date,
+                    ))
+                }
+            }
             Event::NodeStarted { node, .. } => {
                 if let Some(mp) = &self.live {
                     let bar = mp.add(ProgressBar::new_spinner());
@@ -112,7 +123,7 @@ impl Human {
                 if let Some(mp) = &self.live {
                     let _ = mp.clear();
                 }
-                print!("{}", render_summary(summary, p));
+                crate::report::out(&render_summary(summary, p));
             }
         }
     }

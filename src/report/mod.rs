@@ -10,6 +10,20 @@ use std::fmt::Write as _;
 
 use anstyle::{AnsiColor, Style};
 
+/// Writes to stdout, ignoring a closed pipe (`imgraph plan | head`): output is a
+/// courtesy, and an `apply` must go on to clean up its instances whatever happens to it.
+pub fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+/// [`out`] with a newline.
+pub fn outln(text: &str) {
+    out(&format!("{text}\n"));
+}
+
 /// Colours for human output; `Palette::plain()` yields no escape codes at all.
 #[derive(Debug, Clone, Copy)]
 pub struct Palette {
