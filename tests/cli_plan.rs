@@ -159,3 +159,23 @@ fn colour_only_when_asked_for_or_on_a_terminal() {
         "NO_COLOR wins"
     );
 }
+
+#[test]
+fn a_closed_pipe_is_not_a_crash() {
+    // Regression: `imgraph plan | head -1` panicked with "failed printing to stdout".
+    let (_t, dir) = copy_project("examples/quickstart");
+    let bin = assert_cmd::cargo::cargo_bin("imgraph");
+    let script = format!(
+        "'{}' -C '{}' plan | head -c 1 >/dev/null",
+        bin.display(),
+        dir.display()
+    );
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}
