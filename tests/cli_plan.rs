@@ -162,11 +162,12 @@ fn colour_only_when_asked_for_or_on_a_terminal() {
 
 #[test]
 fn a_closed_pipe_is_not_a_crash() {
-    // Regression: `imgraph plan | head -1` panicked with "failed printing to stdout".
+    // Regression: `imgraph apply | head -1` panicked with "failed printing to stdout" once
+    // head had gone; the apply must go on, finish and clean up regardless.
     let (_t, dir) = copy_project("examples/quickstart");
     let bin = assert_cmd::cargo::cargo_bin("imgraph");
     let script = format!(
-        "'{}' -C '{}' plan | head -c 1 >/dev/null",
+        "'{}' -C '{}' apply | head -n 1 >/dev/null",
         bin.display(),
         dir.display()
     );
@@ -178,4 +179,10 @@ fn a_closed_pipe_is_not_a_crash() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
+    let (code, _) = stdout_of(&dir, &["plan", "--detailed-exitcode"]);
+    assert_eq!(
+        code,
+        Some(0),
+        "the apply finished although nobody read its output"
+    );
 }
