@@ -85,11 +85,7 @@ impl Workspace {
             let manifest = match node.stage {
                 Stage::Build => hasher.manifest(&image.inputs, &image.build.referenced_paths())?,
                 Stage::Test => {
-                    let Some(suite) = image
-                        .tests
-                        .iter()
-                        .find(|t| Some(&t.name) == node.suite.as_ref())
-                    else {
+                    let Some(suite) = node.suite.as_deref().and_then(|t| image.suite(t)) else {
                         continue;
                     };
                     hasher.manifest(&suite.inputs, &[])?

@@ -142,6 +142,13 @@ pub struct Image {
     pub span: Span,
 }
 
+impl Image {
+    /// The test suite of that name.
+    pub fn suite(&self, name: &str) -> Option<&TestSuite> {
+        self.tests.iter().find(|t| t.name == name)
+    }
+}
+
 /// `instance { type "t3.small"; subnet "subnet-1"; security-group "sg-1"; key-name "k"; profile "p"; }`
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct InstanceSettings {

@@ -620,9 +620,7 @@ async fn run_node(
         Stage::Test => {
             let suite_name = node.suite.clone().unwrap_or_default();
             let suite = image
-                .tests
-                .iter()
-                .find(|t| t.name == suite_name)
+                .suite(&suite_name)
                 .ok_or_else(|| ProviderError::Failed(format!("unknown test `{suite_name}`")))?;
             let built = current_build(ctx, fresh, &image.name)?;
             let outcome = provider

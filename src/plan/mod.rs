@@ -234,10 +234,10 @@ pub fn stanza_of(project: &Project, graph: &StageGraph, idx: NodeIndex) -> Strin
     let image = n.image.as_deref().and_then(|i| project.image(i));
     match (n.stage, image) {
         (Stage::Build, Some(img)) => model::canonical_build(project, img),
-        (Stage::Test, Some(img)) => img
-            .tests
-            .iter()
-            .find(|t| Some(&t.name) == n.suite.as_ref())
+        (Stage::Test, Some(img)) => n
+            .suite
+            .as_deref()
+            .and_then(|t| img.suite(t))
             .map(model::canonical_test)
             .unwrap_or_default(),
         (Stage::Publish, Some(img)) => {
