@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use imgraph::plan::{Action, PlanOptions};
-use imgraph::state::{NodeStart, NodeStatus};
+use imgraph::state::NodeStatus;
 use imgraph::workspace::Workspace;
 
 const CHAINS: usize = 10;
@@ -63,25 +63,8 @@ fn record_all(dir: &Path) {
     let plan = ws.plan_blocking(&PlanOptions::default()).expect("plan");
     let run = ws.state.begin_run("bench", "{}").expect("run");
     for n in plan.nodes.iter().filter(|n| n.action == Action::Run) {
-        let (m, u, r) = n.record_fields();
-        let id = ws
-            .state
-            .start_node(
-                run,
-                &NodeStart {
-                    node_id: &n.id,
-                    key: &n.key,
-                    manifest_json: &m,
-                    stanza: &n.stanza,
-                    upstream_json: &u,
-                    reasons_json: &r,
-                    log_path: None,
-                },
-            )
-            .expect("start");
-        ws.state
-            .finish_node(id, NodeStatus::Succeeded, None, None)
-            .expect("finish");
+        n.record_finished(&ws.state, run, NodeStatus::Succeeded, None, None)
+            .expect("record");
     }
 }
 

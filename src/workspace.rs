@@ -310,23 +310,14 @@ impl Workspace {
                     }));
                 }
                 for m in nodes {
-                    let (manifest, upstream, reasons) = m.record_fields();
-                    let id = self.state.start_node(
-                        run_id,
-                        &crate::state::NodeStart {
-                            node_id: &m.id,
-                            key: &m.key,
-                            manifest_json: &manifest,
-                            stanza: &m.stanza,
-                            upstream_json: &upstream,
-                            reasons_json: &reasons,
-                            log_path: None,
-                        },
-                    )?;
                     // Build, tests and publish all stand for this artifact.
-                    let out = Some(outputs.as_str());
-                    self.state
-                        .finish_node(id, crate::state::NodeStatus::Succeeded, out, None)?;
+                    m.record_finished(
+                        &self.state,
+                        run_id,
+                        crate::state::NodeStatus::Succeeded,
+                        Some(&outputs),
+                        None,
+                    )?;
                 }
                 found.push(Recovered {
                     image: image.name.clone(),

@@ -171,6 +171,33 @@ pub struct Plan {
 }
 
 impl PlannedNode {
+    /// Records this node as started and at once finished with `status`: what an apply
+    /// records, for recovery from tags, seeding history in tests and benches.
+    pub fn record_finished(
+        &self,
+        state: &crate::state::State,
+        run: crate::state::RunId,
+        status: NodeStatus,
+        outputs: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<crate::state::NodeRunId, crate::state::StateError> {
+        let (manifest, upstream, reasons) = self.record_fields();
+        let id = state.start_node(
+            run,
+            &crate::state::NodeStart {
+                node_id: &self.id,
+                key: &self.key,
+                manifest_json: &manifest,
+                stanza: &self.stanza,
+                upstream_json: &upstream,
+                reasons_json: &reasons,
+                log_path: None,
+            },
+        )?;
+        state.finish_node(id, status, outputs, error)?;
+        Ok(id)
+    }
+
     /// The manifest, upstream keys and reasons as the state records them (JSON text).
     pub fn record_fields(&self) -> (String, String, String) {
         (

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use imgraph::plan::{Action, BuildOutputs, Plan};
-use imgraph::state::{NodeStart, NodeStatus, State};
+use imgraph::state::{NodeStatus, State};
 use imgraph::workspace::Workspace;
 
 pub fn repo_root() -> PathBuf {
@@ -61,21 +61,6 @@ pub fn seed_success(dir: &Path, plan: &Plan) {
     // Build outputs of this seeding, which the image's tests and publish record as seen.
     let mut built: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     for n in plan.nodes.iter().filter(|n| n.action == Action::Run) {
-        let (m, u, r) = n.record_fields();
-        let id = state
-            .start_node(
-                run,
-                &NodeStart {
-                    node_id: &n.id,
-                    key: &n.key,
-                    manifest_json: &m,
-                    stanza: &n.stanza,
-                    upstream_json: &u,
-                    reasons_json: &r,
-                    log_path: None,
-                },
-            )
-            .expect("start node");
         let image_build = n.image.as_deref().map(|i| format!("build:{i}"));
         let outputs = if let Some(seen) = image_build
             .as_ref()
@@ -104,9 +89,8 @@ pub fn seed_success(dir: &Path, plan: &Plan) {
                 built.insert(n.id.clone(), o.clone());
             }
         }
-        state
-            .finish_node(id, NodeStatus::Succeeded, outputs.as_deref(), None)
-            .expect("finish node");
+        n.record_finished(state, run, NodeStatus::Succeeded, outputs.as_deref(), None)
+            .expect("record node");
     }
     state
         .finish_run(run, imgraph::state::RunStatus::Succeeded)
@@ -117,26 +101,9 @@ pub fn seed_success(dir: &Path, plan: &Plan) {
 pub fn seed_failure(dir: &Path, plan: &Plan, node_id: &str, error: &str) {
     let ws = Workspace::open(dir).expect("open workspace");
     let n = plan.node(node_id).expect("node in plan");
-    let (m, u, r) = n.record_fields();
     let run = ws.state.begin_run("seed", "{}").expect("begin run");
-    let id = ws
-        .state
-        .start_node(
-            run,
-            &NodeStart {
-                node_id: &n.id,
-                key: &n.key,
-                manifest_json: &m,
-                stanza: &n.stanza,
-                upstream_json: &u,
-                reasons_json: &r,
-                log_path: None,
-            },
-        )
-        .expect("start node");
-    ws.state
-        .finish_node(id, NodeStatus::Failed, None, Some(error))
-        .expect("finish node");
+    n.record_finished(&ws.state, run, NodeStatus::Failed, None, Some(error))
+        .expect("record node");
 }
 
 pub fn plan_of(dir: &Path, options: &imgraph::plan::PlanOptions) -> Plan {
