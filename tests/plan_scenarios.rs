@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use imgraph::config::model::Trigger;
-use imgraph::plan::{Action, Change, PlanOptions, Reason};
+use imgraph::plan::{Action, Change, PackageChange, PlanOptions, Reason};
 
 const ALL: [&str; 8] = [
     "build:base",
@@ -66,6 +66,7 @@ fn editing_a_config_file_rebuilds_base_and_cascades_everything_downstream() {
             path: "config/base/motd".into(),
             change: Change::Modified,
             trigger: Trigger::Immediate,
+            packages: None,
         }]
     );
     assert!(!base.cascade);
@@ -115,6 +116,10 @@ fn a_package_list_change_waits_for_a_rollup() {
             path: "packages/base.txt".into(),
             change: Change::Modified,
             trigger: Trigger::Rollup,
+            packages: Some(PackageChange {
+                added: vec!["htop".into()],
+                removed: vec![],
+            }),
         }]
     );
     assert_eq!(
@@ -139,6 +144,10 @@ fn a_package_list_change_waits_for_a_rollup() {
         vec![Reason::Rollup {
             path: "packages/base.txt".into(),
             change: Change::Modified,
+            packages: Some(PackageChange {
+                added: vec!["htop".into()],
+                removed: vec![],
+            }),
         }]
     );
     assert_eq!(action(&rollup, "build:web"), Action::Run);
@@ -158,6 +167,7 @@ fn changing_a_test_input_reruns_that_test_and_its_publish_only() {
             path: "tests/base/smoke.sh".into(),
             change: Change::Modified,
             trigger: Trigger::Immediate,
+            packages: None,
         }]
     );
     assert_eq!(action(&plan, "publish:base"), Action::Run);
@@ -402,4 +412,26 @@ fn an_image_that_never_built_is_not_deferred_by_a_rollup_change() {
     let base = plan.node("build:base").unwrap();
     assert_eq!(base.action, Action::Run, "{:?}", base.reasons);
     assert!(base.reasons.contains(&Reason::New));
+}
+
+#[test]
+fn a_package_list_change_names_the_packages_and_ignores_comments() {
+    let (_t, dir) = seeded();
+    let list = dir.join("packages/base.txt");
+    let text = std::fs::read_to_string(&list).unwrap();
+    write(
+        &list,
+        &format!("{}\nhtop  # for debugging\n", text.replace("curl\n", "")),
+    );
+    let plan = plan_of(&dir, &PlanOptions::default());
+    let base = plan.node("build:base").unwrap();
+    assert!(
+        matches!(
+            &base.reasons[0],
+            Reason::InputChanged { packages: Some(p), .. }
+                if p.added == vec!["htop".to_string()] && p.removed == vec!["curl".to_string()]
+        ),
+        "{:?}",
+        base.reasons
+    );
 }

@@ -32,6 +32,27 @@ pub struct ManifestEntry {
     #[serde(with = "trigger_serde")]
     pub trigger: Trigger,
     pub kind: EntryKind,
+    /// For package lists: the packages named (one per line; blank lines and `#` comments
+    /// left out), sorted, so a plan can say which packages came and went. Not part of
+    /// the digest (the file's digest already covers it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages: Option<Vec<String>>,
+}
+
+/// The largest package list whose names a manifest keeps.
+const MAX_PACKAGE_LIST: u64 = 1 << 20;
+
+/// The package names of a package list file: one per line, `#` starts a comment.
+pub fn parse_package_list(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +179,8 @@ impl<'a> Hasher<'a> {
                 *slot = (*slot).min(t);
             }
         };
+        let mut package_lists: std::collections::BTreeSet<String> =
+            std::collections::BTreeSet::new();
         for input in inputs {
             match &input.kind {
                 InputKind::Path { pattern } => {
@@ -173,6 +196,7 @@ impl<'a> Hasher<'a> {
                 InputKind::Packages { path } => {
                     let excludes = Excludes::compile(&input.exclude)?;
                     let norm = walk::normalize(path.as_str())?;
+                    package_lists.insert(norm.clone());
                     add(
                         &mut files,
                         self.project.literal(&norm, &excludes)?,
@@ -199,11 +223,17 @@ impl<'a> Hasher<'a> {
             .into_par_iter()
             .map(|(path, trigger)| {
                 let leaf = self.leaf(&path)?;
+                let packages = if package_lists.contains(&path) && leaf.kind == EntryKind::File {
+                    self.package_names(&path)
+                } else {
+                    None
+                };
                 Ok(ManifestEntry {
                     path,
                     digest: leaf.digest,
                     trigger,
                     kind: leaf.kind,
+                    packages,
                 })
             })
             .collect::<Result<Vec<_>, HashError>>()?;
@@ -213,6 +243,7 @@ impl<'a> Hasher<'a> {
                 .map(|(path, (trigger, digest))| ManifestEntry {
                     path,
                     digest,
+                    packages: None,
                     trigger,
                     kind: EntryKind::Probe,
                 }),
@@ -267,6 +298,18 @@ impl<'a> Hasher<'a> {
         let digest = run_probe(self.root, name, command, PROBE_TIMEOUT)?;
         lock(&self.probes).insert(command.to_owned(), digest.clone());
         Ok(digest)
+    }
+
+    /// The names in a package list, when it is small enough and valid UTF-8 (best effort:
+    /// the digest, not this, decides whether the node runs).
+    fn package_names(&self, rel: &str) -> Option<Vec<String>> {
+        let path = walk::full_path(self.root, rel);
+        let md = std::fs::metadata(&path).ok()?;
+        if md.len() > MAX_PACKAGE_LIST {
+            return None;
+        }
+        let text = std::fs::read_to_string(&path).ok()?;
+        Some(parse_package_list(&text))
     }
 
     /// Digest of one leaf (project-relative, normalised): memo, then stat cache, then read.

@@ -601,6 +601,7 @@ fn manifest_round_trips_through_json_with_kebab_case_names() {
             digest: digest_parts("t", &[]),
             trigger: Trigger::Rollup,
             kind: EntryKind::Probe,
+            packages: None,
         }],
     };
     let json = serde_json::to_string(&m).unwrap();

@@ -72,6 +72,9 @@ pub enum Reason {
         path: String,
         change: Change,
         trigger: Trigger,
+        /// For a package list: which packages came and went.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        packages: Option<PackageChange>,
     },
     /// The node's canonical config stanza changed; `fields` names the parts.
     ConfigChanged { fields: Vec<String> },
@@ -86,7 +89,12 @@ pub enum Reason {
     /// The last build is older than the image's `max-age`.
     MaxAge { built_at_ms: i64, max_age_secs: u64 },
     /// A rollup input changed and this is a roll-up run.
-    Rollup { path: String, change: Change },
+    Rollup {
+        path: String,
+        change: Change,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        packages: Option<PackageChange>,
+    },
     /// The last run with this very key failed.
     PreviousFailure { error: Option<String> },
     /// The recorded artifact no longer exists.
@@ -110,6 +118,13 @@ impl Reason {
             Reason::Forced => "forced",
         }
     }
+}
+
+/// The packages a package list gained and lost.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageChange {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -569,10 +584,12 @@ impl DecideCtx<'_> {
     ) {
         let old_manifest: Manifest = serde_json::from_str(&base.manifest_json).unwrap_or_default();
         for (path, change, trigger) in diff_manifests(&old_manifest, &n.manifest) {
+            let packages = package_change(&old_manifest, &n.manifest, &path);
             let r = Reason::InputChanged {
                 path,
                 change,
                 trigger,
+                packages,
             };
             match trigger {
                 Trigger::Immediate => reasons.push(r),
@@ -680,9 +697,43 @@ impl DecideCtx<'_> {
 
 fn as_rollup(r: Reason) -> Reason {
     match r {
-        Reason::InputChanged { path, change, .. } => Reason::Rollup { path, change },
+        Reason::InputChanged {
+            path,
+            change,
+            packages,
+            ..
+        } => Reason::Rollup {
+            path,
+            change,
+            packages,
+        },
         other => other,
     }
+}
+
+/// Which packages a package list gained and lost between two manifests (`None` when the
+/// entry is no package list, or when nothing on its list changed, e.g. only comments).
+fn package_change(old: &Manifest, new: &Manifest, path: &str) -> Option<PackageChange> {
+    let before = old.get(path).and_then(|e| e.packages.as_ref());
+    let after = new.get(path).and_then(|e| e.packages.as_ref());
+    if before.is_none() && after.is_none() {
+        return None;
+    }
+    let empty = Vec::new();
+    let (before, after) = (before.unwrap_or(&empty), after.unwrap_or(&empty));
+    let change = PackageChange {
+        added: after
+            .iter()
+            .filter(|p| !before.contains(p))
+            .cloned()
+            .collect(),
+        removed: before
+            .iter()
+            .filter(|p| !after.contains(p))
+            .cloned()
+            .collect(),
+    };
+    (!change.added.is_empty() || !change.removed.is_empty()).then_some(change)
 }
 
 /// Leaf-by-leaf differences between two manifests, sorted by path.

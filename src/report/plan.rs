@@ -8,17 +8,24 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::{short_id, timestamp, Palette};
-use crate::plan::{Action, Plan, PlannedNode, Reason};
+use crate::plan::{Action, PackageChange, Plan, PlannedNode, Reason};
 
-/// How a changed leaf input reads: a file path, or a probe's output.
-fn input_text(path: &str, change: crate::plan::Change) -> String {
-    match path.strip_prefix("probe:") {
+/// How a changed leaf input reads: a file path (with the packages a package list gained
+/// and lost), or a probe's output.
+fn input_text(path: &str, change: crate::plan::Change, packages: Option<&PackageChange>) -> String {
+    let mut text = match path.strip_prefix("probe:") {
         Some(name) => match change {
             crate::plan::Change::Modified => format!("probe `{name}` output changed"),
             other => format!("probe `{name}` {}", other.as_str()),
         },
         None => format!("`{path}` {}", change.as_str()),
+    };
+    if let Some(p) = packages {
+        let mut parts: Vec<String> = p.added.iter().map(|a| format!("+{a}")).collect();
+        parts.extend(p.removed.iter().map(|r| format!("-{r}")));
+        text.push_str(&format!(": {}", parts.join(" ")));
     }
+    text
 }
 
 /// One sentence per reason, in the user's words.
@@ -29,15 +36,16 @@ pub fn reason_text(r: &Reason) -> String {
             path,
             change,
             trigger,
-        } => match trigger {
-            crate::config::model::Trigger::Immediate => input_text(path, *change),
-            crate::config::model::Trigger::Rollup => {
-                format!(
-                    "{} (rollup: waits for a roll-up run)",
-                    input_text(path, *change)
-                )
+            packages,
+        } => {
+            let text = input_text(path, *change, packages.as_ref());
+            match trigger {
+                crate::config::model::Trigger::Immediate => text,
+                crate::config::model::Trigger::Rollup => {
+                    format!("{text} (rollup: waits for a roll-up run)")
+                }
             }
-        },
+        }
         Reason::ConfigChanged { fields } => format!("config changed: {}", fields.join(", ")),
         Reason::SourceChanged { source, old, new } => {
             if old.is_empty() {
@@ -59,7 +67,11 @@ pub fn reason_text(r: &Reason) -> String {
             humantime::format_duration(Duration::from_secs(*max_age_secs)),
             timestamp(*built_at_ms)
         ),
-        Reason::Rollup { path, change } => format!("roll-up: {}", input_text(path, *change)),
+        Reason::Rollup {
+            path,
+            change,
+            packages,
+        } => format!("roll-up: {}", input_text(path, *change, packages.as_ref())),
         Reason::PreviousFailure { error } => match error {
             Some(e) => format!("the last run with this key failed: {e}"),
             None => "the last run with this key failed".into(),
@@ -180,9 +192,10 @@ fn write_node(out: &mut String, mark: &str, id: &str, n: &PlannedNode, width: us
                 path,
                 change,
                 trigger: crate::config::model::Trigger::Rollup,
+                packages,
             } if n.action == Action::Run => lines.push(format!(
                 "{} (rollup change, included in this run)",
-                input_text(path, *change)
+                input_text(path, *change, packages.as_ref())
             )),
             other => lines.push(reason_text(other)),
         }
