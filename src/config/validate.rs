@@ -1496,23 +1496,13 @@ impl V<'_> {
                 }
             }
         }
-        for cycle in cycles(names.len(), &edges) {
-            let path = cycle_path(&names, &edges, &cycle);
-            let mut labels = cycle.iter().map(|&e| {
-                let (a, b, span) = edges[e];
-                (span, format!("`{}` is built from `{}`", names[a], names[b]))
-            });
-            let Some((span, label)) = labels.next() else {
-                continue;
-            };
-            let mut d = self
-                .diags
-                .error("cycle", span, format!("images form a cycle: {path}"), label)
-                .help("an image cannot be built from itself, even through other images; one of them must start `from` a source");
-            for (span, label) in labels {
-                d = d.label(span, label);
-            }
-        }
+        self.report_cycles(
+            &names,
+            &edges,
+            "images",
+            "is built from",
+            "an image cannot be built from itself, even through other images; one of them must start `from` a source",
+        );
     }
 }
 
@@ -1662,7 +1652,8 @@ impl V<'_> {
     }
 
     fn environment_cycles(&mut self, envs: &[EnvDraft]) {
-        let names: Vec<&str> = self.environment_order.iter().map(String::as_str).collect();
+        let order = self.environment_order.clone();
+        let names: Vec<&str> = order.iter().map(String::as_str).collect();
         let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
         let mut edges = Vec::new();
         for env in envs {
@@ -1680,19 +1671,38 @@ impl V<'_> {
                 }
             }
         }
-        for cycle in cycles(names.len(), &edges) {
-            let path = cycle_path(&names, &edges, &cycle);
+        self.report_cycles(
+            &names,
+            &edges,
+            "environments",
+            "comes after",
+            "`after` orders deliveries between environments; remove one `after` to break the cycle",
+        );
+    }
+
+    /// One diagnostic per cycle among `names`: every node on it named in order, a label
+    /// on each edge (`a` `relation` `b`).
+    fn report_cycles(
+        &mut self,
+        names: &[&str],
+        edges: &[(usize, usize, SourceSpan)],
+        what: &str,
+        relation: &str,
+        help: &str,
+    ) {
+        for cycle in cycles(names.len(), edges) {
+            let path = cycle_path(names, edges, &cycle);
             let mut labels = cycle.iter().map(|&e| {
                 let (a, b, span) = edges[e];
-                (span, format!("`{}` comes after `{}`", names[a], names[b]))
+                (span, format!("`{}` {relation} `{}`", names[a], names[b]))
             });
             let Some((span, label)) = labels.next() else {
                 continue;
             };
             let mut d = self
                 .diags
-                .error("cycle", span, format!("environments form a cycle: {path}"), label)
-                .help("`after` orders deliveries between environments; remove one `after` to break the cycle");
+                .error("cycle", span, format!("{what} form a cycle: {path}"), label)
+                .help(help.to_string());
             for (span, label) in labels {
                 d = d.label(span, label);
             }
