@@ -331,6 +331,16 @@ fn packer_project(url: &str, image: &str) -> (tempfile::TempDir, PathBuf) {
     (tmp, dir)
 }
 
+/// Deletes the state file, as an ephemeral CI runner would lose it.
+fn remove_state(dir: &Path) {
+    for name in ["state.db", "state.db-wal", "state.db-shm"] {
+        let path = dir.join(".imgraph").join(name);
+        if path.exists() {
+            std::fs::remove_file(&path).expect("remove state");
+        }
+    }
+}
+
 fn set_test_script(dir: &Path, script: &str) {
     common::write(&dir.join("tests/instance.sh"), script);
 }
@@ -619,12 +629,7 @@ async fn a_lost_state_file_is_recovered_from_the_ami_tags() {
     let (out, _seen) = apply_with_harness(&dir, &url, &image).await;
     assert!(out.status.success(), "{}", output_text(&out));
 
-    for name in ["state.db", "state.db-wal", "state.db-shm"] {
-        let path = dir.join(".imgraph").join(name);
-        if path.exists() {
-            std::fs::remove_file(&path).expect("remove state");
-        }
-    }
+    remove_state(&dir);
     let out = tokio::task::spawn_blocking({
         let (dir, url) = (dir.clone(), url.clone());
         move || {
@@ -644,12 +649,7 @@ async fn a_lost_state_file_is_recovered_from_the_ami_tags() {
     );
 
     // `imgraph state recover` on an empty state rebuilds the registry from the same tags.
-    for name in ["state.db", "state.db-wal", "state.db-shm"] {
-        let path = dir.join(".imgraph").join(name);
-        if path.exists() {
-            std::fs::remove_file(&path).expect("remove state");
-        }
-    }
+    remove_state(&dir);
     let out = tokio::task::spawn_blocking({
         let (dir, url) = (dir.clone(), url.clone());
         move || {
