@@ -500,6 +500,15 @@ impl Workspace {
                 node: entry.node_id.clone(),
             });
         }
+        if let Some(store) = self.local_store() {
+            for path in store.remove_unfinished_packs()? {
+                events.push(Event::LeftoverDestroyed {
+                    resource: path.display().to_string(),
+                    kind: "unfinished pack".into(),
+                    node: "a killed build".into(),
+                });
+            }
+        }
         // Instances tagged by imgraph whose ledger entry was never written (a crash
         // between the ledger and the cloud call cannot cause this, but a lost state file can).
         #[cfg(feature = "aws")]

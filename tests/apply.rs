@@ -515,3 +515,21 @@ fn apply_json_is_versioned_ndjson() {
         .count();
     assert_eq!(finished, 8);
 }
+
+#[test]
+fn gc_removes_what_killed_runs_left_in_the_store_and_work_folders() {
+    let (_t, dir) = copy_project("examples/quickstart");
+    imgraph(&dir).arg("apply").assert().code(0);
+    let unfinished = dir.join(".imgraph/images/.pack-killed.tmp");
+    write(&unfinished, "half an image");
+    let out = imgraph(&dir).arg("gc").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!unfinished.exists(), "{text}");
+    assert!(text.contains("unfinished pack"), "{text}");
+    // Finished artifacts stay, so nothing needs to run again.
+    imgraph(&dir)
+        .args(["plan", "--detailed-exitcode"])
+        .assert()
+        .code(0);
+}

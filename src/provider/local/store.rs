@@ -131,6 +131,28 @@ impl Store {
         unpack_tar(decoder, dest, &path)
     }
 
+    /// Removes the temporary files of packs that never finished (a killed run). Only safe
+    /// while no pack runs: callers hold the state lease. Returns the files removed.
+    pub fn remove_unfinished_packs(&self) -> Result<Vec<PathBuf>, LocalError> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(LocalError::io("list store", &self.root, e)),
+        };
+        let mut removed = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err("list store", &self.root))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".pack-") && name.ends_with(".tmp") {
+                let path = entry.path();
+                fs::remove_file(&path).map_err(io_err("remove unfinished pack", &path))?;
+                removed.push(path);
+            }
+        }
+        Ok(removed)
+    }
+
     /// Removes an artifact; removing one that is already gone is not an error.
     pub fn remove(&self, artifact_id: &str) -> Result<(), LocalError> {
         let path = self.artifact_path(artifact_id)?;
