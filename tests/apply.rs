@@ -533,3 +533,33 @@ fn gc_removes_what_killed_runs_left_in_the_store_and_work_folders() {
         .assert()
         .code(0);
 }
+
+#[test]
+fn a_second_ctrl_c_exits_at_once_and_the_next_run_cleans_up() {
+    // The test command ignores SIGTERM, so the first Ctrl-C's clean-up has to wait out the
+    // kill grace period; a second Ctrl-C during that wait exits at once.
+    let (_t, dir) = slow_project("60s");
+    let cfg = dir.join("imgraph.kdl");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "echo started; sleep 30",
+        "trap '' TERM; echo started; sleep 30",
+    );
+    write(&cfg, &text);
+    let child = start_apply_until_instance(&dir);
+    let pid = child.id() as i32;
+    let mut child = child;
+    unsafe {
+        libc::kill(pid, libc::SIGINT);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe {
+        libc::kill(pid, libc::SIGINT);
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert!(
+        leftovers(&dir).iter().any(|l| l.starts_with("instance-")),
+        "exiting at once leaves the instance for the next run"
+    );
+    imgraph(&dir).arg("gc").assert().code(0);
+    assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
+}
