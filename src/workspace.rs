@@ -304,13 +304,26 @@ impl Workspace {
                 .unwrap_or_default();
                 let mut nodes = vec![n];
                 if release == crate::state::ReleaseStatus::Ready {
+                    // Tests and publish of a Ready image passed; deliveries happened where
+                    // the AMI carries an `imgraph:delivered:ENV` tag.
                     nodes.extend(plan.nodes.iter().filter(|m| {
                         m.image.as_deref() == Some(image.name.as_str())
-                            && matches!(m.stage, Stage::Test | Stage::Publish)
+                            && match m.stage {
+                                Stage::Test | Stage::Publish => true,
+                                Stage::Deliver => m
+                                    .environment
+                                    .as_ref()
+                                    .is_some_and(|e| tagged.delivered.contains(e)),
+                                _ => false,
+                            }
                     }));
                 }
                 for m in nodes {
-                    // Build, tests and publish all stand for this artifact.
+                    if let (Stage::Deliver, Some(env)) = (m.stage, m.environment.as_deref()) {
+                        self.state
+                            .record_delivery(&image.name, &tagged.version, env, run_id)?;
+                    }
+                    // Build, tests, publish and deliveries all stand for this artifact.
                     m.record_finished(
                         &self.state,
                         run_id,

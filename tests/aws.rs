@@ -626,8 +626,23 @@ async fn a_lost_state_file_is_recovered_from_the_ami_tags() {
     let image = unique("lost");
     let (_t, dir) = packer_project(&url, &image);
     set_test_script(&dir, "#!/bin/sh\ntrue\n");
+    // Two environments: deliveries must not run again on a runner that lost its state.
+    common::append(
+        &dir.join("imgraph.kdl"),
+        &format!(
+            "environment \"staging\" {{ deliver \"{image}\" {{ run \"echo staged >> delivered.log\"; }} }}\n\
+             environment \"production\" {{ after \"staging\"; deliver \"{image}\" {{ run \"echo live >> delivered.log\"; }} }}\n"
+        ),
+    );
     let (out, _seen) = apply_with_harness(&dir, &url, &image).await;
     assert!(out.status.success(), "{}", output_text(&out));
+    let amis = amis_of(&ec2(&url), &image).await;
+    let tags = amis[0].tags();
+    assert!(tag(tags, "imgraph:delivered:staging").is_some(), "{tags:?}");
+    assert!(
+        tag(tags, "imgraph:delivered:production").is_some(),
+        "{tags:?}"
+    );
 
     remove_state(&dir);
     let out = tokio::task::spawn_blocking({

@@ -672,7 +672,7 @@ async fn run_node(
             );
             Ok(Some(serde_json::json!({"artifact_id": built.artifact_id, "version": built.version, "status": "Ready"}).to_string()))
         }
-        Stage::Deliver => deliver(ctx, run, node, image, log, fresh, cancel).await,
+        Stage::Deliver => deliver(ctx, run, node, provider.as_ref(), log, fresh, cancel).await,
         Stage::Source => Ok(None),
     }
 }
@@ -681,11 +681,16 @@ async fn deliver(
     ctx: &ExecContext,
     run: RunId,
     node: &PlannedNode,
-    image: &crate::config::model::Image,
+    provider: &dyn Provider,
     log: &Path,
     fresh: &Fresh,
     cancel: &CancellationToken,
 ) -> Result<Option<String>, ProviderError> {
+    let image_name = node.image.clone().unwrap_or_default();
+    let image = ctx
+        .project
+        .image(&image_name)
+        .ok_or_else(|| ProviderError::Failed(format!("unknown image `{image_name}`")))?;
     let env_name = node.environment.clone().unwrap_or_default();
     let env = ctx
         .project
@@ -758,6 +763,9 @@ async fn deliver(
     }
     ctx.lock()?
         .record_delivery(&image.name, &built.version, &env_name, run)?;
+    provider
+        .record_delivery(&built.artifact_id, &env_name, &built.version)
+        .await?;
     Ok(Some(
         serde_json::json!({"version": built.version, "artifact_id": built.artifact_id}).to_string(),
     ))

@@ -118,6 +118,16 @@ pub trait Provider: Send + Sync {
         artifact_id: &str,
         status: ReleaseStatus,
     ) -> Result<(), ProviderError>;
+    /// Notes on the artifact itself that `environment` got it (AWS tags), so a lost state
+    /// file does not mean delivering again; local keeps it in state only.
+    async fn record_delivery(
+        &self,
+        _artifact_id: &str,
+        _environment: &str,
+        _version: &str,
+    ) -> Result<(), ProviderError> {
+        Ok(())
+    }
     /// Whether an artifact still exists (a cache hit is never taken for a missing one).
     async fn artifact_exists(&self, artifact_id: &str) -> Result<bool, ProviderError>;
     /// Destroys a resource a killed run left behind.

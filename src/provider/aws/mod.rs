@@ -57,6 +57,8 @@ pub const TAG_RUN: &str = "imgraph:run";
 pub const TAG_PURPOSE: &str = "imgraph:purpose";
 pub const TAG_TOKEN: &str = "imgraph:token";
 pub const TAG_PROJECT: &str = "imgraph:project";
+/// `imgraph:delivered:ENV` = version: which environments got this AMI (for recovery).
+pub const TAG_DELIVERED_PREFIX: &str = "imgraph:delivered:";
 
 /// Instance states that still cost money and may still run something.
 const LIVE_STATES: &[&str] = &["pending", "running", "stopping", "stopped"];
@@ -112,6 +114,8 @@ pub struct TaggedImage {
     pub status: Option<String>,
     /// EC2's `CreationDate` (ISO 8601).
     pub created_at: Option<String>,
+    /// Environments this AMI was delivered to (`imgraph:delivered:ENV` tags), sorted.
+    pub delivered: Vec<String>,
 }
 
 pub struct AwsProvider {
@@ -494,6 +498,23 @@ impl Provider for AwsProvider {
         Ok(())
     }
 
+    async fn record_delivery(
+        &self,
+        artifact_id: &str,
+        environment: &str,
+        version: &str,
+    ) -> Result<(), ProviderError> {
+        self.tag(
+            artifact_id,
+            &[(
+                format!("{TAG_DELIVERED_PREFIX}{environment}"),
+                version.to_string(),
+            )],
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn artifact_exists(&self, artifact_id: &str) -> Result<bool, ProviderError> {
         if !artifact_id.starts_with("ami-") {
             return Ok(false);
@@ -630,6 +651,18 @@ fn tagged_image(i: &AmiImage) -> Option<TaggedImage> {
         key: tag_value(tags, TAG_KEY).unwrap_or_default().to_string(),
         status: tag_value(tags, TAG_STATUS).map(str::to_string),
         created_at: i.creation_date().map(str::to_string),
+        delivered: {
+            let mut envs: Vec<String> = tags
+                .iter()
+                .filter_map(|t| {
+                    t.key()?
+                        .strip_prefix(TAG_DELIVERED_PREFIX)
+                        .map(str::to_string)
+                })
+                .collect();
+            envs.sort();
+            envs
+        },
     })
 }
 
