@@ -527,6 +527,17 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The image a node belongs to.
+fn image_of<'a>(
+    ctx: &'a ExecContext,
+    node: &PlannedNode,
+) -> Result<&'a crate::config::model::Image, ProviderError> {
+    let name = node.image.as_deref().unwrap_or_default();
+    ctx.project
+        .image(name)
+        .ok_or_else(|| ProviderError::Failed(format!("unknown image `{name}`")))
+}
+
 /// Runs one node; returns its outputs JSON on success.
 async fn run_node(
     ctx: &ExecContext,
@@ -536,11 +547,7 @@ async fn run_node(
     fresh: &Fresh,
     cancel: &CancellationToken,
 ) -> Result<Option<String>, ProviderError> {
-    let image_name = node.image.clone().unwrap_or_default();
-    let image = ctx
-        .project
-        .image(&image_name)
-        .ok_or_else(|| ProviderError::Failed(format!("unknown image `{image_name}`")))?;
+    let image = image_of(ctx, node)?;
     let provider = ctx.providers.get(&image.provider).cloned().ok_or_else(|| {
         ProviderError::Failed(format!("provider `{}` is not available", image.provider))
     })?;
@@ -686,11 +693,7 @@ async fn deliver(
     fresh: &Fresh,
     cancel: &CancellationToken,
 ) -> Result<Option<String>, ProviderError> {
-    let image_name = node.image.clone().unwrap_or_default();
-    let image = ctx
-        .project
-        .image(&image_name)
-        .ok_or_else(|| ProviderError::Failed(format!("unknown image `{image_name}`")))?;
+    let image = image_of(ctx, node)?;
     let env_name = node.environment.clone().unwrap_or_default();
     let env = ctx
         .project
