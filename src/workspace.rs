@@ -13,12 +13,12 @@ use crate::config::model::{Project, ProviderKind, SourceKind};
 use crate::error::{Error, Result};
 use crate::exec::{Event, ExecContext, ExecOptions};
 use crate::graph::{Stage, StageGraph};
-use crate::hash::{CachedStat, Hasher, StatCache};
+use crate::hash::{Hasher, StatCache};
 use crate::plan::{self, BuildOutputs, Facts, Plan, PlanOptions};
 use crate::provider::local::LocalProvider;
 use crate::provider::local::Store;
 use crate::provider::Provider;
-use crate::state::{LeaseOutcome, StatEntry, State};
+use crate::state::{LeaseOutcome, State};
 
 pub struct Workspace {
     pub project: Project,
@@ -69,8 +69,7 @@ impl Workspace {
 
     /// Hashes every input, resolves every source and checks recorded artifacts.
     pub async fn gather(&self, providers: &Providers) -> Result<Facts> {
-        let cached = self.state.load_stat_cache()?;
-        let cache = StatCache::new(cached.into_iter().map(|(k, e)| (k, e.into())).collect());
+        let cache = StatCache::new(self.state.load_stat_cache()?);
         let hasher = Hasher::new(&self.project.root, &cache);
         let mut facts = Facts {
             now_ms: crate::state::now_ms(),
@@ -106,11 +105,7 @@ impl Workspace {
             facts.sources.insert(source.name.clone(), id);
         }
 
-        let updates: Vec<(String, StatEntry)> = cache
-            .take_updates()
-            .into_iter()
-            .map(|(k, c)| (k, c.into()))
-            .collect();
+        let updates = cache.take_updates();
         if !updates.is_empty() {
             self.state.store_stat_cache(&updates)?;
         }
@@ -618,34 +613,5 @@ impl Workspace {
         st.release_lease()?;
         let summary = summary.map_err(|e| Error::Other(crate::exec::error_chain(&e)))?;
         Ok(ApplyOutcome { plan, summary })
-    }
-}
-
-/// The state stores what the hasher caches, field for field.
-impl From<StatEntry> for CachedStat {
-    fn from(e: StatEntry) -> Self {
-        CachedStat {
-            size: e.size,
-            mtime_ns: e.mtime_ns,
-            ctime_ns: e.ctime_ns,
-            inode: e.inode,
-            mode: e.mode,
-            digest: e.digest,
-            recorded_at_ns: e.recorded_at_ns,
-        }
-    }
-}
-
-impl From<CachedStat> for StatEntry {
-    fn from(c: CachedStat) -> Self {
-        StatEntry {
-            size: c.size,
-            mtime_ns: c.mtime_ns,
-            ctime_ns: c.ctime_ns,
-            inode: c.inode,
-            mode: c.mode,
-            digest: c.digest,
-            recorded_at_ns: c.recorded_at_ns,
-        }
     }
 }

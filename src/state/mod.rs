@@ -292,17 +292,9 @@ pub struct ImageRecord {
     pub environments: Vec<String>,
 }
 
-/// What the hasher saw when it last hashed a file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatEntry {
-    pub size: u64,
-    pub mtime_ns: i128,
-    pub ctime_ns: i128,
-    pub inode: u64,
-    pub mode: u32,
-    pub digest: String,
-    pub recorded_at_ns: i128,
-}
+/// What the hasher saw when it last hashed a file: the stat cache stores the hasher's
+/// own entries as they are.
+pub use crate::hash::CachedStat as StatEntry;
 
 /// A temporary resource (instance, staging folder, volume, ...) recorded before it exists.
 #[derive(Debug, Clone)]
