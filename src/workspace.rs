@@ -538,6 +538,20 @@ impl Workspace {
         Ok(events)
     }
 
+    /// Takes the state's lease for `command` (invariant 5: one writer at a time), or
+    /// says who holds it. Released with `state.release_lease()`.
+    pub fn lock(&self, command: &str) -> Result<()> {
+        let holder = format!("imgraph {command} (pid {})", std::process::id());
+        match self.state.acquire_lease(&holder)? {
+            LeaseOutcome::Acquired => Ok(()),
+            LeaseOutcome::HeldBy { pid, holder, since } => Err(Error::Locked {
+                pid,
+                holder,
+                since: crate::report::timestamp(since),
+            }),
+        }
+    }
+
     /// Takes the lease, cleans up after killed runs, plans and runs the plan.
     pub async fn apply(
         self,
@@ -546,14 +560,7 @@ impl Workspace {
         events: UnboundedSender<Event>,
         cancel: CancellationToken,
     ) -> Result<ApplyOutcome> {
-        let holder = format!("imgraph apply (pid {})", std::process::id());
-        if let LeaseOutcome::HeldBy { pid, holder, since } = self.state.acquire_lease(&holder)? {
-            return Err(Error::Locked {
-                pid,
-                holder,
-                since: crate::report::timestamp(since),
-            });
-        }
+        self.lock("apply")?;
         // Every path out of `apply_locked` releases the lease.
         self.apply_locked(options, exec, events, cancel).await
     }

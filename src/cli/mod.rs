@@ -311,16 +311,7 @@ fn history(cli: &Cli, limit: usize, json: bool) -> Result<i32> {
 
 fn gc(cli: &Cli) -> Result<i32> {
     let ws = Workspace::open(&cli.dir)?;
-    let holder = format!("imgraph gc (pid {})", std::process::id());
-    if let crate::state::LeaseOutcome::HeldBy { pid, holder, since } =
-        ws.state.acquire_lease(&holder)?
-    {
-        return Err(crate::error::Error::Locked {
-            pid,
-            holder,
-            since: report::timestamp(since),
-        });
-    }
+    ws.lock("gc")?;
     let rt = runtime()?;
     let result = rt.block_on(async {
         let providers = ws.providers().await?;
@@ -344,11 +335,15 @@ fn gc(cli: &Cli) -> Result<i32> {
 
 fn state_recover(cli: &Cli) -> Result<i32> {
     let ws = Workspace::open(&cli.dir)?;
+    // Recovery writes the registry: never while an apply records the same builds.
+    ws.lock("state recover")?;
     let rt = runtime()?;
     let found = rt.block_on(async {
         let providers = ws.providers().await?;
         ws.recover(&providers).await
-    })?;
+    });
+    ws.state.release_lease()?;
+    let found = found?;
     for r in &found {
         crate::report::outln(&format!(
             "recovered {} {} {} ({})",
