@@ -249,6 +249,17 @@ impl V<'_> {
         self.args_as(node, what, usage, "a string")
     }
 
+    /// A `NAME "KEY" "VALUE"` leaf (tag filters, packer vars): the key, with its span for
+    /// duplicate checks, and the value.
+    fn pair(&mut self, node: &Node, what: [&str; 2], usage: &str) -> Option<(Str, String)> {
+        self.props(node, &[]);
+        self.no_children(node);
+        let mut kv = self.args(node, &what, usage)?;
+        let value = kv.pop().map(|s| s.value).unwrap_or_default();
+        let key = kv.pop()?;
+        Some((key, value))
+    }
+
     /// [`V::args`] with a custom description of the expected value for type errors.
     fn args_as(
         &mut self,
@@ -864,14 +875,11 @@ impl V<'_> {
                 );
                 continue;
             }
-            self.props(kid, &[]);
-            self.no_children(kid);
-            let Some(mut kv) = self.args(kid, &["a tag key", "a value"], "tag \"KEY\" \"VALUE\"")
+            let Some((key, value)) =
+                self.pair(kid, ["a tag key", "a value"], "tag \"KEY\" \"VALUE\"")
             else {
                 continue;
             };
-            let value = kv.pop().map(|s| s.value).unwrap_or_default();
-            let Some(key) = kv.pop() else { continue };
             if self.unique(
                 &mut seen,
                 &key,
@@ -1174,15 +1182,11 @@ impl V<'_> {
                 let mut vars = BTreeMap::new();
                 let mut seen = HashMap::new();
                 for kid in kids {
-                    self.props(kid, &[]);
-                    self.no_children(kid);
                     let usage = "var \"instance_type\" \"t3.small\"";
-                    let Some(mut kv) = self.args(kid, &["a variable name", "a value"], usage)
+                    let Some((key, value)) = self.pair(kid, ["a variable name", "a value"], usage)
                     else {
                         continue;
                     };
-                    let value = kv.pop().map(|s| s.value).unwrap_or_default();
-                    let Some(key) = kv.pop() else { continue };
                     if self.unique(
                         &mut seen,
                         &key,
