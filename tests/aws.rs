@@ -345,11 +345,22 @@ fn set_test_script(dir: &Path, script: &str) {
     common::write(&dir.join("tests/instance.sh"), script);
 }
 
-fn plan_json(dir: &Path, url: &str) -> Value {
-    let out = imgraph_aws(dir, url)
-        .args(["plan", "--json"])
-        .output()
-        .expect("run plan");
+/// Runs `imgraph ARGS` against the server, off the async test's threads.
+async fn run_imgraph(dir: &Path, url: &str, args: &[&str]) -> std::process::Output {
+    let (dir, url) = (dir.to_path_buf(), url.to_string());
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        imgraph_aws(&dir, &url)
+            .args(&args)
+            .output()
+            .expect("run imgraph")
+    })
+    .await
+    .expect("imgraph thread")
+}
+
+async fn plan_json(dir: &Path, url: &str) -> Value {
+    let out = run_imgraph(dir, url, &["plan", "--json"]).await;
     assert!(out.status.success(), "{}", output_text(&out));
     serde_json::from_slice(&out.stdout).expect("plan json")
 }
@@ -386,12 +397,7 @@ async fn an_amazon_linux_source_resolves_to_the_newest_matching_ami() {
     let image = unique("src");
     let (_t, dir) = packer_project(&url, &image);
     let expected = newest_amazon_linux(&ec2(&url)).await;
-    let plan = tokio::task::spawn_blocking({
-        let (dir, url) = (dir.clone(), url.clone());
-        move || plan_json(&dir, &url)
-    })
-    .await
-    .expect("plan thread");
+    let plan = plan_json(&dir, &url).await;
     let sources = plan["sources"].as_array().expect("sources in plan json");
     let source = sources
         .iter()
@@ -594,12 +600,7 @@ async fn a_deregistered_ami_is_planned_as_artifact_missing() {
         .await
         .expect("DeregisterImage");
 
-    let plan = tokio::task::spawn_blocking({
-        let (dir, url) = (dir.clone(), url.clone());
-        move || plan_json(&dir, &url)
-    })
-    .await
-    .expect("plan thread");
+    let plan = plan_json(&dir, &url).await;
     let build = plan["nodes"]
         .as_array()
         .expect("nodes")
@@ -645,17 +646,7 @@ async fn a_lost_state_file_is_recovered_from_the_ami_tags() {
     );
 
     remove_state(&dir);
-    let out = tokio::task::spawn_blocking({
-        let (dir, url) = (dir.clone(), url.clone());
-        move || {
-            imgraph_aws(&dir, &url)
-                .args(["plan", "--detailed-exitcode"])
-                .output()
-                .expect("run plan")
-        }
-    })
-    .await
-    .expect("plan thread");
+    let out = run_imgraph(&dir, &url, &["plan", "--detailed-exitcode"]).await;
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -665,32 +656,12 @@ async fn a_lost_state_file_is_recovered_from_the_ami_tags() {
 
     // `imgraph state recover` on an empty state rebuilds the registry from the same tags.
     remove_state(&dir);
-    let out = tokio::task::spawn_blocking({
-        let (dir, url) = (dir.clone(), url.clone());
-        move || {
-            imgraph_aws(&dir, &url)
-                .args(["state", "recover"])
-                .output()
-                .expect("run recover")
-        }
-    })
-    .await
-    .expect("recover thread");
+    let out = run_imgraph(&dir, &url, &["state", "recover"]).await;
     let text = output_text(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains(&format!("recovered {image} ")), "{text}");
     assert!(text.contains("(Ready)"), "{text}");
-    let images = tokio::task::spawn_blocking({
-        let (dir, url) = (dir.clone(), url.clone());
-        move || {
-            imgraph_aws(&dir, &url)
-                .args(["images", "--json"])
-                .output()
-                .expect("images")
-        }
-    })
-    .await
-    .expect("images thread");
+    let images = run_imgraph(&dir, &url, &["images", "--json"]).await;
     let v: Value = serde_json::from_slice(&images.stdout).expect("images json");
     assert_eq!(v["images"][0]["image"], image.as_str());
     assert_eq!(v["images"][0]["status"], "Ready");
