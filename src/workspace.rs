@@ -111,37 +111,41 @@ impl Workspace {
         }
 
         facts.history = self.state.snapshot()?;
-        let store = self.local_store();
-        let mut seen: HashMap<String, bool> = HashMap::new();
-        for h in facts.history.values() {
-            let Some(outputs) = h
+        // Every recorded build artifact is checked with the provider of its image
+        // (invariant 4: never a cache hit on an artifact that is gone).
+        let mut checked: HashMap<String, bool> = HashMap::new();
+        for (id, h) in &facts.history {
+            let Some(image) = id.strip_prefix("build:") else {
+                continue;
+            };
+            let Some(out) = h
                 .last_success
                 .as_ref()
                 .and_then(|s| s.outputs_json.as_deref())
+                .and_then(|o| serde_json::from_str::<BuildOutputs>(o).ok())
+                .filter(|o| !o.artifact_id.is_empty())
             else {
                 continue;
             };
-            let Ok(out) = serde_json::from_str::<BuildOutputs>(outputs) else {
-                continue;
-            };
-            if out.artifact_id.is_empty() || seen.contains_key(&out.artifact_id) {
+            if checked.contains_key(&out.artifact_id) {
                 continue;
             }
-            let present = if out.artifact_id.starts_with("local:") {
-                store.as_ref().is_some_and(|s| s.contains(&out.artifact_id))
-            } else if let Some(p) = providers.all.values().find(|p| p.name() != "local") {
-                p.artifact_exists(&out.artifact_id).await.map_err(|e| {
+            let provider = self
+                .project
+                .image(image)
+                .and_then(|i| providers.all.get(&i.provider));
+            let present = match provider {
+                Some(p) => p.artifact_exists(&out.artifact_id).await.map_err(|e| {
                     Error::Other(format!(
                         "failed to check artifact {}: {}",
                         out.artifact_id,
                         crate::exec::error_chain(&e)
                     ))
-                })?
-            } else {
-                // Artifacts of providers this project no longer declares cannot be checked.
-                false
+                })?,
+                // An image or provider no longer declared: its artifact cannot be checked.
+                None => false,
             };
-            seen.insert(out.artifact_id.clone(), present);
+            checked.insert(out.artifact_id.clone(), present);
             if !present {
                 facts.missing_artifacts.insert(out.artifact_id);
             }
