@@ -401,23 +401,19 @@ pub fn decide(
             Action::Run => key.clone(),
             _ => planned.previous_key.clone().unwrap_or_else(|| key.clone()),
         };
-        let output = if node.stage == Stage::Publish {
-            // Publish hands its build's artifact on: see the module docs.
-            node.image
-                .as_deref()
-                .and_then(|i| graph.index_of(&crate::graph::build_id(i)))
-                .and_then(|b| output_keys.get(&b).cloned())
-                .unwrap_or_else(|| planned.effective_key.clone())
-        } else {
-            planned.effective_key.clone()
-        };
+        // Publish hands its build's artifact on (see the module docs): its output key is
+        // the build's, and it yields something new only when the build does.
+        let build = node
+            .image
+            .as_deref()
+            .filter(|_| node.stage == Stage::Publish)
+            .and_then(|i| graph.index_of(&crate::graph::build_id(i)));
+        let output = build
+            .and_then(|b| output_keys.get(&b).cloned())
+            .unwrap_or_else(|| planned.effective_key.clone());
         let yields_new = planned.action == Action::Run
             && match node.stage {
-                Stage::Publish => node
-                    .image
-                    .as_deref()
-                    .and_then(|i| graph.index_of(&crate::graph::build_id(i)))
-                    .is_some_and(|b| new_output.contains(&b)),
+                Stage::Publish => build.is_some_and(|b| new_output.contains(&b)),
                 Stage::Test => false,
                 _ => true,
             };
