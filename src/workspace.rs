@@ -45,6 +45,26 @@ pub struct Recovered {
     pub status: String,
 }
 
+impl Recovered {
+    #[cfg(feature = "aws")]
+    fn release(&self) -> crate::state::ReleaseStatus {
+        crate::state::ReleaseStatus::parse(&self.status)
+            .unwrap_or(crate::state::ReleaseStatus::Candidate)
+    }
+}
+
+#[cfg(feature = "aws")]
+impl From<&crate::provider::aws::TaggedImage> for Recovered {
+    fn from(t: &crate::provider::aws::TaggedImage) -> Self {
+        Recovered {
+            image: t.image.clone(),
+            version: t.version.clone(),
+            artifact_id: t.ami_id.clone(),
+            status: t.status.clone().unwrap_or_else(|| "Candidate".into()),
+        }
+    }
+}
+
 impl Workspace {
     /// Loads `imgraph.kdl` from `path` (a folder or the file), builds the graph and opens
     /// (creating if needed) the state file.
@@ -172,6 +192,7 @@ impl Workspace {
     pub async fn recover(&self, providers: &Providers) -> Result<Vec<Recovered>> {
         let facts = self.gather(providers).await?;
         let plan = plan::decide(&self.project, &self.graph, &facts, &PlanOptions::default())?;
+        #[cfg_attr(not(feature = "aws"), allow(unused_mut))]
         let mut found = self.recover_from_tags(providers, &plan).await?;
         #[cfg(feature = "aws")]
         if let Some(aws) = providers.aws.as_ref() {
@@ -180,37 +201,42 @@ impl Workspace {
                 .await
                 .map_err(|e| Error::Other(crate::exec::error_chain(&e)))?;
             for t in tagged {
-                if self.project.image(&t.image).is_none()
-                    || self
-                        .state
-                        .images(Some(&t.image))?
-                        .iter()
-                        .any(|r| r.version == t.version)
-                {
-                    continue;
+                if self.project.image(&t.image).is_some() && self.record_tagged(&t, None)? {
+                    found.push(Recovered::from(&t));
                 }
-                let status = t.status.clone().unwrap_or_else(|| "Candidate".into());
-                self.state.record_image(&crate::state::ImageRecord {
-                    image: t.image.clone(),
-                    version: t.version.clone(),
-                    artifact_id: t.ami_id.clone(),
-                    provider: "aws".into(),
-                    key: t.key.clone(),
-                    status: crate::state::ReleaseStatus::parse(&status)
-                        .unwrap_or(crate::state::ReleaseStatus::Candidate),
-                    built_at: crate::state::now_ms(),
-                    run_id: None,
-                    environments: Vec::new(),
-                })?;
-                found.push(Recovered {
-                    image: t.image,
-                    version: t.version,
-                    artifact_id: t.ami_id,
-                    status,
-                });
             }
         }
         Ok(found)
+    }
+
+    /// Puts a tagged AMI into the image registry unless its version is known already.
+    /// Returns whether it was new.
+    #[cfg(feature = "aws")]
+    fn record_tagged(
+        &self,
+        t: &crate::provider::aws::TaggedImage,
+        run: Option<crate::state::RunId>,
+    ) -> Result<bool> {
+        if self
+            .state
+            .images(Some(&t.image))?
+            .iter()
+            .any(|r| r.version == t.version)
+        {
+            return Ok(false);
+        }
+        self.state.record_image(&crate::state::ImageRecord {
+            image: t.image.clone(),
+            version: t.version.clone(),
+            artifact_id: t.ami_id.clone(),
+            provider: "aws".into(),
+            key: t.key.clone(),
+            status: Recovered::from(t).release(),
+            built_at: crate::state::now_ms(),
+            run_id: run,
+            environments: Vec::new(),
+        })?;
+        Ok(true)
     }
 
     /// [`Workspace::plan`] for callers without a runtime (tests, benches).
@@ -275,27 +301,9 @@ impl Workspace {
                         r
                     }
                 };
-                let status = tagged.status.clone().unwrap_or_else(|| "Candidate".into());
-                let release = crate::state::ReleaseStatus::parse(&status)
-                    .unwrap_or(crate::state::ReleaseStatus::Candidate);
-                if self
-                    .state
-                    .images(Some(&image.name))?
-                    .iter()
-                    .all(|r| r.version != tagged.version)
-                {
-                    self.state.record_image(&crate::state::ImageRecord {
-                        image: image.name.clone(),
-                        version: tagged.version.clone(),
-                        artifact_id: tagged.ami_id.clone(),
-                        provider: "aws".into(),
-                        key: n.key.clone(),
-                        status: release,
-                        built_at: crate::state::now_ms(),
-                        run_id: Some(run_id),
-                        environments: Vec::new(),
-                    })?;
-                }
+                let recovered = Recovered::from(&tagged);
+                let release = recovered.release();
+                self.record_tagged(&tagged, Some(run_id))?;
                 let outputs = serde_json::to_string(&BuildOutputs {
                     artifact_id: tagged.ami_id.clone(),
                     version: tagged.version.clone(),
@@ -331,12 +339,7 @@ impl Workspace {
                         None,
                     )?;
                 }
-                found.push(Recovered {
-                    image: image.name.clone(),
-                    version: tagged.version,
-                    artifact_id: tagged.ami_id,
-                    status,
-                });
+                found.push(recovered);
             }
             if let Some(r) = run {
                 self.state
@@ -523,6 +526,8 @@ impl Workspace {
         }
         // Instances tagged by imgraph whose ledger entry was never written (a crash
         // between the ledger and the cloud call cannot cause this, but a lost state file can).
+        #[cfg(not(feature = "aws"))]
+        let _ = by_tags;
         #[cfg(feature = "aws")]
         if let Some(aws) = providers.aws.as_ref().filter(|_| by_tags) {
             let ids = aws.terminate_tagged_leftovers(None).await.map_err(|e| {
