@@ -67,14 +67,8 @@ async fn blocking<T: Send + 'static>(
 
 /// Removes a ledgered folder and marks the ledger entry destroyed.
 async fn remove_ledgered(ledger: &Ledger, id: i64, dir: PathBuf) -> Result<(), ProviderError> {
-    blocking(move || {
-        if dir.exists() {
-            local::remove_tree(&dir)
-        } else {
-            Ok(())
-        }
-    })
-    .await?;
+    // `remove_tree` of a folder that is already gone is fine.
+    blocking(move || local::remove_tree(&dir)).await?;
     ledger.destroyed(id)
 }
 
@@ -141,14 +135,7 @@ impl Provider for LocalProvider {
 
     async fn destroy_leftover(&self, entry: &LedgerEntry) -> Result<(), ProviderError> {
         let dir = PathBuf::from(&entry.resource);
-        blocking(move || {
-            if dir.exists() {
-                local::remove_tree(&dir)
-            } else {
-                Ok(())
-            }
-        })
-        .await
+        blocking(move || local::remove_tree(&dir)).await
     }
 }
 
