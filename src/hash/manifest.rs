@@ -29,7 +29,6 @@ pub struct ManifestEntry {
     pub path: String,
     /// `b3v1:` digest of the file, link or probe output.
     pub digest: String,
-    #[serde(with = "trigger_serde")]
     pub trigger: Trigger,
     pub kind: EntryKind,
     /// For package lists: the packages named (one per line; blank lines and `#` comments
@@ -100,30 +99,6 @@ impl Manifest {
             .binary_search_by(|e| e.path.as_str().cmp(path))
             .ok()
             .map(|i| &self.entries[i])
-    }
-}
-
-/// `Trigger` (in the config model) only serialises; manifests are also read back from the
-/// state file, so they carry their own reader for the same kebab-case names.
-mod trigger_serde {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    use crate::config::model::Trigger;
-
-    pub fn serialize<S: Serializer>(trigger: &Trigger, s: S) -> Result<S::Ok, S::Error> {
-        trigger.serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Trigger, D::Error> {
-        let name = String::deserialize(d)?;
-        match name.as_str() {
-            "immediate" => Ok(Trigger::Immediate),
-            "rollup" => Ok(Trigger::Rollup),
-            other => Err(serde::de::Error::unknown_variant(
-                other,
-                &["immediate", "rollup"],
-            )),
-        }
     }
 }
 
