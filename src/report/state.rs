@@ -64,16 +64,12 @@ pub fn images_text(records: &[ImageRecord], p: Palette) -> String {
     out
 }
 
-fn run_status(s: RunStatus) -> &'static str {
-    s.as_str()
-}
-
 pub fn history_json(runs: &[(RunRecord, Vec<NodeRecord>)]) -> String {
     let runs: Vec<_> = runs
         .iter()
         .map(|(r, nodes)| {
             json!({
-                "id": r.id, "command": r.command, "status": run_status(r.status),
+                "id": r.id, "command": r.command, "status": r.status.as_str(),
                 "started_at": timestamp(r.started_at), "started_at_ms": r.started_at,
                 "finished_at_ms": r.finished_at, "pid": r.pid,
                 "options": serde_json::from_str::<serde_json::Value>(&r.options_json).unwrap_or_default(),
@@ -97,9 +93,9 @@ pub fn history_text(runs: &[(RunRecord, Vec<NodeRecord>)], p: Palette) -> String
     let mut out = String::new();
     for (r, nodes) in runs {
         let status = match r.status {
-            RunStatus::Succeeded => p.green(run_status(r.status)),
-            RunStatus::Failed | RunStatus::Abandoned => p.red(run_status(r.status)),
-            _ => p.yellow(run_status(r.status)),
+            RunStatus::Succeeded => p.green(r.status.as_str()),
+            RunStatus::Failed | RunStatus::Abandoned => p.red(r.status.as_str()),
+            _ => p.yellow(r.status.as_str()),
         };
         let _ = writeln!(
             out,
