@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use imgraph::config::model::{Input, InputKind, Trigger};
-use imgraph::hash::{Hasher, StatCache};
+use imgraph::hash::{Hasher, NodeInputs, StatCache};
 
 fn write_old(path: &Path, content: &[u8], when: SystemTime) {
     fs::write(path, content).expect("write bench file");
@@ -57,6 +57,10 @@ fn bench_hash(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("create temp dir");
     generate(dir.path());
     let inputs = inputs();
+    let node = NodeInputs {
+        declared: &inputs,
+        ..NodeInputs::default()
+    };
 
     let mut group = c.benchmark_group("hash_tree_2000_small_20_mib");
     group.sample_size(10);
@@ -65,7 +69,7 @@ fn bench_hash(c: &mut Criterion) {
         b.iter(|| {
             let cache = StatCache::empty();
             let manifest = Hasher::new(dir.path(), &cache)
-                .manifest(&inputs, &[])
+                .manifest(&node)
                 .expect("hash tree");
             black_box(manifest.digest())
         })
@@ -73,14 +77,14 @@ fn bench_hash(c: &mut Criterion) {
 
     let seed = StatCache::empty();
     Hasher::new(dir.path(), &seed)
-        .manifest(&inputs, &[])
+        .manifest(&node)
         .expect("hash tree");
     let entries: std::collections::HashMap<_, _> = seed.take_updates().into_iter().collect();
     group.bench_function("warm", |b| {
         b.iter(|| {
             let cache = StatCache::new(entries.clone());
             let manifest = Hasher::new(dir.path(), &cache)
-                .manifest(&inputs, &[])
+                .manifest(&node)
                 .expect("hash tree");
             assert_eq!(cache.stats().misses, 0, "warm run must not read files");
             black_box(manifest.digest())

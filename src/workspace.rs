@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::model::{Project, ProviderKind, SourceKind};
+use crate::config::model::{Build, FromRef, Project, ProviderKind, SourceKind, Step};
 use crate::error::{Error, Result};
 use crate::exec::{Event, ExecContext, ExecOptions};
 use crate::graph::{Stage, StageGraph};
-use crate::hash::{Hasher, StatCache};
+use crate::hash::{Hasher, NodeInputs, StatCache};
 use crate::plan::{self, BuildOutputs, Facts, Plan, PlanOptions};
 use crate::provider::local::LocalProvider;
 use crate::provider::local::Store;
@@ -90,7 +90,9 @@ impl Workspace {
     /// Hashes every input, resolves every source and checks recorded artifacts.
     pub async fn gather(&self, providers: &Providers) -> Result<Facts> {
         let cache = StatCache::new(self.state.load_stat_cache()?);
-        let hasher = Hasher::new(&self.project.root, &cache);
+        let hasher = Hasher::new(&self.project.root, &cache)
+            .skipping(self.project.own_paths_in_project())
+            .with_env(std::env::vars_os());
         let mut facts = Facts {
             now_ms: crate::state::now_ms(),
             ..Facts::default()
@@ -98,20 +100,11 @@ impl Workspace {
 
         for idx in self.graph.topo_order() {
             let node = self.graph.node(*idx);
-            let Some(image) = node.image.as_deref().and_then(|i| self.project.image(i)) else {
-                continue;
-            };
-            let manifest = match node.stage {
-                Stage::Build => hasher.manifest(&image.inputs, &image.build.referenced_paths())?,
-                Stage::Test => {
-                    let Some(suite) = node.suite.as_deref().and_then(|t| image.suite(t)) else {
-                        continue;
-                    };
-                    hasher.manifest(&suite.inputs, &[])?
-                }
-                _ => continue,
-            };
-            facts.manifests.insert(node.id.clone(), manifest);
+            if let Some(inputs) = node_inputs(&self.project, node) {
+                facts
+                    .manifests
+                    .insert(node.id.clone(), hasher.manifest(&inputs)?);
+            }
         }
 
         for source in &self.project.sources {
@@ -355,6 +348,59 @@ impl Workspace {
             let _ = (providers, plan);
             Ok(Vec::new())
         }
+    }
+}
+
+/// What a node reads, from the config: `build:` nodes their inputs, copy sources, local
+/// origin folder and step commands; `test:` and `deliver:` nodes their own inputs and
+/// command. Others (`publish:`, `source:`) read nothing of the project.
+fn node_inputs<'a>(project: &'a Project, node: &crate::graph::StageNode) -> Option<NodeInputs<'a>> {
+    let image = project.image(node.image.as_deref()?)?;
+    match node.stage {
+        Stage::Build => {
+            let origin = match &image.from {
+                FromRef::Source(name) => match project.source(name).map(|s| &s.kind) {
+                    Some(SourceKind::Local { path }) => Some(path.clone()),
+                    _ => None,
+                },
+                FromRef::Image(_) => None,
+            };
+            // Only rootfs steps run in the project folder; ec2 steps run on the instance.
+            let commands = match &image.build {
+                Build::Rootfs { steps } => steps
+                    .iter()
+                    .filter_map(|s| match s {
+                        Step::Run { command } => Some(command.as_str()),
+                        Step::Copy { .. } => None,
+                    })
+                    .collect(),
+                Build::Packer { .. } | Build::Ec2 { .. } => Vec::new(),
+            };
+            Some(NodeInputs {
+                declared: &image.inputs,
+                builder_reads: image.build.referenced_paths(),
+                origin,
+                commands,
+                env: Vec::new(),
+            })
+        }
+        Stage::Test => {
+            let suite = image.suite(node.suite.as_deref()?)?;
+            Some(NodeInputs {
+                declared: &suite.inputs,
+                commands: vec![suite.command.as_str()],
+                ..NodeInputs::default()
+            })
+        }
+        Stage::Deliver => {
+            let env = project.environment(node.environment.as_deref()?)?;
+            let delivery = env.deliveries.iter().find(|d| d.image == image.name)?;
+            Some(NodeInputs {
+                commands: vec![delivery.command.as_str()],
+                ..NodeInputs::default()
+            })
+        }
+        Stage::Publish | Stage::Source => None,
     }
 }
 

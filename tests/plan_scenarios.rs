@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use imgraph::config::model::Trigger;
+use imgraph::hash::Via;
 use imgraph::plan::{Action, Change, PackageChange, PlanOptions, Reason};
 
 const ALL: [&str; 8] = [
@@ -65,6 +66,8 @@ fn editing_a_config_file_rebuilds_base_and_cascades_everything_downstream() {
         vec![Reason::InputChanged {
             path: "config/base/motd".into(),
             change: Change::Modified,
+            via: Via::Input,
+            mode: None,
             trigger: Trigger::Immediate,
             packages: None,
         }]
@@ -115,6 +118,8 @@ fn a_package_list_change_waits_for_a_rollup() {
         vec![Reason::InputChanged {
             path: "packages/base.txt".into(),
             change: Change::Modified,
+            via: Via::Input,
+            mode: None,
             trigger: Trigger::Rollup,
             packages: Some(PackageChange {
                 added: vec!["htop".into()],
@@ -144,6 +149,8 @@ fn a_package_list_change_waits_for_a_rollup() {
         vec![Reason::Rollup {
             path: "packages/base.txt".into(),
             change: Change::Modified,
+            via: Via::Input,
+            mode: None,
             packages: Some(PackageChange {
                 added: vec!["htop".into()],
                 removed: vec![],
@@ -166,6 +173,8 @@ fn changing_a_test_input_reruns_that_test_and_its_publish_only() {
         vec![Reason::InputChanged {
             path: "tests/base/smoke.sh".into(),
             change: Change::Modified,
+            via: Via::Input,
+            mode: None,
             trigger: Trigger::Immediate,
             packages: None,
         }]

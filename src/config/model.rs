@@ -44,6 +44,49 @@ impl Project {
     pub fn environment(&self, name: &str) -> Option<&Environment> {
         self.environments.iter().find(|e| e.name == name)
     }
+
+    /// imgraph's own folders: the state folder, its `logs` and `tmp` (build staging, test
+    /// instances) and the local image stores. Never inputs, never copied into images.
+    pub fn own_folders(&self) -> Vec<PathBuf> {
+        let stores = self.providers.iter().filter_map(|p| match &p.kind {
+            ProviderKind::Local { store, .. } => Some(store.clone()),
+            ProviderKind::Aws { .. } => None,
+        });
+        own_folders(&self.state_path, stores)
+    }
+
+    /// [`Project::own_folders`] and the state file (with SQLite's companions) as
+    /// project-relative paths, for those inside the project other than the project
+    /// folder itself: what hashing skips.
+    pub fn own_paths_in_project(&self) -> Vec<String> {
+        let mut paths = self.own_folders();
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut file = self.state_path.clone().into_os_string();
+            file.push(suffix);
+            paths.push(PathBuf::from(file));
+        }
+        paths
+            .iter()
+            .filter_map(|p| p.strip_prefix(&self.root).ok())
+            .filter_map(|p| p.to_str())
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// imgraph's own folders for a state file and local stores (see [`Project::own_folders`]).
+pub fn own_folders(
+    state_path: &std::path::Path,
+    stores: impl IntoIterator<Item = PathBuf>,
+) -> Vec<PathBuf> {
+    let work = state_path
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let mut folders = vec![work.join("logs"), work.join("tmp"), work];
+    folders.extend(stores);
+    folders
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -293,8 +336,9 @@ pub struct Delivery {
 }
 
 /// Canonical text of what a build node's result depends on in the config: provider kind,
-/// origin, version series and builder with its steps. Not tags, not max-age, not inputs
-/// (those are hashed by content into the manifest).
+/// origin, version series and builder with its steps. Not tags, not max-age, and not how
+/// inputs are declared (patterns, excludes, duplicate lines, triggers): what they select
+/// is hashed by content into the manifest, so only a change of the selection counts.
 pub fn canonical_build(project: &Project, image: &Image) -> String {
     #[derive(Serialize)]
     struct C<'a> {
@@ -304,10 +348,7 @@ pub fn canonical_build(project: &Project, image: &Image) -> String {
         version: &'a str,
         build: &'a Build,
         instance: &'a InstanceSettings,
-        inputs: Vec<&'a Input>,
     }
-    let mut inputs: Vec<&Input> = image.inputs.iter().collect();
-    inputs.sort_by_key(|i| serde_json::to_string(i).unwrap_or_default());
     // Only what changes the result: not the store folder (moving the project must not
     // change keys), nor the endpoint or profile used to reach the same region.
     let provider = project.provider(&image.provider).map(|p| match &p.kind {
@@ -317,32 +358,28 @@ pub fn canonical_build(project: &Project, image: &Image) -> String {
         ProviderKind::Aws { region, .. } => serde_json::json!({"type": "aws", "region": region}),
     });
     canonical_json(&C {
-        v: 1,
+        v: 2,
         provider,
         from: &image.from,
         version: &image.version,
         build: &image.build,
         instance: &image.instance,
-        inputs,
     })
 }
 
-/// Canonical text of a test suite stanza: its command, timeout and declared inputs.
+/// Canonical text of a test suite stanza: its command and timeout (its inputs are in its
+/// manifest, as for builds).
 pub fn canonical_test(suite: &TestSuite) -> String {
     #[derive(Serialize)]
     struct C<'a> {
         v: u32,
         command: &'a str,
         timeout_secs: u64,
-        inputs: Vec<&'a Input>,
     }
-    let mut inputs: Vec<&Input> = suite.inputs.iter().collect();
-    inputs.sort_by_key(|i| serde_json::to_string(i).unwrap_or_default());
     canonical_json(&C {
-        v: 1,
+        v: 2,
         command: &suite.command,
         timeout_secs: suite.timeout.as_secs(),
-        inputs,
     })
 }
 

@@ -14,14 +14,18 @@ use std::os::unix::ffi::OsStrExt;
 
 use super::FORMAT;
 
-/// Domain of regular files and symlinks (the kind is the next field).
-const FILE_DOMAIN: &str = "imgraph-file-v1";
-/// Domain of directory trees (`Hasher::tree_digest`).
-pub(crate) const TREE_DOMAIN: &str = "imgraph-tree-v1";
-/// Domain of manifests (`Manifest::digest`).
-pub(crate) const MANIFEST_DOMAIN: &str = "imgraph-manifest-v1";
+/// Domain of regular files, symlinks and directories (the kind is the next field). v2:
+/// a file's digest is its content only; its mode is a field of its manifest entry.
+const FILE_DOMAIN: &str = "imgraph-file-v2";
+/// Domain of directory trees (`Hasher::tree_digest`). v2: modes and folders count.
+pub(crate) const TREE_DOMAIN: &str = "imgraph-tree-v2";
+/// Domain of manifests (`Manifest::digest`). v2: kind, digest and mode of each entry, no
+/// trigger.
+pub(crate) const MANIFEST_DOMAIN: &str = "imgraph-manifest-v2";
 /// Domain of probe output.
 const PROBE_DOMAIN: &str = "imgraph-probe-v1";
+/// Domain of the values of `env` variables.
+const ENV_DOMAIN: &str = "imgraph-env-v1";
 /// Namespace of `digest_parts`; the caller's domain is its first field, so a caller can
 /// never reproduce one of the encodings above by picking a domain name.
 const PARTS_DOMAIN: &str = "imgraph-parts-v1";
@@ -58,12 +62,13 @@ impl Encoder {
     }
 }
 
-/// Digest of a regular file: kind, executable bit, then the content.
+/// Digest of a regular file: kind, then the content (its mode is hashed beside it, in
+/// the manifest entry, so a plan can tell a mode change from a content change).
 ///
 /// `len_hint` only picks the read strategy; the digest covers whatever bytes are read.
-pub(crate) fn file(file: &mut File, executable: bool, len_hint: u64) -> io::Result<String> {
+pub(crate) fn file(file: &mut File, len_hint: u64) -> io::Result<String> {
     let mut encoder = Encoder::new(FILE_DOMAIN);
-    encoder.field(b"file").field(&[u8::from(executable)]);
+    encoder.field(b"file");
     let hasher = &mut encoder.0;
     if len_hint >= PARALLEL_THRESHOLD {
         let mut buf = vec![0u8; BIG_CHUNK];
@@ -107,6 +112,24 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 pub(crate) fn symlink(target: &OsStr) -> String {
     let mut encoder = Encoder::new(FILE_DOMAIN);
     encoder.field(b"symlink").field(target.as_bytes());
+    encoder.finish()
+}
+
+/// Digest of a directory as such (what is below it are entries of their own, and its
+/// mode is a field of its manifest entry).
+pub(crate) fn dir() -> String {
+    let mut encoder = Encoder::new(FILE_DOMAIN);
+    encoder.field(b"dir");
+    encoder.finish()
+}
+
+/// Digest of an environment variable's value; unset and empty differ.
+pub(crate) fn env(value: Option<&OsStr>) -> String {
+    let mut encoder = Encoder::new(ENV_DOMAIN);
+    match value {
+        None => encoder.field(b"unset"),
+        Some(v) => encoder.field(b"set").field(v.as_bytes()),
+    };
     encoder.finish()
 }
 

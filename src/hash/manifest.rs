@@ -1,6 +1,7 @@
-//! Manifests (the sorted leaf inputs of one node) and the [`Hasher`] that builds them.
+//! Manifests (the sorted inputs of one node) and the [`Hasher`] that builds them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::cache::{lock, FileStat, StatCache};
 use super::digest::{self, Encoder, MANIFEST_DOMAIN, TREE_DOMAIN};
 use super::walk::{self, Excludes, Project};
-use super::{run_probe, HashError};
+use super::{run_probe, words, HashError};
 use crate::config::model::{Input, InputKind, RelPath, Trigger};
 
 /// How long a probe may run before it is killed and the plan fails.
@@ -22,20 +23,67 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Entry paths of probes start with this (`probe:apt-index`).
 pub const PROBE_PREFIX: &str = "probe:";
 
-/// One leaf input of a node.
+/// Entry paths of `env` variables start with this (`env:APP_FLAVOR`).
+pub const ENV_PREFIX: &str = "env:";
+
+/// The encoding of manifests this build writes; records without the field are format 1
+/// (file digests with the executable bit, no modes, no folders, no variables).
+pub const MANIFEST_FORMAT: u32 = 2;
+
+/// One input of a node: a file, symlink or folder, a probe's output or a variable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestEntry {
-    /// Project-relative path with `/`, or `probe:NAME` for probes.
+    /// Project-relative path with `/`, `probe:NAME` for probes, `env:NAME` for variables.
     pub path: String,
-    /// `b3v1:` digest of the file, link or probe output.
+    /// `b3v1:` digest of the file's content, the link's target, the probe's output or the
+    /// variable's value (the value itself is never kept).
     pub digest: String,
     pub trigger: Trigger,
     pub kind: EntryKind,
+    /// Permission bits (`mode & 0o7777`) of a file or folder: copies keep them in images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// How the path became an input. Not part of the digest: declaring a file that a
+    /// command already named changes nothing.
+    #[serde(default, skip_serializing_if = "Via::is_input")]
+    pub via: Via,
     /// For package lists: the packages named (one per line; blank lines and `#` comments
     /// left out), sorted, so a plan can say which packages came and went. Not part of
     /// the digest (the file's digest already covers it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packages: Option<Vec<String>>,
+}
+
+/// How an entry became an input of its node; a path reached several ways shows the first
+/// of these.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Via {
+    /// Declared: `input`, `packages`, `probe`, `env`.
+    #[default]
+    Input,
+    /// Read by the builder: a `copy` source, a Packer template.
+    Copy,
+    /// Inside the image's local origin folder.
+    Origin,
+    /// Named by a word of a command (`run "sh scripts/x.sh"`).
+    Run,
+}
+
+impl Via {
+    pub fn is_input(&self) -> bool {
+        *self == Via::Input
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Input => "input",
+            Via::Copy => "copy",
+            Via::Origin => "origin",
+            Via::Run => "run",
+        }
+    }
 }
 
 /// The largest package list whose names a manifest keeps.
@@ -59,7 +107,9 @@ pub fn parse_package_list(text: &str) -> Vec<String> {
 pub enum EntryKind {
     File,
     Symlink,
+    Dir,
     Probe,
+    Env,
 }
 
 impl EntryKind {
@@ -67,29 +117,44 @@ impl EntryKind {
         match self {
             EntryKind::File => "file",
             EntryKind::Symlink => "symlink",
+            EntryKind::Dir => "dir",
             EntryKind::Probe => "probe",
+            EntryKind::Env => "env",
         }
     }
 }
 
-/// Every leaf input of a node, sorted by path, one entry per path.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Every input of a node, sorted by path, one entry per path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// [`MANIFEST_FORMAT`] when written by this build.
+    #[serde(default = "legacy_format")]
+    pub format: u32,
     pub entries: Vec<ManifestEntry>,
 }
 
+fn legacy_format() -> u32 {
+    1
+}
+
+impl Default for Manifest {
+    fn default() -> Self {
+        Manifest {
+            format: MANIFEST_FORMAT,
+            entries: Vec::new(),
+        }
+    }
+}
+
 impl Manifest {
-    /// `b3v1:` digest of the canonical encoding: every entry's path, kind, trigger and
-    /// digest, in order, each length-prefixed.
+    /// `b3v1:` digest of the canonical encoding: every entry's path, kind, digest and mode,
+    /// in order, each length-prefixed. Not the trigger, nor how the entry was declared:
+    /// those decide when a change counts, not what the node is made of.
     pub fn digest(&self) -> String {
         let mut encoder = Encoder::new(MANIFEST_DOMAIN);
         encoder.count(self.entries.len());
         for entry in &self.entries {
-            encoder
-                .field(entry.path.as_bytes())
-                .field(entry.kind.as_str().as_bytes())
-                .field(entry.trigger.as_str().as_bytes())
-                .field(entry.digest.as_bytes());
+            encode_entry(&mut encoder, &entry.path, entry);
         }
         encoder.finish()
     }
@@ -102,10 +167,37 @@ impl Manifest {
     }
 }
 
+fn encode_entry(encoder: &mut Encoder, path: &str, entry: &ManifestEntry) {
+    let mode = entry.mode.map(u32::to_le_bytes);
+    encoder
+        .field(path.as_bytes())
+        .field(entry.kind.as_str().as_bytes())
+        .field(entry.digest.as_bytes())
+        .field(mode.as_ref().map_or(&[][..], |m| &m[..]));
+}
+
+/// What one node reads, as the config says it: the hasher turns it into a [`Manifest`].
+#[derive(Debug, Clone, Default)]
+pub struct NodeInputs<'a> {
+    /// `input`, `packages` and `probe` children.
+    pub declared: &'a [Input],
+    /// Paths the builder reads (copy sources, a Packer template): immediate inputs.
+    pub builder_reads: Vec<RelPath>,
+    /// The image's local origin: a folder is listed entry by entry (a tarball is the
+    /// source's own digest, outside the manifest).
+    pub origin: Option<RelPath>,
+    /// Commands run with the project folder as working folder; every word naming a
+    /// project file or folder is an immediate input (see `words.rs`).
+    pub commands: Vec<&'a str>,
+    /// `env` names whose values are hashed (immediate).
+    pub env: Vec<&'a str>,
+}
+
 #[derive(Debug, Clone)]
 struct Leaf {
     kind: EntryKind,
     digest: String,
+    mode: Option<u32>,
 }
 
 /// Hashes inputs of one project for one plan.
@@ -120,6 +212,31 @@ pub struct Hasher<'a> {
     leaves: Mutex<HashMap<String, Leaf>>,
     /// Probe digests by command (two probes running the same command run it once).
     probes: Mutex<HashMap<String, String>>,
+    /// The caller's environment, read once for the plan.
+    env: HashMap<OsString, OsString>,
+}
+
+/// Where a path in the manifest comes from, while a manifest is put together.
+#[derive(Default)]
+struct Collected {
+    paths: BTreeMap<String, (Trigger, Via)>,
+    probes: BTreeMap<String, (Trigger, String)>,
+    env: BTreeMap<String, Trigger>,
+    package_lists: BTreeSet<String>,
+}
+
+impl Collected {
+    fn add(&mut self, paths: Vec<String>, trigger: Trigger, via: Via) {
+        for path in paths {
+            let slot = self.paths.entry(path).or_insert((trigger, via));
+            slot.0 = slot.0.min(trigger);
+            slot.1 = slot.1.min(via);
+        }
+    }
+    fn add_env(&mut self, name: &str, trigger: Trigger) {
+        let slot = self.env.entry(name.to_owned()).or_insert(trigger);
+        *slot = (*slot).min(trigger);
+    }
 }
 
 impl<'a> Hasher<'a> {
@@ -131,32 +248,41 @@ impl<'a> Hasher<'a> {
             project: Project {
                 root,
                 canonical_root,
+                skipped: walk::SKIPPED_AT_ROOT
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
             },
             cache,
             leaves: Mutex::new(HashMap::new()),
             probes: Mutex::new(HashMap::new()),
+            env: HashMap::new(),
         }
     }
 
-    /// Leaf entries of the given inputs (files below directories, glob matches, probes),
-    /// plus `extra_immediate` paths (files the builder reads, like copy sources: hashed as
-    /// immediate inputs). Sorted by path; a path reached with both triggers is immediate.
-    pub fn manifest(
-        &self,
-        inputs: &[Input],
-        extra_immediate: &[RelPath],
-    ) -> Result<Manifest, HashError> {
-        let mut files: BTreeMap<String, Trigger> = BTreeMap::new();
-        let mut probes: BTreeMap<String, (Trigger, String)> = BTreeMap::new();
-        let add = |files: &mut BTreeMap<String, Trigger>, paths: Vec<String>, t: Trigger| {
-            for path in paths {
-                let slot = files.entry(path).or_insert(t);
-                *slot = (*slot).min(t);
+    /// Also never walks into these project-relative folders (imgraph's own: state, store,
+    /// logs), and never takes a command word naming them or a folder holding them.
+    pub fn skipping(mut self, folders: impl IntoIterator<Item = String>) -> Self {
+        for folder in folders {
+            if !folder.is_empty() && !self.project.skipped.contains(&folder) {
+                self.project.skipped.push(folder);
             }
-        };
-        let mut package_lists: std::collections::BTreeSet<String> =
-            std::collections::BTreeSet::new();
-        for input in inputs {
+        }
+        self
+    }
+
+    /// The variables `env` names are looked up in (without this, every one is unset).
+    pub fn with_env(mut self, vars: impl IntoIterator<Item = (OsString, OsString)>) -> Self {
+        self.env = vars.into_iter().collect();
+        self
+    }
+
+    /// Every input of one node: declared inputs (files below folders, glob matches,
+    /// probes), what the builder reads, the origin folder, files named in commands and
+    /// variables. Sorted by path; a path reached with both triggers is immediate.
+    pub fn manifest(&self, node: &NodeInputs<'_>) -> Result<Manifest, HashError> {
+        let mut c = Collected::default();
+        for input in node.declared {
             match &input.kind {
                 InputKind::Path { pattern } => {
                     let excludes = Excludes::compile(&input.exclude)?;
@@ -166,37 +292,58 @@ impl<'a> Hasher<'a> {
                     } else {
                         self.project.literal(&norm, &excludes)?
                     };
-                    add(&mut files, paths, input.trigger);
+                    c.add(paths, input.trigger, Via::Input);
                 }
                 InputKind::Packages { path } => {
                     let excludes = Excludes::compile(&input.exclude)?;
                     let norm = walk::normalize(path.as_str())?;
-                    package_lists.insert(norm.clone());
-                    add(
-                        &mut files,
+                    c.package_lists.insert(norm.clone());
+                    c.add(
                         self.project.literal(&norm, &excludes)?,
                         input.trigger,
+                        Via::Input,
                     );
                 }
-                InputKind::Probe { name, command } => {
+                InputKind::Probe { name, command, .. } => {
                     let digest = self.probe(name, command)?;
-                    let slot = probes
+                    let slot = c
+                        .probes
                         .entry(format!("{PROBE_PREFIX}{name}"))
                         .or_insert((input.trigger, digest));
                     slot.0 = slot.0.min(input.trigger);
+                    for path in self.named_in(command)? {
+                        c.add(path, input.trigger, Via::Run);
+                    }
                 }
             }
         }
-        for path in extra_immediate {
+        for path in &node.builder_reads {
             let norm = walk::normalize(path.as_str())?;
             let paths = self.project.literal(&norm, &Excludes::default())?;
-            add(&mut files, paths, Trigger::Immediate);
+            c.add(paths, Trigger::Immediate, Via::Copy);
         }
+        if let Some(origin) = &node.origin {
+            let norm = walk::normalize(origin.as_str())?;
+            let paths = self.origin_paths(&norm)?.unwrap_or_default();
+            c.add(paths, Trigger::Immediate, Via::Origin);
+        }
+        for command in &node.commands {
+            for paths in self.named_in(command)? {
+                c.add(paths, Trigger::Immediate, Via::Run);
+            }
+        }
+        for name in &node.env {
+            c.add_env(name, Trigger::Immediate);
+        }
+        self.assemble(c)
+    }
 
-        let files: Vec<(String, Trigger)> = files.into_iter().collect();
-        let mut entries = files
+    fn assemble(&self, c: Collected) -> Result<Manifest, HashError> {
+        let package_lists = c.package_lists;
+        let paths: Vec<(String, (Trigger, Via))> = c.paths.into_iter().collect();
+        let mut entries = paths
             .into_par_iter()
-            .map(|(path, trigger)| {
+            .map(|(path, (trigger, via))| {
                 let leaf = self.leaf(&path)?;
                 let packages = if package_lists.contains(&path) && leaf.kind == EntryKind::File {
                     self.package_names(&path)
@@ -208,60 +355,142 @@ impl<'a> Hasher<'a> {
                     digest: leaf.digest,
                     trigger,
                     kind: leaf.kind,
+                    mode: leaf.mode,
+                    via,
                     packages,
                 })
             })
             .collect::<Result<Vec<_>, HashError>>()?;
         entries.extend(
-            probes
+            c.probes
                 .into_iter()
                 .map(|(path, (trigger, digest))| ManifestEntry {
                     path,
                     digest,
-                    packages: None,
                     trigger,
                     kind: EntryKind::Probe,
+                    mode: None,
+                    via: Via::Input,
+                    packages: None,
                 }),
         );
+        entries.extend(c.env.into_iter().map(|(name, trigger)| {
+            let value = self.env.get(std::ffi::OsStr::new(&name));
+            ManifestEntry {
+                digest: digest::env(value.map(OsString::as_os_str)),
+                path: format!("{ENV_PREFIX}{name}"),
+                trigger,
+                kind: EntryKind::Env,
+                mode: None,
+                via: Via::Input,
+                packages: None,
+            }
+        }));
         entries.sort_by(|a, b| a.path.cmp(&b.path));
-        // A file literally named `probe:NAME` at the project root would collide with a
-        // probe; keep the first (sort is stable, files come first) so paths stay unique.
+        // A file literally named `probe:NAME` or `env:NAME` at the project root would
+        // collide; keep the first (sort is stable, files come first) so paths stay unique.
         entries.dedup_by(|later, earlier| later.path == earlier.path);
-        Ok(Manifest { entries })
+        Ok(Manifest {
+            format: MANIFEST_FORMAT,
+            entries,
+        })
     }
 
-    /// Digest of a whole file or directory tree (a local source: tarball bytes or a
-    /// directory). A directory's digest covers each leaf's path relative to it and its
-    /// digest, so renames and moves change it; a file's digest is its file digest.
+    /// The project paths a command names (see `words.rs`), each as the entries it stands
+    /// for (a folder with everything below it). Words that name nothing in the project,
+    /// leave it, or name imgraph's own folders (or a folder holding them, like `.`) are
+    /// not inputs.
+    fn named_in(&self, command: &str) -> Result<Vec<Vec<String>>, HashError> {
+        let mut out = Vec::new();
+        for word in words::candidates(command) {
+            let mut word = word.as_str();
+            while let Some(rest) = word.strip_prefix("./") {
+                word = rest;
+            }
+            if word.starts_with('/') {
+                continue;
+            }
+            let Ok(norm) = walk::normalize(word) else {
+                continue;
+            };
+            if norm.is_empty() || self.is_own(&norm) {
+                continue;
+            }
+            let parent = norm.rsplit_once('/').map_or("", |(dir, _)| dir);
+            if self.project.check_dir_inside(parent, &norm).is_err() {
+                continue;
+            }
+            let Ok(md) = std::fs::symlink_metadata(walk::full_path(self.root, &norm)) else {
+                continue;
+            };
+            let kind = md.file_type();
+            if kind.is_file() || kind.is_symlink() || kind.is_dir() {
+                out.push(self.project.literal(&norm, &Excludes::default())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `norm` is one of the skipped folders, inside one, or holds one.
+    fn is_own(&self, norm: &str) -> bool {
+        self.project.skipped.iter().any(|own| {
+            norm == own
+                || norm
+                    .strip_prefix(own.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+                || own.strip_prefix(norm).is_some_and(|r| r.starts_with('/'))
+        })
+    }
+
+    /// The entries of a local origin folder: everything below it (not the folder itself,
+    /// which an image does not keep); `None` for a tarball.
+    fn origin_paths(&self, norm: &str) -> Result<Option<Vec<String>>, HashError> {
+        let parent = norm.rsplit_once('/').map_or("", |(dir, _)| dir);
+        self.project.check_dir_inside(parent, norm)?;
+        let md = std::fs::metadata(walk::full_path(self.root, norm)).map_err(|source| {
+            HashError::Io {
+                path: PathBuf::from(norm),
+                source,
+            }
+        })?;
+        if !md.is_dir() {
+            return Ok(None);
+        }
+        let mut paths = Vec::new();
+        self.project.walk(norm, &Excludes::default(), |p| {
+            if p != norm {
+                paths.push(p)
+            }
+        })?;
+        Ok(Some(paths))
+    }
+
+    /// Digest of a local source: a tarball's file digest, or for a folder the digest of
+    /// every entry below it (path relative to the folder, kind, digest, mode), so renames,
+    /// moves, mode changes and empty folders change it, and moving the folder does not.
     pub fn tree_digest(&self, rel: &str) -> Result<String, HashError> {
         let norm = walk::normalize(rel)?;
-        let parent = norm.rsplit_once('/').map_or("", |(dir, _)| dir);
-        self.project.check_dir_inside(parent, &norm)?;
-        let md =
-            std::fs::symlink_metadata(walk::full_path(self.root, &norm)).map_err(|source| {
-                HashError::Io {
-                    path: PathBuf::from(&norm),
-                    source,
-                }
-            })?;
-        if !md.is_dir() {
+        let Some(paths) = self.origin_paths(&norm)? else {
             return Ok(self.leaf(&norm)?.digest);
-        }
-        let mut leaves = Vec::new();
-        self.project
-            .walk(&norm, &Excludes::default(), |leaf| leaves.push(leaf))?;
-        leaves.sort();
-        let digests = leaves
+        };
+        let leaves = paths
             .par_iter()
-            .map(|path| self.leaf(path).map(|leaf| leaf.digest))
+            .map(|path| self.leaf(path))
             .collect::<Result<Vec<_>, HashError>>()?;
         let skip = if norm.is_empty() { 0 } else { norm.len() + 1 };
         let mut encoder = Encoder::new(TREE_DOMAIN);
-        encoder.count(leaves.len());
-        for (path, digest) in leaves.iter().zip(&digests) {
-            encoder
-                .field(&path.as_bytes()[skip..])
-                .field(digest.as_bytes());
+        encoder.count(paths.len());
+        for (path, leaf) in paths.iter().zip(leaves) {
+            let entry = ManifestEntry {
+                path: String::new(),
+                digest: leaf.digest,
+                trigger: Trigger::Immediate,
+                kind: leaf.kind,
+                mode: leaf.mode,
+                via: Via::Origin,
+                packages: None,
+            };
+            encode_entry(&mut encoder, &path[skip..], &entry);
         }
         Ok(encoder.finish())
     }
@@ -287,7 +516,8 @@ impl<'a> Hasher<'a> {
         Some(parse_package_list(&text))
     }
 
-    /// Digest of one leaf (project-relative, normalised): memo, then stat cache, then read.
+    /// Digest and mode of one entry (project-relative, normalised): memo, then stat
+    /// cache, then read.
     fn leaf(&self, rel: &str) -> Result<Leaf, HashError> {
         if let Some(leaf) = lock(&self.leaves).get(rel) {
             return Ok(leaf.clone());
@@ -303,16 +533,24 @@ impl<'a> Hasher<'a> {
             Leaf {
                 kind: EntryKind::Symlink,
                 digest: digest::symlink(target.as_os_str()),
+                mode: None,
             }
         } else if md.is_file() {
             let stat = FileStat::of(&md);
-            let digest = match self.cache.lookup(rel, &stat) {
-                Some(digest) => digest,
+            let (digest, mode) = match self.cache.lookup(rel, &stat) {
+                Some(digest) => (digest, md.permissions().mode() & 0o7777),
                 None => self.read_file(rel, &path)?,
             };
             Leaf {
                 kind: EntryKind::File,
                 digest,
+                mode: Some(mode),
+            }
+        } else if md.is_dir() {
+            Leaf {
+                kind: EntryKind::Dir,
+                digest: digest::dir(),
+                mode: Some(md.permissions().mode() & 0o7777),
             }
         } else {
             return Err(walk::not_hashable(rel));
@@ -322,7 +560,8 @@ impl<'a> Hasher<'a> {
     }
 
     /// Reads and hashes a file, recording the metadata of the handle actually read.
-    fn read_file(&self, rel: &str, path: &Path) -> Result<String, HashError> {
+    /// Returns the digest and the permission bits of that handle.
+    fn read_file(&self, rel: &str, path: &Path) -> Result<(String, u32), HashError> {
         let io_err = |source| HashError::Io {
             path: PathBuf::from(rel),
             source,
@@ -338,9 +577,8 @@ impl<'a> Hasher<'a> {
         if !md.is_file() {
             return Err(walk::not_hashable(rel));
         }
-        let executable = md.permissions().mode() & 0o111 != 0;
-        let digest = digest::file(&mut file, executable, md.len()).map_err(io_err)?;
+        let digest = digest::file(&mut file, md.len()).map_err(io_err)?;
         self.cache.record(rel, FileStat::of(&md), &digest);
-        Ok(digest)
+        Ok((digest, md.permissions().mode() & 0o7777))
     }
 }

@@ -52,16 +52,38 @@ fn probe_input(name: &str, command: &str) -> Input {
     }
 }
 
+/// What a node with these declared inputs (and builder reads) reads.
+fn declared<'a>(inputs: &'a [Input], reads: &[&str]) -> NodeInputs<'a> {
+    NodeInputs {
+        declared: inputs,
+        builder_reads: reads.iter().map(|r| RelPath(r.to_string())).collect(),
+        ..NodeInputs::default()
+    }
+}
+
 /// Manifest of one immediate path input, with a fresh hasher and no stat cache.
 fn manifest_of(root: &Path, pattern: &str, exclude: &[&str]) -> Manifest {
     let cache = StatCache::empty();
     Hasher::new(root, &cache)
-        .manifest(&[path_input(pattern, Trigger::Immediate, exclude)], &[])
+        .manifest(&declared(
+            &[path_input(pattern, Trigger::Immediate, exclude)],
+            &[],
+        ))
         .unwrap()
 }
 
+/// Every entry's path, folders included.
 fn paths(m: &Manifest) -> Vec<&str> {
     m.entries.iter().map(|e| e.path.as_str()).collect()
+}
+
+/// The paths of files and links (not folders).
+fn leaves(m: &Manifest) -> Vec<&str> {
+    m.entries
+        .iter()
+        .filter(|e| e.kind != EntryKind::Dir)
+        .map(|e| e.path.as_str())
+        .collect()
 }
 
 fn file_digest(root: &Path, rel: &str) -> String {
@@ -88,7 +110,8 @@ fn content_change_changes_digest() {
     let before = manifest_of(dir.path(), "scripts", &[]);
     write(dir.path(), "scripts/a.sh", "echo two\n");
     let after = manifest_of(dir.path(), "scripts", &[]);
-    assert_ne!(before.entries[0].digest, after.entries[0].digest);
+    let entry = |m: &Manifest| m.get("scripts/a.sh").unwrap().digest.clone();
+    assert_ne!(entry(&before), entry(&after));
     assert_ne!(before.digest(), after.digest());
 }
 
@@ -102,16 +125,40 @@ fn mtime_only_change_keeps_digest() {
 }
 
 #[test]
-fn executable_bit_changes_digest() {
+fn every_permission_bit_counts_beside_the_content() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "run.sh", "echo hi\n");
-    let plain = file_digest(dir.path(), "run.sh");
-    fs::set_permissions(dir.path().join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
-    let exec = file_digest(dir.path(), "run.sh");
-    assert_ne!(plain, exec);
-    // Other permission bits do not count.
-    fs::set_permissions(dir.path().join("run.sh"), fs::Permissions::from_mode(0o700)).unwrap();
-    assert_eq!(exec, file_digest(dir.path(), "run.sh"));
+    write(dir.path(), "conf/acme.conf", "x=1\n");
+    let chmod = |rel: &str, mode: u32| {
+        fs::set_permissions(dir.path().join(rel), fs::Permissions::from_mode(mode)).unwrap()
+    };
+    chmod("conf/acme.conf", 0o644);
+    chmod("conf", 0o755);
+    let before = manifest_of(dir.path(), "conf", &[]);
+    assert_eq!(before.get("conf/acme.conf").unwrap().mode, Some(0o644));
+    assert_eq!(before.get("conf").unwrap().mode, Some(0o755));
+    let mut seen = vec![before.digest()];
+    for (rel, mode) in [
+        ("conf/acme.conf", 0o600),
+        ("conf/acme.conf", 0o4600),
+        ("conf", 0o700),
+        ("conf", 0o1700),
+    ] {
+        chmod(rel, mode);
+        let m = manifest_of(dir.path(), "conf", &[]);
+        assert_eq!(m.get(rel).unwrap().mode, Some(mode));
+        // The content digest stays: a plan can tell a mode change from an edit.
+        assert_eq!(
+            m.get(rel).unwrap().digest,
+            before.get(rel).unwrap().digest,
+            "{rel}"
+        );
+        assert!(!seen.contains(&m.digest()), "{rel} {mode:o}");
+        seen.push(m.digest());
+    }
+    // The same goes for a local origin folder's digest.
+    let tree = file_digest(dir.path(), "conf");
+    chmod("conf/acme.conf", 0o644);
+    assert_ne!(tree, file_digest(dir.path(), "conf"));
 }
 
 #[test]
@@ -149,8 +196,8 @@ fn symlink_to_directory_is_not_walked() {
     fs::create_dir_all(dir.path().join("tree")).unwrap();
     symlink("../real", dir.path().join("tree/alias")).unwrap();
     let m = manifest_of(dir.path(), "tree", &[]);
-    assert_eq!(paths(&m), ["tree/alias"]);
-    assert_eq!(m.entries[0].kind, EntryKind::Symlink);
+    assert_eq!(paths(&m), ["tree", "tree/alias"]);
+    assert_eq!(m.entries[1].kind, EntryKind::Symlink);
 }
 
 #[test]
@@ -195,14 +242,14 @@ fn exclude_by_name_anywhere_and_by_path() {
 
     let by_name = manifest_of(dir.path(), "conf", &["*.bak"]);
     assert_eq!(
-        paths(&by_name),
+        leaves(&by_name),
         ["conf/app.yml", "conf/cache/blob", "conf/deep/cache/keep"]
     );
 
     // With a `/`, the pattern is project-relative: only conf/cache, not conf/deep/cache.
     let by_path = manifest_of(dir.path(), "conf", &["conf/cache"]);
     assert_eq!(
-        paths(&by_path),
+        leaves(&by_path),
         [
             "conf/app.yml",
             "conf/app.yml.bak",
@@ -213,7 +260,18 @@ fn exclude_by_name_anywhere_and_by_path() {
 
     // Excludes apply to globs too.
     let glob = manifest_of(dir.path(), "conf/**", &["cache", "*.bak"]);
-    assert_eq!(paths(&glob), ["conf/app.yml"]);
+    assert_eq!(leaves(&glob), ["conf/app.yml"]);
+    // An excluded folder is no entry either; the others are.
+    assert_eq!(
+        paths(&manifest_of(dir.path(), "conf", &["cache"])),
+        [
+            "conf",
+            "conf/app.yml",
+            "conf/app.yml.bak",
+            "conf/deep",
+            "conf/deep/x.bak"
+        ]
+    );
 }
 
 #[test]
@@ -232,14 +290,15 @@ fn glob_matches_below_its_literal_prefix_only() {
         paths(&manifest_of(dir.path(), "scripts/*.sh", &[])),
         ["scripts/a.sh"]
     );
+    // Folders a glob only passes through are no entries.
     assert_eq!(
         paths(&manifest_of(dir.path(), "./scripts/**/*.sh", &[])),
         ["scripts/a.sh", "scripts/sub/c.sh"]
     );
-    // A glob that matches a directory takes everything below it.
+    // A glob that matches a directory takes it and everything below it.
     assert_eq!(
         paths(&manifest_of(dir.path(), "scripts/s*", &[])),
-        ["scripts/sub/c.sh"]
+        ["scripts/sub", "scripts/sub/c.sh"]
     );
     // A glob over a missing folder matches nothing.
     assert!(manifest_of(dir.path(), "missing/*.sh", &[])
@@ -248,7 +307,10 @@ fn glob_matches_below_its_literal_prefix_only() {
 
     let cache = StatCache::empty();
     let err = Hasher::new(dir.path(), &cache)
-        .manifest(&[path_input("*.sh", Trigger::Immediate, &[])], &[])
+        .manifest(&declared(
+            &[path_input("*.sh", Trigger::Immediate, &[])],
+            &[],
+        ))
         .unwrap_err();
     assert!(matches!(err, HashError::Io { .. }), "{err:?}");
 
@@ -268,16 +330,41 @@ fn project_root_skips_git_and_imgraph() {
         "only the root ones are skipped",
     );
     let m = manifest_of(dir.path(), ".", &[]);
-    assert_eq!(paths(&m), ["imgraph.kdl", "sub/.git/kept"]);
+    assert_eq!(
+        paths(&m),
+        ["imgraph.kdl", "sub", "sub/.git", "sub/.git/kept"]
+    );
+
+    // imgraph's own folders, wherever the config puts them, are skipped too.
+    write(dir.path(), "var/state/state.db", "db");
+    write(dir.path(), "var/keep", "k");
+    let cache = StatCache::empty();
+    let m = Hasher::new(dir.path(), &cache)
+        .skipping(["var/state".to_string()])
+        .manifest(&declared(&[path_input(".", Trigger::Immediate, &[])], &[]))
+        .unwrap();
+    assert!(paths(&m).contains(&"var/keep"));
+    assert!(!paths(&m).iter().any(|p| p.starts_with("var/state")));
 }
 
 #[test]
-fn empty_directories_contribute_nothing() {
+fn empty_directories_are_entries_of_their_own() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "conf/a", "a");
     let before = manifest_of(dir.path(), "conf", &[]);
     fs::create_dir_all(dir.path().join("conf/empty/deeper")).unwrap();
-    assert_eq!(manifest_of(dir.path(), "conf", &[]), before);
+    let after = manifest_of(dir.path(), "conf", &[]);
+    assert_eq!(
+        paths(&after),
+        ["conf", "conf/a", "conf/empty", "conf/empty/deeper"]
+    );
+    assert_eq!(after.get("conf/empty").unwrap().kind, EntryKind::Dir);
+    assert_ne!(after.digest(), before.digest());
+    // And for an origin folder.
+    write(dir.path(), "base/etc/hostname", "h");
+    let tree = file_digest(dir.path(), "base");
+    fs::create_dir_all(dir.path().join("base/proc")).unwrap();
+    assert_ne!(tree, file_digest(dir.path(), "base"));
 }
 
 #[test]
@@ -295,26 +382,25 @@ fn immediate_wins_over_rollup_for_the_same_file() {
     };
     let cache = StatCache::empty();
     let hasher = Hasher::new(dir.path(), &cache);
-    let m = hasher
-        .manifest(
-            &[
-                packages.clone(),
-                path_input("packages", Trigger::Immediate, &[]),
-            ],
-            &[],
-        )
-        .unwrap();
-    assert_eq!(paths(&m), ["packages/base.txt", "packages/extra.txt"]);
+    let both = [
+        packages.clone(),
+        path_input("packages", Trigger::Immediate, &[]),
+    ];
+    let m = hasher.manifest(&declared(&both, &[])).unwrap();
+    assert_eq!(
+        paths(&m),
+        ["packages", "packages/base.txt", "packages/extra.txt"]
+    );
     assert!(m.entries.iter().all(|e| e.trigger == Trigger::Immediate));
 
     let m = hasher
-        .manifest(std::slice::from_ref(&packages), &[])
+        .manifest(&declared(std::slice::from_ref(&packages), &[]))
         .unwrap();
     assert_eq!(m.entries[0].trigger, Trigger::Rollup);
 
     // Files the builder reads are immediate whatever the inputs say.
     let m = hasher
-        .manifest(&[packages], &[RelPath("packages/base.txt".into())])
+        .manifest(&declared(&[packages], &["packages/base.txt"]))
         .unwrap();
     assert_eq!(m.entries.len(), 1);
     assert_eq!(m.entries[0].trigger, Trigger::Immediate);
@@ -332,7 +418,7 @@ fn stat_cache_hit_on_second_run() {
 
     let cold = StatCache::empty();
     let first = Hasher::new(dir.path(), &cold)
-        .manifest(&input, &[])
+        .manifest(&declared(&input, &[]))
         .unwrap();
     assert_eq!(cold.stats(), CacheStats { hits: 0, misses: 5 });
     let updates = cold.take_updates();
@@ -341,7 +427,7 @@ fn stat_cache_hit_on_second_run() {
 
     let warm = StatCache::new(updates.into_iter().collect());
     let second = Hasher::new(dir.path(), &warm)
-        .manifest(&input, &[])
+        .manifest(&declared(&input, &[]))
         .unwrap();
     assert_eq!(warm.stats(), CacheStats { hits: 5, misses: 0 });
     assert!(warm.take_updates().is_empty());
@@ -418,8 +504,8 @@ fn hasher_memo_hashes_shared_file_once() {
     let cache = StatCache::empty();
     let hasher = Hasher::new(dir.path(), &cache);
     let input = [path_input("shared.sh", Trigger::Immediate, &[])];
-    hasher.manifest(&input, &[]).unwrap();
-    hasher.manifest(&input, &[]).unwrap();
+    hasher.manifest(&declared(&input, &[])).unwrap();
+    hasher.manifest(&declared(&input, &[])).unwrap();
     assert_eq!(cache.stats().misses, 1);
 }
 
@@ -428,7 +514,7 @@ fn probe_stdout_is_hashed() {
     let dir = tempfile::tempdir().unwrap();
     let cache = StatCache::empty();
     let m = Hasher::new(dir.path(), &cache)
-        .manifest(&[probe_input("apt-index", "echo hello")], &[])
+        .manifest(&declared(&[probe_input("apt-index", "echo hello")], &[]))
         .unwrap();
     let entry = m.get("probe:apt-index").unwrap();
     assert_eq!(entry.kind, EntryKind::Probe);
@@ -454,14 +540,12 @@ fn probe_stdout_is_hashed() {
 fn failing_probe_names_itself_and_shows_stderr() {
     let dir = tempfile::tempdir().unwrap();
     let cache = StatCache::empty();
+    let failing = [probe_input(
+        "apt-index",
+        "echo partial; echo 'mirror down' >&2; exit 3",
+    )];
     let err = Hasher::new(dir.path(), &cache)
-        .manifest(
-            &[probe_input(
-                "apt-index",
-                "echo partial; echo 'mirror down' >&2; exit 3",
-            )],
-            &[],
-        )
+        .manifest(&declared(&failing, &[]))
         .unwrap_err();
     match &err {
         HashError::Probe { name, detail } => {
@@ -510,16 +594,14 @@ fn every_digest_has_the_format_prefix() {
     write(dir.path(), "conf/a", "a");
     symlink("a", dir.path().join("conf/l")).unwrap();
     let cache = StatCache::empty();
+    let inputs = [
+        path_input("conf", Trigger::Immediate, &[]),
+        probe_input("p", "echo"),
+    ];
     let m = Hasher::new(dir.path(), &cache)
-        .manifest(
-            &[
-                path_input("conf", Trigger::Immediate, &[]),
-                probe_input("p", "echo"),
-            ],
-            &[],
-        )
+        .manifest(&declared(&inputs, &[]))
         .unwrap();
-    assert_eq!(m.entries.len(), 3);
+    assert_eq!(m.entries.len(), 4);
     for entry in &m.entries {
         assert_digest_format(&entry.digest);
     }
@@ -546,7 +628,10 @@ fn paths_outside_the_project_are_refused() {
         "escape/*.sh",
     ] {
         let err = hasher
-            .manifest(&[path_input(pattern, Trigger::Immediate, &[])], &[])
+            .manifest(&declared(
+                &[path_input(pattern, Trigger::Immediate, &[])],
+                &[],
+            ))
             .unwrap_err();
         assert!(
             matches!(err, HashError::OutsideProject { .. }),
@@ -558,18 +643,19 @@ fn paths_outside_the_project_are_refused() {
         Err(HashError::OutsideProject { .. })
     ));
     // `..` that stays inside is fine.
-    assert_eq!(paths(&manifest_of(dir.path(), "in/../in", &[])), ["in/a"]);
+    assert_eq!(
+        paths(&manifest_of(dir.path(), "in/../in", &[])),
+        ["in", "in/a"]
+    );
 }
 
 #[test]
 fn missing_input_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let cache = StatCache::empty();
+    let missing = [path_input("scripts/nope.sh", Trigger::Immediate, &[])];
     let err = Hasher::new(dir.path(), &cache)
-        .manifest(
-            &[path_input("scripts/nope.sh", Trigger::Immediate, &[])],
-            &[],
-        )
+        .manifest(&declared(&missing, &[]))
         .unwrap_err();
     match &err {
         HashError::Io { path, source } => {
@@ -585,7 +671,10 @@ fn bad_glob_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let cache = StatCache::empty();
     let err = Hasher::new(dir.path(), &cache)
-        .manifest(&[path_input("conf/[a", Trigger::Immediate, &[])], &[])
+        .manifest(&declared(
+            &[path_input("conf/[a", Trigger::Immediate, &[])],
+            &[],
+        ))
         .unwrap_err();
     assert!(
         matches!(&err, HashError::Glob { pattern, .. } if pattern == "conf/[a"),
@@ -596,20 +685,186 @@ fn bad_glob_is_an_error_naming_it() {
 #[test]
 fn manifest_round_trips_through_json_with_kebab_case_names() {
     let m = Manifest {
-        entries: vec![ManifestEntry {
-            path: "probe:apt".into(),
-            digest: digest_parts("t", &[]),
-            trigger: Trigger::Rollup,
-            kind: EntryKind::Probe,
-            packages: None,
-        }],
+        format: MANIFEST_FORMAT,
+        entries: vec![
+            ManifestEntry {
+                path: "conf".into(),
+                digest: digest::dir(),
+                trigger: Trigger::Immediate,
+                kind: EntryKind::Dir,
+                mode: Some(0o750),
+                via: Via::Copy,
+                packages: None,
+            },
+            ManifestEntry {
+                path: "probe:apt".into(),
+                digest: digest_parts("t", &[]),
+                trigger: Trigger::Rollup,
+                kind: EntryKind::Probe,
+                mode: None,
+                via: Via::Input,
+                packages: None,
+            },
+        ],
     };
     let json = serde_json::to_string(&m).unwrap();
     assert!(json.contains(r#""trigger":"rollup""#), "{json}");
     assert!(json.contains(r#""kind":"probe""#), "{json}");
+    assert!(json.contains(r#""via":"copy""#), "{json}");
     let back: Manifest = serde_json::from_str(&json).unwrap();
     assert_eq!(back, m);
     assert_eq!(back.digest(), m.digest());
+    // A record written before formats were numbered reads as format 1.
+    let old: Manifest = serde_json::from_str(r#"{"entries":[]}"#).unwrap();
+    assert_eq!(old.format, 1);
+}
+
+#[test]
+fn triggers_and_ways_of_declaring_are_not_hashed() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "conf/a.conf", "a");
+    write(dir.path(), "conf/a.bak", "b");
+    let cache = StatCache::empty();
+    let hasher = Hasher::new(dir.path(), &cache);
+    let digest_of = |inputs: &[Input], reads: &[&str]| {
+        hasher.manifest(&declared(inputs, reads)).unwrap().digest()
+    };
+    let plain = digest_of(&[path_input("conf", Trigger::Immediate, &[])], &[]);
+    // The same line twice, the same files through a glob plus an exclude that takes
+    // nothing away, another trigger, or a copy of the same folder: the same manifest.
+    let twice = [
+        path_input("conf", Trigger::Immediate, &[]),
+        path_input("conf", Trigger::Immediate, &[]),
+    ];
+    assert_eq!(digest_of(&twice, &[]), plain);
+    assert_eq!(
+        digest_of(&[path_input("conf", Trigger::Immediate, &["*.tmp"])], &[]),
+        plain
+    );
+    assert_eq!(
+        digest_of(&[path_input("conf", Trigger::Rollup, &[])], &[]),
+        plain
+    );
+    assert_eq!(digest_of(&[], &["conf"]), plain);
+    // An exclude that does take a file away is another manifest.
+    assert_ne!(
+        digest_of(&[path_input("conf", Trigger::Immediate, &["*.bak"])], &[]),
+        plain
+    );
+}
+
+#[test]
+fn words_of_commands_that_name_project_paths_are_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "scripts/x.sh", "echo x\n");
+    write(dir.path(), "tools/gen.py", "print(1)\n");
+    write(dir.path(), "deliver.sh", "echo d\n");
+    write(dir.path(), "data/one", "1");
+    write(dir.path(), ".imgraph/state.db", "db");
+    write(dir.path(), "out.txt", "an output");
+    let outside = tempfile::tempdir().unwrap();
+    write(outside.path(), "abs.sh", "a");
+    let abs = outside.path().join("abs.sh");
+    let command = format!(
+        "sh scripts/x.sh && python3 tools/gen.py --out x && ./deliver.sh; cp -r data \
+         \"$IMGRAPH_ROOT/opt\"; sh {} ../x.sh *.sh .imgraph/state.db . > out.txt",
+        abs.display()
+    );
+    let cache = StatCache::empty();
+    let m = Hasher::new(dir.path(), &cache)
+        .manifest(&NodeInputs {
+            commands: vec![&command],
+            ..NodeInputs::default()
+        })
+        .unwrap();
+    assert_eq!(
+        paths(&m),
+        [
+            "data",
+            "data/one",
+            "deliver.sh",
+            "scripts/x.sh",
+            "tools/gen.py"
+        ]
+    );
+    assert!(m.entries.iter().all(|e| e.via == Via::Run));
+    assert!(m.entries.iter().all(|e| e.trigger == Trigger::Immediate));
+
+    // A path declared as well shows as declared; the manifest digest is the same.
+    let both = Hasher::new(dir.path(), &cache)
+        .manifest(&NodeInputs {
+            declared: &[path_input("scripts/x.sh", Trigger::Immediate, &[])],
+            commands: vec![&command],
+            ..NodeInputs::default()
+        })
+        .unwrap();
+    assert_eq!(both.get("scripts/x.sh").unwrap().via, Via::Input);
+    assert_eq!(both.digest(), m.digest());
+
+    // Probe commands: their words are inputs with the probe's trigger.
+    let probe = [probe_input("p", "cat scripts/x.sh")];
+    let m = Hasher::new(dir.path(), &cache)
+        .manifest(&declared(&probe, &[]))
+        .unwrap();
+    let entry = m.get("scripts/x.sh").unwrap();
+    assert_eq!((entry.via, entry.trigger), (Via::Run, Trigger::Rollup));
+}
+
+#[test]
+fn env_values_are_hashed_never_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = StatCache::empty();
+    let digest_with_env = |vars: &[(&str, &str)]| {
+        let m = Hasher::new(dir.path(), &cache)
+            .with_env(vars.iter().map(|(k, v)| (k.into(), v.into())))
+            .manifest(&NodeInputs {
+                env: vec!["APP_FLAVOR"],
+                ..NodeInputs::default()
+            })
+            .unwrap();
+        let entry = m.get("env:APP_FLAVOR").unwrap().clone();
+        assert_eq!(entry.kind, EntryKind::Env);
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(!json.contains("secret-flavour"), "{json}");
+        entry.digest
+    };
+    let unset = digest_with_env(&[]);
+    let empty = digest_with_env(&[("APP_FLAVOR", "")]);
+    let value = digest_with_env(&[("APP_FLAVOR", "secret-flavour")]);
+    let other = digest_with_env(&[("APP_FLAVOR", "other"), ("UNRELATED", "x")]);
+    assert_ne!(unset, empty);
+    assert_ne!(empty, value);
+    assert_ne!(value, other);
+    assert_eq!(
+        value,
+        digest_with_env(&[("APP_FLAVOR", "secret-flavour"), ("UNRELATED", "y")])
+    );
+}
+
+#[test]
+fn origin_folders_are_listed_entry_by_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "bases/root/etc/passwd", "root:x:0:0\n");
+    fs::create_dir_all(dir.path().join("bases/root/proc")).unwrap();
+    write(dir.path(), "bases/root.tar", "a tarball");
+    let cache = StatCache::empty();
+    let hasher = Hasher::new(dir.path(), &cache);
+    let origin = |path: &str| {
+        hasher
+            .manifest(&NodeInputs {
+                origin: Some(RelPath(path.into())),
+                ..NodeInputs::default()
+            })
+            .unwrap()
+    };
+    let m = origin("bases/root");
+    // Not the folder itself: an image does not keep the origin's own mode.
+    assert_eq!(
+        paths(&m),
+        ["bases/root/etc", "bases/root/etc/passwd", "bases/root/proc"]
+    );
+    assert!(m.entries.iter().all(|e| e.via == Via::Origin));
+    assert!(origin("bases/root.tar").entries.is_empty());
 }
 
 #[test]
@@ -621,11 +876,9 @@ fn large_files_hash_like_small_ones() {
     fs::write(dir.path().join("big"), &big).unwrap();
     let mut h = blake3::Hasher::new();
     h.update(&(15u64).to_le_bytes());
-    h.update(b"imgraph-file-v1");
+    h.update(b"imgraph-file-v2");
     h.update(&(4u64).to_le_bytes());
     h.update(b"file");
-    h.update(&(1u64).to_le_bytes());
-    h.update(&[0]);
     h.update(&big);
     let expected = format!("b3v1:{}", h.finalize().to_hex());
     assert_eq!(file_digest(dir.path(), "big"), expected);

@@ -1,15 +1,17 @@
 //! Turning inputs (paths, directories, globs) into sorted lists of leaf paths.
 //!
-//! Leaves are regular files and symlinks. Walks never follow symlinks (a link is a leaf,
-//! hashed as its target string), visit entries in file-name order, skip `.git` and
-//! `.imgraph` at the project root, and skip sockets, FIFOs and devices (they have no
-//! content to hash, and reading a FIFO would block). Empty directories produce no leaves,
-//! so adding or removing one does not change a manifest.
+//! Entries are regular files, symlinks and directories. Walks never follow symlinks (a
+//! link is an entry, hashed as its target string), visit entries in file-name order, skip
+//! `.git` and `.imgraph` at the project root, and skip sockets, FIFOs and devices (they
+//! have no content to hash, reading a FIFO would block, and images do not keep them).
+//! Every directory below a named one is an entry of its own (its mode is copied into an
+//! image, and an empty one is created there), and so is the named directory itself; the
+//! project folder never is.
 //!
 //! A glob is walked from its literal prefix (`roles/*/tasks/*.yml` walks `roles/`), not from
 //! the project root, so a narrow glob in a big project stays cheap. `*` does not cross `/`;
-//! `**` does. A glob matching a directory takes every file below it, like naming the
-//! directory would.
+//! `**` does. A glob matching a directory takes it and everything below it, like naming
+//! the directory would; the folders a glob only passes through are not entries.
 //!
 //! Paths are checked to stay inside the project twice: lexically (no absolute paths, no
 //! `..` above the root) and by canonicalising the directory a walk or a file lookup starts
@@ -24,7 +26,7 @@ use walkdir::WalkDir;
 use super::HashError;
 
 /// Folders at the project root that are imgraph's or git's own bookkeeping.
-const SKIPPED_AT_ROOT: [&str; 2] = [".git", ".imgraph"];
+pub(crate) const SKIPPED_AT_ROOT: [&str; 2] = [".git", ".imgraph"];
 
 /// Compiled `exclude` patterns of one input.
 #[derive(Debug, Default)]
@@ -117,6 +119,9 @@ pub(crate) fn full_path(root: &Path, rel: &str) -> PathBuf {
 pub(crate) struct Project<'a> {
     pub root: &'a Path,
     pub canonical_root: PathBuf,
+    /// Project-relative folders a walk never enters: [`SKIPPED_AT_ROOT`] and imgraph's own
+    /// folders (state, store, logs, staging) wherever the config put them.
+    pub skipped: Vec<String>,
 }
 
 impl Project<'_> {
@@ -134,8 +139,9 @@ impl Project<'_> {
         }
     }
 
-    /// Leaves for a literal path (normalised): the file or link itself, or every leaf below
-    /// a directory except the excluded ones. Excludes never drop a file named directly.
+    /// Entries for a literal path (normalised): the file or link itself, or a directory and
+    /// every entry below it except the excluded ones. Excludes never drop a path named
+    /// directly.
     pub(crate) fn literal(&self, rel: &str, excludes: &Excludes) -> Result<Vec<String>, HashError> {
         let parent = rel.rsplit_once('/').map_or("", |(dir, _)| dir);
         self.check_dir_inside(parent, rel)?;
@@ -159,7 +165,7 @@ impl Project<'_> {
         }
     }
 
-    /// Leaves matching a glob (normalised), walking from its literal prefix only.
+    /// Entries matching a glob (normalised), walking from its literal prefix only.
     pub(crate) fn glob(
         &self,
         pattern: &str,
@@ -183,7 +189,8 @@ impl Project<'_> {
         Ok(leaves)
     }
 
-    /// Calls `found` with the project-relative path of every leaf below `start`.
+    /// Calls `found` with the project-relative path of every file, symlink and directory
+    /// below `start`, and of `start` itself unless it is the project folder.
     pub(crate) fn walk(
         &self,
         start: &str,
@@ -191,6 +198,7 @@ impl Project<'_> {
         mut found: impl FnMut(String),
     ) -> Result<(), HashError> {
         let root = self.root;
+        let skipped = &self.skipped;
         let walker = WalkDir::new(full_path(root, start))
             .follow_links(false)
             .follow_root_links(false)
@@ -202,7 +210,7 @@ impl Project<'_> {
                     return true;
                 }
                 match entry.path().strip_prefix(root).ok().and_then(Path::to_str) {
-                    Some(rel) => !(SKIPPED_AT_ROOT.contains(&rel) || excludes.matches(rel)),
+                    Some(rel) => !(skipped.iter().any(|s| s == rel) || excludes.matches(rel)),
                     // Reported below, where errors can be returned.
                     None => true,
                 }
@@ -219,11 +227,13 @@ impl Project<'_> {
                 }
             })?;
             let kind = entry.file_type();
-            if !(kind.is_file() || kind.is_symlink()) {
+            if !(kind.is_file() || kind.is_symlink() || kind.is_dir()) {
                 continue;
             }
             let rel = relative_str(root, entry.path())?;
-            found(rel);
+            if !rel.is_empty() {
+                found(rel);
+            }
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::model::{self, Project, Trigger};
 use crate::graph::{Stage, StageGraph};
-use crate::hash::{digest_parts, Manifest};
+use crate::hash::{digest_parts, Manifest, Via};
 use crate::state::{NodeHistory, NodeRecord, NodeStatus};
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -47,7 +47,11 @@ impl Action {
 pub enum Change {
     Added,
     Removed,
+    /// The content (or link target, probe output, variable value) changed; its mode may
+    /// have changed too (see the reason's `mode`).
     Modified,
+    /// Only the permission bits changed.
+    Mode,
 }
 
 impl Change {
@@ -56,8 +60,39 @@ impl Change {
             Change::Added => "added",
             Change::Removed => "removed",
             Change::Modified => "modified",
+            Change::Mode => "mode",
         }
     }
+}
+
+/// Permission bits before and after, as four octal digits (`"0644"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModeChange {
+    pub old: String,
+    pub new: String,
+}
+
+impl ModeChange {
+    fn of(old: Option<u32>, new: Option<u32>) -> Option<ModeChange> {
+        match (old, new) {
+            (Some(o), Some(n)) if o != n => Some(ModeChange {
+                old: format!("{o:04o}"),
+                new: format!("{n:04o}"),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// One changed entry between two manifests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryDiff {
+    pub path: String,
+    pub change: Change,
+    /// The trigger of the entry now (of the old entry when it was removed).
+    pub trigger: Trigger,
+    pub via: Via,
+    pub mode: Option<ModeChange>,
 }
 
 /// Why a node runs (or waits). One renderer turns each into a sentence; `plan --json`
@@ -67,11 +102,17 @@ impl Change {
 pub enum Reason {
     /// Never built (or never succeeded) before.
     New,
-    /// A leaf input changed. With trigger `rollup` on a deferred node, a pending change.
+    /// An input changed. With trigger `rollup` on a deferred node, a pending change.
     InputChanged {
         path: String,
         change: Change,
         trigger: Trigger,
+        /// How the path is an input, when not declared (`run`: named in a command).
+        #[serde(default, skip_serializing_if = "Via::is_input")]
+        via: Via,
+        /// Old and new permission bits, when they changed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<ModeChange>,
         /// For a package list: which packages came and went.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         packages: Option<PackageChange>,
@@ -92,6 +133,10 @@ pub enum Reason {
     Rollup {
         path: String,
         change: Change,
+        #[serde(default, skip_serializing_if = "Via::is_input")]
+        via: Via,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<ModeChange>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         packages: Option<PackageChange>,
     },
@@ -519,22 +564,24 @@ impl DecideCtx<'_> {
             .and_then(|h| h.last_attempt.as_ref())
             .filter(|a| a.status == NodeStatus::Failed)
             .filter(|a| success.is_none_or(|s| a.id > s.id));
-        let base = success.or(failure);
+        // A failure with this very key is the last word: nothing changed since it (the
+        // same key), so it is what the plan compares with, and the reason is that failure
+        // (not the older success's inputs or upstream keys).
+        let same_key_failure = failure.filter(|f| f.key == n.key);
+        let base = same_key_failure.or(success).or(failure);
 
         match base {
             None => reasons.push(Reason::New),
             Some(base) => {
                 self.compare(n, base, &mut reasons, &mut pending, sources);
-                if let Some(f) = failure {
-                    if f.key == n.key {
-                        reasons.push(Reason::PreviousFailure {
-                            error: f.error.clone(),
-                        });
-                    }
+                if let Some(f) = same_key_failure {
+                    reasons.push(Reason::PreviousFailure {
+                        error: f.error.clone(),
+                    });
                 }
                 if let Some(s) = success {
                     self.check_build_freshness(n, s, &mut reasons);
-                    self.check_tested_artifact(n, s, &mut reasons);
+                    self.check_tested_artifact(n, s, same_key_failure, &mut reasons);
                 }
                 if success.is_none() && reasons.is_empty() {
                     // Only a failed record: it still has to succeed once, whatever else
@@ -579,15 +626,28 @@ impl DecideCtx<'_> {
         sources: &mut [SourceView],
     ) {
         let old_manifest: Manifest = serde_json::from_str(&base.manifest_json).unwrap_or_default();
-        for (path, change, trigger) in diff_manifests(&old_manifest, &n.manifest) {
-            let packages = package_change(&old_manifest, &n.manifest, &path);
+        let diffs = if old_manifest.format == n.manifest.format {
+            diff_manifests(&old_manifest, &n.manifest)
+        } else {
+            // Digests of another encoding cannot be compared entry by entry.
+            reasons.push(Reason::ConfigChanged {
+                fields: vec!["hash-format".into()],
+            });
+            Vec::new()
+        };
+        // A local origin folder's changes are listed file by file, not as a digest pair.
+        let origin_listed = diffs.iter().any(|d| d.via == Via::Origin);
+        for d in diffs {
+            let packages = package_change(&old_manifest, &n.manifest, &d.path);
             let r = Reason::InputChanged {
-                path,
-                change,
-                trigger,
+                path: d.path,
+                change: d.change,
+                trigger: d.trigger,
+                via: d.via,
+                mode: d.mode,
                 packages,
             };
-            match trigger {
+            match d.trigger {
                 Trigger::Immediate => reasons.push(r),
                 Trigger::Rollup => pending.push(r),
             }
@@ -605,6 +665,9 @@ impl DecideCtx<'_> {
                 if old != Some(key) {
                     if let Some(v) = sources.iter_mut().find(|s| s.name == source) {
                         v.previous_id = old.cloned();
+                    }
+                    if origin_listed && old.is_some() {
+                        continue;
                     }
                     reasons.push(Reason::SourceChanged {
                         source: source.to_string(),
@@ -624,10 +687,14 @@ impl DecideCtx<'_> {
     /// build (same artifact, same version). A build that re-ran with an unchanged key
     /// (max-age, --force, a missing artifact) and whose tests never finished leaves a new
     /// artifact behind that no test has seen.
+    ///
+    /// A failed attempt with the current key made after the image's current build did see
+    /// that artifact: the reason to run again is that failure, not a new artifact.
     fn check_tested_artifact(
         &self,
         n: &PlannedNode,
         success: &NodeRecord,
+        same_key_failure: Option<&NodeRecord>,
         reasons: &mut Vec<Reason>,
     ) {
         if !matches!(n.stage, Stage::Test | Stage::Publish) {
@@ -637,12 +704,20 @@ impl DecideCtx<'_> {
             return;
         };
         let build = crate::graph::build_id(image);
-        let current = self
+        let Some(build_success) = self
             .facts
             .history
             .get(&build)
             .and_then(|h| h.last_success.as_ref())
-            .and_then(|s| s.outputs_json.as_deref())
+        else {
+            return;
+        };
+        if same_key_failure.is_some_and(|f| f.id > build_success.id) {
+            return;
+        }
+        let current = build_success
+            .outputs_json
+            .as_deref()
             .and_then(|o| serde_json::from_str::<BuildOutputs>(o).ok());
         let Some(current) = current else { return };
         let seen = success
@@ -696,11 +771,15 @@ fn as_rollup(r: Reason) -> Reason {
         Reason::InputChanged {
             path,
             change,
+            via,
+            mode,
             packages,
             ..
         } => Reason::Rollup {
             path,
             change,
+            via,
+            mode,
             packages,
         },
         other => other,
@@ -732,26 +811,39 @@ fn package_change(old: &Manifest, new: &Manifest, path: &str) -> Option<PackageC
     (!change.added.is_empty() || !change.removed.is_empty()).then_some(change)
 }
 
-/// Leaf-by-leaf differences between two manifests, sorted by path.
-pub fn diff_manifests(old: &Manifest, new: &Manifest) -> Vec<(String, Change, Trigger)> {
+/// Entry-by-entry differences between two manifests, sorted by path. A changed trigger
+/// or way of declaring alone is no difference (it changes when a change counts, not what
+/// the node is made of).
+pub fn diff_manifests(old: &Manifest, new: &Manifest) -> Vec<EntryDiff> {
     let old_map: BTreeMap<&str, _> = old.entries.iter().map(|e| (e.path.as_str(), e)).collect();
     let new_map: BTreeMap<&str, _> = new.entries.iter().map(|e| (e.path.as_str(), e)).collect();
     let mut out = Vec::new();
+    let diff = |path: &str, change, e: &crate::hash::ManifestEntry, mode| EntryDiff {
+        path: path.to_string(),
+        change,
+        trigger: e.trigger,
+        via: e.via,
+        mode,
+    };
     for (path, e) in &new_map {
         match old_map.get(path) {
-            None => out.push((path.to_string(), Change::Added, e.trigger)),
-            Some(o) if o.digest != e.digest => {
-                out.push((path.to_string(), Change::Modified, e.trigger))
+            None => out.push(diff(path, Change::Added, e, None)),
+            Some(o) => {
+                let mode = ModeChange::of(o.mode, e.mode);
+                if o.digest != e.digest || o.kind != e.kind {
+                    out.push(diff(path, Change::Modified, e, mode));
+                } else if mode.is_some() || o.mode != e.mode {
+                    out.push(diff(path, Change::Mode, e, mode));
+                }
             }
-            Some(_) => {}
         }
     }
     for (path, e) in &old_map {
         if !new_map.contains_key(path) {
-            out.push((path.to_string(), Change::Removed, e.trigger));
+            out.push(diff(path, Change::Removed, e, None));
         }
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.sort_by(|a, b| a.path.cmp(&b.path));
     out
 }
 

@@ -2,27 +2,88 @@
 //!
 //! The text groups nodes by action, puts one node per line with its first reason, and
 //! shows root causes apart from cascades, so "1 changed file forces 40 nodes" reads as one
-//! cause and 39 cascades.
+//! cause and 39 cascades. Names in the text (paths, node ids, messages) have their control
+//! characters escaped (see [`escape`]): a file name cannot forge lines in a CI log. The
+//! JSON keeps every string exactly.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::{short_id, timestamp, Palette};
-use crate::plan::{Action, PackageChange, Plan, PlannedNode, Reason};
+use crate::hash::{Via, ENV_PREFIX, PROBE_PREFIX};
+use crate::plan::{Action, Change, ModeChange, PackageChange, Plan, PlannedNode, Reason};
 
-/// How a changed leaf input reads: a file path (with the packages a package list gained
-/// and lost), or a probe's output.
-fn input_text(path: &str, change: crate::plan::Change, packages: Option<&PackageChange>) -> String {
-    let mut text = match path.strip_prefix("probe:") {
-        Some(name) => match change {
-            crate::plan::Change::Modified => format!("probe `{name}` output changed"),
+/// The markers of the text view, explained in one line above the nodes.
+pub const LEGEND: &str =
+    "+ runs (a cause)  ~ runs (cascade of a cause)  … deferred until a roll-up  = up to date";
+
+/// `text` with control characters (C0, DEL, C1) and bidirectional-override characters
+/// written as escapes (`\n`, `\r`, `\t`, `\x1b`, `\u{202e}`), so that what a file
+/// name contains cannot move the cursor, clear a line or recolour a terminal.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    let needs =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(needs) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs(c) && (c as u32) < 0x100 => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if needs(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// How a changed input reads: a file path (with its mode change, the packages a package
+/// list gained and lost, and how it is an input when it was not declared), a probe's
+/// output, or a variable (whose value is never shown).
+fn input_text(
+    path: &str,
+    change: Change,
+    via: Via,
+    mode: Option<&ModeChange>,
+    packages: Option<&PackageChange>,
+) -> String {
+    let path = escape(path);
+    let mut text = if let Some(name) = path.strip_prefix(PROBE_PREFIX) {
+        match change {
+            Change::Modified => format!("probe `{name}` output changed"),
             other => format!("probe `{name}` {}", other.as_str()),
-        },
-        None => format!("`{path}` {}", change.as_str()),
+        }
+    } else if let Some(name) = path.strip_prefix(ENV_PREFIX) {
+        match change {
+            Change::Added => format!("env {name} now hashed"),
+            Change::Removed => format!("env {name} no longer hashed"),
+            _ => format!("env {name} changed"),
+        }
+    } else {
+        match (change, mode) {
+            (Change::Mode, Some(m)) => format!("`{path}` mode {} → {}", m.old, m.new),
+            (Change::Modified, Some(m)) => {
+                format!("`{path}` modified, mode {} → {}", m.old, m.new)
+            }
+            (other, _) => format!("`{path}` {}", other.as_str()),
+        }
     };
+    match via {
+        Via::Run => text.push_str(" (named in run)"),
+        Via::Origin => text.push_str(" (origin)"),
+        Via::Input | Via::Copy => {}
+    }
     if let Some(p) = packages {
-        let mut parts: Vec<String> = p.added.iter().map(|a| format!("+{a}")).collect();
-        parts.extend(p.removed.iter().map(|r| format!("-{r}")));
+        let mut parts: Vec<String> = p.added.iter().map(|a| format!("+{}", escape(a))).collect();
+        parts.extend(p.removed.iter().map(|r| format!("-{}", escape(r))));
         text.push_str(&format!(": {}", parts.join(" ")));
     }
     text
@@ -36,9 +97,11 @@ pub fn reason_text(r: &Reason) -> String {
             path,
             change,
             trigger,
+            via,
+            mode,
             packages,
         } => {
-            let text = input_text(path, *change, packages.as_ref());
+            let text = input_text(path, *change, *via, mode.as_ref(), packages.as_ref());
             match trigger {
                 crate::config::model::Trigger::Immediate => text,
                 crate::config::model::Trigger::Rollup => {
@@ -48,17 +111,21 @@ pub fn reason_text(r: &Reason) -> String {
         }
         Reason::ConfigChanged { fields } => format!("config changed: {}", fields.join(", ")),
         Reason::SourceChanged { source, old, new } => {
+            let source = escape(source);
             if old.is_empty() {
-                format!("source `{source}` now resolves to {}", short_id(new))
+                format!(
+                    "source `{source}` now resolves to {}",
+                    escape(&short_id(new))
+                )
             } else {
                 format!(
                     "source `{source}` changed: {} → {}",
-                    short_id(old),
-                    short_id(new)
+                    escape(&short_id(old)),
+                    escape(&short_id(new))
                 )
             }
         }
-        Reason::UpstreamChanged { node } => format!("cascade from {node}"),
+        Reason::UpstreamChanged { node } => format!("cascade from {}", escape(node)),
         Reason::MaxAge {
             built_at_ms,
             max_age_secs,
@@ -70,14 +137,19 @@ pub fn reason_text(r: &Reason) -> String {
         Reason::Rollup {
             path,
             change,
+            via,
+            mode,
             packages,
-        } => format!("roll-up: {}", input_text(path, *change, packages.as_ref())),
+        } => format!(
+            "roll-up: {}",
+            input_text(path, *change, *via, mode.as_ref(), packages.as_ref())
+        ),
         Reason::PreviousFailure { error } => match error {
-            Some(e) => format!("the last run with this key failed: {e}"),
+            Some(e) => format!("the last run with this key failed: {}", escape(e)),
             None => "the last run with this key failed".into(),
         },
         Reason::ArtifactMissing { artifact } => {
-            format!("artifact {} no longer exists", short_id(artifact))
+            format!("artifact {} no longer exists", escape(&short_id(artifact)))
         }
         Reason::Forced => "forced with --force".into(),
     }
@@ -89,19 +161,31 @@ pub fn render_text(plan: &Plan, p: Palette) -> String {
     let width = plan
         .nodes
         .iter()
-        .map(|n| n.id.len())
+        .map(|n| escape(&n.id).chars().count())
         .max()
         .unwrap_or(10)
         .max(10);
 
+    if !plan.nodes.is_empty() {
+        let _ = writeln!(out, "{}", p.dim(LEGEND));
+        out.push('\n');
+    }
     if !plan.sources.is_empty() {
         let _ = writeln!(out, "{}", p.bold("Sources"));
         for s in &plan.sources {
             let tail = match &s.previous_id {
-                Some(old) if old != &s.id => p.yellow(&format!("  (was {})", short_id(old))),
+                Some(old) if old != &s.id => {
+                    p.yellow(&format!("  (was {})", escape(&short_id(old))))
+                }
                 _ => String::new(),
             };
-            let _ = writeln!(out, "  {:width$}  {}{}", s.name, short_id(&s.id), tail);
+            let _ = writeln!(
+                out,
+                "  {:width$}  {}{}",
+                escape(&s.name),
+                escape(&short_id(&s.id)),
+                tail
+            );
         }
         out.push('\n');
     }
@@ -111,10 +195,11 @@ pub fn render_text(plan: &Plan, p: Palette) -> String {
     if !runs.is_empty() {
         let _ = writeln!(out, "{}", p.bold("Will run"));
         for n in &runs {
+            let id = escape(&n.id);
             let (mark, id) = if n.cascade {
-                ("~", p.dim(&n.id))
+                ("~", p.dim(&id))
             } else {
-                ("+", p.green(&n.id))
+                ("+", p.green(&id))
             };
             write_node(&mut out, mark, &id, n, width, p);
         }
@@ -128,7 +213,7 @@ pub fn render_text(plan: &Plan, p: Palette) -> String {
             p.bold("Deferred until a roll-up run (imgraph apply --rollup) or max-age")
         );
         for n in &deferred {
-            write_node(&mut out, "…", &p.yellow(&n.id), n, width, p);
+            write_node(&mut out, "…", &p.yellow(&escape(&n.id)), n, width, p);
         }
         out.push('\n');
     }
@@ -137,11 +222,12 @@ pub fn render_text(plan: &Plan, p: Palette) -> String {
         let _ = writeln!(out, "{}", p.bold("Up to date"));
         for n in &fresh {
             let key = n.previous_key.as_deref().map(short_id).unwrap_or_default();
+            let id = escape(&n.id);
             let _ = writeln!(
                 out,
                 "  = {}  {}",
-                pad(&p.dim(&n.id), &n.id, width),
-                p.dim(&key)
+                pad(&p.dim(&id), &id, width),
+                p.dim(&escape(&key))
             );
         }
         out.push('\n');
@@ -177,11 +263,11 @@ pub fn render_text(plan: &Plan, p: Palette) -> String {
 
 fn write_node(out: &mut String, mark: &str, id: &str, n: &PlannedNode, width: usize, p: Palette) {
     let mut lines: Vec<String> = Vec::new();
-    let cascades: Vec<&str> = n
+    let cascades: Vec<Cow<'_, str>> = n
         .reasons
         .iter()
         .filter_map(|r| match r {
-            Reason::UpstreamChanged { node } => Some(node.as_str()),
+            Reason::UpstreamChanged { node } => Some(escape(node)),
             _ => None,
         })
         .collect();
@@ -192,10 +278,12 @@ fn write_node(out: &mut String, mark: &str, id: &str, n: &PlannedNode, width: us
                 path,
                 change,
                 trigger: crate::config::model::Trigger::Rollup,
+                via,
+                mode,
                 packages,
             } if n.action == Action::Run => lines.push(format!(
                 "{} (rollup change, included in this run)",
-                input_text(path, *change, packages.as_ref())
+                input_text(path, *change, *via, mode.as_ref(), packages.as_ref())
             )),
             other => lines.push(reason_text(other)),
         }
@@ -205,7 +293,7 @@ fn write_node(out: &mut String, mark: &str, id: &str, n: &PlannedNode, width: us
     }
     let mut lines = lines.into_iter();
     let first = lines.next().unwrap_or_default();
-    let _ = writeln!(out, "  {mark} {}  {first}", pad(id, &n.id, width));
+    let _ = writeln!(out, "  {mark} {}  {first}", pad(id, &escape(&n.id), width));
     for line in lines {
         let _ = writeln!(out, "    {:width$}  {}", "", p.dim(&line));
     }

@@ -44,7 +44,10 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 /// The migrations, in order: entry `i` moves the schema from version `i` to `i + 1`.
 /// Only ever append; a released file is never edited.
-const MIGRATIONS: &[&str] = &[include_str!("../../schema/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../schema/0001_init.sql"),
+    include_str!("../../schema/0002_stat_cache_content_digests.sql"),
+];
 
 /// How long a call waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
