@@ -66,7 +66,7 @@ fn editing_a_config_file_rebuilds_base_and_cascades_everything_downstream() {
         vec![Reason::InputChanged {
             path: "config/base/motd".into(),
             change: Change::Modified,
-            via: Via::Input,
+            via: Via::Copy,
             mode: None,
             trigger: Trigger::Immediate,
             packages: None,
@@ -192,7 +192,7 @@ fn changing_a_test_input_reruns_that_test_and_its_publish_only() {
 }
 
 #[test]
-fn a_new_source_id_is_named_old_and_new() {
+fn a_changed_origin_folder_names_its_files_and_the_source_its_old_id() {
     let (_t, dir) = seeded();
     let before = plan_of(&dir, &PlanOptions::default()).sources[0].id.clone();
     write(&dir.join("bases/tiny-root/etc/hostname"), "renamed\n");
@@ -202,10 +202,13 @@ fn a_new_source_id_is_named_old_and_new() {
     let base = plan.node("build:base").unwrap();
     assert_eq!(
         base.reasons,
-        vec![Reason::SourceChanged {
-            source: "tiny-root".into(),
-            old: before.clone(),
-            new: after.clone(),
+        vec![Reason::InputChanged {
+            path: "bases/tiny-root/etc/hostname".into(),
+            change: Change::Modified,
+            trigger: Trigger::Immediate,
+            via: Via::Origin,
+            mode: None,
+            packages: None,
         }]
     );
     assert_eq!(
