@@ -6,7 +6,7 @@
 //! whitespace, comments and the order of child nodes in the file do not change it, while
 //! the order of build steps does (they run in that order). Tags never enter build keys.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -174,6 +174,14 @@ pub struct Image {
     pub version: String,
     pub max_age: Option<Duration>,
     pub build: Build,
+    /// `network` of the build (default `host`: package managers need the archive).
+    pub build_network: Network,
+    /// `env` / `pass-env` inside `build { … }`; the image-level ones apply too (see
+    /// [`Image::build_env`]).
+    pub build_env: EnvNames,
+    /// `env` / `pass-env` directly in the image: seen by its build, tests, probes and
+    /// deliveries.
+    pub env: EnvNames,
     /// `input`, `packages` and `probe` children, in file order.
     pub inputs: Vec<Input>,
     pub tests: Vec<TestSuite>,
@@ -190,6 +198,58 @@ impl Image {
     pub fn suite(&self, name: &str) -> Option<&TestSuite> {
         self.tests.iter().find(|t| t.name == name)
     }
+    /// The variables the build's commands see: the image's and the build's own.
+    pub fn build_env(&self) -> EnvNames {
+        self.env.merged(&self.build_env)
+    }
+}
+
+/// `env "NAME"` and `pass-env "NAME"` of one stanza: the caller's variables a command sees
+/// besides imgraph's minimal environment. The values of `hashed` names go into the node's
+/// key (never shown); `passed` names (credentials, tokens) are handed on without hashing.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct EnvNames {
+    pub hashed: BTreeSet<String>,
+    pub passed: BTreeSet<String>,
+}
+
+impl EnvNames {
+    /// Both sets, `inner` (the more specific stanza) added to `self`. A name hashed in
+    /// either is hashed.
+    pub fn merged(&self, inner: &EnvNames) -> EnvNames {
+        let hashed: BTreeSet<String> = self.hashed.union(&inner.hashed).cloned().collect();
+        let passed = self
+            .passed
+            .union(&inner.passed)
+            .filter(|n| !hashed.contains(*n))
+            .cloned()
+            .collect();
+        EnvNames { hashed, passed }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.hashed.is_empty() && self.passed.is_empty()
+    }
+}
+
+/// Whether a sandboxed command can reach the network.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Network {
+    /// The host's network (and resolver configuration).
+    Host,
+    /// A network namespace with loopback only.
+    None,
+}
+
+/// Where a probe runs.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProbePlace {
+    /// On the host, in the project folder (default).
+    #[default]
+    Project,
+    /// Inside a throwaway instance of the image's current version.
+    Image,
 }
 
 /// `instance { type "t3.small"; subnet "subnet-1"; security-group "sg-1"; key-name "k"; profile "p"; }`
@@ -302,8 +362,19 @@ pub enum InputKind {
     Path { pattern: String },
     /// A package list file. Default trigger: rollup.
     Packages { path: RelPath },
-    /// A command whose stdout is hashed (run in the project folder). Default trigger: rollup.
-    Probe { name: String, command: String },
+    /// A command whose stdout is hashed. Default trigger: rollup.
+    Probe {
+        name: String,
+        command: String,
+        /// `in="project"` (default) or `in="image"`.
+        place: ProbePlace,
+        /// `network="none"` (default) or `"host"`.
+        network: Network,
+        /// `timeout="2m"`; `None` is the default limit.
+        timeout: Option<Duration>,
+        /// `env` / `pass-env` children.
+        env: EnvNames,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -313,6 +384,9 @@ pub struct TestSuite {
     pub command: String,
     /// Default 10 minutes.
     pub timeout: Duration,
+    /// `network` (default `none`).
+    pub network: Network,
+    pub env: EnvNames,
     #[serde(skip)]
     pub span: Span,
 }
@@ -331,6 +405,9 @@ pub struct Environment {
 pub struct Delivery {
     pub image: String,
     pub command: String,
+    /// `input` children: hashed into the delivery's key.
+    pub inputs: Vec<Input>,
+    pub env: EnvNames,
     #[serde(skip)]
     pub span: Span,
 }
@@ -347,6 +424,7 @@ pub fn canonical_build(project: &Project, image: &Image) -> String {
         from: &'a FromRef,
         version: &'a str,
         build: &'a Build,
+        network: Network,
         instance: &'a InstanceSettings,
     }
     // Only what changes the result: not the store folder (moving the project must not
@@ -363,6 +441,7 @@ pub fn canonical_build(project: &Project, image: &Image) -> String {
         from: &image.from,
         version: &image.version,
         build: &image.build,
+        network: image.build_network,
         instance: &image.instance,
     })
 }
@@ -375,11 +454,13 @@ pub fn canonical_test(suite: &TestSuite) -> String {
         v: u32,
         command: &'a str,
         timeout_secs: u64,
+        network: Network,
     }
     canonical_json(&C {
         v: 2,
         command: &suite.command,
         timeout_secs: suite.timeout.as_secs(),
+        network: suite.network,
     })
 }
 

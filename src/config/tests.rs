@@ -93,8 +93,13 @@ fn design_example_loads_into_the_expected_model() {
             ]
         }
     );
-    let inputs: Vec<(&InputKind, Trigger)> =
-        base.inputs.iter().map(|i| (&i.kind, i.trigger)).collect();
+    // The `security` probe is checked in `design_example_loads_env_network_and_probe_settings`.
+    let inputs: Vec<(&InputKind, Trigger)> = base
+        .inputs
+        .iter()
+        .filter(|i| !matches!(&i.kind, InputKind::Probe { name, .. } if name == "security"))
+        .map(|i| (&i.kind, i.trigger))
+        .collect();
     assert_eq!(
         inputs,
         [
@@ -113,7 +118,11 @@ fn design_example_loads_into_the_expected_model() {
             (
                 &InputKind::Probe {
                     name: "apt-index".into(),
-                    command: "./scripts/apt-versions.sh".into()
+                    command: "./scripts/apt-versions.sh".into(),
+                    place: model::ProbePlace::Project,
+                    network: model::Network::None,
+                    timeout: None,
+                    env: Default::default(),
                 },
                 Trigger::Rollup
             ),
@@ -151,6 +160,66 @@ fn design_example_loads_into_the_expected_model() {
     let production = project.environment("production").expect("production");
     assert_eq!(production.after, ["staging"]);
     assert_eq!(production.deliveries[0].command, "./deliver.sh");
+}
+
+#[test]
+fn design_example_loads_env_network_and_probe_settings() {
+    let project = load(&example_dir()).unwrap_or_else(|e| panic!("{}", render_plain(&e)));
+    let base = project.image("base").expect("image base");
+    assert_eq!(base.build_network, model::Network::Host);
+    let security = base
+        .inputs
+        .iter()
+        .find_map(|i| match &i.kind {
+            InputKind::Probe {
+                name,
+                place,
+                network,
+                timeout,
+                ..
+            } if name == "security" => Some((*place, *network, *timeout, i.trigger)),
+            _ => None,
+        })
+        .expect("probe security");
+    assert_eq!(
+        security,
+        (
+            model::ProbePlace::Image,
+            model::Network::Host,
+            Some(Duration::from_secs(300)),
+            Trigger::Immediate
+        )
+    );
+    let web = project.image("web").expect("image web");
+    assert!(web.env.hashed.contains("APP_FLAVOR"));
+    assert!(web.env.passed.contains("ARTIFACTORY_TOKEN"));
+    assert_eq!(web.tests[0].network, model::Network::None);
+    // Tests default to no network; builds to the host's.
+    assert_eq!(
+        project.image("base").map(|b| b.tests[0].network),
+        Some(model::Network::None)
+    );
+    let staging = project.environment("staging").expect("staging");
+    assert!(staging.deliveries[0].env.hashed.contains("DEPLOY_REGION"));
+    assert_eq!(staging.deliveries[0].inputs.len(), 1);
+}
+
+#[test]
+fn image_env_applies_to_the_build_and_a_hashed_name_wins() {
+    let project = load_example(
+        r#"
+        source "debian" { local "bases/debian-12.tar.zst"; }
+        image "base" {
+            from "debian"
+            env "A"
+            pass-env "B"
+            build "rootfs" { env "B"; pass-env "C"; }
+        }
+        "#,
+    );
+    let env = project.images[0].build_env();
+    assert_eq!(env.hashed.iter().collect::<Vec<_>>(), ["A", "B"]);
+    assert_eq!(env.passed.iter().collect::<Vec<_>>(), ["C"]);
 }
 
 #[test]

@@ -20,8 +20,9 @@ use miette::SourceSpan;
 
 use super::diag::{did_you_mean, quoted_list, suggestion, Diags};
 use super::model::{
-    Build, Delivery, Environment, FromRef, Image, Input, InputKind, InstanceSettings, Project,
-    ProviderDef, ProviderKind, Sandbox, Source, SourceKind, Step, TestSuite, Trigger,
+    Build, Delivery, EnvNames, Environment, FromRef, Image, Input, InputKind, InstanceSettings,
+    Network, ProbePlace, Project, ProviderDef, ProviderKind, Sandbox, Source, SourceKind, Step,
+    TestSuite, Trigger,
 };
 use super::paths::{Expect, Paths};
 use super::raw::{Node, Scalar};
@@ -36,12 +37,16 @@ const TOP_LEVEL: &[&str] = &[
 ];
 const IMAGE_CHILDREN: &[&str] = &[
     "provider", "from", "version", "max-age", "build", "input", "packages", "probe", "test",
-    "tags", "instance",
+    "tags", "instance", "env", "pass-env",
 ];
 const PROVIDERS: &[&str] = &["local", "aws"];
 const BUILDERS: &[&str] = &["rootfs", "packer", "ec2"];
 const SANDBOXES: &[&str] = &["none", "chroot", "bwrap"];
 const TRIGGERS: &[&str] = &["immediate", "rollup"];
+const NETWORKS: &[&str] = &["host", "none"];
+const PROBE_PLACES: &[&str] = &["project", "image"];
+/// Children that name the caller's variables a command may see.
+const ENV_NODES: [&str; 2] = ["env", "pass-env"];
 const SOURCE_ARCHIVES: &[&str] = &[".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst"];
 
 const DEFAULT_STATE: &str = ".imgraph/state.db";
@@ -129,6 +134,15 @@ struct Str {
 enum NameKind {
     Source,
     Image,
+}
+
+/// A checked `build` node.
+struct BuildDraft {
+    build: Build,
+    /// The builder name as written.
+    builder: Str,
+    network: Network,
+    env: EnvNames,
 }
 
 /// What cross-image checks need from an image, even one whose body had errors.
@@ -441,13 +455,18 @@ impl V<'_> {
             usage,
             &format!("a duration string like \"{}\"", example_of(usage)),
         )?;
+        self.duration_value(&s, &node.name)
+    }
+
+    /// A duration string (`what` names it in the zero-length error).
+    fn duration_value(&mut self, s: &Str, what: &str) -> Option<Duration> {
         match humantime::parse_duration(s.value.trim()) {
             Ok(d) if d.is_zero() => {
                 self.diags
                     .error(
                         "bad_duration",
                         s.span,
-                        format!("`{}` must be longer than zero", node.name),
+                        format!("`{what}` must be longer than zero"),
                         "zero duration",
                     )
                     .help(DURATION_HELP);
@@ -953,7 +972,13 @@ impl V<'_> {
                 None
             }
         };
-        let provider = self.image_provider(&kids, &place, &owner, build.as_ref());
+        let provider = self.image_provider(
+            &kids,
+            &place,
+            &owner,
+            build.as_ref().map(|b| (&b.build, &b.builder)),
+        );
+        let env = self.env_names(&kids, &place);
 
         let mut inputs = Vec::new();
         let mut tests = Vec::new();
@@ -989,14 +1014,17 @@ impl V<'_> {
             _ => None,
         };
         let image = match (&name, from, version, build, provider) {
-            (Some(name), Some((from, _)), Some(version), Some((build, _)), Some(provider)) => {
+            (Some(name), Some((from, _)), Some(version), Some(build), Some(provider)) => {
                 Some(Image {
                     name: name.value.clone(),
                     provider,
                     from,
                     version,
                     max_age,
-                    build,
+                    build: build.build,
+                    build_network: build.network,
+                    build_env: build.env,
+                    env,
                     inputs,
                     tests,
                     tags,
@@ -1067,7 +1095,7 @@ impl V<'_> {
         kids: &[&Node],
         place: &str,
         owner: &str,
-        build: Option<&(Build, Str)>,
+        build: Option<(&Build, &Str)>,
     ) -> Option<String> {
         let needed = build.map(|(b, s)| (builder_provider(b), s));
         if let Some(node) = self.single(kids, "provider", place) {
@@ -1154,21 +1182,35 @@ impl V<'_> {
             .help(help);
     }
 
-    /// The build and its builder name as written.
-    fn build(&mut self, node: &Node) -> Option<(Build, Str)> {
+    /// The build, its builder name as written, its network and its variables.
+    fn build(&mut self, node: &Node) -> Option<BuildDraft> {
         let builder = self.arg(node, "a builder name", "build \"rootfs\" { ... }")?;
+        let mut network = Network::Host;
+        let env;
         let build = match self.choice(&builder, "unknown_builder", "builder", BUILDERS)? {
             0 => {
                 self.props(node, &[]);
-                let kids = self.children(node, &["copy", "run"], "in a rootfs build");
+                let place = "in a rootfs build";
+                let kids =
+                    self.children(node, &["copy", "run", "network", "env", "pass-env"], place);
+                network = self.network_child(&kids, place, Network::Host);
+                env = self.env_names(&kids, place);
+                let steps: Vec<&Node> = kids
+                    .iter()
+                    .copied()
+                    .filter(|k| k.name == "copy" || k.name == "run")
+                    .collect();
                 Build::Rootfs {
-                    steps: self.steps(&kids),
+                    steps: self.steps(&steps),
                 }
             }
             1 => {
                 let usage = "build \"packer\" template=\"packer/web.pkr.hcl\"";
                 self.props(node, &["template"]);
-                let kids = self.children(node, &["var"], "in a packer build");
+                let place = "in a packer build";
+                let all = self.children(node, &["var", "env", "pass-env"], place);
+                env = self.env_names(&all, place);
+                let kids: Vec<&Node> = all.into_iter().filter(|k| k.name == "var").collect();
                 let template = self.required_prop(node, "template", usage);
                 let template = template.and_then(|t| {
                     self.paths.existing(
@@ -1203,13 +1245,97 @@ impl V<'_> {
             }
             _ => {
                 self.props(node, &[]);
-                let kids = self.children(node, &["run"], "in an ec2 build");
+                let place = "in an ec2 build";
+                let all = self.children(node, &["run", "env", "pass-env"], place);
+                env = self.env_names(&all, place);
+                let kids: Vec<&Node> = all.into_iter().filter(|k| k.name == "run").collect();
                 Build::Ec2 {
                     steps: self.steps(&kids),
                 }
             }
         };
-        Some((build, builder))
+        Some(BuildDraft {
+            build,
+            builder,
+            network,
+            env,
+        })
+    }
+
+    /// `network "host"` / `network "none"` among `kids`, or `default`.
+    fn network_child(&mut self, kids: &[&Node], place: &str, default: Network) -> Network {
+        let Some(node) = self.single(kids, "network", place) else {
+            return default;
+        };
+        self.leaf(node, "a network mode", "network \"none\"")
+            .and_then(|s| self.network_value(&s))
+            .unwrap_or(default)
+    }
+
+    fn network_value(&mut self, s: &Str) -> Option<Network> {
+        match self.choice(s, "unknown_value", "network mode", NETWORKS)? {
+            0 => Some(Network::Host),
+            _ => Some(Network::None),
+        }
+    }
+
+    /// The `env "NAME"` and `pass-env "NAME"` nodes among `kids`.
+    fn env_names(&mut self, kids: &[&Node], place: &str) -> EnvNames {
+        let mut names = EnvNames::default();
+        let mut seen: HashMap<String, SourceSpan> = HashMap::new();
+        for kid in kids.iter().filter(|k| ENV_NODES.contains(&k.name.as_str())) {
+            let usage = format!("{} \"APP_FLAVOR\"", kid.name);
+            let Some(name) = self.leaf(kid, "a variable name", &usage) else {
+                continue;
+            };
+            let valid = name
+                .value
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name
+                    .value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                self.diags
+                    .error(
+                        "bad_env_name",
+                        name.span,
+                        format!("`{}` is not a variable name", name.value),
+                        "not a variable name",
+                    )
+                    .help("a variable name is letters, digits and `_`, not starting with a digit");
+                continue;
+            }
+            if name.value.starts_with("IMGRAPH_") {
+                self.diags
+                    .error(
+                        "bad_env_name",
+                        name.span,
+                        format!("`{}` is set by imgraph itself", name.value),
+                        "reserved name",
+                    )
+                    .help(
+                        "variables starting with IMGRAPH_ are imgraph's own; choose another name",
+                    );
+                continue;
+            }
+            if !self.unique(
+                &mut seen,
+                &name,
+                format!("variable `{}` is named twice {place}", name.value),
+                "name each variable once, with `env` (hashed) or `pass-env` (not hashed)",
+            ) {
+                continue;
+            }
+            if kid.name == "env" {
+                names.hashed.insert(name.value);
+            } else {
+                names.passed.insert(name.value);
+            }
+        }
+        names
     }
 
     fn steps(&mut self, kids: &[&Node]) -> Vec<Step> {
@@ -1319,9 +1445,25 @@ impl V<'_> {
         place: &str,
     ) -> Option<Input> {
         let usage = "probe \"apt-index\" run=\"./scripts/apt-versions.sh\"";
-        self.props(node, &["run", "trigger"]);
-        self.no_children(node);
+        self.props(node, &["run", "trigger", "in", "network", "timeout"]);
+        let probe_place = "in a probe";
+        let kids = self.children(node, &ENV_NODES, probe_place);
+        let env = self.env_names(&kids, probe_place);
         let trigger = self.trigger(node, Trigger::Rollup, usage);
+        let place_in = match self.prop_str(node, "in", usage) {
+            Some(s) => match self.choice(&s, "unknown_value", "probe place", PROBE_PLACES) {
+                Some(1) => ProbePlace::Image,
+                _ => ProbePlace::Project,
+            },
+            None => ProbePlace::Project,
+        };
+        let network = self
+            .prop_str(node, "network", usage)
+            .and_then(|s| self.network_value(&s))
+            .unwrap_or(Network::None);
+        let timeout = self
+            .prop_str(node, "timeout", usage)
+            .and_then(|s| self.duration_value(&s, "timeout"));
         let name = self.arg(node, "a name", usage);
         let command = self
             .required_prop(node, "run", usage)
@@ -1339,6 +1481,10 @@ impl V<'_> {
             kind: InputKind::Probe {
                 name: name.value,
                 command: command?,
+                place: place_in,
+                network,
+                timeout,
+                env,
             },
             trigger,
             exclude: Vec::new(),
@@ -1363,7 +1509,13 @@ impl V<'_> {
             None => "this test".to_owned(),
         };
         let place = format!("in {owner}");
-        let kids = self.children(node, &["input", "run", "timeout"], &place);
+        let kids = self.children(
+            node,
+            &["input", "run", "timeout", "network", "env", "pass-env"],
+            &place,
+        );
+        let network = self.network_child(&kids, &place, Network::None);
+        let env = self.env_names(&kids, &place);
         let command = match self.single(&kids, "run", &place) {
             Some(n) => self.command(n, "run \"sh tests/smoke/check.sh\""),
             None => {
@@ -1400,6 +1552,8 @@ impl V<'_> {
             inputs,
             command: command?,
             timeout: timeout?,
+            network,
+            env,
             span: name.span,
         })
     }
@@ -1601,7 +1755,13 @@ impl V<'_> {
             Some(i) => format!("in the delivery of `{}`", i.value),
             None => "in this delivery".to_owned(),
         };
-        let kids = self.children(node, &["run"], &place);
+        let kids = self.children(node, &["run", "input", "env", "pass-env"], &place);
+        let env = self.env_names(&kids, &place);
+        let inputs: Vec<Input> = kids
+            .iter()
+            .filter(|k| k.name == "input")
+            .filter_map(|k| self.input(k))
+            .collect();
         let command = match self.single(&kids, "run", &place) {
             Some(n) => self.command(n, "run \"./deliver.sh\""),
             None => {
@@ -1650,6 +1810,8 @@ impl V<'_> {
         let delivery = command.map(|command| Delivery {
             image: image.value.clone(),
             command,
+            inputs,
+            env,
             span: image.span,
         });
         Some((image, delivery))

@@ -45,6 +45,10 @@ fn probe_input(name: &str, command: &str) -> Input {
         kind: InputKind::Probe {
             name: name.to_owned(),
             command: command.to_owned(),
+            place: crate::config::model::ProbePlace::Project,
+            network: crate::config::model::Network::None,
+            timeout: None,
+            env: Default::default(),
         },
         trigger: Trigger::Rollup,
         exclude: Vec::new(),
