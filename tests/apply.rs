@@ -325,20 +325,6 @@ fn production_only_gets_what_staging_got_first() {
     assert!(s < p, "{order:?}");
 }
 
-/// Tools this test needs from Debian (installed by scripts/test.sh): in CI their absence
-/// fails the test; elsewhere it is said out loud and the test returns.
-fn require_tools(tools: &[&str]) -> bool {
-    let missing: Vec<&&str> = tools.iter().filter(|t| !Path::new(t).exists()).collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("missing {missing:?}: scripts/test.sh installs them (bubblewrap, busybox-static)");
-    }
-    eprintln!("NOT RUN: missing {missing:?}; run scripts/test.sh to install them");
-    false
-}
-
 #[test]
 fn a_busybox_root_builds_and_tests_inside_bwrap() {
     if !require_tools(&["/usr/bin/bwrap", "/bin/busybox"]) {

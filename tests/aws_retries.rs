@@ -439,6 +439,7 @@ async fn run_test(
         node_id: "test:web/smoke",
         artifact_id: "ami-123",
         version: "1.0.0",
+        inputs: &[],
         log: &log,
         work_dir: &f.root,
         ledger: &ledger,

@@ -119,9 +119,8 @@ pub enum Sandbox {
     /// Steps run on the host with `IMGRAPH_ROOT` (and tests with `IMGRAPH_INSTANCE_ROOT`).
     #[default]
     None,
-    /// Steps run with `chroot ROOT sh -c ...` (needs root).
-    Chroot,
-    /// Steps run inside `bwrap` with the image root as `/`.
+    /// Steps and tests run inside the image with `bwrap`, seeing only their inputs
+    /// (see `provider::local::sandbox`).
     Bwrap,
 }
 

@@ -41,7 +41,7 @@ const IMAGE_CHILDREN: &[&str] = &[
 ];
 const PROVIDERS: &[&str] = &["local", "aws"];
 const BUILDERS: &[&str] = &["rootfs", "packer", "ec2"];
-const SANDBOXES: &[&str] = &["none", "chroot", "bwrap"];
+const SANDBOXES: &[&str] = &["none", "bwrap"];
 const TRIGGERS: &[&str] = &["immediate", "rollup"];
 const NETWORKS: &[&str] = &["host", "none"];
 const PROBE_PLACES: &[&str] = &["project", "image"];
@@ -661,9 +661,19 @@ impl V<'_> {
                 };
                 let sandbox = match self.single(&kids, "sandbox", place) {
                     Some(n) => match self.leaf(n, "a sandbox kind", "sandbox \"none\"") {
+                        Some(s) if s.value == "chroot" => {
+                            self.diags
+                                .error(
+                                    "unsupported_sandbox",
+                                    s.span,
+                                    "sandbox `chroot` is not supported: a chroot is not a boundary (a step keeps every capability over the host)",
+                                    "not a boundary",
+                                )
+                                .help("use sandbox \"bwrap\": steps and tests run inside the image without capabilities over the host, seeing only their inputs");
+                            Sandbox::None
+                        }
                         Some(s) => match self.choice(&s, "unknown_value", "sandbox", SANDBOXES) {
-                            Some(1) => Sandbox::Chroot,
-                            Some(2) => Sandbox::Bwrap,
+                            Some(1) => Sandbox::Bwrap,
                             _ => Sandbox::None,
                         },
                         None => Sandbox::None,

@@ -24,9 +24,12 @@ pub use events::{Event, NodeOutcome, NodeReport, RunSummary};
 
 use crate::config::model::{FromRef, Project, SourceKind};
 use crate::graph::{build_id, Stage, StageGraph};
+use crate::hash::EntryKind;
 use crate::plan::{Action, BuildOutputs, Plan, PlannedNode};
 use crate::provider::append_log;
-use crate::provider::{BuildRequest, Ledger, Origin, Provider, ProviderError, TestRequest};
+use crate::provider::{
+    BuildRequest, Ledger, NodeInput, NodeInputKind, Origin, Provider, ProviderError, TestRequest,
+};
 use crate::state::{ImageRecord, NodeStart, NodeStatus, ReleaseStatus, RunId, RunStatus, State};
 
 #[derive(Debug, Clone)]
@@ -538,6 +541,26 @@ fn image_of<'a>(
         .ok_or_else(|| ProviderError::Failed(format!("unknown image `{name}`")))
 }
 
+/// The project files, symlinks and folders a node's commands may read: its manifest's
+/// leaves (probes are not files).
+fn node_inputs(node: &PlannedNode) -> Vec<NodeInput> {
+    node.manifest
+        .entries
+        .iter()
+        .filter_map(|e| {
+            let kind = match e.kind {
+                EntryKind::File => NodeInputKind::File,
+                EntryKind::Symlink => NodeInputKind::Symlink,
+                EntryKind::Probe => return None,
+            };
+            Some(NodeInput {
+                path: e.path.clone(),
+                kind,
+            })
+        })
+        .collect()
+}
+
 /// Runs one node; returns its outputs JSON on success.
 async fn run_node(
     ctx: &ExecContext,
@@ -594,6 +617,7 @@ async fn run_node(
                     version: &version,
                     key: &node.key,
                     origin,
+                    inputs: &node_inputs(node),
                     log,
                     work_dir: &work_dir,
                     ledger: &ledger,
@@ -638,6 +662,7 @@ async fn run_node(
                     node_id: &node.id,
                     artifact_id: &built.artifact_id,
                     version: &built.version,
+                    inputs: &node_inputs(node),
                     log,
                     work_dir: &work_dir,
                     ledger: &ledger,
@@ -737,14 +762,17 @@ async fn deliver(
     let spec = process::CommandSpec {
         command: delivery.command.clone(),
         cwd: ctx.project.root.clone(),
-        env: vec![
-            ("IMGRAPH_IMAGE".into(), image.name.clone()),
-            ("IMGRAPH_VERSION".into(), built.version.clone()),
-            ("IMGRAPH_IMAGE_ID".into(), built.artifact_id.clone()),
-            ("IMGRAPH_ENVIRONMENT".into(), env_name.clone()),
-        ],
-        sandbox: crate::config::model::Sandbox::None,
-        root: None,
+        env: process::command_env(
+            process::Place::Host,
+            &[],
+            &[],
+            vec![
+                ("IMGRAPH_IMAGE".into(), image.name.clone()),
+                ("IMGRAPH_VERSION".into(), built.version.clone()),
+                ("IMGRAPH_IMAGE_ID".into(), built.artifact_id.clone()),
+                ("IMGRAPH_ENVIRONMENT".into(), env_name.clone()),
+            ],
+        ),
         timeout: None,
         ledger: Some(process::ProcessLedger {
             ledger: Ledger {

@@ -12,21 +12,145 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::model::Sandbox;
 
-/// Where the project folder appears inside a `bwrap` sandbox (read-only).
-pub const SANDBOX_PROJECT: &str = "/tmp/imgraph-project";
-
 /// How long a process group gets between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(3);
+
+/// `PATH` inside a sandbox (the image's standard folders).
+pub const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// `SOURCE_DATE_EPOCH` of every command: 1980-01-01T00:00:00Z, the earliest time zip and
+/// FAT can store (the value Nix uses). A constant, so tools that stamp dates into their
+/// output (gzip, zip, Python bytecode, man pages) make the same bytes at every build.
+pub const SOURCE_DATE_EPOCH: &str = "315532800";
+
+/// The standard AWS variables a builder that needs credentials (Packer) gets from
+/// imgraph's own environment, when set: credentials, profile and config files, region,
+/// web-identity and container credentials, endpoints. Names ending in `*` are prefixes.
+pub const AWS_VARIABLES: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_ENDPOINT_URL*",
+    "AWS_CA_BUNDLE",
+    "AWS_EC2_METADATA_DISABLED",
+    "AWS_ROLE_ARN",
+    "AWS_ROLE_SESSION_NAME",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+];
+
+/// Packer's own settings (plugin and cache folders, logging), passed to Packer only.
+pub const PACKER_VARIABLES: &[&str] = &["PACKER_*"];
+
+/// Where a command runs, which decides its `PATH` and `HOME`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// On the host: the caller's `PATH` and `HOME` (commands and tools are found as the
+    /// caller finds them).
+    Host,
+    /// Inside an image: [`SANDBOX_PATH`] and `HOME=/root`.
+    Sandbox,
+}
+
+impl Place {
+    pub fn of(sandbox: Sandbox) -> Place {
+        match sandbox {
+            Sandbox::None => Place::Host,
+            Sandbox::Bwrap => Place::Sandbox,
+        }
+    }
+}
+
+/// The environment of every command imgraph runs (build steps, tests, deliveries, probes,
+/// Packer): never the caller's whole environment, but
+///
+/// - `PATH` and `HOME` (see [`Place`]), `LANG=C.UTF-8`, `TZ=UTC` and
+///   `SOURCE_DATE_EPOCH` ([`SOURCE_DATE_EPOCH`]);
+/// - the caller's value of each name in `names` (the node's `env` and `pass-env`), when set;
+/// - the caller's value of each of `extra` (such as [`AWS_VARIABLES`] for Packer), when set;
+/// - `context`, imgraph's own `IMGRAPH_*` variables, which nothing above can override.
+///
+/// [`run`] starts every command from exactly this list.
+pub fn command_env(
+    place: Place,
+    names: &[String],
+    extra: &[&str],
+    context: Vec<(String, String)>,
+) -> Vec<(String, String)> {
+    let caller: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    environment_from(&caller, place, names, extra, context)
+}
+
+/// [`command_env`] over a given caller environment.
+fn environment_from(
+    caller: &[(String, String)],
+    place: Place,
+    names: &[String],
+    extra: &[&str],
+    context: Vec<(String, String)>,
+) -> Vec<(String, String)> {
+    let lookup = |name: &str| caller.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+    let mut env: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    match place {
+        Place::Host => {
+            for name in ["PATH", "HOME"] {
+                if let Some(v) = lookup(name) {
+                    env.insert(name.into(), v.clone());
+                }
+            }
+            env.entry("PATH".into())
+                .or_insert_with(|| SANDBOX_PATH.into());
+        }
+        Place::Sandbox => {
+            env.insert("PATH".into(), SANDBOX_PATH.into());
+            env.insert("HOME".into(), "/root".into());
+        }
+    }
+    env.insert("LANG".into(), "C.UTF-8".into());
+    env.insert("TZ".into(), "UTC".into());
+    env.insert("SOURCE_DATE_EPOCH".into(), SOURCE_DATE_EPOCH.into());
+    for name in names {
+        if let Some(v) = lookup(name) {
+            env.insert(name.clone(), v.clone());
+        }
+    }
+    for pattern in extra {
+        match pattern.strip_suffix('*') {
+            Some(prefix) => {
+                for (k, v) in caller.iter().filter(|(k, _)| k.starts_with(prefix)) {
+                    env.insert(k.clone(), v.clone());
+                }
+            }
+            None => {
+                if let Some(v) = lookup(pattern) {
+                    env.insert((*pattern).to_string(), v.clone());
+                }
+            }
+        }
+    }
+    env.extend(context);
+    env.into_iter().collect()
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct CommandSpec {
     pub command: String,
     /// Working directory on the host (the project folder).
     pub cwd: PathBuf,
+    /// The whole environment (see [`command_env`]); nothing else is inherited.
     pub env: Vec<(String, String)>,
-    /// Run inside this root with the given sandbox (`none` runs on the host).
-    pub sandbox: Sandbox,
-    pub root: Option<PathBuf>,
+    /// A program and arguments that run `/bin/sh -c COMMAND` elsewhere (a sandbox's
+    /// `bwrap …`); empty runs `sh -c COMMAND` on the host.
+    pub wrapper: Vec<String>,
     pub timeout: Option<Duration>,
     /// The first signal sent on timeout or cancellation (default SIGTERM; Packer wants SIGINT).
     pub stop_signal: Option<i32>,
@@ -112,50 +236,17 @@ pub enum ProcessError {
     },
 }
 
-/// Builds the argv for a command in a sandbox.
+/// The argv of a command: `sh -c COMMAND` on the host, or the wrapper's program and
+/// arguments followed by `/bin/sh -c COMMAND`.
 pub fn argv(spec: &CommandSpec) -> Vec<String> {
-    let root = spec
-        .root
-        .as_ref()
-        .map(|r| r.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    match (spec.sandbox, spec.root.is_some()) {
-        (Sandbox::Chroot, true) => vec![
-            "chroot".into(),
-            root,
-            "/bin/sh".into(),
-            "-c".into(),
-            spec.command.clone(),
-        ],
-        (Sandbox::Bwrap, true) => vec![
-            "bwrap".into(),
-            "--bind".into(),
-            root,
-            "/".into(),
-            "--dev".into(),
-            "/dev".into(),
-            "--proc".into(),
-            "/proc".into(),
-            "--tmpfs".into(),
-            "/tmp".into(),
-            "--unshare-all".into(),
-            "--die-with-parent".into(),
-            // The project, read-only, inside the tmpfs: visible to steps and tests
-            // (`sh tests/smoke/check.sh` works) and never packed into the image.
-            "--ro-bind".into(),
-            spec.cwd.to_string_lossy().into_owned(),
-            SANDBOX_PROJECT.into(),
-            "--chdir".into(),
-            SANDBOX_PROJECT.into(),
-            "--setenv".into(),
-            "PATH".into(),
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-            "/bin/sh".into(),
-            "-c".into(),
-            spec.command.clone(),
-        ],
-        _ => vec!["sh".into(), "-c".into(), spec.command.clone()],
-    }
+    let shell = if spec.wrapper.is_empty() {
+        "sh"
+    } else {
+        "/bin/sh"
+    };
+    let mut args = spec.wrapper.clone();
+    args.extend([shell.to_string(), "-c".to_string(), spec.command.clone()]);
+    args
 }
 
 /// Runs the command to completion, timeout or cancellation; output goes to `log`.
@@ -185,6 +276,8 @@ pub async fn run(
         .stderr(Stdio::from(err_file))
         .process_group(0)
         .kill_on_drop(true);
+    // Only what `spec.env` says (built by [`command_env`]): never imgraph's own environment.
+    cmd.env_clear();
     for (k, v) in &spec.env {
         cmd.env(k, v);
     }
@@ -291,11 +384,88 @@ mod tests {
             command: cmd.into(),
             cwd: std::env::temp_dir(),
             env: vec![("GREETING".into(), "hi".into())],
-            sandbox: Sandbox::None,
-            root: None,
             timeout,
             ..Default::default()
         }
+    }
+
+    fn caller() -> Vec<(String, String)> {
+        [
+            ("PATH", "/opt/bin:/usr/bin"),
+            ("HOME", "/home/ci"),
+            ("SECRET_TOKEN", "s3cr3t"),
+            ("APP_FLAVOR", "blue"),
+            ("AWS_SECRET_ACCESS_KEY", "key"),
+            ("AWS_ENDPOINT_URL_EC2", "http://127.0.0.1:5055"),
+            ("IMGRAPH_ROOT", "/caller/says"),
+            ("LANG", "de_DE.UTF-8"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    fn names(env: &[(String, String)]) -> Vec<&str> {
+        env.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    #[test]
+    fn commands_get_the_minimal_environment_not_the_callers() {
+        let env = environment_from(
+            &caller(),
+            Place::Host,
+            &[],
+            &[],
+            vec![("IMGRAPH_IMAGE".into(), "web".into())],
+        );
+        assert_eq!(
+            names(&env),
+            [
+                "HOME",
+                "IMGRAPH_IMAGE",
+                "LANG",
+                "PATH",
+                "SOURCE_DATE_EPOCH",
+                "TZ"
+            ]
+        );
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("PATH"), Some("/opt/bin:/usr/bin"));
+        assert_eq!(get("HOME"), Some("/home/ci"));
+        assert_eq!(get("LANG"), Some("C.UTF-8"));
+        assert_eq!(get("TZ"), Some("UTC"));
+        assert_eq!(get("SOURCE_DATE_EPOCH"), Some(SOURCE_DATE_EPOCH));
+    }
+
+    #[test]
+    fn a_sandbox_gets_the_images_path_and_home() {
+        let env = environment_from(&caller(), Place::Sandbox, &[], &[], Vec::new());
+        assert!(env.contains(&("PATH".into(), SANDBOX_PATH.into())));
+        assert!(env.contains(&("HOME".into(), "/root".into())));
+    }
+
+    #[test]
+    fn declared_names_and_credentials_pass_and_imgraph_context_wins() {
+        let env = environment_from(
+            &caller(),
+            Place::Host,
+            &[
+                "APP_FLAVOR".into(),
+                "IMGRAPH_ROOT".into(),
+                "UNSET_NAME".into(),
+            ],
+            AWS_VARIABLES,
+            vec![("IMGRAPH_ROOT".into(), "/staging/root".into())],
+        );
+        assert!(env.contains(&("APP_FLAVOR".into(), "blue".into())));
+        assert!(env.contains(&("AWS_SECRET_ACCESS_KEY".into(), "key".into())));
+        assert!(env.contains(&(
+            "AWS_ENDPOINT_URL_EC2".into(),
+            "http://127.0.0.1:5055".into()
+        )));
+        assert!(env.contains(&("IMGRAPH_ROOT".into(), "/staging/root".into())));
+        assert!(!names(&env).contains(&"SECRET_TOKEN"));
+        assert!(!names(&env).contains(&"UNSET_NAME"));
     }
 
     #[tokio::test]
@@ -311,6 +481,21 @@ mod tests {
         .unwrap();
         assert_eq!(out, ProcessOutcome::Exited(3));
         assert_eq!(log_tail(&log, 10), vec!["hi", "oops"]);
+    }
+
+    #[tokio::test]
+    async fn a_command_sees_only_the_environment_it_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.log");
+        // `cargo test` runs this with CARGO_* variables set: none may reach the command.
+        assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO_")));
+        let out = run(&spec("env", None), &log, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(out.success());
+        let lines = log_tail(&log, 100);
+        assert!(lines.contains(&"GREETING=hi".to_string()), "{lines:?}");
+        assert!(!lines.iter().any(|l| l.starts_with("CARGO_")), "{lines:?}");
     }
 
     #[tokio::test]

@@ -43,6 +43,14 @@ pub fn run_probe(
         .arg("-c")
         .arg(command)
         .current_dir(root)
+        // The strict environment every command gets, never imgraph's own.
+        .env_clear()
+        .envs(crate::exec::process::command_env(
+            crate::exec::process::Place::Host,
+            &[],
+            &[],
+            Vec::new(),
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -70,6 +70,24 @@ impl Ledger {
     }
 }
 
+/// What a project input of a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeInputKind {
+    File,
+    Symlink,
+    Dir,
+}
+
+/// A project file, symlink or folder a node's commands may read: a leaf of the node's
+/// manifest (declared and implicit inputs). A sandbox shows a command these and no other
+/// project file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInput {
+    /// Project-relative, with `/`.
+    pub path: String,
+    pub kind: NodeInputKind,
+}
+
 /// Everything a build needs.
 pub struct BuildRequest<'a> {
     pub project: &'a Project,
@@ -78,6 +96,8 @@ pub struct BuildRequest<'a> {
     pub version: &'a str,
     pub key: &'a str,
     pub origin: Origin,
+    /// The build node's inputs (its manifest's files and symlinks).
+    pub inputs: &'a [NodeInput],
     pub log: &'a Path,
     pub work_dir: &'a Path,
     pub ledger: &'a Ledger,
@@ -98,6 +118,8 @@ pub struct TestRequest<'a> {
     pub node_id: &'a str,
     pub artifact_id: &'a str,
     pub version: &'a str,
+    /// The test node's inputs (its manifest's files and symlinks).
+    pub inputs: &'a [NodeInput],
     pub log: &'a Path,
     pub work_dir: &'a Path,
     pub ledger: &'a Ledger,

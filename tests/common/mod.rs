@@ -137,3 +137,31 @@ pub fn append(path: &Path, text: &str) {
         .expect("open");
     f.write_all(text.as_bytes()).expect("append");
 }
+
+/// Tools a test needs from Debian (installed by scripts/test.sh): in CI their absence
+/// fails the test; elsewhere it is said out loud and the test returns.
+pub fn require_tools(tools: &[&str]) -> bool {
+    let missing: Vec<&&str> = tools.iter().filter(|t| !Path::new(t).exists()).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("missing {missing:?}: scripts/test.sh installs them (bubblewrap, busybox-static)");
+    }
+    eprintln!("NOT RUN: missing {missing:?}; run scripts/test.sh to install them");
+    false
+}
+
+/// Whether this test runs as root (CI does): in CI its absence fails the test; elsewhere
+/// it is said out loud and the test returns.
+pub fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("this test needs root (CI runs as root)");
+    }
+    eprintln!("NOT RUN: this test needs root");
+    false
+}

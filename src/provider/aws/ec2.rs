@@ -578,26 +578,29 @@ impl AwsProvider {
         let spec = CommandSpec {
             command: req.suite.command.clone(),
             cwd: req.project.root.clone(),
-            env: vec![
-                ("IMGRAPH_INSTANCE_ID".into(), running.id.clone()),
-                (
-                    "IMGRAPH_INSTANCE_IP".into(),
-                    running.ip.clone().unwrap_or_default(),
-                ),
-                (
-                    "IMGRAPH_INSTANCE_PRIVATE_IP".into(),
-                    running.private_ip.unwrap_or_default(),
-                ),
-                (
-                    "IMGRAPH_INSTANCE_PUBLIC_IP".into(),
-                    running.public_ip.unwrap_or_default(),
-                ),
-                ("IMGRAPH_IMAGE".into(), req.image.name.clone()),
-                ("IMGRAPH_VERSION".into(), req.version.to_string()),
-                ("IMGRAPH_IMAGE_ID".into(), req.artifact_id.to_string()),
-            ],
-            sandbox: crate::config::model::Sandbox::None,
-            root: None,
+            env: process::command_env(
+                process::Place::Host,
+                &[],
+                &[],
+                vec![
+                    ("IMGRAPH_INSTANCE_ID".into(), running.id.clone()),
+                    (
+                        "IMGRAPH_INSTANCE_IP".into(),
+                        running.ip.clone().unwrap_or_default(),
+                    ),
+                    (
+                        "IMGRAPH_INSTANCE_PRIVATE_IP".into(),
+                        running.private_ip.unwrap_or_default(),
+                    ),
+                    (
+                        "IMGRAPH_INSTANCE_PUBLIC_IP".into(),
+                        running.public_ip.unwrap_or_default(),
+                    ),
+                    ("IMGRAPH_IMAGE".into(), req.image.name.clone()),
+                    ("IMGRAPH_VERSION".into(), req.version.to_string()),
+                    ("IMGRAPH_IMAGE_ID".into(), req.artifact_id.to_string()),
+                ],
+            ),
             timeout: Some(req.suite.timeout),
             ledger: Some(process::ProcessLedger {
                 ledger: req.ledger.clone(),

@@ -146,8 +146,8 @@ impl AwsProvider {
         };
         let command = packer_command(template, vars, source, image, req.version);
         append_log(req.log, &format!("imgraph: {command}"));
-        let mut env = self.child_env();
-        env.extend([
+        let mut context = self.child_env();
+        context.extend([
             ("IMGRAPH_IMAGE".to_string(), image.clone()),
             ("IMGRAPH_VERSION".to_string(), req.version.to_string()),
             ("IMGRAPH_KEY".to_string(), req.key.to_string()),
@@ -157,13 +157,13 @@ impl AwsProvider {
             // Packer otherwise asks HashiCorp's server for updates on every run.
             ("CHECKPOINT_DISABLE".to_string(), "1".to_string()),
         ]);
-        env.extend(self.packer_env.iter().cloned());
+        context.extend(self.packer_env.iter().cloned());
+        let mut extra = process::AWS_VARIABLES.to_vec();
+        extra.extend(process::PACKER_VARIABLES);
         let spec = CommandSpec {
             command,
             cwd: req.project.root.clone(),
-            env,
-            sandbox: crate::config::model::Sandbox::None,
-            root: None,
+            env: process::command_env(process::Place::Host, &[], &extra, context),
             timeout: None,
             // Packer cleans up (key pairs, security groups, instances) on SIGINT.
             stop_signal: Some(libc::SIGINT),
@@ -172,6 +172,7 @@ impl AwsProvider {
                 ledger: req.ledger.clone(),
                 node: req.node_id.to_string(),
             }),
+            ..Default::default()
         };
         let offset = log_len(req.log);
         let outcome = process::run(&spec, req.log, req.cancel).await?;

@@ -22,9 +22,11 @@
 //! origin formats, [`tree`] copies and removes folder trees, [`store`] is the store, and
 //! [`provider`] runs builds and test instances on top of them.
 
+pub mod mounts;
 pub mod origin;
 pub mod pack;
 pub mod provider;
+pub mod sandbox;
 pub mod store;
 pub mod tree;
 mod unpack;
@@ -39,7 +41,7 @@ pub use origin::unpack_origin;
 pub use pack::pack_deterministic;
 pub use provider::LocalProvider;
 pub use store::Store;
-pub use tree::{copy_into, remove_tree};
+pub use tree::{copy_into, remove_tree, resolve_in_image};
 
 /// What can go wrong while packing, storing, unpacking or copying image trees.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,13 @@ pub enum LocalError {
         path.display()
     )]
     UnsafeEntry { path: PathBuf, entry: String },
+    /// A mount point below a folder imgraph removes or packs could not be detached:
+    /// removing or packing it would reach the host folder mounted there.
+    #[error(
+        "clean up `{}`: it is a mount point a step left behind, and unmounting it failed ({detail}); nothing below it was removed or packed: unmount it by hand",
+        path.display()
+    )]
+    MountLeft { path: PathBuf, detail: String },
     /// The id is not of the form `local:<64 lowercase hex digits>`.
     #[error("find artifact `{id}`: a local artifact id is `local:` followed by 64 hex digits")]
     InvalidArtifactId { id: String },

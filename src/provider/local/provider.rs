@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 
 use crate::config::model::{Build, Sandbox, Step};
-use crate::exec::process::{self, CommandSpec, ProcessLedger, ProcessOutcome};
+use crate::exec::process::{self, CommandSpec, Place, ProcessLedger, ProcessOutcome};
+use crate::provider::local::sandbox::{self, SandboxSpec, PROJECT_MOUNT};
 use crate::provider::local::{self, Store};
 use crate::provider::{
-    append_log, BuildRequest, Built, Ledger, Origin, Provider, ProviderError, TestRequest,
+    append_log, BuildRequest, Built, Ledger, NodeInput, Origin, Provider, ProviderError,
+    TestRequest,
 };
 use crate::state::{LedgerEntry, ReleaseStatus};
 
@@ -34,8 +36,45 @@ impl LocalProvider {
     fn root_env(&self, root: &Path) -> String {
         match self.sandbox {
             Sandbox::None => root.to_string_lossy().into_owned(),
-            Sandbox::Chroot | Sandbox::Bwrap => "/".into(),
+            Sandbox::Bwrap => "/".into(),
         }
+    }
+
+    /// Runs one command against an image root, in the sandbox when there is one: prepares
+    /// the sandbox's mounts, runs, and removes what the mounts needed, whatever happened.
+    async fn run_in(
+        &self,
+        call: RunIn<'_>,
+        mut spec: CommandSpec,
+    ) -> Result<ProcessOutcome, ProviderError> {
+        let prepared = match self.sandbox {
+            Sandbox::None => None,
+            Sandbox::Bwrap => {
+                let prepared = sandbox::prepare(&SandboxSpec {
+                    root: call.root,
+                    project: &spec.cwd,
+                    inputs: call.inputs,
+                    host_network: call.host_network,
+                })?;
+                spec.wrapper = prepared.argv.clone();
+                Some(prepared)
+            }
+        };
+        let outcome = process::run(&spec, call.log, call.cancel).await;
+        if let Some(prepared) = prepared {
+            prepared.finish()?;
+        }
+        let outcome = outcome?;
+        if !outcome.success() && self.sandbox == Sandbox::Bwrap {
+            append_log(
+                call.log,
+                &format!(
+                    "imgraph: note: this command saw only its {} input(s) of the project, read-only at {PROJECT_MOUNT}; a project file it reads must be declared with `input`",
+                    call.inputs.len()
+                ),
+            );
+        }
+        Ok(outcome)
     }
 
     /// A fresh, unique folder name under `work_dir`.
@@ -53,6 +92,15 @@ impl LocalProvider {
             .collect();
         work_dir.join(format!("{kind}-{safe}-{}-{n}", std::process::id()))
     }
+}
+
+/// Where and how [`LocalProvider::run_in`] runs a command.
+struct RunIn<'a> {
+    root: &'a Path,
+    inputs: &'a [NodeInput],
+    host_network: bool,
+    log: &'a Path,
+    cancel: &'a tokio_util::sync::CancellationToken,
 }
 
 /// Runs `f` on the blocking pool (tar, zstd and file copies must not stall the runtime).
@@ -146,6 +194,7 @@ impl LocalProvider {
         steps: &[Step],
         staging: &Path,
     ) -> Result<Built, ProviderError> {
+        local::tree::create_private_dir(staging)?;
         let root = staging.join("root");
         let origin = req.origin.clone();
         let store = self.store.clone();
@@ -172,14 +221,17 @@ impl LocalProvider {
                     let spec = CommandSpec {
                         command: command.clone(),
                         cwd: req.project.root.clone(),
-                        env: vec![
-                            ("IMGRAPH_ROOT".into(), self.root_env(&root)),
-                            ("IMGRAPH_IMAGE".into(), req.image.name.clone()),
-                            ("IMGRAPH_VERSION".into(), req.version.to_string()),
-                            ("IMGRAPH_KEY".into(), req.key.to_string()),
-                        ],
-                        sandbox: self.sandbox,
-                        root: Some(root.clone()),
+                        env: process::command_env(
+                            Place::of(self.sandbox),
+                            &[],
+                            &[],
+                            vec![
+                                ("IMGRAPH_ROOT".into(), self.root_env(&root)),
+                                ("IMGRAPH_IMAGE".into(), req.image.name.clone()),
+                                ("IMGRAPH_VERSION".into(), req.version.to_string()),
+                                ("IMGRAPH_KEY".into(), req.key.to_string()),
+                            ],
+                        ),
                         timeout: None,
                         ledger: Some(ProcessLedger {
                             ledger: req.ledger.clone(),
@@ -187,7 +239,14 @@ impl LocalProvider {
                         }),
                         ..Default::default()
                     };
-                    let outcome = process::run(&spec, req.log, req.cancel).await?;
+                    let call = RunIn {
+                        root: &root,
+                        inputs: req.inputs,
+                        host_network: true,
+                        log: req.log,
+                        cancel: req.cancel,
+                    };
+                    let outcome = self.run_in(call, spec).await?;
                     if !outcome.success() {
                         return Err(ProviderError::Failed(format!(
                             "build step `{command}` {}",
@@ -198,7 +257,22 @@ impl LocalProvider {
             }
         }
         let store = self.store.clone();
-        let (artifact_id, size) = blocking(move || store.pack_tree(&root)).await?;
+        let log = req.log.to_path_buf();
+        let (artifact_id, size) = blocking(move || {
+            // Packing never leaves the root: detach what a step left mounted in it.
+            for point in local::mounts::release_mounts(&root)? {
+                append_log(
+                    &log,
+                    &format!(
+                        "imgraph: detached {}, which a step left mounted",
+                        point.display()
+                    ),
+                );
+            }
+            local::tree::empty_tmp(&root)?;
+            store.pack_tree(&root)
+        })
+        .await?;
         append_log(
             req.log,
             &format!("imgraph: packed {artifact_id} ({size} bytes)"),
@@ -212,6 +286,7 @@ impl LocalProvider {
         instance: &Path,
         instance_id: &str,
     ) -> Result<ProcessOutcome, ProviderError> {
+        local::tree::create_private_dir(instance)?;
         let root = instance.join("root");
         let (store, artifact, dest) = (
             self.store.clone(),
@@ -226,16 +301,19 @@ impl LocalProvider {
         let spec = CommandSpec {
             command: req.suite.command.clone(),
             cwd: req.project.root.clone(),
-            env: vec![
-                ("IMGRAPH_INSTANCE_ROOT".into(), self.root_env(&root)),
-                ("IMGRAPH_INSTANCE_ID".into(), instance_id.to_string()),
-                ("IMGRAPH_INSTANCE_IP".into(), "127.0.0.1".into()),
-                ("IMGRAPH_IMAGE".into(), req.image.name.clone()),
-                ("IMGRAPH_VERSION".into(), req.version.to_string()),
-                ("IMGRAPH_IMAGE_ID".into(), req.artifact_id.to_string()),
-            ],
-            sandbox: self.sandbox,
-            root: Some(root),
+            env: process::command_env(
+                Place::of(self.sandbox),
+                &[],
+                &[],
+                vec![
+                    ("IMGRAPH_INSTANCE_ROOT".into(), self.root_env(&root)),
+                    ("IMGRAPH_INSTANCE_ID".into(), instance_id.to_string()),
+                    ("IMGRAPH_INSTANCE_IP".into(), "127.0.0.1".into()),
+                    ("IMGRAPH_IMAGE".into(), req.image.name.clone()),
+                    ("IMGRAPH_VERSION".into(), req.version.to_string()),
+                    ("IMGRAPH_IMAGE_ID".into(), req.artifact_id.to_string()),
+                ],
+            ),
             timeout: Some(req.suite.timeout),
             ledger: Some(ProcessLedger {
                 ledger: req.ledger.clone(),
@@ -243,6 +321,13 @@ impl LocalProvider {
             }),
             ..Default::default()
         };
-        Ok(process::run(&spec, req.log, req.cancel).await?)
+        let call = RunIn {
+            root: &root,
+            inputs: req.inputs,
+            host_network: false,
+            log: req.log,
+            cancel: req.cancel,
+        };
+        self.run_in(call, spec).await
     }
 }

@@ -1,6 +1,8 @@
 //! The content-addressed store: one folder of `<hex>.tar.zst` files, each named after the
 //! blake3 of its own bytes, so an artifact id (`local:<hex>`) both names and verifies it.
 //!
+//! The store folder is 0700 and every artifact 0600 ([`STORE_MODE`], [`ARTIFACT_MODE`]).
+//!
 //! Writes are atomic: a pack goes to a temporary file in the store folder (`.pack-*.tmp`),
 //! is fsynced, and is renamed into place; the folder is then fsynced so the rename
 //! survives a crash. A reader therefore sees a complete artifact or none. A crash mid-pack
@@ -13,7 +15,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::pack::pack_deterministic;
@@ -22,6 +24,13 @@ use super::{io_err, LocalError};
 
 /// The prefix of every artifact id this store hands out.
 pub const ID_PREFIX: &str = "local:";
+
+/// The store folder's mode: artifacts are whole root file systems (an image's
+/// `/etc/shadow`, host keys), so only the user running imgraph may list or read them.
+pub const STORE_MODE: u32 = 0o700;
+
+/// Every artifact's mode (see [`STORE_MODE`]).
+pub const ARTIFACT_MODE: u32 = 0o600;
 
 /// Content-addressed store folder: `<store>/<hex>.tar.zst`; an artifact id is
 /// "local:<64 hex>" = blake3 of the tar.zst BYTES.
@@ -61,7 +70,7 @@ impl Store {
     /// bytes -> same id; an existing identical artifact is kept (one whose bytes no longer
     /// match its name is replaced).
     pub fn pack_tree(&self, tree: &Path) -> Result<(String, u64), LocalError> {
-        fs::create_dir_all(&self.root).map_err(io_err("create the store", &self.root))?;
+        self.create()?;
         // Dropping `tmp` on any early return deletes it.
         let tmp = tempfile::Builder::new()
             .prefix(".pack-")
@@ -89,15 +98,25 @@ impl Store {
         }
 
         let file = tmp.as_file();
-        // Artifacts are plain data; 0600 from the temp file would hide them from a CI
-        // user sharing the project.
-        file.set_permissions(fs::Permissions::from_mode(0o644))
+        // An image holds its own `/etc/shadow` and keys: only imgraph's user reads it.
+        file.set_permissions(fs::Permissions::from_mode(ARTIFACT_MODE))
             .map_err(io_err("set the mode of", tmp.path()))?;
         file.sync_all().map_err(io_err("sync", tmp.path()))?;
         tmp.persist(&target)
             .map_err(|e| LocalError::io("move the packed image to", &target, e.error))?;
         sync_dir(&self.root)?;
         Ok((id, size))
+    }
+
+    /// Creates the store folder (and its parents) if needed, and gives it mode 0700.
+    fn create(&self) -> Result<(), LocalError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(STORE_MODE)
+            .create(&self.root)
+            .map_err(io_err("create the store", &self.root))?;
+        fs::set_permissions(&self.root, fs::Permissions::from_mode(STORE_MODE))
+            .map_err(io_err("set the mode of the store", &self.root))
     }
 
     /// Unpacks an artifact into `dest` (must be empty or not exist). The artifact's bytes

@@ -722,21 +722,222 @@ fn copy_into_creates_parents_and_keeps_the_exec_bit() {
 }
 
 #[test]
-fn copy_into_refuses_a_parent_that_is_a_symlink() {
+fn copy_into_resolves_parent_symlinks_inside_the_image() {
     let dir = TempDir::new().unwrap();
     let outside = dir.path().join("host-etc");
     fs::create_dir(&outside).unwrap();
     let root = dir.path().join("root");
-    fs::create_dir(&root).unwrap();
+    fs::create_dir_all(root.join("usr/sbin")).unwrap();
+    // Merged /usr, and an absolute link that names a host folder.
+    symlink("usr/sbin", root.join("sbin")).unwrap();
     symlink(&outside, root.join("etc")).unwrap();
-    let src = dir.path().join("app.conf");
-    write(&src, b"a=1\n", 0o644);
+    let src = dir.path().join("tool");
+    write(&src, b"#!/bin/sh\n", 0o755);
 
-    let err = copy_into(&src, &root, "/etc/acme/app.conf").unwrap_err();
-    assert!(matches!(err, LocalError::UnsafeEntry { .. }), "{err}");
+    copy_into(&src, &root, "/sbin/tool").unwrap();
+    assert_eq!(
+        fs::read(root.join("usr/sbin/tool")).unwrap(),
+        b"#!/bin/sh\n"
+    );
+    assert!(fs::symlink_metadata(root.join("sbin"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+
+    // `/etc -> /tmp/.../host-etc` means that folder *inside the image*.
+    copy_into(&src, &root, "/etc/acme/tool").unwrap();
+    let inside = root
+        .join(outside.strip_prefix("/").unwrap())
+        .join("acme/tool");
+    assert!(inside.is_file());
+    assert!(fs::read_dir(&outside).unwrap().next().is_none());
+
+    // A folder merges through a link too.
+    let conf = dir.path().join("conf");
+    write(&conf.join("sbin/helper"), b"x", 0o755);
+    copy_into(&conf, &root, "/").unwrap();
+    assert!(root.join("usr/sbin/helper").is_file());
+
+    // `..` written in `to` is still refused; inside a link it stops at the root.
     let err = copy_into(&src, &root, "/../app.conf").unwrap_err();
     assert!(matches!(err, LocalError::UnsafeEntry { .. }), "{err}");
-    assert!(fs::read_dir(&outside).unwrap().next().is_none());
+    symlink("../../../../..", root.join("up")).unwrap();
+    copy_into(&src, &root, "/up/escaped").unwrap();
+    assert!(root.join("escaped").is_file());
+}
+
+#[test]
+fn resolve_in_image_stays_inside_the_root_and_stops_link_loops() {
+    let dir = TempDir::new().unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir_all(root.join("usr/lib")).unwrap();
+    symlink("/usr/lib", root.join("lib")).unwrap();
+    symlink("../../../lib", root.join("usr/up")).unwrap();
+    symlink("loop-b", root.join("loop-a")).unwrap();
+    symlink("loop-a", root.join("loop-b")).unwrap();
+    let resolve = |p: &str, last| resolve_in_image(&root, Path::new(p), last).unwrap();
+    assert_eq!(resolve("/lib/x.so", false), PathBuf::from("usr/lib/x.so"));
+    assert_eq!(resolve("/usr/up/y", false), PathBuf::from("usr/lib/y"));
+    assert_eq!(resolve("/lib", false), PathBuf::from("lib"));
+    assert_eq!(resolve("/lib", true), PathBuf::from("usr/lib"));
+    assert_eq!(
+        resolve("/missing/a/../b", false),
+        PathBuf::from("missing/b")
+    );
+    assert!(resolve_in_image(&root, Path::new("/loop-a/x"), false).is_err());
+}
+
+#[test]
+fn sparse_files_stay_sparse_and_pack_by_content() {
+    let dir = TempDir::new().unwrap();
+    let size: u64 = 64 << 20;
+    let sparse_tree = dir.path().join("sparse");
+    fs::create_dir_all(sparse_tree.join("var/log")).unwrap();
+    let lastlog = sparse_tree.join("var/log/lastlog");
+    {
+        let f = File::create(&lastlog).unwrap();
+        f.set_len(size).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_at(b"head", 0).unwrap();
+        f.write_at(b"middle", size / 2 + 10).unwrap();
+    }
+    fs::set_permissions(&lastlog, fs::Permissions::from_mode(0o664)).unwrap();
+    // The same content written out in full: the file system has no holes in it.
+    let dense_tree = dir.path().join("dense");
+    fs::create_dir_all(dense_tree.join("var/log")).unwrap();
+    let dense = dense_tree.join("var/log/lastlog");
+    {
+        let mut f = File::create(&dense).unwrap();
+        let mut content = vec![0u8; size as usize];
+        content[..4].copy_from_slice(b"head");
+        let at = (size / 2 + 10) as usize;
+        content[at..at + 6].copy_from_slice(b"middle");
+        f.write_all(&content).unwrap();
+    }
+    fs::set_permissions(&dense, fs::Permissions::from_mode(0o664)).unwrap();
+    assert!(fs::metadata(&dense).unwrap().blocks() * 512 >= size);
+
+    let store = store_in(&dir);
+    let (id, packed) = store.pack_tree(&sparse_tree).unwrap();
+    let (dense_id, _) = store.pack_tree(&dense_tree).unwrap();
+    assert_eq!(id, dense_id, "holes are content, not allocation");
+    assert!(packed < 64 * 1024, "{packed} bytes");
+
+    let out = dir.path().join("out");
+    store.unpack(&id, &out).unwrap();
+    let unpacked = out.join("var/log/lastlog");
+    let meta = fs::metadata(&unpacked).unwrap();
+    assert_eq!(meta.len(), size);
+    assert!(meta.blocks() * 512 < 1 << 20, "{} blocks", meta.blocks());
+    assert_eq!(meta.mode() & 0o7777, 0o664);
+    let mut data = Vec::new();
+    File::open(&unpacked)
+        .unwrap()
+        .read_to_end(&mut data)
+        .unwrap();
+    assert_eq!(&data[..4], b"head");
+    let at = (size / 2 + 10) as usize;
+    assert_eq!(&data[at..at + 6], b"middle");
+    assert_eq!(data.iter().filter(|&&b| b != 0).count(), 10);
+    // GNU tar reads it as the same file.
+    if Path::new("/usr/bin/tar").exists() {
+        let listing = std::process::Command::new("tar")
+            .args(["--zstd", "-tvf"])
+            .arg(store.path_of(&id).unwrap())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&listing.stdout);
+        assert!(text.contains(&size.to_string()), "{text}");
+    }
+}
+
+#[test]
+fn a_sparse_file_with_many_runs_and_a_trailing_hole_round_trips() {
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    let path = tree.join("disk.img");
+    let size: u64 = 40 << 20;
+    {
+        let f = File::create(&path).unwrap();
+        f.set_len(size).unwrap();
+        use std::os::unix::fs::FileExt;
+        // 30 runs: more than the header's 4 and one extension header's 21.
+        for i in 0..30u64 {
+            f.write_at(
+                format!("run {i}").as_bytes(),
+                i * (1 << 20) + 4096 * (i % 3),
+            )
+            .unwrap();
+        }
+    }
+    let store = store_in(&dir);
+    let (id, _) = store.pack_tree(&tree).unwrap();
+    let out = dir.path().join("out");
+    store.unpack(&id, &out).unwrap();
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        fs::read(out.join("disk.img")).unwrap()
+    );
+}
+
+#[test]
+fn the_store_is_private() {
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("tree");
+    sample_tree(&tree);
+    let store = store_in(&dir);
+    let (id, _) = store.pack_tree(&tree).unwrap();
+    let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+    assert_eq!(mode(store.root()), 0o700);
+    assert_eq!(mode(&store.path_of(&id).unwrap()), 0o600);
+}
+
+#[test]
+fn empty_tmp_keeps_the_folder_and_its_mode() {
+    let dir = TempDir::new().unwrap();
+    let root = dir.path().join("root");
+    write(&root.join("tmp/upload/app.conf"), b"x", 0o644);
+    write(&root.join("tmp/.hidden"), b"x", 0o600);
+    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    tree::empty_tmp(&root).unwrap();
+    assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+    assert_eq!(
+        fs::metadata(root.join("tmp")).unwrap().mode() & 0o7777,
+        0o1777
+    );
+}
+
+#[test]
+fn removal_and_packing_never_enter_a_mount_point() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+        eprintln!("NOT RUN: needs root to bind-mount");
+        return;
+    }
+    let dir = TempDir::new().unwrap();
+    let host = dir.path().join("host");
+    write(&host.join("keep.txt"), b"host data", 0o644);
+    let root = dir.path().join("staging/root");
+    fs::create_dir_all(root.join("mnt/host")).unwrap();
+    let status = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&host)
+        .arg(root.join("mnt/host"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(mounts::mounts_under(&root).unwrap().len(), 1);
+
+    let store = store_in(&dir);
+    let err = store.pack_tree(&root).unwrap_err();
+    assert!(matches!(err, LocalError::MountLeft { .. }), "{err}");
+    assert!(err.to_string().contains("mnt/host"), "{err}");
+
+    remove_tree(&dir.path().join("staging")).unwrap();
+    assert!(!dir.path().join("staging").exists());
+    assert_eq!(fs::read(host.join("keep.txt")).unwrap(), b"host data");
 }
 
 #[test]

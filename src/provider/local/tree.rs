@@ -1,11 +1,13 @@
 //! Copying into and removing image trees without ever following a symlink.
 //!
 //! An image root is full of symlinks that make sense only inside the image (`/etc/mtab ->
-//! /proc/self/mounts`, `/lib -> usr/lib`). On the host, following one would read or write
-//! the host's files, so every path here is resolved component by component with
-//! `symlink_metadata`: [`copy_into`] refuses an in-image destination whose parent folders
-//! include a symlink ([`LocalError::UnsafeEntry`]), replaces a symlink that sits where a
-//! file goes instead of writing through it, and copies symlinks from the project as links.
+//! /proc/self/mounts`, `/sbin -> usr/sbin`). On the host, following one would read or write
+//! the host's files, so the host never follows them: [`resolve_in_image`] reads each link
+//! itself and resolves it *within the image root*, as the image would see it (an absolute
+//! target starts again at the root, `..` stops at the root). [`copy_into`] resolves the
+//! parent folders of its destination that way (so `to="/sbin/tool"` lands in `usr/sbin`
+//! on a merged-/usr root), replaces a symlink that sits where a file goes instead of
+//! writing through it, and copies symlinks from the project as links.
 //!
 //! Directory modes are applied after their contents are written, deepest first, so a
 //! read-only folder (in the project or in an origin) can still be filled. Ownership is
@@ -66,58 +68,132 @@ pub(crate) fn copy_tree(src: &Path, dest: &Path, preserve_owner: bool) -> Result
     finish_dirs(dirs)
 }
 
+/// How many symlinks one in-image path may pass through (the kernel's own limit).
+const MAX_LINKS: usize = 40;
+
+/// Resolves an in-image path (absolute or not, read from the image root) to the path
+/// relative to `root` that the image itself would reach, following symlinks as the image
+/// sees them: an absolute target starts again at the root, and `..` never climbs above it.
+/// The last component is followed only when `follow_last`; components that do not exist
+/// (yet) are kept as written. The result has no symlink among its existing components and
+/// always lies inside `root`.
+pub fn resolve_in_image(
+    root: &Path,
+    path: &Path,
+    follow_last: bool,
+) -> Result<PathBuf, LocalError> {
+    let too_many = || {
+        LocalError::io(
+            "resolve",
+            &root.join(path.strip_prefix("/").unwrap_or(path)),
+            io::Error::other("too many levels of symbolic links inside the image"),
+        )
+    };
+    let mut pending: Vec<std::ffi::OsString> = components_of(path);
+    pending.reverse();
+    let mut resolved = PathBuf::new();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = resolved.join(&part);
+        let last = pending.is_empty();
+        match fs::symlink_metadata(root.join(&candidate)) {
+            Ok(meta) if meta.file_type().is_symlink() && (!last || follow_last) => {
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(too_many());
+                }
+                let host = root.join(&candidate);
+                let target = fs::read_link(&host).map_err(io_err("read symlink", &host))?;
+                if target.is_absolute() {
+                    resolved = PathBuf::new();
+                }
+                let mut more = components_of(&target);
+                more.reverse();
+                pending.extend(more);
+            }
+            Ok(_) => resolved = candidate,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => resolved = candidate,
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => resolved = candidate,
+            Err(e) => return Err(LocalError::io("read", &root.join(&candidate), e)),
+        }
+    }
+    Ok(resolved)
+}
+
+/// The normal and `..` components of a path, `/` and `.` left out.
+fn components_of(path: &Path) -> Vec<std::ffi::OsString> {
+    path.components()
+        .filter_map(|c| match c {
+            Component::Normal(p) => Some(p.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
+        })
+        .collect()
+}
+
+/// Makes every folder of `rel` (relative to `root`, free of symlinks, see
+/// [`resolve_in_image`]) exist, creating missing ones with mode 0755; returns the ones
+/// it created, outermost first.
+pub(crate) fn make_folders(root: &Path, rel: &Path) -> Result<Vec<PathBuf>, LocalError> {
+    let mut created = Vec::new();
+    let mut cur = root.to_path_buf();
+    for comp in rel.components() {
+        cur.push(comp);
+        match fs::symlink_metadata(&cur) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(LocalError::io(
+                    "create folder",
+                    &cur,
+                    io::Error::new(io::ErrorKind::NotADirectory, "a file is in the way"),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir(&cur).map_err(io_err("create folder", &cur))?;
+                fs::set_permissions(&cur, fs::Permissions::from_mode(0o755))
+                    .map_err(io_err("set the mode of", &cur))?;
+                created.push(cur.clone());
+            }
+            Err(e) => return Err(LocalError::io("read", &cur, e)),
+        }
+    }
+    Ok(created)
+}
+
 /// Copy a project file or directory into an image root at an absolute in-image path
 /// (`to`), creating missing parent folders (mode 0755); preserves modes and symlinks
 /// (links are copied as links, never followed).
 ///
-/// `to` is read from the image root whether or not it starts with `/`; a `..` component,
-/// or a parent folder of `to` that is a symlink inside the image, is refused with
-/// [`LocalError::UnsafeEntry`]. A directory is merged into an existing directory at `to`;
+/// `to` is read from the image root whether or not it starts with `/`; a `..` component
+/// in it is refused with [`LocalError::UnsafeEntry`]. Symlinks among the folders on the
+/// way are resolved inside the image ([`resolve_in_image`]), as the image would: with
+/// `/sbin -> usr/sbin`, `to="/sbin/tool"` writes `usr/sbin/tool`. A directory is merged
+/// into an existing directory at `to` (or one a symlink there leads to, inside the image);
 /// an existing file or symlink at a path being written is replaced; a file never replaces
 /// a directory or the other way round.
 pub fn copy_into(from: &Path, root: &Path, to: &str) -> Result<(), LocalError> {
-    let unsafe_to = |entry: &Path| LocalError::UnsafeEntry {
-        path: root.to_path_buf(),
-        entry: entry.display().to_string(),
-    };
-    let mut rel = PathBuf::new();
-    for comp in Path::new(to).components() {
-        match comp {
-            Component::Normal(part) => rel.push(part),
-            Component::RootDir | Component::CurDir => {}
-            Component::ParentDir | Component::Prefix(_) => return Err(unsafe_to(Path::new(to))),
-        }
+    let to_path = Path::new(to);
+    if to_path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::Prefix(_)))
+    {
+        return Err(LocalError::UnsafeEntry {
+            path: root.to_path_buf(),
+            entry: to.to_string(),
+        });
     }
     let from_meta = fs::symlink_metadata(from).map_err(io_err("read", from))?;
 
-    // Walk down to the parent of `to`, creating what is missing, refusing symlinks.
-    let mut cur = root.to_path_buf();
-    if let Some(parent) = rel.parent() {
-        for comp in parent.components() {
-            cur.push(comp);
-            match fs::symlink_metadata(&cur) {
-                Ok(meta) if meta.file_type().is_symlink() => return Err(unsafe_to(Path::new(to))),
-                Ok(meta) if meta.is_dir() => {}
-                Ok(_) => {
-                    return Err(LocalError::io(
-                        "create folder",
-                        &cur,
-                        io::Error::new(io::ErrorKind::NotADirectory, "a file is in the way"),
-                    ))
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir(&cur).map_err(io_err("create folder", &cur))?;
-                    fs::set_permissions(&cur, fs::Permissions::from_mode(0o755))
-                        .map_err(io_err("set the mode of", &cur))?;
-                }
-                Err(e) => return Err(LocalError::io("read", &cur, e)),
-            }
-        }
-    }
-    let target = root.join(&rel);
-
     if !from_meta.is_dir() {
-        return copy_leaf(from, &from_meta, &target);
+        let rel = resolve_in_image(root, to_path, false)?;
+        if let Some(parent) = rel.parent() {
+            make_folders(root, parent)?;
+        }
+        return copy_leaf(from, &from_meta, &root.join(rel));
     }
 
     let mut dirs = Vec::new();
@@ -126,20 +202,18 @@ pub fn copy_into(from: &Path, root: &Path, to: &str) -> Result<(), LocalError> {
     for entry in walk {
         let entry = entry.map_err(|e| walk_error(e, from))?;
         let sub = relative(entry.path(), from)?;
-        let dest = if sub.as_os_str().is_empty() {
-            target.clone()
-        } else {
-            target.join(sub)
-        };
         let meta =
             fs::symlink_metadata(entry.path()).map_err(io_err("read metadata of", entry.path()))?;
+        // Pre-order walk: each entry's folders were made (or found) before it, and every
+        // path is resolved inside the image again, so no write can pass through a link
+        // that leads out of it.
+        let rel = resolve_in_image(root, &to_path.join(sub), meta.is_dir())?;
+        if let Some(parent) = rel.parent() {
+            make_folders(root, parent)?;
+        }
+        let dest = root.join(&rel);
         if meta.is_dir() {
-            // Pre-order walk: every folder is checked here before anything is written in
-            // it, so no write below can pass through a symlink.
             match fs::symlink_metadata(&dest) {
-                Ok(existing) if existing.file_type().is_symlink() => {
-                    return Err(unsafe_to(&Path::new("/").join(rel.join(sub))))
-                }
                 Ok(existing) if existing.is_dir() => {}
                 Ok(_) => {
                     return Err(LocalError::io(
@@ -250,6 +324,10 @@ fn finish_dirs(dirs: Vec<PendingDir>) -> Result<(), LocalError> {
 /// Remove a folder tree even if the image made some entries read-only (folders without
 /// `u+rwx` get it, so their contents can be listed and unlinked). A missing path is not an
 /// error: removal is what cleanup after a crash retries. A symlink is removed, not followed.
+///
+/// Removal never leaves the folder: mounts a step left below it are detached first
+/// ([`super::mounts::release_mounts`]); one that cannot be detached fails the removal,
+/// naming it, before anything is deleted.
 pub fn remove_tree(path: &Path) -> Result<(), LocalError> {
     let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
@@ -259,6 +337,7 @@ pub fn remove_tree(path: &Path) -> Result<(), LocalError> {
     if !meta.is_dir() {
         return fs::remove_file(path).map_err(io_err("remove", path));
     }
+    super::mounts::release_mounts(path)?;
     if fs::remove_dir_all(path).is_ok() {
         return Ok(());
     }
@@ -269,6 +348,36 @@ pub fn remove_tree(path: &Path) -> Result<(), LocalError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(LocalError::io("remove", path, e)),
     }
+}
+
+/// Empties the image's `/tmp` before it is packed: what steps left there is scratch, not
+/// part of the image. The folder itself and its mode stay; a `/tmp` that is not a real
+/// folder of the image (a symlink) is left alone.
+pub fn empty_tmp(root: &Path) -> Result<(), LocalError> {
+    let tmp = root.join("tmp");
+    match fs::symlink_metadata(&tmp) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(LocalError::io("read", &tmp, e)),
+    }
+    for entry in fs::read_dir(&tmp).map_err(io_err("read folder", &tmp))? {
+        let entry = entry.map_err(io_err("read folder", &tmp))?;
+        remove_tree(&entry.path())?;
+    }
+    Ok(())
+}
+
+/// Creates a folder (and missing parents) that only imgraph's user can enter: staging
+/// folders and test instances hold whole root file systems, setuid files included.
+pub fn create_private_dir(path: &Path) -> Result<(), LocalError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(io_err("create folder", path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+        .map_err(io_err("set the mode of", path))
 }
 
 fn make_dirs_writable(dir: &Path) -> Result<(), LocalError> {
