@@ -386,8 +386,10 @@ fn start_apply_until_instance(dir: &Path) -> std::process::Child {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // The instance exists and its test command has started (it prints `started`), so
+    // what follows acts on a running command, however loaded the machine is.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !leftovers(dir).iter().any(|l| l.starts_with("instance-")) {
+    while !leftovers(dir).iter().any(|l| l.starts_with("instance-")) || !test_started(dir) {
         assert!(
             Instant::now() < deadline,
             "the test instance never appeared"
@@ -395,6 +397,19 @@ fn start_apply_until_instance(dir: &Path) -> std::process::Child {
         std::thread::sleep(Duration::from_millis(50));
     }
     child
+}
+
+/// Whether a test log of the running apply says `started`.
+fn test_started(dir: &Path) -> bool {
+    let Ok(runs) = std::fs::read_dir(dir.join(".imgraph/logs")) else {
+        return false;
+    };
+    runs.filter_map(|r| r.ok())
+        .filter_map(|r| std::fs::read_dir(r.path()).ok())
+        .flatten()
+        .filter_map(|f| f.ok())
+        .filter(|f| f.file_name().to_string_lossy().starts_with("test_"))
+        .any(|f| std::fs::read_to_string(f.path()).is_ok_and(|t| t.lines().any(|l| l == "started")))
 }
 
 fn slow_project(test_timeout: &str) -> (tempfile::TempDir, std::path::PathBuf) {

@@ -118,10 +118,17 @@ fn a_step_that_reads_an_undeclared_project_file_fails_naming_it() {
     if !require_tools(BUSYBOX_TOOLS) {
         return;
     }
+    // The script is declared; the file it reads is named nowhere in the config.
     let (_t, dir) = project(
         "bwrap",
-        &one_step("sh scripts/provision.sh && cat extra/settings.conf"),
-        &[SCRIPT, ("extra/settings.conf", "undeclared\n")],
+        &one_step("sh scripts/provision.sh"),
+        &[
+            (
+                "scripts/provision.sh",
+                "echo provisioned\ncat extra/settings.conf\n",
+            ),
+            ("extra/settings.conf", "undeclared\n"),
+        ],
     );
     let (code, out) = apply(&dir);
     assert_eq!(code, 3, "{out}");

@@ -542,16 +542,39 @@ fn image_of<'a>(
 }
 
 /// The project files, symlinks and folders a node's commands may read: its manifest's
-/// leaves (probes are not files).
-fn node_inputs(node: &PlannedNode) -> Vec<NodeInput> {
+/// leaves, less probes and environment values (not files) and a local origin's files
+/// (the origin is the image root itself, not something its commands read).
+fn node_inputs(ctx: &ExecContext, node: &PlannedNode) -> Vec<NodeInput> {
+    let origin = node
+        .image
+        .as_deref()
+        .and_then(|i| ctx.project.image(i))
+        .and_then(|i| match &i.from {
+            FromRef::Source(s) => ctx.project.source(s),
+            FromRef::Image(_) => None,
+        })
+        .and_then(|s| match &s.kind {
+            SourceKind::Local { path } => Some(path.as_str()),
+            SourceKind::Aws { .. } => None,
+        });
+    let in_origin = |path: &str| {
+        origin.is_some_and(|o| {
+            path == o
+                || path
+                    .strip_prefix(o)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
+    };
     node.manifest
         .entries
         .iter()
+        .filter(|e| !in_origin(&e.path))
         .filter_map(|e| {
             let kind = match e.kind {
                 EntryKind::File => NodeInputKind::File,
                 EntryKind::Symlink => NodeInputKind::Symlink,
-                EntryKind::Probe => return None,
+                EntryKind::Dir => NodeInputKind::Dir,
+                EntryKind::Probe | EntryKind::Env => return None,
             };
             Some(NodeInput {
                 path: e.path.clone(),
@@ -617,7 +640,7 @@ async fn run_node(
                     version: &version,
                     key: &node.key,
                     origin,
-                    inputs: &node_inputs(node),
+                    inputs: &node_inputs(ctx, node),
                     log,
                     work_dir: &work_dir,
                     ledger: &ledger,
@@ -662,7 +685,7 @@ async fn run_node(
                     node_id: &node.id,
                     artifact_id: &built.artifact_id,
                     version: &built.version,
-                    inputs: &node_inputs(node),
+                    inputs: &node_inputs(ctx, node),
                     log,
                     work_dir: &work_dir,
                     ledger: &ledger,
