@@ -203,7 +203,7 @@ fn tests_have_no_network_and_builds_have_the_hosts() {
     if !require_tools(BUSYBOX_TOOLS) {
         return;
     }
-    let body = "image \"box\" {\n    from \"busybox\"\n    build \"rootfs\" { run \"cut -d: -f1 /proc/net/dev | tail -n +3 | tr -d ' ' | sort > /etc/build-net\"; }\n    test \"net\" {\n        input \"tests\"\n        run \"sh tests/net.sh\"\n    }\n}\n";
+    let body = "image \"box\" {\n    from \"busybox\"\n    build \"rootfs\" { run \"cut -d: -f1 /proc/net/dev | tail -n +3 | tr -d ' ' | sort > /etc/build-net\"; }\n    test \"net\" {\n        input \"tests\"\n        run \"sh tests/net.sh\"\n    }\n}\nimage \"offline\" {\n    from \"busybox\"\n    build \"rootfs\" { network \"none\"; run \"sh tests/net.sh\"; }\n    input \"tests\"\n}\n";
     let (_t, dir) = project(
         "bwrap",
         body,
@@ -226,6 +226,80 @@ fn tests_have_no_network_and_builds_have_the_hosts() {
         assert!(build_net.lines().any(|l| l == name), "{build_net}");
     }
     assert!(node_log(&dir, "test:box/net").contains("interfaces: lo"));
+    assert!(node_log(&dir, "build:offline").contains("interfaces: lo"));
+}
+
+#[test]
+fn commands_see_their_declared_names_and_nothing_else_of_the_callers_environment() {
+    if !require_tools(BUSYBOX_TOOLS) {
+        return;
+    }
+    // Each command writes the variables it sees; the build into the image, the test and
+    // the delivery into their logs.
+    let body = "image \"box\" {\n    from \"busybox\"\n    env \"APP_FLAVOR\"\n    build \"rootfs\" {\n        pass-env \"BUILD_TOKEN\"\n        run \"env | sort > /etc/build-env\"\n    }\n    probe \"flavor\" run=\"env | grep -c PROBE_ONLY || true\" { pass-env \"PROBE_ONLY\"; }\n    test \"env\" {\n        pass-env \"TEST_TOKEN\"\n        run \"env | sort\"\n    }\n}\nenvironment \"staging\" {\n    deliver \"box\" { pass-env \"DEPLOY_TOKEN\"; run \"env | sort\"; }\n}\n";
+    let (_t, dir) = project("bwrap", body, &[]);
+    let out = imgraph(&dir)
+        .arg("apply")
+        .env("APP_FLAVOR", "blue")
+        .env("BUILD_TOKEN", "b-secret")
+        .env("TEST_TOKEN", "t-secret")
+        .env("DEPLOY_TOKEN", "d-secret")
+        .env("PROBE_ONLY", "p")
+        .env("UNDECLARED_SECRET", "hunter2")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let (_u, root) = unpack_newest(&dir, "box");
+    let build = std::fs::read_to_string(root.join("etc/build-env")).unwrap();
+    let test = node_log(&dir, "test:box/env");
+    let deliver = node_log(&dir, "deliver:box@staging");
+    for (what, seen, wanted, unwanted) in [
+        (
+            "build",
+            &build,
+            &["APP_FLAVOR=blue", "BUILD_TOKEN=b-secret"][..],
+            &["TEST_TOKEN", "DEPLOY_TOKEN", "PROBE_ONLY"][..],
+        ),
+        (
+            "test",
+            &test,
+            &["APP_FLAVOR=blue", "TEST_TOKEN=t-secret"][..],
+            &["BUILD_TOKEN", "DEPLOY_TOKEN", "PROBE_ONLY"][..],
+        ),
+        (
+            "delivery",
+            &deliver,
+            &[
+                "APP_FLAVOR=blue",
+                "DEPLOY_TOKEN=d-secret",
+                "IMGRAPH_ENVIRONMENT=staging",
+            ][..],
+            &["BUILD_TOKEN", "TEST_TOKEN", "PROBE_ONLY"][..],
+        ),
+    ] {
+        for w in wanted {
+            assert!(seen.lines().any(|l| l == *w), "{what} lacks {w}: {seen}");
+        }
+        for u in unwanted.iter().chain(&["UNDECLARED_SECRET"]) {
+            assert!(!seen.contains(u), "{what} sees {u}: {seen}");
+        }
+        assert!(
+            seen.contains("SOURCE_DATE_EPOCH=315532800"),
+            "{what}: {seen}"
+        );
+    }
+    // The probe saw its own name: without PROBE_ONLY its output changes.
+    let plan = imgraph(&dir)
+        .arg("plan")
+        .env("APP_FLAVOR", "blue")
+        .output()
+        .unwrap();
+    let plan_text = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        plan_text.contains("probe `flavor` output changed"),
+        "{plan_text}"
+    );
 }
 
 // ---- attacks: each fails inside the sandbox and leaves the host untouched --------------

@@ -228,6 +228,11 @@ impl EnvNames {
     pub fn is_empty(&self) -> bool {
         self.hashed.is_empty() && self.passed.is_empty()
     }
+    /// Every name a command is given, hashed or not, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let all: BTreeSet<&String> = self.hashed.iter().chain(&self.passed).collect();
+        all.into_iter().cloned().collect()
+    }
 }
 
 /// Whether a sandboxed command can reach the network.

@@ -304,8 +304,12 @@ impl<'a> Hasher<'a> {
                         Via::Input,
                     );
                 }
-                InputKind::Probe { name, command, .. } => {
-                    let digest = self.probe(name, command)?;
+                InputKind::Probe {
+                    name, command, env, ..
+                } => {
+                    let mut names = env.names();
+                    names.extend(node.env.iter().map(|n| n.to_string()));
+                    let digest = self.probe(name, command, &names)?;
                     let slot = c
                         .probes
                         .entry(format!("{PROBE_PREFIX}{name}"))
@@ -495,11 +499,11 @@ impl<'a> Hasher<'a> {
         Ok(encoder.finish())
     }
 
-    fn probe(&self, name: &str, command: &str) -> Result<String, HashError> {
+    fn probe(&self, name: &str, command: &str, env: &[String]) -> Result<String, HashError> {
         if let Some(digest) = lock(&self.probes).get(command) {
             return Ok(digest.clone());
         }
-        let digest = run_probe(self.root, name, command, PROBE_TIMEOUT)?;
+        let digest = run_probe(self.root, name, command, env, PROBE_TIMEOUT)?;
         lock(&self.probes).insert(command.to_owned(), digest.clone());
         Ok(digest)
     }

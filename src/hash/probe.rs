@@ -25,7 +25,8 @@ enum Stream {
     Err(std::io::Result<Vec<u8>>),
 }
 
-/// Runs a probe and returns the `b3v1:` digest of its stdout.
+/// Runs a probe and returns the `b3v1:` digest of its stdout. It sees the strict
+/// environment with the caller's values of `env` (its `env`/`pass-env` names).
 ///
 /// A non-zero exit is a [`HashError::Probe`] with the tail of stderr; so is running longer
 /// than `timeout`, after the probe's process group has been killed.
@@ -33,6 +34,7 @@ pub fn run_probe(
     root: &Path,
     name: &str,
     command: &str,
+    env: &[String],
     timeout: Duration,
 ) -> Result<String, HashError> {
     let fail = |detail: String| HashError::Probe {
@@ -47,7 +49,7 @@ pub fn run_probe(
         .env_clear()
         .envs(crate::exec::process::command_env(
             crate::exec::process::Place::Host,
-            &[],
+            env,
             &[],
             Vec::new(),
         ))

@@ -526,17 +526,17 @@ fn probe_stdout_is_hashed() {
     assert_digest_format(&entry.digest);
 
     let timeout = Duration::from_secs(30);
-    let same = run_probe(dir.path(), "p", "printf 'hello\\n'", timeout).unwrap();
-    let other = run_probe(dir.path(), "p", "echo goodbye", timeout).unwrap();
+    let same = run_probe(dir.path(), "p", "printf 'hello\\n'", &[], timeout).unwrap();
+    let other = run_probe(dir.path(), "p", "echo goodbye", &[], timeout).unwrap();
     assert_eq!(entry.digest, same);
     assert_ne!(entry.digest, other);
 
     // Runs in the project folder.
     write(dir.path(), "marker", "here");
-    let in_root = run_probe(dir.path(), "p", "cat marker", timeout).unwrap();
+    let in_root = run_probe(dir.path(), "p", "cat marker", &[], timeout).unwrap();
     assert_eq!(
         in_root,
-        run_probe(dir.path(), "p", "printf here", timeout).unwrap()
+        run_probe(dir.path(), "p", "printf here", &[], timeout).unwrap()
     );
 }
 
@@ -569,6 +569,7 @@ fn probe_timeout_kills_it() {
         dir.path(),
         "slow",
         "sleep 30 | cat",
+        &[],
         Duration::from_millis(200),
     )
     .unwrap_err();

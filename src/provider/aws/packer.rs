@@ -163,7 +163,12 @@ impl AwsProvider {
         let spec = CommandSpec {
             command,
             cwd: req.project.root.clone(),
-            env: process::command_env(process::Place::Host, &[], &extra, context),
+            env: process::command_env(
+                process::Place::Host,
+                &req.image.build_env().names(),
+                &extra,
+                context,
+            ),
             timeout: None,
             // Packer cleans up (key pairs, security groups, instances) on SIGINT.
             stop_signal: Some(libc::SIGINT),

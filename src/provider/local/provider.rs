@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
-use crate::config::model::{Build, Sandbox, Step};
+use crate::config::model::{Build, Network, Sandbox, Step};
 use crate::exec::process::{self, CommandSpec, Place, ProcessLedger, ProcessOutcome};
 use crate::provider::local::sandbox::{self, SandboxSpec, PROJECT_MOUNT};
 use crate::provider::local::{self, Store};
@@ -223,7 +223,7 @@ impl LocalProvider {
                         cwd: req.project.root.clone(),
                         env: process::command_env(
                             Place::of(self.sandbox),
-                            &[],
+                            &req.image.build_env().names(),
                             &[],
                             vec![
                                 ("IMGRAPH_ROOT".into(), self.root_env(&root)),
@@ -242,7 +242,7 @@ impl LocalProvider {
                     let call = RunIn {
                         root: &root,
                         inputs: req.inputs,
-                        host_network: true,
+                        host_network: req.image.build_network == Network::Host,
                         log: req.log,
                         cancel: req.cancel,
                     };
@@ -303,7 +303,7 @@ impl LocalProvider {
             cwd: req.project.root.clone(),
             env: process::command_env(
                 Place::of(self.sandbox),
-                &[],
+                &req.image.env.merged(&req.suite.env).names(),
                 &[],
                 vec![
                     ("IMGRAPH_INSTANCE_ROOT".into(), self.root_env(&root)),
@@ -324,7 +324,7 @@ impl LocalProvider {
         let call = RunIn {
             root: &root,
             inputs: req.inputs,
-            host_network: false,
+            host_network: req.suite.network == Network::Host,
             log: req.log,
             cancel: req.cancel,
         };
