@@ -53,7 +53,9 @@ fn bench_pack(c: &mut Criterion) {
     let tree = work.path().join("tree");
     let total = generate(&tree);
     let store = Store::new(work.path().join("store"));
-    let (id, size) = store.pack_tree(&tree).expect("pack bench tree");
+    let (id, size) = store
+        .pack_tree(&tree, &Default::default())
+        .expect("pack bench tree");
     eprintln!(
         "bench tree: {total} bytes in {} files, packed to {size} bytes",
         FOLDERS * FILES_PER_FOLDER
@@ -63,7 +65,9 @@ fn bench_pack(c: &mut Criterion) {
     group.sample_size(10);
     group.throughput(Throughput::Bytes(total));
     group.bench_function("to-sink", |b| {
-        b.iter(|| pack_deterministic(black_box(&tree), io::sink()).expect("pack"))
+        b.iter(|| {
+            pack_deterministic(black_box(&tree), io::sink(), &Default::default()).expect("pack")
+        })
     });
     group.bench_function("store", |b| {
         b.iter_batched(
@@ -74,7 +78,7 @@ fn bench_pack(c: &mut Criterion) {
                 (dir, store)
             },
             |(dir, store)| {
-                black_box(store.pack_tree(&tree).expect("pack"));
+                black_box(store.pack_tree(&tree, &Default::default()).expect("pack"));
                 dir
             },
             BatchSize::PerIteration,
@@ -90,7 +94,7 @@ fn bench_pack(c: &mut Criterion) {
             || tempfile::tempdir_in(work.path()).expect("create bench folder"),
             |dest| {
                 store
-                    .unpack(&id, &dest.path().join("root"))
+                    .unpack(&id, &dest.path().join("root"), &Default::default())
                     .expect("unpack");
                 dest
             },

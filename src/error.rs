@@ -20,6 +20,12 @@ pub enum Error {
     Plan(#[from] crate::plan::PlanError),
     #[error("failed to use the local image store")]
     Local(#[from] crate::provider::local::LocalError),
+    #[error("failed to read source `{name}`")]
+    Origin {
+        name: String,
+        #[source]
+        source: crate::provider::local::LocalError,
+    },
     #[error("{what}: {path}")]
     Io {
         what: String,
@@ -30,15 +36,29 @@ pub enum Error {
     #[error("source `{name}` uses the {provider} provider, which this build of imgraph does not include")]
     #[diagnostic(help("rebuild imgraph with `--features aws` (on by default)"))]
     ProviderUnavailable { name: String, provider: String },
-    #[error("another apply holds the state lock (pid {pid}, {holder}) since {since}")]
+    #[error("failed to take the state lock: {holder} holds it ({})", crate::report::state::lease_holder(*pid, host.as_deref(), *since, *now))]
     #[diagnostic(help(
-        "wait for it to finish; if that process is gone, the next apply takes the lock over"
+        "wait for it with `--lock-timeout 10m`; if that process is gone for good, `imgraph lock break` removes the lock (`imgraph lock status` shows it)"
     ))]
     Locked {
         pid: u32,
+        host: Option<String>,
         holder: String,
-        since: String,
+        since: i64,
+        now: i64,
     },
+    #[error("failed to break the state lock: {holder} holds it ({}) {why}", crate::report::state::lease_holder(*pid, host.as_deref(), *since, *now))]
+    #[diagnostic(help("`imgraph lock break --force` breaks it all the same: only do that when you know the holder no longer writes the state"))]
+    LockHolderAlive {
+        pid: u32,
+        host: Option<String>,
+        holder: String,
+        since: i64,
+        now: i64,
+        why: String,
+    },
+    #[error("stopped by a signal while {0}")]
+    Interrupted(String),
     #[error("{0}")]
     Other(String),
 }
@@ -46,7 +66,8 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Locked { .. } => crate::exit::LOCKED,
+            Error::Locked { .. } | Error::LockHolderAlive { .. } => crate::exit::LOCKED,
+            Error::Interrupted(_) => crate::exit::INTERRUPTED,
             _ => crate::exit::ERROR,
         }
     }

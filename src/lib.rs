@@ -15,4 +15,5 @@ pub mod plan;
 pub mod provider;
 pub mod report;
 pub mod state;
+pub mod text;
 pub mod workspace;

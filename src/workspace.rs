@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +19,10 @@ use crate::plan::{self, BuildOutputs, Facts, Plan, PlanOptions};
 use crate::provider::local::LocalProvider;
 use crate::provider::local::Store;
 use crate::provider::Provider;
-use crate::state::{LeaseOutcome, State};
+use crate::state::{Lease, LeaseOutcome, Liveness, State};
+
+/// How often a command waiting for the state lock tries again.
+const LOCK_POLL: Duration = Duration::from_millis(200);
 
 pub struct Workspace {
     pub project: Project,
@@ -79,6 +83,20 @@ impl Workspace {
         })
     }
 
+    /// Like [`Workspace::open`] for commands that only read the state (`plan`, `images`,
+    /// `history`, `lock status`): a missing state file is not created, and a read-only one
+    /// is read as it is (see [`State::open_for_reading`]).
+    pub fn open_read_only(path: &Path) -> Result<Workspace> {
+        let project = crate::config::load(path)?;
+        let graph = StageGraph::build(&project)?;
+        let state = State::open_for_reading(&project.state_path)?;
+        Ok(Workspace {
+            project,
+            graph,
+            state,
+        })
+    }
+
     /// The local image store, when the project declares (or implies) the local provider.
     pub fn local_store(&self) -> Option<Store> {
         self.project.providers.iter().find_map(|p| match &p.kind {
@@ -89,6 +107,24 @@ impl Workspace {
 
     /// Hashes every input, resolves every source and checks recorded artifacts.
     pub async fn gather(&self, providers: &Providers) -> Result<Facts> {
+        let (facts, updates) = self.gather_unrecorded(providers).await?;
+        self.store_stat_cache(&updates)?;
+        Ok(facts)
+    }
+
+    fn store_stat_cache(&self, updates: &[(String, crate::state::StatEntry)]) -> Result<()> {
+        if !updates.is_empty() && !self.state.is_read_only() {
+            self.state.store_stat_cache(updates)?;
+        }
+        Ok(())
+    }
+
+    /// [`Workspace::gather`] without writing anything: the stat cache updates are
+    /// returned for the caller to store.
+    async fn gather_unrecorded(
+        &self,
+        providers: &Providers,
+    ) -> Result<(Facts, Vec<(String, crate::state::StatEntry)>)> {
         let cache = StatCache::new(self.state.load_stat_cache()?);
         let hasher = Hasher::new(&self.project.root, &cache)
             .skipping(self.project.own_paths_in_project())
@@ -119,10 +155,6 @@ impl Workspace {
         }
 
         let updates = cache.take_updates();
-        if !updates.is_empty() {
-            self.state.store_stat_cache(&updates)?;
-        }
-
         facts.history = self.state.snapshot()?;
         // Every recorded build artifact is checked with the provider of its image
         // (invariant 4: never a cache hit on an artifact that is gone).
@@ -163,7 +195,7 @@ impl Workspace {
                 facts.missing_artifacts.insert(out.artifact_id);
             }
         }
-        Ok(facts)
+        Ok((facts, updates))
     }
 
     /// Gathers facts and decides. Builds that the state does not know but the cloud does
@@ -260,7 +292,12 @@ impl Workspace {
     ) -> Result<Vec<Recovered>> {
         #[cfg(feature = "aws")]
         {
-            let Some(aws) = providers.aws.as_ref() else {
+            // A read-only state cannot record what the tags say; the plan says "new".
+            let Some(aws) = providers
+                .aws
+                .as_ref()
+                .filter(|_| !self.state.is_read_only())
+            else {
                 return Ok(Vec::new());
             };
             let mut found = Vec::new();
@@ -402,6 +439,36 @@ fn node_inputs<'a>(project: &'a Project, node: &crate::graph::StageNode) -> Opti
         }
         Stage::Publish | Stage::Source => None,
     }
+}
+
+/// Reads every local origin archive through (see [`crate::provider::local::check_origin`]),
+/// so a damaged or truncated origin fails before anything is recorded: all of them, or
+/// with a plan, those of the builds it runs.
+pub fn check_origins(
+    project: &Project,
+    plan: Option<&Plan>,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    for image in &project.images {
+        let crate::config::model::FromRef::Source(name) = &image.from else {
+            continue;
+        };
+        let Some(SourceKind::Local { path }) = project.source(name).map(|s| &s.kind) else {
+            continue;
+        };
+        let runs = plan.is_none_or(|p| {
+            p.node(&crate::graph::build_id(&image.name))
+                .is_some_and(|n| n.action == plan::Action::Run)
+        });
+        if runs {
+            crate::provider::local::check_origin(&project.root.join(path.as_str()), cancel)
+                .map_err(|source| Error::Origin {
+                    name: name.clone(),
+                    source,
+                })?;
+        }
+    }
+    Ok(())
 }
 
 fn current_thread_runtime() -> Result<tokio::runtime::Runtime> {
@@ -593,18 +660,67 @@ impl Workspace {
         Ok(events)
     }
 
-    /// Takes the state's lease for `command` (invariant 5: one writer at a time), or
-    /// says who holds it. Released with `state.release_lease()`.
-    pub fn lock(&self, command: &str) -> Result<()> {
-        let holder = format!("imgraph {command} (pid {})", std::process::id());
-        match self.state.acquire_lease(&holder)? {
-            LeaseOutcome::Acquired => Ok(()),
-            LeaseOutcome::HeldBy { pid, holder, since } => Err(Error::Locked {
-                pid,
-                holder,
-                since: crate::report::timestamp(since),
-            }),
+    /// Takes the state's lease for `command` (invariant 5: one writer at a time),
+    /// waiting up to `wait` for its holder to finish, or says who holds it (holder,
+    /// host, pid, age). Released with `state.release_lease()`. Cancelling `cancel` stops
+    /// the wait with [`Error::Interrupted`].
+    pub fn lock(&self, command: &str, wait: Duration, cancel: &CancellationToken) -> Result<()> {
+        let holder = format!("imgraph {command}");
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.state.acquire_lease(&holder)? {
+                LeaseOutcome::Acquired => return Ok(()),
+                LeaseOutcome::HeldBy {
+                    pid,
+                    host,
+                    holder,
+                    since,
+                } => {
+                    if cancel.is_cancelled() {
+                        return Err(Error::Interrupted("waiting for the state lock".into()));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(Error::Locked {
+                            pid,
+                            host,
+                            holder,
+                            since,
+                            now: crate::state::now_ms(),
+                        });
+                    }
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            std::thread::sleep(left.min(LOCK_POLL));
         }
+    }
+
+    /// `imgraph lock break`: removes the state lock unless its holder still runs on this
+    /// host (or runs on another host, where that cannot be checked); `force` removes it
+    /// all the same.
+    pub fn break_lock(&self, force: bool) -> Result<Option<Lease>> {
+        let Some(lease) = self.state.lease()? else {
+            return Ok(None);
+        };
+        let why = match lease.liveness {
+            Liveness::Gone => None,
+            Liveness::Alive => Some("and that process is still running"),
+            Liveness::OtherHost => {
+                Some("on another host, where imgraph cannot check that it is gone")
+            }
+        };
+        if let (Some(why), false) = (why, force) {
+            return Err(Error::LockHolderAlive {
+                pid: lease.pid,
+                host: lease.host,
+                holder: lease.holder,
+                since: lease.since,
+                now: crate::state::now_ms(),
+                why: why.into(),
+            });
+        }
+        self.state.break_lease()?;
+        Ok(Some(lease))
     }
 
     /// Takes the lease, cleans up after killed runs, plans and runs the plan.
@@ -615,30 +731,27 @@ impl Workspace {
         events: UnboundedSender<Event>,
         cancel: CancellationToken,
     ) -> Result<ApplyOutcome> {
-        self.lock("apply")?;
-        // Every path out of `apply_locked` releases the lease.
-        self.apply_locked(options, exec, events, cancel).await
-    }
-
-    async fn apply_locked(
-        self,
-        options: &PlanOptions,
-        exec: &ExecOptions,
-        events: UnboundedSender<Event>,
-        cancel: CancellationToken,
-    ) -> Result<ApplyOutcome> {
-        let providers = match self.providers().await {
-            Ok(p) => p,
-            Err(e) => {
-                self.state.release_lease()?;
-                return Err(e);
-            }
-        };
+        // Bad input (config, input files, origins) fails here, before anything is
+        // written: the state stays byte for byte as it was (invariant 6).
+        let providers = self.providers().await?;
+        let (mut facts, cache_updates) = self.gather_unrecorded(&providers).await?;
+        let first = plan::decide(&self.project, &self.graph, &facts, options)?;
+        check_origins(&self.project, Some(&first), &cancel)?;
+        self.lock("apply", exec.lock_wait, &cancel)?;
+        // Every path out of here releases the lease.
         let prepared = async {
+            self.store_stat_cache(&cache_updates)?;
             for ev in self.collect_garbage(&providers, false).await? {
                 let _ = events.send(ev);
             }
-            self.plan(&providers, options).await
+            // Clean-up may have marked killed runs abandoned: decide on today's history.
+            facts.history = self.state.snapshot()?;
+            let plan = plan::decide(&self.project, &self.graph, &facts, options)?;
+            if self.recover_from_tags(&providers, &plan).await?.is_empty() {
+                return Ok(plan);
+            }
+            let facts = self.gather(&providers).await?;
+            Ok(plan::decide(&self.project, &self.graph, &facts, options)?)
         }
         .await;
         let plan = match prepared {

@@ -368,7 +368,10 @@ fn a_busybox_root_builds_and_tests_inside_bwrap() {
     let ws = imgraph::workspace::Workspace::open(&dir).unwrap();
     let unpacked = tempfile::tempdir().unwrap();
     let root = unpacked.path().join("root");
-    ws.local_store().unwrap().unpack(&id, &root).unwrap();
+    ws.local_store()
+        .unwrap()
+        .unpack(&id, &root, &Default::default())
+        .unwrap();
     assert!(root.join("etc/app/build-info").exists());
     assert!(!root.join("tmp/imgraph-project").exists());
     assert!(leftovers(&dir).is_empty());
@@ -484,7 +487,7 @@ fn a_second_apply_on_the_same_state_fails_clearly() {
     let out = imgraph(&dir).arg("apply").output().unwrap();
     assert_eq!(out.status.code(), Some(4));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("another apply holds the state lock"), "{err}");
+    assert!(err.contains("failed to take the state lock"), "{err}");
     assert!(
         err.contains(&first.id().to_string()),
         "names the holder's pid: {err}"
@@ -547,6 +550,12 @@ fn a_second_ctrl_c_exits_at_once_and_the_next_run_cleans_up() {
     );
     write(&cfg, &text);
     let child = start_apply_until_instance(&dir);
+    // The instance is unpacked (a cancelled unpack stops at once): wait for the command.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !some_log_contains(&dir, "started") {
+        assert!(Instant::now() < deadline, "the test command never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let pid = child.id() as i32;
     let mut child = child;
     unsafe {

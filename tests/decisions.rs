@@ -107,7 +107,9 @@ fn artifact_entries(dir: &Path, image: &str) -> Vec<String> {
     let store = ws.local_store().unwrap();
     let out = tempfile::tempdir().unwrap();
     let root = out.path().join("root");
-    store.unpack(&record.artifact_id, &root).unwrap();
+    store
+        .unpack(&record.artifact_id, &root, &Default::default())
+        .unwrap();
     walkdir::WalkDir::new(&root)
         .min_depth(1)
         .into_iter()

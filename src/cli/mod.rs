@@ -1,6 +1,8 @@
 //! Command-line surface: clap types and one function per command. No logic lives here:
 //! each command calls the library and hands values to a reporter.
 
+mod signals;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -57,10 +59,48 @@ pub enum Command {
         json: bool,
     },
     /// Destroy temporary instances and folders that killed runs left behind.
-    Gc,
+    Gc {
+        #[command(flatten)]
+        lock: LockWait,
+    },
     /// Work on the state file itself.
     #[command(subcommand)]
     State(StateCommand),
+    /// See or break the state lock that keeps two applies apart.
+    #[command(subcommand)]
+    Lock(LockCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LockCommand {
+    /// Who holds the state lock: command, pid, host, age, and whether it still runs.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the state lock. Refused while its holder still runs on this host (or runs
+    /// on another host, where that cannot be checked) unless --force.
+    Break {
+        /// Break it even though the holder may still be running.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LockWait {
+    /// How long to wait for the state lock when another command holds it (e.g. `10m`);
+    /// 0, the default, fails at once with exit code 4.
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
+    pub lock_timeout: std::time::Duration,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    if s.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 30s or 10m: {e}"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +123,8 @@ pub struct ApplyArgs {
     /// Print NDJSON events (format version 1) instead of the human view.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub lock: LockWait,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -174,14 +216,18 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::Graph { format } => graph(cli, *format),
         Command::Images { image, json } => images(cli, image.as_deref(), *json),
         Command::History { limit, json } => history(cli, *limit, *json),
-        Command::Gc => gc(cli),
+        Command::Gc { lock } => gc(cli, lock),
         Command::State(StateCommand::Recover) => state_recover(cli),
+        Command::Lock(LockCommand::Status { json }) => lock_status(cli, *json),
+        Command::Lock(LockCommand::Break { force }) => lock_break(cli, *force),
     }
 }
 
 fn validate(cli: &Cli) -> Result<i32> {
     let project = crate::config::load(&cli.dir)?;
     let graph = crate::graph::StageGraph::build(&project)?;
+    // Origin archives are read through: a truncated or damaged one fails here.
+    crate::workspace::check_origins(&project, None, &Default::default())?;
     crate::report::outln(&format!(
         "{}: {} images, {} sources, {} environments, {} stages: ok",
         project.config_path.display(),
@@ -194,7 +240,7 @@ fn validate(cli: &Cli) -> Result<i32> {
 }
 
 fn plan(cli: &Cli, args: &PlanArgs) -> Result<i32> {
-    let ws = Workspace::open(&cli.dir)?;
+    let ws = Workspace::open_read_only(&cli.dir)?;
     let rt = runtime()?;
     let plan = rt.block_on(async {
         let providers = ws.providers().await?;
@@ -237,6 +283,7 @@ fn apply(cli: &Cli, args: &ApplyArgs) -> Result<i32> {
     let ws = Workspace::open(&cli.dir)?;
     let mut exec = crate::exec::ExecOptions {
         fail_fast: args.fail_fast,
+        lock_wait: args.lock.lock_timeout,
         ..Default::default()
     };
     if let Some(p) = args.parallelism {
@@ -245,25 +292,20 @@ fn apply(cli: &Cli, args: &ApplyArgs) -> Result<i32> {
     let rt = runtime()?;
     rt.block_on(async {
         let cancel = tokio_util::sync::CancellationToken::new();
-        let watcher = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("imgraph: stopping: killing running work and cleaning up (Ctrl-C again exits at once)");
-                watcher.cancel();
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    std::process::exit(exit::INTERRUPTED);
-                }
-            }
-        });
+        signals::watch(cancel.clone())?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let json = args.json;
         let reporter = tokio::spawn(async move {
             let palette = Palette::for_stdout();
-            let live = !json && palette.color && std::io::IsTerminal::is_terminal(&std::io::stdout());
+            let live =
+                !json && palette.color && std::io::IsTerminal::is_terminal(&std::io::stdout());
             let mut human = report::apply::Human::new(palette, live);
             while let Some(ev) = rx.recv().await {
                 if json {
-                    crate::report::outln(&crate::exec::events::to_ndjson(&ev, crate::state::now_ms()));
+                    crate::report::outln(&crate::exec::events::to_ndjson(
+                        &ev,
+                        crate::state::now_ms(),
+                    ));
                 } else {
                     human.handle(&ev);
                 }
@@ -284,7 +326,7 @@ fn apply(cli: &Cli, args: &ApplyArgs) -> Result<i32> {
 }
 
 fn images(cli: &Cli, image: Option<&str>, json: bool) -> Result<i32> {
-    let ws = Workspace::open(&cli.dir)?;
+    let ws = Workspace::open_read_only(&cli.dir)?;
     let records = ws.state.images(image)?;
     if json {
         crate::report::outln(&report::state::images_json(&records));
@@ -295,7 +337,7 @@ fn images(cli: &Cli, image: Option<&str>, json: bool) -> Result<i32> {
 }
 
 fn history(cli: &Cli, limit: usize, json: bool) -> Result<i32> {
-    let ws = Workspace::open(&cli.dir)?;
+    let ws = Workspace::open_read_only(&cli.dir)?;
     let mut runs = Vec::new();
     for run in ws.state.runs(limit)? {
         let nodes = ws.state.node_runs(run.id)?;
@@ -309,9 +351,9 @@ fn history(cli: &Cli, limit: usize, json: bool) -> Result<i32> {
     Ok(exit::OK)
 }
 
-fn gc(cli: &Cli) -> Result<i32> {
+fn gc(cli: &Cli, lock: &LockWait) -> Result<i32> {
     let ws = Workspace::open(&cli.dir)?;
-    ws.lock("gc")?;
+    ws.lock("gc", lock.lock_timeout, &Default::default())?;
     let rt = runtime()?;
     let result = rt.block_on(async {
         let providers = ws.providers().await?;
@@ -336,7 +378,11 @@ fn gc(cli: &Cli) -> Result<i32> {
 fn state_recover(cli: &Cli) -> Result<i32> {
     let ws = Workspace::open(&cli.dir)?;
     // Recovery writes the registry: never while an apply records the same builds.
-    ws.lock("state recover")?;
+    ws.lock(
+        "state recover",
+        std::time::Duration::ZERO,
+        &Default::default(),
+    )?;
     let rt = runtime()?;
     let found = rt.block_on(async {
         let providers = ws.providers().await?;
@@ -354,5 +400,30 @@ fn state_recover(cli: &Cli) -> Result<i32> {
         "state recover: {} image versions recovered from tags",
         found.len()
     ));
+    Ok(exit::OK)
+}
+
+fn lock_status(cli: &Cli, json: bool) -> Result<i32> {
+    let ws = Workspace::open_read_only(&cli.dir)?;
+    let lease = ws.state.lease()?;
+    let now = crate::state::now_ms();
+    if json {
+        crate::report::outln(&report::state::lease_json(lease.as_ref(), now));
+    } else {
+        crate::report::out(&report::state::lease_text(lease.as_ref(), now));
+    }
+    Ok(exit::OK)
+}
+
+fn lock_break(cli: &Cli, force: bool) -> Result<i32> {
+    let ws = Workspace::open(&cli.dir)?;
+    match ws.break_lock(force)? {
+        None => crate::report::outln("unlocked: nothing held the state lock"),
+        Some(l) => crate::report::outln(&format!(
+            "broke the state lock of {} ({})",
+            l.holder,
+            report::state::lease_holder(l.pid, l.host.as_deref(), l.since, crate::state::now_ms())
+        )),
+    }
     Ok(exit::OK)
 }

@@ -85,10 +85,7 @@ pub fn load(path: &Path) -> Result<model::Project, ConfigError> {
     } else {
         path.to_path_buf()
     };
-    let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
-        path: file.clone(),
-        source,
-    })?;
+    let text = read_config(&file)?;
     let folder = match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -96,6 +93,49 @@ pub fn load(path: &Path) -> Result<model::Project, ConfigError> {
     let root = canonical(&folder)?;
     let config_path = root.join(file.file_name().unwrap_or(CONFIG_FILE.as_ref()));
     load_text(root, config_path, &display_name(&file), text)
+}
+
+/// The largest config file imgraph reads. Real ones are a few kilobytes; this keeps a
+/// wrong file (a log, a disk image) from being read into memory whole.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+fn read_config(file: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let read_err = |source| ConfigError::Read {
+        path: file.to_path_buf(),
+        source,
+    };
+    // Looked at before opening: opening a FIFO would wait for a writer forever.
+    let meta = std::fs::metadata(file).map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(read_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "it is not a regular file",
+        )));
+    }
+    let f = std::fs::File::open(file).map_err(read_err)?;
+    let mut bytes = Vec::new();
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(read_err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!(
+                "it is larger than {} MiB, far more than any config needs",
+                MAX_CONFIG_BYTES >> 20
+            ),
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        read_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "it is not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        ))
+    })
 }
 
 /// Parses and validates `text` as the config of the project folder `root`; `file_name` is

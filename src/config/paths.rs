@@ -59,6 +59,15 @@ impl Paths {
             );
             return None;
         }
+        if raw.chars().any(char::is_control) {
+            diags.error(
+                "control_character",
+                span,
+                format!("{what} path {raw:?} contains a control character"),
+                "control character in this path",
+            );
+            return None;
+        }
         if Path::new(raw).is_absolute() || raw.starts_with('/') {
             diags
                 .error(
@@ -96,6 +105,9 @@ impl Paths {
         expect: Expect,
     ) -> Option<RelPath> {
         let rel = self.relative(diags, raw, span, what)?;
+        if !own_folder_left_alone(diags, &rel, raw, span, what) {
+            return None;
+        }
         let full = self.full(&rel);
         let meta = match std::fs::metadata(&full) {
             Ok(meta) => meta,
@@ -117,6 +129,15 @@ impl Paths {
         };
         if !self.resolves_inside(&full) {
             outside_via_symlink(diags, raw, span, what);
+            return None;
+        }
+        if !meta.is_file() && !meta.is_dir() {
+            diags.error(
+                "not_a_file",
+                span,
+                format!("{what} `{raw}` is a FIFO, socket or device, not a file or folder"),
+                "not a file or folder",
+            );
             return None;
         }
         if expect == Expect::File && !meta.is_file() {
@@ -158,6 +179,9 @@ impl Paths {
                 .map(|p| p.0);
         }
         let pattern = self.relative(diags, raw, span, "input")?;
+        if !own_folder_left_alone(diags, &pattern, raw, span, "input") {
+            return None;
+        }
         let matcher = match GlobBuilder::new(&pattern).literal_separator(true).build() {
             Ok(glob) => glob.compile_matcher(),
             Err(err) => {
@@ -334,6 +358,31 @@ fn slash_path(path: &Path) -> Option<String> {
         parts.push(component.as_os_str().to_str()?);
     }
     Some(parts.join("/"))
+}
+
+/// imgraph's own folder at the project root (state, store, logs) changes with every run:
+/// as an input it would make every plan a rebuild, as a copy source it would pack the
+/// store into the image.
+fn own_folder_left_alone(
+    diags: &mut Diags,
+    rel: &str,
+    raw: &str,
+    span: SourceSpan,
+    what: &str,
+) -> bool {
+    let first = rel.split('/').next().unwrap_or("");
+    if first != ".imgraph" {
+        return true;
+    }
+    diags
+        .error(
+            "own_folder",
+            span,
+            format!("{what} `{raw}` is inside .imgraph, imgraph's own folder"),
+            "imgraph's own folder",
+        )
+        .help("the state, the image store and the logs change with every run; name project files instead");
+    false
 }
 
 #[cfg(test)]

@@ -69,8 +69,23 @@ impl Node {
     }
 }
 
+/// How deep `{ }` blocks may nest. imgraph's language needs four levels; the KDL parser
+/// recurses once per level, so thousands of levels would overflow its stack.
+pub(crate) const MAX_DEPTH: usize = 64;
+
 /// Parses KDL 2.0 text into raw nodes; syntax errors become diagnostics.
 pub(crate) fn parse(text: &str, diags: &mut Diags) -> Option<Vec<Node>> {
+    if let Some(at) = too_deep(text, MAX_DEPTH) {
+        diags
+            .error(
+                "syntax",
+                SourceSpan::new(at.into(), 1),
+                format!("blocks are nested more than {MAX_DEPTH} levels deep"),
+                "this block is too deep",
+            )
+            .help("imgraph's config needs at most four levels of `{ }`");
+        return None;
+    }
     match text.parse::<kdl::KdlDocument>() {
         Ok(doc) => Some(nodes(&doc, text)),
         Err(err) => {
@@ -217,6 +232,70 @@ fn lowercase_first(s: &str) -> String {
         }
         _ => s.to_owned(),
     }
+}
+
+/// The offset of the first `{` nested deeper than `max`, skipping strings and comments.
+/// Runs before the parser, so it must not recurse: it counts.
+pub(crate) fn too_deep(text: &str, max: usize) -> Option<usize> {
+    let b = text.as_bytes();
+    let (mut i, mut depth) = (0, 0usize);
+    while i < b.len() {
+        match b[i] {
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                // Block comments nest in KDL.
+                let mut level = 0usize;
+                while i < b.len() {
+                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                        level += 1;
+                        i += 2;
+                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                        level -= 1;
+                        i += 2;
+                        if level == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                continue;
+            }
+            b'#' | b'"' => {
+                // `#"raw"#` (any number of #) or `"escaped"`; `"""` blocks end at `"""`.
+                let hashes = b[i..].iter().take_while(|&&c| c == b'#').count();
+                let q = i + hashes;
+                if b.get(q) != Some(&b'"') {
+                    i += hashes.max(1);
+                    continue;
+                }
+                let triple = b[q..].starts_with(b"\"\"\"");
+                let close: Vec<u8> = std::iter::repeat_n(b'"', if triple { 3 } else { 1 })
+                    .chain(std::iter::repeat_n(b'#', hashes))
+                    .collect();
+                i = q + close.len() - hashes;
+                while i < b.len() && !b[i..].starts_with(&close) {
+                    i += if hashes == 0 && b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += close.len();
+                continue;
+            }
+            b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Some(i);
+                }
+            }
+            b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 #[cfg(test)]

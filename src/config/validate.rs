@@ -742,6 +742,8 @@ impl V<'_> {
             let Some(name) = first_string(node) else {
                 continue;
             };
+            // Reported, and still declared, so that references to it say nothing more.
+            self.printable_name(&name, node.name.as_str());
             if let Some((first_kind, first_span)) = self.names.get(&name.value) {
                 let what = |k: NameKind| match k {
                     NameKind::Source => "source",
@@ -774,12 +776,32 @@ impl V<'_> {
         }
     }
 
+    /// Names are printed on terminals and used in file names: a control character (an
+    /// escape sequence, a newline) in one is refused.
+    fn printable_name(&mut self, name: &Str, what: &str) {
+        if !name.value.chars().any(char::is_control) {
+            return;
+        }
+        self.diags
+            .error(
+                "control_character",
+                name.span,
+                format!(
+                    "{what} name {:?} contains a control character",
+                    name.value
+                ),
+                "control character in this name",
+            )
+            .help("names may hold letters, digits, punctuation and spaces, not escape sequences, tabs or newlines");
+    }
+
     fn declare_environments(&mut self, top: &[&Node]) {
         let mut seen = HashMap::new();
         for node in top.iter().filter(|n| n.name == "environment") {
             let Some(name) = first_string(node) else {
                 continue;
             };
+            self.printable_name(&name, "environment");
             if self.unique(
                 &mut seen,
                 &name,

@@ -36,6 +36,8 @@ use crate::state::{ImageRecord, NodeStart, NodeStatus, ReleaseStatus, RunId, Run
 pub struct ExecOptions {
     pub parallelism: usize,
     pub fail_fast: bool,
+    /// How long `apply` waits for the state lock before it fails (0: fail at once).
+    pub lock_wait: std::time::Duration,
 }
 
 impl Default for ExecOptions {
@@ -45,6 +47,7 @@ impl Default for ExecOptions {
                 .map(|n| n.get())
                 .unwrap_or(2),
             fail_fast: false,
+            lock_wait: std::time::Duration::ZERO,
         }
     }
 }

@@ -362,16 +362,42 @@ fn signal_group(pgid: i32, signal: i32) {
     }
 }
 
-/// The last `n` lines of a log file (for failure summaries); empty when unreadable.
+/// How much of a log's end [`log_tail`] reads, whatever the log's size.
+const TAIL_BYTES: u64 = 64 << 10;
+/// The longest log line a failure summary shows.
+pub const SHOWN_LINE_MAX: usize = 300;
+
+/// The last `n` lines of a log file (for failure summaries), each cut to
+/// [`SHOWN_LINE_MAX`] characters; empty when unreadable. Only the last 64 KiB are read,
+/// so memory stays flat whatever a command printed; a line cut by that window starts
+/// with `…`.
 pub fn log_tail(path: &Path, n: usize) -> Vec<String> {
-    let Ok(bytes) = std::fs::read(path) else {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
         return Vec::new();
     };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(TAIL_BYTES);
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(start)).is_err()
+        || file.take(TAIL_BYTES).read_to_end(&mut bytes).is_err()
+    {
+        return Vec::new();
+    }
     let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..]
+    let first = lines.len().saturating_sub(n);
+    lines[first..]
         .iter()
-        .map(|s| s.to_string())
+        .enumerate()
+        .map(|(i, line)| {
+            let shown = crate::text::cap_line(line, SHOWN_LINE_MAX);
+            if start > 0 && first + i == 0 {
+                format!("…{shown}")
+            } else {
+                shown
+            }
+        })
         .collect()
 }
 
@@ -481,6 +507,22 @@ mod tests {
         .unwrap();
         assert_eq!(out, ProcessOutcome::Exited(3));
         assert_eq!(log_tail(&log, 10), vec!["hi", "oops"]);
+    }
+
+    #[test]
+    fn log_tail_reads_only_the_end_and_cuts_long_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("big.log");
+        // 1 MiB without a newline, then two short lines.
+        let mut text = "x".repeat(1 << 20);
+        text.push_str("\nsecond\nlast\n");
+        std::fs::write(&log, &text).unwrap();
+        let tail = log_tail(&log, 15);
+        assert_eq!(tail.len(), 3, "{tail:?}");
+        assert!(tail[0].starts_with("…xxx"), "{}", &tail[0][..20]);
+        assert!(tail[0].ends_with("more bytes]"), "{}", tail[0]);
+        assert!(tail[0].chars().count() < SHOWN_LINE_MAX + 40);
+        assert_eq!(&tail[1..], ["second", "last"]);
     }
 
     #[tokio::test]

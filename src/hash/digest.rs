@@ -134,10 +134,26 @@ pub(crate) fn env(value: Option<&OsStr>) -> String {
 }
 
 /// Digest of a probe command's standard output.
+#[cfg(test)]
 pub(crate) fn probe(stdout: &[u8]) -> String {
     let mut encoder = Encoder::new(PROBE_DOMAIN);
     encoder.field(stdout);
     encoder.finish()
+}
+
+/// [`probe`] of `len` bytes read from `stdout`, without holding them in memory (the same
+/// digest as `probe` of those bytes).
+pub(crate) fn probe_stream(len: u64, stdout: &mut impl Read) -> io::Result<String> {
+    let mut encoder = Encoder::new(PROBE_DOMAIN);
+    encoder.0.update(&len.to_le_bytes());
+    let copied = io::copy(&mut stdout.take(len), &mut encoder.0)?;
+    if copied != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the captured output is shorter than what was read",
+        ));
+    }
+    Ok(encoder.finish())
 }
 
 /// blake3 of labelled parts, as a `b3v1:` digest. Each part is length-prefixed, so
@@ -150,4 +166,17 @@ pub fn digest_parts(domain: &str, parts: &[&str]) -> String {
         encoder.field(part.as_bytes());
     }
     encoder.finish()
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use super::*;
+
+    #[test]
+    fn streaming_a_probe_gives_the_digest_of_its_bytes() {
+        let out = b"nginx 1.22\nopenssl 3.0\n".repeat(1000);
+        let streamed = probe_stream(out.len() as u64, &mut &out[..]).unwrap();
+        assert_eq!(streamed, probe(&out));
+        assert!(probe_stream(out.len() as u64 + 1, &mut &out[..]).is_err());
+    }
 }

@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use serde_json::json;
 
 use super::{short_id, timestamp, Palette};
-use crate::state::{ImageRecord, NodeRecord, NodeStatus, ReleaseStatus, RunRecord, RunStatus};
+use crate::state::{
+    ImageRecord, Lease, Liveness, NodeRecord, NodeStatus, ReleaseStatus, RunRecord, RunStatus,
+};
 
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -124,4 +126,54 @@ pub fn history_text(runs: &[(RunRecord, Vec<NodeRecord>)], p: Palette) -> String
         }
     }
     out
+}
+
+/// "pid 4242 on host ci-3, for 3m 12s since 2026-11-27T03:00:00Z": who holds the state
+/// lock, where, and for how long.
+pub fn lease_holder(pid: u32, host: Option<&str>, since: i64, now: i64) -> String {
+    let age = std::time::Duration::from_secs(u64::try_from((now - since) / 1000).unwrap_or(0));
+    let on = host.map(|h| format!(" on host {h}")).unwrap_or_default();
+    format!(
+        "pid {pid}{on}, for {} since {}",
+        humantime::format_duration(age),
+        super::timestamp(since)
+    )
+}
+
+/// `imgraph lock status` as text.
+pub fn lease_text(lease: Option<&Lease>, now: i64) -> String {
+    let Some(l) = lease else {
+        return "unlocked: nothing holds the state lock\n".into();
+    };
+    let alive = match l.liveness {
+        Liveness::Alive => "the process is running",
+        Liveness::Gone => "the process is gone: the next apply takes the lock over",
+        Liveness::OtherHost => "it runs on another host, where imgraph cannot check it",
+    };
+    format!(
+        "locked: {} holds the state lock ({}); {alive}\n",
+        l.holder,
+        lease_holder(l.pid, l.host.as_deref(), l.since, now)
+    )
+}
+
+/// `imgraph lock status --json`.
+pub fn lease_json(lease: Option<&Lease>, now: i64) -> String {
+    let value = match lease {
+        None => serde_json::json!({ "locked": false }),
+        Some(l) => serde_json::json!({
+            "locked": true,
+            "holder": l.holder,
+            "pid": l.pid,
+            "host": l.host,
+            "since": super::timestamp(l.since),
+            "age_ms": now - l.since,
+            "liveness": match l.liveness {
+                Liveness::Alive => "alive",
+                Liveness::Gone => "gone",
+                Liveness::OtherHost => "other-host",
+            },
+        }),
+    };
+    value.to_string()
 }

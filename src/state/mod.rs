@@ -21,6 +21,9 @@
 //!   process - common in CI containers, where every job's main process gets the same
 //!   small pid - is not mistaken for the process that wrote the row.
 //!
+//! - Commands that only read (`plan`, `images`, `history`) open it with
+//!   [`State::open_for_reading`]: never created, and usable on a read-only folder.
+//!
 //! Trade-offs: one `State` owns one connection and is `Send` but not `Sync`; share it
 //! behind a mutex or open one `State` per thread (WAL makes that cheap). Nothing is ever
 //! pruned: run history and the stat cache only grow, which keeps "why did this rebuild"
@@ -40,13 +43,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
-use rusqlite::{Connection, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 /// The migrations, in order: entry `i` moves the schema from version `i` to `i + 1`.
 /// Only ever append; a released file is never edited.
 const MIGRATIONS: &[&str] = &[
     include_str!("../../schema/0001_init.sql"),
     include_str!("../../schema/0002_stat_cache_content_digests.sql"),
+    include_str!("../../schema/0003_lease_host.sql"),
 ];
 
 /// How long a call waits for another process's write lock before giving up.
@@ -318,15 +322,40 @@ pub enum LeaseOutcome {
     Acquired,
     HeldBy {
         pid: u32,
+        /// The host the holder runs on (`None` in leases written before hosts were kept).
+        host: Option<String>,
         holder: String,
         since: i64,
     },
+}
+
+/// The lease as it stands, for `imgraph lock status` and `imgraph lock break`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub pid: u32,
+    pub host: Option<String>,
+    /// What holds it, e.g. `imgraph apply`.
+    pub holder: String,
+    pub since: i64,
+    pub liveness: Liveness,
+}
+
+/// Whether the holder of a lease still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Running on this host.
+    Alive,
+    /// Gone from this host (the next apply takes the lease over).
+    Gone,
+    /// Runs on another host, where this process cannot look.
+    OtherHost,
 }
 
 /// An open state file.
 pub struct State {
     conn: Connection,
     path: PathBuf,
+    read_only: bool,
 }
 
 impl std::fmt::Debug for State {
@@ -340,6 +369,119 @@ impl State {
     /// schema up to date.
     pub fn open(path: &Path) -> Result<State, StateError> {
         Self::open_with(path, MIGRATIONS)
+    }
+
+    /// Opens the state file for a command that only reads it (`plan`, `images`,
+    /// `history`, `lock status`), and never creates it: a missing file reads as an empty
+    /// state held in memory. A file that cannot be written (a read-only folder or mount)
+    /// is opened read-only: without WAL set-up and without migrations, as an immutable
+    /// file if SQLite cannot even create its shared-memory index there.
+    /// [`State::is_read_only`] then tells callers to skip what they would only cache.
+    pub fn open_for_reading(path: &Path) -> Result<State, StateError> {
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Self::in_memory(path),
+            _ => {}
+        }
+        let writable = Self::connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE).and_then(|mut s| {
+            s.configure()?;
+            s.migrate(MIGRATIONS)?;
+            // SQLite opens a write-protected file read-only without saying so.
+            s.read_only = s
+                .conn
+                .is_readonly(rusqlite::MAIN_DB)
+                .map_err(|e| s.sql_err(e, "check whether the state file is writable"))?;
+            Ok(s)
+        });
+        let first = match writable {
+            Ok(state) => return Ok(state),
+            // A newer schema is refused whatever the permissions.
+            Err(e @ StateError::NewerSchema { .. }) => return Err(e),
+            Err(e) => e,
+        };
+        for immutable in [false, true] {
+            let opened = Self::connect_read_only(path, immutable).and_then(|s| {
+                s.check_readable()?;
+                Ok(s)
+            });
+            match opened {
+                Ok(state) => return Ok(state),
+                Err(e @ StateError::NewerSchema { .. }) => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Err(first)
+    }
+
+    /// An empty state in memory, named after `path` in messages.
+    fn in_memory(path: &Path) -> Result<State, StateError> {
+        let conn = Connection::open_in_memory().map_err(|source| StateError::Sqlite {
+            path: path.to_path_buf(),
+            context: "open an empty state in memory".into(),
+            source,
+        })?;
+        let state = State {
+            conn,
+            path: path.to_path_buf(),
+            read_only: false,
+        };
+        state.migrate(MIGRATIONS)?;
+        Ok(state)
+    }
+
+    fn connect(path: &Path, mode: OpenFlags) -> Result<State, StateError> {
+        let flags = mode | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn =
+            Connection::open_with_flags(path, flags).map_err(|source| StateError::Sqlite {
+                path: path.to_path_buf(),
+                context: "open the state file".into(),
+                source,
+            })?;
+        Ok(State {
+            conn,
+            path: path.to_path_buf(),
+            read_only: !mode.contains(OpenFlags::SQLITE_OPEN_READ_WRITE),
+        })
+    }
+
+    fn connect_read_only(path: &Path, immutable: bool) -> Result<State, StateError> {
+        if !immutable {
+            return Self::connect(path, OpenFlags::SQLITE_OPEN_READ_ONLY);
+        }
+        // `immutable=1`: SQLite neither locks nor looks for a WAL, which is what a file on
+        // a read-only mount allows. The URI needs an absolute, percent-encoded path.
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let mut uri = String::from("file:");
+        for b in absolute.as_os_str().as_encoded_bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => {
+                    uri.push(char::from(*b))
+                }
+                _ => uri.push_str(&format!("%{b:02X}")),
+            }
+        }
+        uri.push_str("?immutable=1");
+        let mut state = Self::connect(Path::new(&uri), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        state.path = path.to_path_buf();
+        Ok(state)
+    }
+
+    /// For a read-only connection: refuses a newer schema and proves the file is readable.
+    fn check_readable(&self) -> Result<(), StateError> {
+        self.conn
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| self.sql_err(e, "set the busy timeout"))?;
+        let known = u32::try_from(MIGRATIONS.len()).unwrap_or(u32::MAX);
+        let current = self.schema_version()?;
+        if current > known {
+            return Err(self.newer_schema(current, known));
+        }
+        Ok(())
+    }
+
+    /// Whether this state was opened read-only: writes would fail, so callers skip what
+    /// they would only cache (the stat cache).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     fn open_with(path: &Path, migrations: &[&str]) -> Result<State, StateError> {
@@ -356,7 +498,11 @@ impl State {
             context: "open the state file".into(),
             source,
         })?;
-        let state = State { conn, path };
+        let state = State {
+            conn,
+            path,
+            read_only: false,
+        };
         state.configure()?;
         state.migrate(migrations)?;
         Ok(state)
@@ -469,6 +615,11 @@ pub fn now_ms() -> i64 {
 /// Whether a process is alive and, when its recorded identity is known, still the same one.
 pub fn process_is_alive(pid: u32, identity: Option<&str>) -> bool {
     process::is_alive(pid, identity)
+}
+
+/// This machine's host name, as leases record it.
+pub fn host_name() -> Option<&'static str> {
+    process::own_host()
 }
 
 /// A process's identity (boot id and start time) for [`process_is_alive`].

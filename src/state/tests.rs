@@ -556,6 +556,7 @@ fn lease_is_exclusive_and_taken_over_from_dead_holders() {
         state.acquire_lease("apply A").unwrap(),
         LeaseOutcome::HeldBy {
             pid: 1,
+            host: None,
             holder: "ci".into(),
             since: 42
         }
@@ -579,6 +580,39 @@ fn lease_is_exclusive_and_taken_over_from_dead_holders() {
     assert!(
         matches!(other.acquire_lease("apply B").unwrap(), LeaseOutcome::HeldBy { pid, .. } if pid == me)
     );
+}
+
+#[test]
+fn a_lease_held_on_another_host_is_never_taken_over_and_can_be_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open_in(dir.path());
+    assert_eq!(state.lease().unwrap(), None);
+    // A pid that does not exist here, on another host: it may well be alive there.
+    state
+        .conn
+        .execute(
+            "INSERT INTO lease (id, pid, proc_start, holder, since, host)
+             VALUES (1, ?1, NULL, 'imgraph apply', 7, 'elsewhere.example')",
+            [dead_pid()],
+        )
+        .unwrap();
+    let lease = state.lease().unwrap().expect("a lease");
+    assert_eq!(lease.liveness, Liveness::OtherHost);
+    assert_eq!(lease.host.as_deref(), Some("elsewhere.example"));
+    assert!(matches!(
+        state.acquire_lease("imgraph apply").unwrap(),
+        LeaseOutcome::HeldBy { host: Some(h), .. } if h == "elsewhere.example"
+    ));
+    assert!(state.break_lease().unwrap());
+    assert!(!state.break_lease().unwrap());
+    assert_eq!(
+        state.acquire_lease("imgraph apply").unwrap(),
+        LeaseOutcome::Acquired
+    );
+    let mine = state.lease().unwrap().expect("our lease");
+    assert_eq!(mine.liveness, Liveness::Alive);
+    assert_eq!(mine.host.as_deref(), host_name());
+    assert_eq!(mine.pid, std::process::id());
 }
 
 #[test]

@@ -165,3 +165,16 @@ pub fn require_root() -> bool {
     eprintln!("NOT RUN: this test needs root");
     false
 }
+
+/// Whether any node log under `.imgraph/logs` contains `text` (e.g. a test command's
+/// first words, to know it is running).
+pub fn some_log_contains(dir: &Path, text: &str) -> bool {
+    let Ok(runs) = std::fs::read_dir(dir.join(".imgraph/logs")) else {
+        return false;
+    };
+    runs.flatten()
+        .filter_map(|run| std::fs::read_dir(run.path()).ok())
+        .flatten()
+        .flatten()
+        .any(|log| std::fs::read_to_string(log.path()).is_ok_and(|t| t.contains(text)))
+}

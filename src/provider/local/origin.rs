@@ -11,8 +11,10 @@ use std::fs::{self, File};
 use std::io::{BufReader, Read};
 use std::path::Path;
 
+use tokio_util::sync::CancellationToken;
+
 use super::tree::copy_tree;
-use super::unpack::unpack_tar;
+use super::unpack::{check_tar, unpack_tar};
 use super::{io_err, running_as_root, LocalError};
 
 /// The archive formats an origin may have.
@@ -26,13 +28,36 @@ pub enum ArchiveFormat {
 /// Unpacks an origin (a source): a directory (copied, preserving modes and symlinks, and
 /// ownership when running as root), `.tar`, `.tar.gz`/`.tgz` or `.tar.zst`/`.tzst`
 /// (detected by extension, falling back to magic bytes), into `dest`, which must be empty
-/// or not exist.
-pub fn unpack_origin(origin: &Path, dest: &Path) -> Result<(), LocalError> {
+/// or not exist. Stops with [`LocalError::Cancelled`] once `cancel` is cancelled.
+pub fn unpack_origin(
+    origin: &Path,
+    dest: &Path,
+    cancel: &CancellationToken,
+) -> Result<(), LocalError> {
+    match open_origin(origin)? {
+        None => copy_tree(origin, dest, running_as_root(), cancel),
+        Some(archive) => unpack_tar(archive, dest, origin, cancel),
+    }
+}
+
+/// Reads an origin archive through to its end without unpacking it, with every check an
+/// unpack makes (format, safe entry names, complete entries, the end-of-archive marker),
+/// so a damaged or truncated origin is refused before a run records anything. A
+/// directory origin needs no reading.
+pub fn check_origin(origin: &Path, cancel: &CancellationToken) -> Result<(), LocalError> {
+    match open_origin(origin)? {
+        None => Ok(()),
+        Some(archive) => check_tar(archive, origin, cancel),
+    }
+}
+
+/// `None` for a directory origin; the decompressed tar stream of an archive.
+fn open_origin(origin: &Path) -> Result<Option<Box<dyn Read>>, LocalError> {
     // Following a symlink here is fine: the origin path is the user's choice, not an
     // entry inside an image.
     let meta = fs::metadata(origin).map_err(io_err("read origin", origin))?;
     if meta.is_dir() {
-        return copy_tree(origin, dest, running_as_root());
+        return Ok(None);
     }
     if !meta.is_file() {
         return Err(LocalError::UnsupportedOrigin {
@@ -45,18 +70,15 @@ pub fn unpack_origin(origin: &Path, dest: &Path) -> Result<(), LocalError> {
     };
     let file = File::open(origin).map_err(io_err("open origin", origin))?;
     let reader = BufReader::with_capacity(256 * 1024, file);
-    match format {
-        ArchiveFormat::Tar => unpack_tar(reader, dest, origin),
+    Ok(Some(match format {
+        ArchiveFormat::Tar => Box::new(reader),
         // Multi-member gzip is what `pigz` and concatenated tarballs produce.
-        ArchiveFormat::TarGz => {
-            unpack_tar(flate2::bufread::MultiGzDecoder::new(reader), dest, origin)
-        }
-        ArchiveFormat::TarZst => {
-            let decoder = zstd::stream::read::Decoder::with_buffer(reader)
-                .map_err(io_err("start zstd decoding of", origin))?;
-            unpack_tar(decoder, dest, origin)
-        }
-    }
+        ArchiveFormat::TarGz => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
+        ArchiveFormat::TarZst => Box::new(
+            zstd::stream::read::Decoder::with_buffer(reader)
+                .map_err(io_err("start zstd decoding of", origin))?,
+        ),
+    }))
 }
 
 /// The format a file name claims, if any.

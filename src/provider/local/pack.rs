@@ -45,9 +45,10 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tar::{EntryType, GnuExtSparseHeader, Header};
+use tokio_util::sync::CancellationToken;
 use walkdir::WalkDir;
 
-use super::{effective_uid, io_err, LocalError};
+use super::{check_cancel, effective_uid, io_err, unless_cancelled, Cancellable, LocalError};
 
 /// zstd level: level 3 is zstd's default and packs a root file system in about the time it
 /// takes to read it; higher levels cost far more time than they save in bytes.
@@ -55,8 +56,21 @@ pub const ZSTD_LEVEL: i32 = 3;
 
 /// Writes the deterministic tar.zst of `tree` into `out`.
 ///
-/// See the module docs for what is kept and what is normalised.
-pub fn pack_deterministic(tree: &Path, out: impl Write) -> Result<(), LocalError> {
+/// See the module docs for what is kept and what is normalised. Stops with
+/// [`LocalError::Cancelled`] once `cancel` is cancelled.
+pub fn pack_deterministic(
+    tree: &Path,
+    out: impl Write,
+    cancel: &CancellationToken,
+) -> Result<(), LocalError> {
+    unless_cancelled(cancel, pack_entries(tree, out, cancel))
+}
+
+fn pack_entries(
+    tree: &Path,
+    out: impl Write,
+    cancel: &CancellationToken,
+) -> Result<(), LocalError> {
     let meta = fs::metadata(tree).map_err(io_err("read tree", tree))?;
     if !meta.is_dir() {
         return Err(LocalError::io(
@@ -85,8 +99,9 @@ pub fn pack_deterministic(tree: &Path, out: impl Write) -> Result<(), LocalError
         .sort_by_file_name()
         .min_depth(1);
     for entry in walk {
+        check_cancel(cancel)?;
         let entry = entry.map_err(|e| walk_error(e, tree))?;
-        append_entry(&mut builder, tree, meta.dev(), entry.path())?;
+        append_entry(&mut builder, tree, meta.dev(), entry.path(), cancel)?;
     }
 
     let encoder = builder
@@ -112,6 +127,7 @@ fn append_entry<W: Write>(
     tree: &Path,
     tree_dev: u64,
     path: &Path,
+    cancel: &CancellationToken,
 ) -> Result<(), LocalError> {
     let rel = path.strip_prefix(tree).map_err(|_| {
         LocalError::io(
@@ -157,7 +173,10 @@ fn append_entry<W: Write>(
         header.set_entry_type(EntryType::Regular);
         header.set_size(meta.len());
         let data = ExactReader {
-            inner: file,
+            inner: Cancellable {
+                inner: file,
+                cancel,
+            },
             remaining: meta.len(),
         };
         builder

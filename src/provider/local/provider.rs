@@ -199,22 +199,23 @@ impl LocalProvider {
         let origin = req.origin.clone();
         let store = self.store.clone();
         let dest = root.clone();
+        let cancel = req.cancel.clone();
         blocking(move || match origin {
-            Origin::LocalPath(p) => local::unpack_origin(&p, &dest),
-            Origin::Artifact(a) => store.unpack(&a, &dest),
+            Origin::LocalPath(p) => local::unpack_origin(&p, &dest, &cancel),
+            Origin::Artifact(a) => store.unpack(&a, &dest, &cancel),
         })
         .await?;
 
         for step in steps {
             if req.cancel.is_cancelled() {
-                return Err(ProviderError::Failed("cancelled".into()));
+                return Err(local::LocalError::Cancelled.into());
             }
             match step {
                 Step::Copy { from, to } => {
                     let src = req.project.root.join(from.as_str());
-                    let (r, to) = (root.clone(), to.clone());
+                    let (r, to, cancel) = (root.clone(), to.clone(), req.cancel.clone());
                     append_log(req.log, &format!("imgraph: copy {from} to {to}"));
-                    blocking(move || local::copy_into(&src, &r, &to)).await?;
+                    blocking(move || local::copy_into(&src, &r, &to, &cancel)).await?;
                 }
                 Step::Run { command } => {
                     append_log(req.log, &format!("imgraph: run {command}"));
@@ -256,7 +257,7 @@ impl LocalProvider {
                 }
             }
         }
-        let store = self.store.clone();
+        let (store, cancel) = (self.store.clone(), req.cancel.clone());
         let log = req.log.to_path_buf();
         let (artifact_id, size) = blocking(move || {
             // Packing never leaves the root: detach what a step left mounted in it.
@@ -270,7 +271,7 @@ impl LocalProvider {
                 );
             }
             local::tree::empty_tmp(&root)?;
-            store.pack_tree(&root)
+            store.pack_tree(&root, &cancel)
         })
         .await?;
         append_log(
@@ -288,12 +289,13 @@ impl LocalProvider {
     ) -> Result<ProcessOutcome, ProviderError> {
         local::tree::create_private_dir(instance)?;
         let root = instance.join("root");
-        let (store, artifact, dest) = (
+        let (store, artifact, dest, cancel) = (
             self.store.clone(),
             req.artifact_id.to_string(),
             root.clone(),
+            req.cancel.clone(),
         );
-        blocking(move || store.unpack(&artifact, &dest)).await?;
+        blocking(move || store.unpack(&artifact, &dest, &cancel)).await?;
         append_log(
             req.log,
             &format!("imgraph: instance {instance_id} from {}", req.artifact_id),

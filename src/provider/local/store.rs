@@ -18,9 +18,11 @@ use std::io::{self, BufReader, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use tokio_util::sync::CancellationToken;
+
 use super::pack::pack_deterministic;
 use super::unpack::unpack_tar;
-use super::{io_err, LocalError};
+use super::{io_err, unless_cancelled, Cancellable, LocalError};
 
 /// The prefix of every artifact id this store hands out.
 pub const ID_PREFIX: &str = "local:";
@@ -68,8 +70,13 @@ impl Store {
     /// Packs `tree` deterministically and stores it atomically (write to a temp file in
     /// the store, fsync, rename). Returns (artifact_id, size_bytes). Same tree -> same
     /// bytes -> same id; an existing identical artifact is kept (one whose bytes no longer
-    /// match its name is replaced).
-    pub fn pack_tree(&self, tree: &Path) -> Result<(String, u64), LocalError> {
+    /// match its name is replaced). Stops with [`LocalError::Cancelled`] once `cancel` is
+    /// cancelled, leaving no temporary file behind.
+    pub fn pack_tree(
+        &self,
+        tree: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<(String, u64), LocalError> {
         self.create()?;
         // Dropping `tmp` on any early return deletes it.
         let tmp = tempfile::Builder::new()
@@ -82,7 +89,7 @@ impl Store {
             hasher: blake3::Hasher::new(),
             len: 0,
         };
-        pack_deterministic(tree, &mut writer)?;
+        pack_deterministic(tree, &mut writer, cancel)?;
         writer.inner.flush().map_err(io_err("write", tmp.path()))?;
         let hex = writer.hasher.finalize().to_hex();
         let size = writer.len;
@@ -91,7 +98,8 @@ impl Store {
         let id = format!("{ID_PREFIX}{hex}");
         let target = self.root.join(format!("{hex}.tar.zst"));
 
-        if matches!(hash_file(&target), Ok(Some(existing)) if existing.as_str() == hex.as_str()) {
+        let existing = hash_file(&target, cancel);
+        if matches!(existing, Ok(Some(existing)) if existing.as_str() == hex.as_str()) {
             tmp.close()
                 .map_err(io_err("remove a temporary file in", &self.root))?;
             return Ok((id, size));
@@ -121,11 +129,16 @@ impl Store {
 
     /// Unpacks an artifact into `dest` (must be empty or not exist). The artifact's bytes
     /// are checked against its id first; a mismatch is [`LocalError::Corrupt`] and
-    /// nothing is written.
-    pub fn unpack(&self, artifact_id: &str, dest: &Path) -> Result<(), LocalError> {
+    /// nothing is written. Stops with [`LocalError::Cancelled`] once `cancel` is cancelled.
+    pub fn unpack(
+        &self,
+        artifact_id: &str,
+        dest: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<(), LocalError> {
         let path = self.artifact_path(artifact_id)?;
         let expected = &artifact_id[ID_PREFIX.len()..];
-        match hash_file(&path)? {
+        match unless_cancelled(cancel, hash_file(&path, cancel))? {
             Some(actual) if actual.as_str() == expected => {}
             Some(actual) => {
                 return Err(LocalError::Corrupt {
@@ -147,7 +160,7 @@ impl Store {
         let reader = BufReader::with_capacity(256 * 1024, file);
         let decoder = zstd::stream::read::Decoder::with_buffer(reader)
             .map_err(io_err("start zstd decoding of", &path))?;
-        unpack_tar(decoder, dest, &path)
+        unpack_tar(decoder, dest, &path, cancel)
     }
 
     /// Removes the temporary files of packs that never finished (a killed run). Only safe
@@ -191,7 +204,7 @@ impl Store {
 }
 
 /// The blake3 hex of a file's bytes, or `None` if it does not exist.
-fn hash_file(path: &Path) -> Result<Option<String>, LocalError> {
+fn hash_file(path: &Path, cancel: &CancellationToken) -> Result<Option<String>, LocalError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -199,7 +212,10 @@ fn hash_file(path: &Path) -> Result<Option<String>, LocalError> {
     };
     let mut hasher = blake3::Hasher::new();
     hasher
-        .update_reader(file)
+        .update_reader(Cancellable {
+            inner: file,
+            cancel,
+        })
         .map_err(io_err("read artifact", path))?;
     Ok(Some(hasher.finalize().to_hex().to_string()))
 }

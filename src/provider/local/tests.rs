@@ -12,6 +12,11 @@ use tempfile::TempDir;
 
 use super::*;
 
+/// A cancellation token nobody cancels.
+fn go() -> CancellationToken {
+    CancellationToken::new()
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Node {
     Dir { mode: u32 },
@@ -80,7 +85,7 @@ fn sample_tree(root: &Path) {
 
 fn pack_bytes(tree: &Path) -> Vec<u8> {
     let mut out = Vec::new();
-    pack_deterministic(tree, &mut out).unwrap();
+    pack_deterministic(tree, &mut out, &go()).unwrap();
     out
 }
 
@@ -113,8 +118,8 @@ fn same_tree_packed_twice_gives_identical_bytes_and_id() {
     assert_eq!(pack_bytes(&tree), pack_bytes(&tree));
 
     let store = store_in(&dir);
-    let (id1, size1) = store.pack_tree(&tree).unwrap();
-    let (id2, size2) = store.pack_tree(&tree).unwrap();
+    let (id1, size1) = store.pack_tree(&tree, &go()).unwrap();
+    let (id2, size2) = store.pack_tree(&tree, &go()).unwrap();
     assert_eq!(id1, id2);
     assert_eq!(size1, size2);
     assert!(id1.starts_with("local:") && id1.len() == "local:".len() + 64);
@@ -172,8 +177,8 @@ fn a_copy_made_in_another_order_with_other_times_has_the_same_id() {
 
     let store = store_in(&dir);
     assert_eq!(
-        store.pack_tree(&a).unwrap().0,
-        store.pack_tree(&b).unwrap().0
+        store.pack_tree(&a, &go()).unwrap().0,
+        store.pack_tree(&b, &go()).unwrap().0
     );
 }
 
@@ -183,14 +188,14 @@ fn changing_a_file_content_or_mode_changes_the_id() {
     let tree = dir.path().join("tree");
     sample_tree(&tree);
     let store = store_in(&dir);
-    let (base, _) = store.pack_tree(&tree).unwrap();
+    let (base, _) = store.pack_tree(&tree, &go()).unwrap();
 
     fs::write(tree.join("etc/passwd"), b"root:x:0:0:root:/root:/bin/ash\n").unwrap();
-    let (content_changed, _) = store.pack_tree(&tree).unwrap();
+    let (content_changed, _) = store.pack_tree(&tree, &go()).unwrap();
     assert_ne!(content_changed, base);
 
     fs::set_permissions(tree.join("etc/passwd"), fs::Permissions::from_mode(0o600)).unwrap();
-    let (mode_changed, _) = store.pack_tree(&tree).unwrap();
+    let (mode_changed, _) = store.pack_tree(&tree, &go()).unwrap();
     assert_ne!(mode_changed, content_changed);
     assert_ne!(mode_changed, base);
 
@@ -244,9 +249,9 @@ fn pack_then_unpack_gives_back_the_tree() {
     let tree = dir.path().join("tree");
     sample_tree(&tree);
     let store = store_in(&dir);
-    let (id, _) = store.pack_tree(&tree).unwrap();
+    let (id, _) = store.pack_tree(&tree, &go()).unwrap();
     let out = dir.path().join("deep/out");
-    store.unpack(&id, &out).unwrap();
+    store.unpack(&id, &out, &go()).unwrap();
     assert_eq!(snapshot(&out), snapshot(&tree));
     // The setuid bit and the sticky bit survive.
     assert_eq!(
@@ -258,7 +263,7 @@ fn pack_then_unpack_gives_back_the_tree() {
         0o1777
     );
     // Repacking the unpacked tree gives the same image.
-    assert_eq!(store.pack_tree(&out).unwrap().0, id);
+    assert_eq!(store.pack_tree(&out, &go()).unwrap().0, id);
 }
 
 #[test]
@@ -273,9 +278,9 @@ fn symlinks_round_trip_without_being_followed() {
     symlink("a/./b//c", tree.join("odd")).unwrap();
 
     let store = store_in(&dir);
-    let (id, _) = store.pack_tree(&tree).unwrap();
+    let (id, _) = store.pack_tree(&tree, &go()).unwrap();
     let out = dir.path().join("out");
-    store.unpack(&id, &out).unwrap();
+    store.unpack(&id, &out, &go()).unwrap();
 
     assert_eq!(
         fs::read_link(out.join("sh")).unwrap(),
@@ -307,9 +312,9 @@ fn empty_directories_survive() {
     fs::create_dir_all(tree.join("proc")).unwrap();
     fs::set_permissions(tree.join("proc"), fs::Permissions::from_mode(0o555)).unwrap();
     let store = store_in(&dir);
-    let (id, _) = store.pack_tree(&tree).unwrap();
+    let (id, _) = store.pack_tree(&tree, &go()).unwrap();
     let out = dir.path().join("out");
-    store.unpack(&id, &out).unwrap();
+    store.unpack(&id, &out, &go()).unwrap();
     assert!(out.join("var/lib/empty").is_dir());
     assert_eq!(
         fs::metadata(out.join("proc")).unwrap().mode() & 0o7777,
@@ -331,9 +336,9 @@ fn long_paths_and_long_link_targets_round_trip() {
     symlink(&long_target, tree.join("link")).unwrap();
 
     let store = store_in(&dir);
-    let (id, _) = store.pack_tree(&tree).unwrap();
+    let (id, _) = store.pack_tree(&tree, &go()).unwrap();
     let out = dir.path().join("out");
-    store.unpack(&id, &out).unwrap();
+    store.unpack(&id, &out, &go()).unwrap();
     assert_eq!(fs::read(out.join(&long_file)).unwrap(), b"deep");
     assert_eq!(
         fs::read_link(out.join("link")).unwrap(),
@@ -349,9 +354,9 @@ fn hard_links_come_back_as_separate_files() {
     write(&tree.join("bin/gzip"), b"same program", 0o755);
     fs::hard_link(tree.join("bin/gzip"), tree.join("bin/gunzip")).unwrap();
     let store = store_in(&dir);
-    let (id, _) = store.pack_tree(&tree).unwrap();
+    let (id, _) = store.pack_tree(&tree, &go()).unwrap();
     let out = dir.path().join("out");
-    store.unpack(&id, &out).unwrap();
+    store.unpack(&id, &out, &go()).unwrap();
     for name in ["bin/gzip", "bin/gunzip"] {
         let meta = fs::metadata(out.join(name)).unwrap();
         assert_eq!(meta.nlink(), 1, "{name}");
@@ -374,9 +379,9 @@ fn fifos_are_skipped() {
     // SAFETY: a valid NUL-terminated path; mkfifo only creates a file system entry.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
     let store = store_in(&dir);
-    let (id, _) = store.pack_tree(&tree).unwrap();
+    let (id, _) = store.pack_tree(&tree, &go()).unwrap();
     let out = dir.path().join("out");
-    store.unpack(&id, &out).unwrap();
+    store.unpack(&id, &out, &go()).unwrap();
     assert!(out.join("etc/hostname").is_file());
     assert!(fs::symlink_metadata(out.join("etc/initctl")).is_err());
 }
@@ -393,9 +398,9 @@ fn ownership_is_restored_only_when_running_as_root() {
         effective_uid()
     };
     let store = store_in(&dir);
-    let (id, _) = store.pack_tree(&tree).unwrap();
+    let (id, _) = store.pack_tree(&tree, &go()).unwrap();
     let out = dir.path().join("out");
-    store.unpack(&id, &out).unwrap();
+    store.unpack(&id, &out, &go()).unwrap();
     let uid = fs::metadata(out.join("home/user/.profile")).unwrap().uid();
     assert_eq!(uid, recorded);
 }
@@ -406,16 +411,16 @@ fn unpack_refuses_a_destination_that_is_not_empty() {
     let tree = dir.path().join("tree");
     sample_tree(&tree);
     let store = store_in(&dir);
-    let (id, _) = store.pack_tree(&tree).unwrap();
+    let (id, _) = store.pack_tree(&tree, &go()).unwrap();
     let out = dir.path().join("out");
     write(&out.join("already-here"), b"x", 0o644);
-    let err = store.unpack(&id, &out).unwrap_err();
+    let err = store.unpack(&id, &out, &go()).unwrap_err();
     assert!(matches!(err, LocalError::Io { .. }), "{err}");
     assert_eq!(snapshot(&out).len(), 1);
     // An existing empty folder is fine.
     let empty = dir.path().join("empty");
     fs::create_dir(&empty).unwrap();
-    store.unpack(&id, &empty).unwrap();
+    store.unpack(&id, &empty, &go()).unwrap();
 }
 
 // ---- store -------------------------------------------------------------------------
@@ -426,8 +431,8 @@ fn store_writes_leave_no_temporary_files() {
     let tree = dir.path().join("tree");
     sample_tree(&tree);
     let store = store_in(&dir);
-    let (id, _) = store.pack_tree(&tree).unwrap();
-    store.pack_tree(&tree).unwrap();
+    let (id, _) = store.pack_tree(&tree, &go()).unwrap();
+    store.pack_tree(&tree, &go()).unwrap();
     let hex = id.strip_prefix("local:").unwrap();
     assert_eq!(store_files(&store), [format!("{hex}.tar.zst")]);
 }
@@ -436,7 +441,9 @@ fn store_writes_leave_no_temporary_files() {
 fn a_failed_pack_leaves_nothing_in_the_store() {
     let dir = TempDir::new().unwrap();
     let store = store_in(&dir);
-    let err = store.pack_tree(&dir.path().join("missing")).unwrap_err();
+    let err = store
+        .pack_tree(&dir.path().join("missing"), &go())
+        .unwrap_err();
     assert!(matches!(err, LocalError::Io { .. }), "{err}");
     assert!(store_files(&store).is_empty());
 }
@@ -447,14 +454,14 @@ fn contains_is_false_after_remove() {
     let tree = dir.path().join("tree");
     sample_tree(&tree);
     let store = store_in(&dir);
-    let (id, _) = store.pack_tree(&tree).unwrap();
+    let (id, _) = store.pack_tree(&tree, &go()).unwrap();
     assert!(store.contains(&id));
     store.remove(&id).unwrap();
     assert!(!store.contains(&id));
     assert!(store_files(&store).is_empty());
     // Removing twice is fine; unpacking a removed artifact is an error.
     store.remove(&id).unwrap();
-    assert!(store.unpack(&id, &dir.path().join("out")).is_err());
+    assert!(store.unpack(&id, &dir.path().join("out"), &go()).is_err());
 }
 
 #[test]
@@ -487,7 +494,7 @@ fn a_damaged_artifact_is_reported_corrupt_and_nothing_is_unpacked() {
     let tree = dir.path().join("tree");
     sample_tree(&tree);
     let store = store_in(&dir);
-    let (id, _) = store.pack_tree(&tree).unwrap();
+    let (id, _) = store.pack_tree(&tree, &go()).unwrap();
     let path = store.path_of(&id).unwrap();
     let mut bytes = fs::read(&path).unwrap();
     let mid = bytes.len() / 2;
@@ -495,13 +502,13 @@ fn a_damaged_artifact_is_reported_corrupt_and_nothing_is_unpacked() {
     fs::write(&path, &bytes).unwrap();
 
     let out = dir.path().join("out");
-    let err = store.unpack(&id, &out).unwrap_err();
+    let err = store.unpack(&id, &out, &go()).unwrap_err();
     assert!(matches!(err, LocalError::Corrupt { .. }), "{err}");
     assert!(!out.exists());
 
     // Packing the same tree again repairs the artifact in place.
-    assert_eq!(store.pack_tree(&tree).unwrap().0, id);
-    store.unpack(&id, &out).unwrap();
+    assert_eq!(store.pack_tree(&tree, &go()).unwrap().0, id);
+    store.unpack(&id, &out, &go()).unwrap();
     assert_eq!(snapshot(&out), snapshot(&tree));
 }
 
@@ -542,7 +549,7 @@ fn tar_origins_unpack_in_every_format() {
         let origin = dir.path().join(name);
         fs::write(&origin, bytes).unwrap();
         let dest = dir.path().join(format!("out-{name}"));
-        unpack_origin(&origin, &dest).unwrap_or_else(|e| panic!("{name}: {e}"));
+        unpack_origin(&origin, &dest, &go()).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(snapshot(&dest), expected, "{name}");
     }
 }
@@ -560,7 +567,7 @@ fn directory_origins_are_copied_with_modes_and_symlinks() {
     )
     .unwrap();
     let dest = dir.path().join("out");
-    unpack_origin(&tree, &dest).unwrap();
+    unpack_origin(&tree, &dest, &go()).unwrap();
     assert_eq!(snapshot(&dest), snapshot(&tree));
     assert!(fs::symlink_metadata(dest.join("bin/sh"))
         .unwrap()
@@ -569,8 +576,8 @@ fn directory_origins_are_copied_with_modes_and_symlinks() {
     // Same tree, same image, whichever way it came in.
     let store = store_in(&dir);
     assert_eq!(
-        store.pack_tree(&dest).unwrap().0,
-        store.pack_tree(&tree).unwrap().0
+        store.pack_tree(&dest, &go()).unwrap().0,
+        store.pack_tree(&tree, &go()).unwrap().0
     );
     remove_tree(&dest).unwrap();
     remove_tree(&tree).unwrap();
@@ -581,7 +588,7 @@ fn an_unrecognised_origin_is_unsupported() {
     let dir = TempDir::new().unwrap();
     let origin = dir.path().join("base.img");
     fs::write(&origin, b"PK\x03\x04 this is a zip file, not a tarball").unwrap();
-    let err = unpack_origin(&origin, &dir.path().join("out")).unwrap_err();
+    let err = unpack_origin(&origin, &dir.path().join("out"), &go()).unwrap_err();
     assert!(matches!(err, LocalError::UnsupportedOrigin { .. }), "{err}");
     assert!(!dir.path().join("out").exists());
 }
@@ -616,7 +623,7 @@ fn an_origin_entry_with_dotdot_is_refused_and_nothing_escapes() {
     let origin = dir.path().join("base.tar");
     fs::write(&origin, tar_with_raw_name(b"../evil")).unwrap();
     let dest = dir.path().join("out");
-    let err = unpack_origin(&origin, &dest).unwrap_err();
+    let err = unpack_origin(&origin, &dest, &go()).unwrap_err();
     match &err {
         LocalError::UnsafeEntry { entry, path } => {
             assert_eq!(entry, "../evil");
@@ -637,7 +644,7 @@ fn an_origin_entry_with_an_absolute_path_is_refused() {
         tar_with_raw_name(victim.as_os_str().as_encoded_bytes()),
     )
     .unwrap();
-    let err = unpack_origin(&origin, &dir.path().join("out")).unwrap_err();
+    let err = unpack_origin(&origin, &dir.path().join("out"), &go()).unwrap_err();
     assert!(matches!(err, LocalError::UnsafeEntry { .. }), "{err}");
     assert!(!victim.exists());
 }
@@ -668,7 +675,7 @@ fn an_origin_cannot_write_through_its_own_symlink() {
     let origin = dir.path().join("base.tar");
     fs::write(&origin, builder.into_inner().unwrap()).unwrap();
 
-    let err = unpack_origin(&origin, &dir.path().join("out")).unwrap_err();
+    let err = unpack_origin(&origin, &dir.path().join("out"), &go()).unwrap_err();
     match &err {
         LocalError::UnsafeEntry { entry, .. } => assert_eq!(entry, "etc/passwd"),
         other => panic!("expected an unsafe entry, got {other:?}"),
@@ -692,6 +699,7 @@ fn copy_into_creates_parents_and_keeps_the_exec_bit() {
         &project.join("scripts/provision.sh"),
         &root,
         "/opt/acme/provision.sh",
+        &go(),
     )
     .unwrap();
     let copied = fs::metadata(root.join("opt/acme/provision.sh")).unwrap();
@@ -705,7 +713,7 @@ fn copy_into_creates_parents_and_keeps_the_exec_bit() {
         b"#!/bin/sh\n"
     );
 
-    copy_into(&project.join("config/common"), &root, "/etc/acme").unwrap();
+    copy_into(&project.join("config/common"), &root, "/etc/acme", &go()).unwrap();
     assert_eq!(
         snapshot(&root.join("etc/acme")),
         snapshot(&project.join("config/common"))
@@ -717,7 +725,7 @@ fn copy_into_creates_parents_and_keeps_the_exec_bit() {
 
     // Copying again merges and replaces files in place.
     fs::write(project.join("config/common/app.conf"), b"a=2\n").unwrap();
-    copy_into(&project.join("config/common"), &root, "/etc/acme").unwrap();
+    copy_into(&project.join("config/common"), &root, "/etc/acme", &go()).unwrap();
     assert_eq!(fs::read(root.join("etc/acme/app.conf")).unwrap(), b"a=2\n");
 }
 
@@ -734,7 +742,7 @@ fn copy_into_resolves_parent_symlinks_inside_the_image() {
     let src = dir.path().join("tool");
     write(&src, b"#!/bin/sh\n", 0o755);
 
-    copy_into(&src, &root, "/sbin/tool").unwrap();
+    copy_into(&src, &root, "/sbin/tool", &go()).unwrap();
     assert_eq!(
         fs::read(root.join("usr/sbin/tool")).unwrap(),
         b"#!/bin/sh\n"
@@ -745,7 +753,7 @@ fn copy_into_resolves_parent_symlinks_inside_the_image() {
         .is_symlink());
 
     // `/etc -> /tmp/.../host-etc` means that folder *inside the image*.
-    copy_into(&src, &root, "/etc/acme/tool").unwrap();
+    copy_into(&src, &root, "/etc/acme/tool", &go()).unwrap();
     let inside = root
         .join(outside.strip_prefix("/").unwrap())
         .join("acme/tool");
@@ -755,14 +763,14 @@ fn copy_into_resolves_parent_symlinks_inside_the_image() {
     // A folder merges through a link too.
     let conf = dir.path().join("conf");
     write(&conf.join("sbin/helper"), b"x", 0o755);
-    copy_into(&conf, &root, "/").unwrap();
+    copy_into(&conf, &root, "/", &go()).unwrap();
     assert!(root.join("usr/sbin/helper").is_file());
 
     // `..` written in `to` is still refused; inside a link it stops at the root.
-    let err = copy_into(&src, &root, "/../app.conf").unwrap_err();
+    let err = copy_into(&src, &root, "/../app.conf", &go()).unwrap_err();
     assert!(matches!(err, LocalError::UnsafeEntry { .. }), "{err}");
     symlink("../../../../..", root.join("up")).unwrap();
-    copy_into(&src, &root, "/up/escaped").unwrap();
+    copy_into(&src, &root, "/up/escaped", &go()).unwrap();
     assert!(root.join("escaped").is_file());
 }
 
@@ -818,13 +826,13 @@ fn sparse_files_stay_sparse_and_pack_by_content() {
     assert!(fs::metadata(&dense).unwrap().blocks() * 512 >= size);
 
     let store = store_in(&dir);
-    let (id, packed) = store.pack_tree(&sparse_tree).unwrap();
-    let (dense_id, _) = store.pack_tree(&dense_tree).unwrap();
+    let (id, packed) = store.pack_tree(&sparse_tree, &go()).unwrap();
+    let (dense_id, _) = store.pack_tree(&dense_tree, &go()).unwrap();
     assert_eq!(id, dense_id, "holes are content, not allocation");
     assert!(packed < 64 * 1024, "{packed} bytes");
 
     let out = dir.path().join("out");
-    store.unpack(&id, &out).unwrap();
+    store.unpack(&id, &out, &go()).unwrap();
     let unpacked = out.join("var/log/lastlog");
     let meta = fs::metadata(&unpacked).unwrap();
     assert_eq!(meta.len(), size);
@@ -872,9 +880,9 @@ fn a_sparse_file_with_many_runs_and_a_trailing_hole_round_trips() {
         }
     }
     let store = store_in(&dir);
-    let (id, _) = store.pack_tree(&tree).unwrap();
+    let (id, _) = store.pack_tree(&tree, &go()).unwrap();
     let out = dir.path().join("out");
-    store.unpack(&id, &out).unwrap();
+    store.unpack(&id, &out, &go()).unwrap();
     assert_eq!(
         fs::read(&path).unwrap(),
         fs::read(out.join("disk.img")).unwrap()
@@ -887,7 +895,7 @@ fn the_store_is_private() {
     let tree = dir.path().join("tree");
     sample_tree(&tree);
     let store = store_in(&dir);
-    let (id, _) = store.pack_tree(&tree).unwrap();
+    let (id, _) = store.pack_tree(&tree, &go()).unwrap();
     let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
     assert_eq!(mode(store.root()), 0o700);
     assert_eq!(mode(&store.path_of(&id).unwrap()), 0o600);
@@ -931,7 +939,7 @@ fn removal_and_packing_never_enter_a_mount_point() {
     assert_eq!(mounts::mounts_under(&root).unwrap().len(), 1);
 
     let store = store_in(&dir);
-    let err = store.pack_tree(&root).unwrap_err();
+    let err = store.pack_tree(&root, &go()).unwrap_err();
     assert!(matches!(err, LocalError::MountLeft { .. }), "{err}");
     assert!(err.to_string().contains("mnt/host"), "{err}");
 
@@ -951,7 +959,7 @@ fn copy_into_replaces_a_symlink_instead_of_writing_through_it() {
     let src = dir.path().join("resolv.conf");
     write(&src, b"nameserver 10.0.0.2\n", 0o644);
 
-    copy_into(&src, &root, "/etc/resolv.conf").unwrap();
+    copy_into(&src, &root, "/etc/resolv.conf", &go()).unwrap();
     assert_eq!(fs::read(&host_file).unwrap(), b"host\n");
     let meta = fs::symlink_metadata(root.join("etc/resolv.conf")).unwrap();
     assert!(meta.is_file());
@@ -994,13 +1002,13 @@ fn unreadable_files_owned_by_us_are_still_packed_with_their_mode() {
     let tree = dir.path().join("tree");
     write(&tree.join("etc/gshadow"), b"root:*::\n", 0o000);
     let store = store_in(&dir);
-    let (id, _) = store.pack_tree(&tree).unwrap();
+    let (id, _) = store.pack_tree(&tree, &go()).unwrap();
     assert_eq!(
         fs::metadata(tree.join("etc/gshadow")).unwrap().mode() & 0o7777,
         0
     );
     let out = dir.path().join("out");
-    store.unpack(&id, &out).unwrap();
+    store.unpack(&id, &out, &go()).unwrap();
     assert_eq!(
         fs::metadata(out.join("etc/gshadow")).unwrap().mode() & 0o7777,
         0
@@ -1013,4 +1021,85 @@ fn unreadable_files_owned_by_us_are_still_packed_with_their_mode() {
         .read_to_end(&mut data)
         .unwrap();
     assert_eq!(data, b"root:*::\n");
+}
+
+// ---- cancellation ---------------------------------------------------------------------
+
+/// A reader that cancels `token` once `after` bytes went through: the run is cancelled in
+/// the middle of a long unpack.
+struct CancelAfter<R> {
+    inner: R,
+    after: usize,
+    seen: usize,
+    token: CancellationToken,
+}
+
+impl<R: Read> Read for CancelAfter<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.seen += n;
+        if self.seen >= self.after {
+            self.token.cancel();
+        }
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_cancelled_unpack_stops_inside_a_big_file() {
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    // 64 MiB that would take a while; the token is cancelled after the first megabyte.
+    let big = File::create(tree.join("big")).unwrap();
+    big.set_len(64 << 20).unwrap();
+    write(&tree.join("zz-after"), b"never reached\n", 0o644);
+    let mut tar = Vec::new();
+    pack_deterministic(&tree, &mut tar, &go()).unwrap();
+    let decoded = zstd::stream::decode_all(&tar[..]).unwrap();
+
+    let token = CancellationToken::new();
+    let reader = CancelAfter {
+        inner: &decoded[..],
+        after: 1 << 20,
+        seen: 0,
+        token: token.clone(),
+    };
+    let out = dir.path().join("out");
+    let err = unpack::unpack_tar(reader, &out, Path::new("big.tar"), &token).unwrap_err();
+    assert!(matches!(err, LocalError::Cancelled), "{err:?}");
+    let written = fs::metadata(out.join("big")).map(|m| m.len()).unwrap_or(0);
+    assert!(written < 64 << 20, "the whole file was written: {written}");
+    assert!(!out.join("zz-after").exists());
+}
+
+#[test]
+fn a_cancelled_pack_fails_and_leaves_no_temporary_file() {
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    write(&tree.join("a"), b"a\n", 0o644);
+    let store = Store::new(dir.path().join("store"));
+    let token = CancellationToken::new();
+    token.cancel();
+    let err = store.pack_tree(&tree, &token).unwrap_err();
+    assert!(matches!(err, LocalError::Cancelled), "{err:?}");
+    let left: Vec<_> = fs::read_dir(store.root()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_cancelled_copy_or_origin_unpack_fails_as_cancelled() {
+    let dir = TempDir::new().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    write(&src.join("file"), b"data\n", 0o644);
+    let token = CancellationToken::new();
+    token.cancel();
+    let root = dir.path().join("root");
+    fs::create_dir(&root).unwrap();
+    let err = copy_into(&src.join("file"), &root, "/etc/file", &token).unwrap_err();
+    assert!(matches!(err, LocalError::Cancelled), "{err:?}");
+    let err = unpack_origin(&src, &dir.path().join("out"), &token).unwrap_err();
+    assert!(matches!(err, LocalError::Cancelled), "{err:?}");
 }

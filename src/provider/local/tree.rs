@@ -20,11 +20,12 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use tokio_util::sync::CancellationToken;
 use walkdir::WalkDir;
 
 use super::pack::open_readable;
 use super::unpack::prepare_dest;
-use super::{io_err, LocalError};
+use super::{check_cancel, io_err, unless_cancelled, Cancellable, LocalError};
 
 /// A directory whose final mode (and owner) is set once its contents are in place.
 struct PendingDir {
@@ -35,7 +36,21 @@ struct PendingDir {
 
 /// Copies the directory `src` into `dest` (empty or missing), keeping modes and symlinks,
 /// and uid/gid when `preserve_owner`. Fifos, sockets and devices are skipped with a warning.
-pub(crate) fn copy_tree(src: &Path, dest: &Path, preserve_owner: bool) -> Result<(), LocalError> {
+pub(crate) fn copy_tree(
+    src: &Path,
+    dest: &Path,
+    preserve_owner: bool,
+    cancel: &CancellationToken,
+) -> Result<(), LocalError> {
+    unless_cancelled(cancel, copy_tree_entries(src, dest, preserve_owner, cancel))
+}
+
+fn copy_tree_entries(
+    src: &Path,
+    dest: &Path,
+    preserve_owner: bool,
+    cancel: &CancellationToken,
+) -> Result<(), LocalError> {
     prepare_dest(dest)?;
     let mut dirs = Vec::new();
     let walk = WalkDir::new(src)
@@ -43,6 +58,7 @@ pub(crate) fn copy_tree(src: &Path, dest: &Path, preserve_owner: bool) -> Result
         .sort_by_file_name()
         .min_depth(1);
     for entry in walk {
+        check_cancel(cancel)?;
         let entry = entry.map_err(|e| walk_error(e, src))?;
         let rel = relative(entry.path(), src)?;
         let target = dest.join(rel);
@@ -58,7 +74,7 @@ pub(crate) fn copy_tree(src: &Path, dest: &Path, preserve_owner: bool) -> Result
                 owner,
             });
         } else if kind.is_file() {
-            copy_file(entry.path(), &meta, &target, owner)?;
+            copy_file(entry.path(), &meta, &target, owner, cancel)?;
         } else if kind.is_symlink() {
             copy_symlink(entry.path(), &target, owner)?;
         } else {
@@ -174,8 +190,23 @@ pub(crate) fn make_folders(root: &Path, rel: &Path) -> Result<Vec<PathBuf>, Loca
 /// `/sbin -> usr/sbin`, `to="/sbin/tool"` writes `usr/sbin/tool`. A directory is merged
 /// into an existing directory at `to` (or one a symlink there leads to, inside the image);
 /// an existing file or symlink at a path being written is replaced; a file never replaces
-/// a directory or the other way round.
-pub fn copy_into(from: &Path, root: &Path, to: &str) -> Result<(), LocalError> {
+/// a directory or the other way round. Stops with [`LocalError::Cancelled`] once `cancel`
+/// is cancelled.
+pub fn copy_into(
+    from: &Path,
+    root: &Path,
+    to: &str,
+    cancel: &CancellationToken,
+) -> Result<(), LocalError> {
+    unless_cancelled(cancel, copy_into_entries(from, root, to, cancel))
+}
+
+fn copy_into_entries(
+    from: &Path,
+    root: &Path,
+    to: &str,
+    cancel: &CancellationToken,
+) -> Result<(), LocalError> {
     let to_path = Path::new(to);
     if to_path
         .components()
@@ -193,13 +224,14 @@ pub fn copy_into(from: &Path, root: &Path, to: &str) -> Result<(), LocalError> {
         if let Some(parent) = rel.parent() {
             make_folders(root, parent)?;
         }
-        return copy_leaf(from, &from_meta, &root.join(rel));
+        return copy_leaf(from, &from_meta, &root.join(rel), cancel);
     }
 
     let mut dirs = Vec::new();
     // `from` is known to be a real directory here, so following the walk root is moot.
     let walk = WalkDir::new(from).follow_links(false).sort_by_file_name();
     for entry in walk {
+        check_cancel(cancel)?;
         let entry = entry.map_err(|e| walk_error(e, from))?;
         let sub = relative(entry.path(), from)?;
         let meta =
@@ -231,14 +263,19 @@ pub fn copy_into(from: &Path, root: &Path, to: &str) -> Result<(), LocalError> {
                 owner: None,
             });
         } else {
-            copy_leaf(entry.path(), &meta, &dest)?;
+            copy_leaf(entry.path(), &meta, &dest, cancel)?;
         }
     }
     finish_dirs(dirs)
 }
 
 /// Copies a file or symlink to `dest`, replacing a file or symlink already there.
-fn copy_leaf(src: &Path, meta: &fs::Metadata, dest: &Path) -> Result<(), LocalError> {
+fn copy_leaf(
+    src: &Path,
+    meta: &fs::Metadata,
+    dest: &Path,
+    cancel: &CancellationToken,
+) -> Result<(), LocalError> {
     let kind = meta.file_type();
     if !kind.is_file() && !kind.is_symlink() {
         warn_skipped(src);
@@ -258,7 +295,7 @@ fn copy_leaf(src: &Path, meta: &fs::Metadata, dest: &Path) -> Result<(), LocalEr
         Err(e) => return Err(LocalError::io("read", dest, e)),
     }
     if kind.is_file() {
-        copy_file(src, meta, dest, None)
+        copy_file(src, meta, dest, None, cancel)
     } else {
         copy_symlink(src, dest, None)
     }
@@ -277,8 +314,12 @@ fn copy_file(
     meta: &fs::Metadata,
     dest: &Path,
     owner: Option<(u32, u32)>,
+    cancel: &CancellationToken,
 ) -> Result<(), LocalError> {
-    let mut input = open_readable(src, meta)?;
+    let mut input = Cancellable {
+        inner: open_readable(src, meta)?,
+        cancel,
+    };
     // `create_new` (O_EXCL) refuses to open through a symlink that appeared meanwhile.
     let mut output = OpenOptions::new()
         .write(true)

@@ -18,8 +18,9 @@ use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 
 use tar::EntryType;
+use tokio_util::sync::CancellationToken;
 
-use super::{io_err, running_as_root, LocalError};
+use super::{check_cancel, io_err, running_as_root, unless_cancelled, Cancellable, LocalError};
 
 /// Makes sure `dest` is an empty directory, creating it (and its parents) if needed.
 pub(crate) fn prepare_dest(dest: &Path) -> Result<(), LocalError> {
@@ -48,9 +49,103 @@ pub(crate) fn prepare_dest(dest: &Path) -> Result<(), LocalError> {
 }
 
 /// Unpacks the tar stream `reader` into `dest` (empty or missing). `source` names the
-/// archive in errors.
-pub(crate) fn unpack_tar<R: Read>(reader: R, dest: &Path, source: &Path) -> Result<(), LocalError> {
+/// archive in errors. Stops with [`LocalError::Cancelled`] once `cancel` is cancelled.
+pub(crate) fn unpack_tar<R: Read>(
+    reader: R,
+    dest: &Path,
+    source: &Path,
+    cancel: &CancellationToken,
+) -> Result<(), LocalError> {
+    let reader = EofWatch::new(Cancellable {
+        inner: reader,
+        cancel,
+    });
+    unless_cancelled(cancel, unpack_entries(reader, dest, source, cancel))
+}
+
+/// Reads the tar stream `reader` to its end without writing anything, with the checks
+/// an unpack makes: every entry name safe, every entry complete, the end-of-archive
+/// marker present. `source` names the archive in errors.
+pub(crate) fn check_tar<R: Read>(
+    reader: R,
+    source: &Path,
+    cancel: &CancellationToken,
+) -> Result<(), LocalError> {
+    let reader = EofWatch::new(Cancellable {
+        inner: reader,
+        cancel,
+    });
+    let ended = reader.ended.clone();
+    let checked = (|| {
+        let mut archive = tar::Archive::new(reader);
+        let read_err = |e| LocalError::io("read archive", source, e);
+        for entry in archive.entries().map_err(read_err)? {
+            check_cancel(cancel)?;
+            let mut entry = entry.map_err(read_err)?;
+            let name = entry.path_bytes().into_owned();
+            let link = entry.link_name_bytes().map(|t| t.into_owned());
+            let hard_link = entry.header().entry_type() == EntryType::Link;
+            if !is_safe_relative(&name)
+                || (hard_link && !link.as_deref().is_some_and(is_safe_relative))
+            {
+                return Err(LocalError::UnsafeEntry {
+                    path: source.to_path_buf(),
+                    entry: String::from_utf8_lossy(&name).into_owned(),
+                });
+            }
+            io::copy(&mut entry, &mut io::sink()).map_err(read_err)?;
+        }
+        end_marker(&ended, source)
+    })();
+    unless_cancelled(cancel, checked)
+}
+
+/// An archive whose entries ran into the end of the stream, instead of into the zero
+/// block that ends every tar archive, was cut short at an entry boundary: the tar crate
+/// reads that as a normal end, which would silently unpack part of an image.
+fn end_marker(ended: &std::rc::Rc<std::cell::Cell<bool>>, source: &Path) -> Result<(), LocalError> {
+    if ended.get() {
+        return Err(LocalError::Corrupt {
+            path: source.to_path_buf(),
+            detail: "the archive ends without its end-of-archive marker: it was cut short".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Notes whether a read ever hit the end of the stream.
+struct EofWatch<R> {
+    inner: R,
+    ended: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl<R> EofWatch<R> {
+    fn new(inner: R) -> Self {
+        EofWatch {
+            inner,
+            ended: Default::default(),
+        }
+    }
+}
+
+impl<R: Read> Read for EofWatch<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.ended.set(true);
+        }
+        Ok(n)
+    }
+}
+
+fn unpack_entries<R: Read>(
+    reader: EofWatch<R>,
+    dest: &Path,
+    source: &Path,
+    cancel: &CancellationToken,
+) -> Result<(), LocalError> {
     prepare_dest(dest)?;
+    let ended = reader.ended.clone();
     let dest = dest
         .canonicalize()
         .map_err(io_err("resolve destination", dest))?;
@@ -66,6 +161,7 @@ pub(crate) fn unpack_tar<R: Read>(reader: R, dest: &Path, source: &Path) -> Resu
     // Directory entries wait until the end; see the module docs.
     let mut directories = Vec::new();
     for entry in archive.entries().map_err(read_err)? {
+        check_cancel(cancel)?;
         let mut entry = entry.map_err(read_err)?;
         let name = entry.path_bytes().into_owned();
         let unsafe_entry = || LocalError::UnsafeEntry {
@@ -109,6 +205,8 @@ pub(crate) fn unpack_tar<R: Read>(reader: R, dest: &Path, source: &Path) -> Resu
             }
         }
     }
+
+    end_marker(&ended, source)?;
 
     // Deepest first, so a parent's restrictive mode is applied after its children's.
     directories.sort_by(|a, b| b.0.cmp(&a.0));
