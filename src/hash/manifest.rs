@@ -305,11 +305,16 @@ impl<'a> Hasher<'a> {
                     );
                 }
                 InputKind::Probe {
-                    name, command, env, ..
+                    name,
+                    command,
+                    env,
+                    timeout,
+                    ..
                 } => {
                     let mut names = env.names();
                     names.extend(node.env.iter().map(|n| n.to_string()));
-                    let digest = self.probe(name, command, &names)?;
+                    let timeout = timeout.unwrap_or(PROBE_TIMEOUT);
+                    let digest = self.probe(name, command, &names, timeout)?;
                     let slot = c
                         .probes
                         .entry(format!("{PROBE_PREFIX}{name}"))
@@ -499,11 +504,17 @@ impl<'a> Hasher<'a> {
         Ok(encoder.finish())
     }
 
-    fn probe(&self, name: &str, command: &str, env: &[String]) -> Result<String, HashError> {
+    fn probe(
+        &self,
+        name: &str,
+        command: &str,
+        env: &[String],
+        timeout: Duration,
+    ) -> Result<String, HashError> {
         if let Some(digest) = lock(&self.probes).get(command) {
             return Ok(digest.clone());
         }
-        let digest = run_probe(self.root, name, command, env, PROBE_TIMEOUT)?;
+        let digest = run_probe(self.root, name, command, env, timeout)?;
         lock(&self.probes).insert(command.to_owned(), digest.clone());
         Ok(digest)
     }
