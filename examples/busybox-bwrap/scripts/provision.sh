@@ -1,6 +1,6 @@
 #!/bin/sh
-# Runs INSIDE the image (sandbox "bwrap"): / is the image, this project is read-only at
-# the current directory.
+# Runs INSIDE the image (sandbox "bwrap"): / is the image; the current directory holds
+# this build's inputs (read-only), and nothing else of the project.
 set -eu
 echo 'app:x:1000:1000:app:/home/app:/bin/sh' >> /etc/passwd
 mkdir -p /home/app
