@@ -84,7 +84,7 @@ pub fn own_folders(
         .parent()
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default();
-    let mut folders = vec![work.join("logs"), work.join("tmp"), work];
+    let mut folders = vec![work.clone(), work.join("logs"), work.join("tmp")];
     folders.extend(stores);
     folders
 }

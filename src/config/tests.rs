@@ -278,9 +278,18 @@ fn excludes_triggers_and_globs_are_kept_as_written() {
 }
 
 #[test]
-fn absolute_state_path_is_allowed() {
-    let project = load_example("state path=\"/var/lib/imgraph/state.db\"");
-    assert_eq!(project.state_path, Path::new("/var/lib/imgraph/state.db"));
+fn an_absolute_state_path_must_stay_in_the_project() {
+    let inside = example_dir().canonicalize().unwrap().join("var/state.db");
+    let project = load_example(&format!("state path=\"{}\"", inside.display()));
+    assert_eq!(project.state_path, inside);
+    let err = load_str(
+        &example_dir(),
+        "imgraph.kdl",
+        "state path=\"/var/lib/imgraph/state.db\"",
+    )
+    .expect_err("a state outside the project is refused");
+    let kinds: Vec<&str> = err.diagnostics().iter().map(|d| d.kind()).collect();
+    assert_eq!(kinds, ["state_outside"]);
 }
 
 #[test]

@@ -74,6 +74,7 @@ pub(crate) fn project(nodes: &[Node], cx: Context, diags: &mut Diags) -> Option<
         environment_order: Vec::new(),
         providers: Vec::new(),
         providers_unclear: false,
+        own: Vec::new(),
     };
     let top = v.known(nodes, TOP_LEVEL, "at the top level");
 
@@ -87,6 +88,7 @@ pub(crate) fn project(nodes: &[Node], cx: Context, diags: &mut Diags) -> Option<
     .unwrap_or_else(|| cx.root.join(DEFAULT_STATE));
 
     let providers = v.providers(&top);
+    v.own = own_folders_in(&cx.root, &state_path, &providers);
     v.declare_names(&top);
     v.declare_environments(&top);
 
@@ -121,6 +123,32 @@ pub(crate) fn project(nodes: &[Node], cx: Context, diags: &mut Diags) -> Option<
         images: drafts.into_iter().filter_map(|d| d.image).collect(),
         environments: envs.into_iter().filter_map(|e| e.environment).collect(),
     })
+}
+
+/// imgraph's own folders (see [`super::model::own_folders`]) that lie inside the project,
+/// project-relative, with what each is; the project folder itself stands for "every path".
+fn own_folders_in(
+    root: &Path,
+    state_path: &Path,
+    providers: &[ProviderDef],
+) -> Vec<(String, &'static str)> {
+    let stores: Vec<PathBuf> = providers
+        .iter()
+        .filter_map(|p| match &p.kind {
+            ProviderKind::Local { store, .. } => Some(store.clone()),
+            ProviderKind::Aws { .. } => None,
+        })
+        .collect();
+    let folders = super::model::own_folders(state_path, stores.iter().cloned());
+    let kinds = ["state folder", "logs folder", "staging folder"];
+    folders
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| {
+            let rel = f.strip_prefix(root).ok()?.to_str()?.to_owned();
+            Some((rel, kinds.get(i).copied().unwrap_or("image store")))
+        })
+        .collect()
 }
 
 /// A string value with where it was written.
@@ -176,6 +204,8 @@ struct V<'d> {
     /// A provider declaration has no valid name (already reported): image provider errors
     /// would only repeat it.
     providers_unclear: bool,
+    /// imgraph's own folders inside the project, project-relative, with what each is.
+    own: Vec<(String, &'static str)>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -573,15 +603,94 @@ impl V<'_> {
         }
     }
 
+    /// False (with a diagnostic) when `path` (normalised, maybe a glob) holds one of
+    /// imgraph's own folders or lies inside one: the state, logs, staging folders and the
+    /// image store change with every run, and copying them into an image would copy the
+    /// state (and a build's own staging folder) into itself.
+    fn not_own(&mut self, path: &str, raw: &Str, what: &str) -> bool {
+        let Some((own, kind, holds)) = self.own_clash(path) else {
+            return true;
+        };
+        let (message, label) = if holds {
+            (
+                format!("{what} `{}` holds imgraph's {kind} `{own}`", raw.value),
+                format!("holds `{own}`"),
+            )
+        } else {
+            (
+                format!("{what} `{}` is inside imgraph's {kind} `{own}`", raw.value),
+                format!("inside `{own}`"),
+            )
+        };
+        self.diags
+            .error("own_folder", raw.span, message, label)
+            .help("imgraph's own folders (state, logs, staging, image store) are never inputs nor copied into images: name the folders you mean (e.g. `input \"config\"`), or keep the state elsewhere in the project with `state path=\"...\"`");
+        false
+    }
+
+    /// The first own folder `path` holds (`true`) or lies in (`false`).
+    fn own_clash(&self, path: &str) -> Option<(String, &'static str, bool)> {
+        let glob = super::paths::is_glob(path).then(|| {
+            globset::GlobBuilder::new(path)
+                .literal_separator(true)
+                .build()
+                .ok()
+                .map(|g| g.compile_matcher())
+        });
+        for (own, kind) in &self.own {
+            let holds = match &glob {
+                // A glob takes a folder it matches whole: does it match the own folder
+                // or a folder above it?
+                Some(matcher) => {
+                    let mut prefix = String::new();
+                    own.split('/').any(|part| {
+                        if !prefix.is_empty() {
+                            prefix.push('/');
+                        }
+                        prefix.push_str(part);
+                        matcher.as_ref().is_some_and(|m| m.is_match(&prefix))
+                    })
+                }
+                None => {
+                    path.is_empty()
+                        || path == own
+                        || own.strip_prefix(path).is_some_and(|r| r.starts_with('/'))
+                }
+            };
+            if holds {
+                return Some((own.clone(), kind, true));
+            }
+            if glob.is_none()
+                && path
+                    .strip_prefix(own.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+            {
+                return Some((own.clone(), kind, false));
+            }
+        }
+        None
+    }
+
     fn state(&mut self, node: &Node) -> Option<PathBuf> {
         self.props(node, &["path"]);
         self.no_children(node);
         let usage = "state path=\".imgraph/state.db\"";
         let _ = self.args(node, &[], usage);
         let path = self.required_prop(node, "path", usage)?;
-        // The state may live elsewhere (a shared disk); it is the one path allowed outside.
         if Path::new(&path.value).is_absolute() {
-            return Some(PathBuf::from(&path.value));
+            let absolute = PathBuf::from(&path.value);
+            if absolute.starts_with(&self.paths.root) && absolute != self.paths.root {
+                return Some(absolute);
+            }
+            self.diags
+                .error(
+                    "state_outside",
+                    path.span,
+                    format!("state path `{}` is outside the project folder", path.value),
+                    "outside the project",
+                )
+                .help("the state belongs to its project (its stat cache and logs are about these files): keep it inside the project folder, e.g. the default `.imgraph/state.db`");
+            return None;
         }
         let rel = self
             .paths
@@ -1391,13 +1500,15 @@ impl V<'_> {
         let from = self.arg(node, "a project path", usage);
         let to = self.required_prop(node, "to", usage);
         let from = from.and_then(|f| {
-            self.paths.existing(
+            let path = self.paths.existing(
                 self.diags,
                 &f.value,
                 f.span,
                 "copy source",
                 Expect::FileOrDir,
-            )
+            )?;
+            self.not_own(path.as_str(), &f, "copy source")
+                .then_some(path)
         });
         let to = to?;
         if !to.value.starts_with('/') {
@@ -1436,6 +1547,9 @@ impl V<'_> {
         }
         let raw = self.arg(node, "a path or glob", usage)?;
         let pattern = self.paths.input(self.diags, &raw.value, raw.span)?;
+        if !self.not_own(&pattern, &raw, "input") {
+            return None;
+        }
         let pattern = if pattern.is_empty() {
             ".".to_owned()
         } else {
@@ -1462,6 +1576,9 @@ impl V<'_> {
             "package list",
             Expect::File,
         )?;
+        if !self.not_own(path.as_str(), &raw, "package list") {
+            return None;
+        }
         Some(Input {
             kind: InputKind::Packages { path },
             trigger,
