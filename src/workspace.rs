@@ -389,8 +389,9 @@ impl Workspace {
 }
 
 /// What a node reads, from the config: `build:` nodes their inputs, copy sources, local
-/// origin folder and step commands; `test:` and `deliver:` nodes their own inputs and
-/// command. Others (`publish:`, `source:`) read nothing of the project.
+/// origin folder, step commands and `env` variables (the image's and the build's);
+/// `test:` and `deliver:` nodes their own inputs, command and variables (the image's and
+/// their own). Others (`publish:`, `source:`) read nothing of the project.
 fn node_inputs<'a>(project: &'a Project, node: &crate::graph::StageNode) -> Option<NodeInputs<'a>> {
     let image = project.image(node.image.as_deref()?)?;
     match node.stage {
@@ -418,7 +419,7 @@ fn node_inputs<'a>(project: &'a Project, node: &crate::graph::StageNode) -> Opti
                 builder_reads: image.build.referenced_paths(),
                 origin,
                 commands,
-                env: Vec::new(),
+                env: image.build_env().hashed.into_iter().collect(),
             })
         }
         Stage::Test => {
@@ -426,6 +427,7 @@ fn node_inputs<'a>(project: &'a Project, node: &crate::graph::StageNode) -> Opti
             Some(NodeInputs {
                 declared: &suite.inputs,
                 commands: vec![suite.command.as_str()],
+                env: image.test_env(suite).hashed.into_iter().collect(),
                 ..NodeInputs::default()
             })
         }
@@ -433,7 +435,9 @@ fn node_inputs<'a>(project: &'a Project, node: &crate::graph::StageNode) -> Opti
             let env = project.environment(node.environment.as_deref()?)?;
             let delivery = env.deliveries.iter().find(|d| d.image == image.name)?;
             Some(NodeInputs {
+                declared: &delivery.inputs,
                 commands: vec![delivery.command.as_str()],
+                env: image.delivery_env(delivery).hashed.into_iter().collect(),
                 ..NodeInputs::default()
             })
         }

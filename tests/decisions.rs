@@ -353,3 +353,88 @@ fn the_plan_text_explains_its_markers() {
         assert!(legend.contains(marker), "{legend}");
     }
 }
+
+#[test]
+fn host_env_var_named_with_env_changes_the_key() {
+    let (_t, dir) = copy_project("examples/quickstart");
+    edit_config(
+        &dir,
+        "    from \"base\"",
+        "    from \"base\"\n    env \"APP_FLAVOR\"",
+    );
+    let with = |value: Option<&str>, args: &[&str]| {
+        let mut cmd = imgraph(&dir);
+        match value {
+            Some(v) => cmd.env("APP_FLAVOR", v),
+            None => cmd.env_remove("APP_FLAVOR"),
+        };
+        cmd.args(args).output().unwrap()
+    };
+    let out = with(Some("flavour-one-3f9a"), &["apply"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = with(Some("flavour-one-3f9a"), &["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "same value, same key");
+
+    let out = with(Some("flavour-two-8c1d"), &["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("+ build:web") && text.contains("env APP_FLAVOR changed"),
+        "{text}"
+    );
+    let json = with(Some("flavour-two-8c1d"), &["plan", "--json"]).stdout;
+    let plan: Value = serde_json::from_slice(&json).unwrap();
+    let reason = &node(&plan, "build:web")["reasons"][0];
+    assert_eq!(reason["path"], "env:APP_FLAVOR");
+    assert_eq!(node(&plan, "build:base")["action"], "up-to-date");
+    // Unset and empty differ from each other and from a value.
+    for value in [None, Some("")] {
+        let out = with(value, &["plan", "--detailed-exitcode"]);
+        assert_eq!(out.status.code(), Some(2), "{value:?}");
+    }
+    // The value is shown nowhere and kept nowhere.
+    let out = with(Some("flavour-two-8c1d"), &["apply"]);
+    assert!(out.status.success());
+    for bytes in [
+        json,
+        out.stdout,
+        std::fs::read(dir.join(".imgraph/state.db")).unwrap(),
+    ] {
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("flavour-one-3f9a") && !text.contains("flavour-two-8c1d"),
+            "a value leaked"
+        );
+    }
+}
+
+#[test]
+fn input_inside_deliver_is_hashed() {
+    let (_t, dir) = copy_project("examples/quickstart");
+    std::fs::create_dir(dir.join("deliver/staging")).unwrap();
+    write(&dir.join("deliver/staging/targets"), "host-a\n");
+    edit_config(
+        &dir,
+        "    deliver \"web\" {\n        run \"sh deliver/deliver.sh\"",
+        "    deliver \"web\" {\n        input \"deliver/staging\"\n        run \"sh deliver/deliver.sh\"",
+    );
+    apply_ok(&dir, &[]);
+    assert_eq!(plan_text(&dir).0, 0);
+    append(&dir.join("deliver/staging/targets"), "host-b\n");
+    let (code, text) = plan_text(&dir);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("+ deliver:web@staging")
+            && text.contains("`deliver/staging/targets` modified"),
+        "{text}"
+    );
+    let runs = running(&plan_json(&dir));
+    assert!(
+        runs.iter().all(|id| id.starts_with("deliver:")),
+        "builds stay: {runs:?}"
+    );
+}

@@ -201,6 +201,14 @@ impl Image {
     pub fn build_env(&self) -> EnvNames {
         self.env.merged(&self.build_env)
     }
+    /// The variables a test suite's command sees: the image's and the suite's own.
+    pub fn test_env(&self, suite: &TestSuite) -> EnvNames {
+        self.env.merged(&suite.env)
+    }
+    /// The variables a delivery's command sees: the image's and the delivery's own.
+    pub fn delivery_env(&self, delivery: &Delivery) -> EnvNames {
+        self.env.merged(&delivery.env)
+    }
 }
 
 /// `env "NAME"` and `pass-env "NAME"` of one stanza: the caller's variables a command sees

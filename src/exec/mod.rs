@@ -790,7 +790,7 @@ async fn deliver(
         cwd: ctx.project.root.clone(),
         env: process::command_env(
             process::Place::Host,
-            &image.env.merged(&delivery.env).names(),
+            &image.delivery_env(delivery).names(),
             &[],
             vec![
                 ("IMGRAPH_IMAGE".into(), image.name.clone()),

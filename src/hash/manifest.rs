@@ -15,7 +15,7 @@ use super::cache::{lock, FileStat, StatCache};
 use super::digest::{self, Encoder, MANIFEST_DOMAIN, TREE_DOMAIN};
 use super::walk::{self, Excludes, Project};
 use super::{run_probe, words, HashError};
-use crate::config::model::{Input, InputKind, RelPath, Trigger};
+use crate::config::model::{Input, InputKind, ProbePlace, RelPath, Trigger};
 
 /// How long a probe may run before it is killed and the plan fails.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -190,7 +190,7 @@ pub struct NodeInputs<'a> {
     /// project file or folder is an immediate input (see `words.rs`).
     pub commands: Vec<&'a str>,
     /// `env` names whose values are hashed (immediate).
-    pub env: Vec<&'a str>,
+    pub env: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -307,12 +307,13 @@ impl<'a> Hasher<'a> {
                 InputKind::Probe {
                     name,
                     command,
+                    place,
                     env,
                     timeout,
                     ..
                 } => {
                     let mut names = env.names();
-                    names.extend(node.env.iter().map(|n| n.to_string()));
+                    names.extend(node.env.iter().cloned());
                     let timeout = timeout.unwrap_or(PROBE_TIMEOUT);
                     let digest = self.probe(name, command, &names, timeout)?;
                     let slot = c
@@ -320,8 +321,14 @@ impl<'a> Hasher<'a> {
                         .entry(format!("{PROBE_PREFIX}{name}"))
                         .or_insert((input.trigger, digest));
                     slot.0 = slot.0.min(input.trigger);
-                    for path in self.named_in(command)? {
-                        c.add(path, input.trigger, Via::Run);
+                    // A probe in the image reads the image, not the project folder.
+                    if *place == ProbePlace::Project {
+                        for path in self.named_in(command)? {
+                            c.add(path, input.trigger, Via::Run);
+                        }
+                    }
+                    for name in &env.hashed {
+                        c.add_env(name, input.trigger);
                     }
                 }
             }

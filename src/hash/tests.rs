@@ -823,7 +823,7 @@ fn env_values_are_hashed_never_kept() {
         let m = Hasher::new(dir.path(), &cache)
             .with_env(vars.iter().map(|(k, v)| (k.into(), v.into())))
             .manifest(&NodeInputs {
-                env: vec!["APP_FLAVOR"],
+                env: vec!["APP_FLAVOR".to_string()],
                 ..NodeInputs::default()
             })
             .unwrap();

@@ -580,7 +580,7 @@ impl AwsProvider {
             cwd: req.project.root.clone(),
             env: process::command_env(
                 process::Place::Host,
-                &req.image.env.merged(&req.suite.env).names(),
+                &req.image.test_env(req.suite).names(),
                 &[],
                 vec![
                     ("IMGRAPH_INSTANCE_ID".into(), running.id.clone()),

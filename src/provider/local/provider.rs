@@ -305,7 +305,7 @@ impl LocalProvider {
             cwd: req.project.root.clone(),
             env: process::command_env(
                 Place::of(self.sandbox),
-                &req.image.env.merged(&req.suite.env).names(),
+                &req.image.test_env(req.suite).names(),
                 &[],
                 vec![
                     ("IMGRAPH_INSTANCE_ROOT".into(), self.root_env(&root)),
