@@ -416,6 +416,49 @@ fn attack_no_capability_over_the_host_remains() {
 }
 
 #[test]
+fn attack_the_host_roots_keys_and_new_user_namespaces_are_out_of_reach() {
+    if !require_tools(BUSYBOX_TOOLS) || !require_root() {
+        return;
+    }
+    // A key in the host root's user keyring, which uid 0 may otherwise view anywhere.
+    let (kind, desc, payload) = (c"user", c"imgraph-attack-test-key", b"hunter2");
+    // SAFETY: add_key reads the three buffers and returns a key id or -1.
+    let key = unsafe {
+        libc::syscall(
+            libc::SYS_add_key,
+            kind.as_ptr(),
+            desc.as_ptr(),
+            payload.as_ptr(),
+            payload.len(),
+            -4i32, // KEY_SPEC_USER_KEYRING
+        )
+    };
+    assert!(key > 0, "add_key: {}", std::io::Error::last_os_error());
+    let visible = std::fs::read_to_string("/proc/keys").unwrap_or_default();
+    let results: Vec<(&str, i32, String)> = [
+        "grep imgraph-attack /proc/keys",
+        "grep -l . /proc/key-users",
+        "unshare -U true",
+        "unshare -r -n true",
+    ]
+    .into_iter()
+    .map(|attack| {
+        let (_t, dir) = project("bwrap", &one_step(attack), &[SCRIPT]);
+        let (code, out) = apply(&dir);
+        (attack, code, out)
+    })
+    .collect();
+    // SAFETY: keyctl(KEYCTL_REVOKE = 3, id) only acts on the key made above.
+    unsafe {
+        libc::syscall(libc::SYS_keyctl, 3, key);
+    }
+    assert!(visible.contains("imgraph-attack"), "the host sees its key");
+    for (attack, code, out) in results {
+        assert_eq!(code, 3, "{attack}: {out}");
+    }
+}
+
+#[test]
 fn attack_a_bind_mount_of_a_host_folder_cannot_be_made_in_the_sandbox() {
     if !require_tools(BUSYBOX_TOOLS) {
         return;

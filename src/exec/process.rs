@@ -3,6 +3,7 @@
 //! and cancellation that kill the whole group (SIGTERM, then SIGKILL after a grace
 //! period), so no grandchild outlives its node.
 
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -151,6 +152,8 @@ pub struct CommandSpec {
     /// A program and arguments that run `/bin/sh -c COMMAND` elsewhere (a sandbox's
     /// `bwrap …`); empty runs `sh -c COMMAND` on the host.
     pub wrapper: Vec<String>,
+    /// Bytes the wrapper reads from file descriptor 3 (bwrap's `--seccomp 3`).
+    pub fd3: Option<Vec<u8>>,
     pub timeout: Option<Duration>,
     /// The first signal sent on timeout or cancellation (default SIGTERM; Packer wants SIGINT).
     pub stop_signal: Option<i32>,
@@ -281,10 +284,32 @@ pub async fn run(
     for (k, v) in &spec.env {
         cmd.env(k, v);
     }
+    // Kept open until spawned: the child gets its own copy as fd 3.
+    let fd3 = match &spec.fd3 {
+        Some(data) => Some(pipe_with(data).map_err(|source| ProcessError::Spawn {
+            program: args[0].clone(),
+            source,
+        })?),
+        None => None,
+    };
+    if let Some(read) = fd3.as_ref().map(|f| f.as_raw_fd()) {
+        // SAFETY: between fork and exec the closure only calls dup2, which is
+        // async-signal-safe; the new fd 3 has no close-on-exec flag, the pipe's own
+        // descriptor keeps it.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(read, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     let mut child = cmd.spawn().map_err(|source| ProcessError::Spawn {
         program: args[0].clone(),
         source,
     })?;
+    drop(fd3);
     let pgid = child.id().map(|p| p as i32);
     let ledger_id = match (&spec.ledger, child.id()) {
         (Some(pl), Some(pid)) => {
@@ -307,6 +332,26 @@ pub async fn run(
         let _ = pl.ledger.destroyed(id);
     }
     outcome
+}
+
+/// A pipe whose read end (returned) holds `data` to the end: small data only (a pipe
+/// buffer is 64 KiB), written before the reader starts.
+fn pipe_with(data: &[u8]) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::io::Write;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`, which we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nothing else.
+    let (read, write) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    std::fs::File::from(write).write_all(data)?;
+    Ok(read)
 }
 
 async fn wait_or_stop(

@@ -30,6 +30,7 @@ pub mod origin;
 pub mod pack;
 pub mod provider;
 pub mod sandbox;
+pub mod seccomp;
 pub mod store;
 pub mod tree;
 mod unpack;

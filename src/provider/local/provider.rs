@@ -57,6 +57,7 @@ impl LocalProvider {
                     host_network: call.host_network,
                 })?;
                 spec.wrapper = prepared.argv.clone();
+                spec.fd3 = prepared.seccomp.clone();
                 Some(prepared)
             }
         };

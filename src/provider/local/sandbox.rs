@@ -28,14 +28,17 @@
 //!   `NO_NEW_PRIVS`, so no setuid file or file capability gives any back;
 //! - `/proc/sys`, `/proc/sysrq-trigger`, `/proc/irq`, `/proc/bus` and `/proc/fs` are
 //!   read-only binds, because writing them needs only uid 0 (`core_pattern` is global);
+//!   `/proc/keys` and `/proc/key-users` are empty (uid 0 may view the host root's keys);
+//! - a system call filter ([`super::seccomp`]) refuses the kernel keyrings, new user
+//!   namespaces and calls that act on the whole machine;
 //! - new pid, ipc, uts and cgroup namespaces (and net, for `none`): host processes are
 //!   invisible, and every process dies with the sandbox (`--die-with-parent`; the
 //!   sandbox's pid 1 takes its namespace with it); `--new-session` keeps it off the
 //!   caller's terminal;
 //! - the project, the state file, the store and the logs are not in its file system at
 //!   all; the inputs it sees are read-only mounts it cannot remount;
-//! - a nested user namespace (which an unprivileged process may create) gets only
-//!   locked copies of these mounts, so it cannot make them writable either;
+//! - a nested user namespace is refused by the filter, and would hold only locked copies
+//!   of these mounts anyway, so it could not make them writable either;
 //! - its environment is [`crate::exec::process::command_env`]: nothing of imgraph's own.
 //!
 //! Mount destinations are resolved inside the image first
@@ -92,6 +95,9 @@ const READ_ONLY_PROC: &[&str] = &[
     "/proc/fs",
 ];
 
+/// `/proc` entries that show the host's secrets to uid 0, hidden behind `/dev/null`.
+const HIDDEN_PROC: &[&str] = &["/proc/keys", "/proc/key-users"];
+
 /// Everything that decides one sandboxed command's view.
 #[derive(Debug, Clone)]
 pub struct SandboxSpec<'a> {
@@ -109,6 +115,9 @@ pub struct SandboxSpec<'a> {
 #[derive(Debug)]
 pub struct Prepared {
     pub argv: Vec<String>,
+    /// The system call filter bwrap reads from fd 3 ([`super::seccomp`]), when the
+    /// arguments ask for one.
+    pub seccomp: Option<Vec<u8>>,
     /// Paths created in the image for mounts, in creation order.
     created: Vec<PathBuf>,
 }
@@ -153,6 +162,13 @@ pub fn prepare(spec: &SandboxSpec<'_>) -> Result<Prepared, LocalError> {
     for entry in READ_ONLY_PROC {
         let under = entry.strip_prefix("/proc").unwrap_or(entry);
         push(&["--ro-bind-try", entry, &format!("{proc}{under}")]);
+    }
+    // The keys uid 0 may view include the host root's own keyrings.
+    for entry in HIDDEN_PROC {
+        if Path::new(entry).exists() {
+            let under = entry.strip_prefix("/proc").unwrap_or(entry);
+            push(&["--ro-bind", "/dev/null", &format!("{proc}{under}")]);
+        }
     }
     let dev = mount_dir(spec.root, "/dev", &mut created)?;
     push(&["--dev", &dev]);
@@ -228,8 +244,13 @@ pub fn prepare(spec: &SandboxSpec<'_>) -> Result<Prepared, LocalError> {
     } else {
         push(&["--unshare-user", "--uid", "0", "--gid", "0"]);
     }
+    let seccomp = super::seccomp::program();
+    if seccomp.is_some() {
+        push(&["--seccomp", "3"]);
+    }
     Ok(Prepared {
         argv: args,
+        seccomp,
         created,
     })
 }
