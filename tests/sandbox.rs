@@ -563,6 +563,47 @@ fn an_image_symlink_cannot_make_the_sandbox_write_on_the_host() {
     );
 }
 
+#[test]
+fn unprivileged_steps_write_files_but_cannot_change_owners() {
+    if !require_tools(BUSYBOX_TOOLS) || !require_root() {
+        return;
+    }
+    // Run by `nobody`, as a CI runner without root would run it.
+    let body = "image \"box\" {\n    from \"busybox\"\n    build \"rootfs\" { run \"id -u > /etc/uid && sh scripts/provision.sh > /etc/out\"; }\n    input \"scripts\"\n    test \"inside\" { run \"grep -x provisioned /etc/out\"; }\n}\nimage \"chown\" {\n    from \"busybox\"\n    build \"rootfs\" { run \"touch /etc/x && chown 1000 /etc/x\"; }\n}\n";
+    let (tmp, dir) = project("bwrap", body, &[SCRIPT]);
+    let nobody = 65534;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(assert_cmd::cargo::cargo_bin("imgraph"))
+        .arg("-C")
+        .arg(&dir)
+        .arg("apply")
+        .env("NO_COLOR", "1")
+        .env("HOME", tmp.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(text.contains("ok      test:box/inside"), "{text}");
+    assert!(text.contains("failed  build:chown"), "{text}");
+    assert!(text.contains("chown: /etc/x: Invalid argument"), "{text}");
+    let (_u, root) = unpack_newest(&dir, "box");
+    // Root inside, the caller outside: the files belong to whoever ran imgraph.
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/uid")).unwrap(),
+        "0\n"
+    );
+    let meta = std::fs::metadata(dir.join(".imgraph/images")).unwrap();
+    assert_eq!(meta.uid(), nobody);
+}
+
 // ---- modes ---------------------------------------------------------------------------
 
 #[test]
