@@ -9,6 +9,7 @@ need_apt=()
 command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 command -v packer >/dev/null 2>&1 || need_apt+=(packer)   # tests/aws.rs: Packer 1.6.6
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)          # tests/report.rs: headless Chromium
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     echo "test.sh: installing ${need_apt[*]}"

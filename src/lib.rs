@@ -11,6 +11,7 @@ pub mod exec;
 pub mod exit;
 pub mod graph;
 pub mod hash;
+pub mod overview;
 pub mod plan;
 pub mod provider;
 pub mod report;

@@ -1,11 +1,12 @@
 //! Command-line surface: clap types and one function per command. No logic lives here:
 //! each command calls the library and hands values to a reporter.
 
+mod pictures;
 mod signals;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use crate::error::Result;
 use crate::exit;
@@ -38,11 +39,11 @@ pub enum Command {
     Plan(PlanArgs),
     /// Run what the plan says: build, test on fresh instances, publish, deliver.
     Apply(ApplyArgs),
-    /// Print the stage graph.
-    Graph {
-        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
-        format: GraphFormat,
-    },
+    /// Print the stage graph (`--plan`: coloured by what the plan would do).
+    Graph(pictures::GraphArgs),
+    /// Write one self-contained HTML page: the stage graph, the pending plan, every
+    /// image's versions and the last runs.
+    Report(pictures::ReportArgs),
     /// List built images: versions, ids, status, build time, environments.
     Images {
         /// Only this image.
@@ -162,12 +163,6 @@ pub struct PlanArgs {
     pub detailed_exitcode: bool,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum GraphFormat {
-    Dot,
-    Mermaid,
-}
-
 /// Entry point of the binary: parse, run, map the outcome to an exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -213,7 +208,8 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::Validate => validate(cli),
         Command::Plan(args) => plan(cli, args),
         Command::Apply(args) => apply(cli, args),
-        Command::Graph { format } => graph(cli, *format),
+        Command::Graph(args) => pictures::graph(cli, args),
+        Command::Report(args) => pictures::report(cli, args),
         Command::Images { image, json } => images(cli, image.as_deref(), *json),
         Command::History { limit, json } => history(cli, *limit, *json),
         Command::Gc { lock } => gc(cli, lock),
@@ -256,16 +252,6 @@ fn plan(cli: &Cli, args: &PlanArgs) -> Result<i32> {
     } else {
         exit::OK
     })
-}
-
-fn graph(cli: &Cli, format: GraphFormat) -> Result<i32> {
-    let project = crate::config::load(&cli.dir)?;
-    let graph = crate::graph::StageGraph::build(&project)?;
-    match format {
-        GraphFormat::Dot => crate::report::out(&graph.to_dot()),
-        GraphFormat::Mermaid => crate::report::out(&graph.to_mermaid()),
-    }
-    Ok(exit::OK)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

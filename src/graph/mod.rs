@@ -118,6 +118,29 @@ pub enum GraphError {
     UnknownTarget(String),
 }
 
+/// How a rendering marks nodes: a class per node id (`run`, `failed`, …) and each class's
+/// fill colour, in legend order. The graph knows nothing of plans; `report::graph` builds
+/// this from one.
+#[derive(Debug, Clone, Default)]
+pub struct Paint {
+    pub classes: BTreeMap<String, &'static str>,
+    pub fills: Vec<(&'static str, &'static str)>,
+}
+
+impl Paint {
+    pub fn class_of(&self, id: &str) -> Option<&'static str> {
+        self.classes.get(id).copied()
+    }
+
+    pub fn fill_of(&self, class: &str) -> &'static str {
+        self.fills
+            .iter()
+            .find(|(c, _)| *c == class)
+            .map(|(_, f)| *f)
+            .unwrap_or("#ffffff")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct StageGraph {
     pub graph: DiGraph<StageNode, ()>,
@@ -264,6 +287,12 @@ impl StageGraph {
 
     /// Graphviz DOT, one node per stage, clustered by nothing: stable and diffable.
     pub fn to_dot(&self) -> String {
+        self.to_dot_painted(&Paint::default())
+    }
+
+    /// [`StageGraph::to_dot`] with each node of `paint` filled in its class's colour and
+    /// tagged with the class (`class="run"`), so a picture shows what a plan would do.
+    pub fn to_dot_painted(&self, paint: &Paint) -> String {
         let mut out = String::from(
             "digraph imgraph {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
         );
@@ -274,7 +303,18 @@ impl StageGraph {
                 Stage::Deliver => ", shape=cds",
                 _ => "",
             };
-            out.push_str(&format!("  \"{}\" [label=\"{}\"{}];\n", n.id, n.id, shape));
+            let fill = match paint.class_of(&n.id) {
+                Some(class) => format!(
+                    ", class=\"{class}\", style=filled, fillcolor=\"{}\", tooltip=\"{}: {class}\"",
+                    paint.fill_of(class),
+                    n.id
+                ),
+                None => String::new(),
+            };
+            out.push_str(&format!(
+                "  \"{}\" [label=\"{}\"{}{}];\n",
+                n.id, n.id, shape, fill
+            ));
         }
         for e in self.sorted_edges() {
             out.push_str(&format!("  \"{}\" -> \"{}\";\n", e.0, e.1));
@@ -285,6 +325,12 @@ impl StageGraph {
 
     /// Mermaid flowchart (renders in GitHub markdown).
     pub fn to_mermaid(&self) -> String {
+        self.to_mermaid_painted(&Paint::default())
+    }
+
+    /// [`StageGraph::to_mermaid`] with a `classDef` per class of `paint` and each node put
+    /// in its class.
+    pub fn to_mermaid_painted(&self, paint: &Paint) -> String {
         let ids: HashMap<&str, String> = self
             .order
             .iter()
@@ -309,6 +355,22 @@ impl StageGraph {
         }
         for (a, b) in self.sorted_edges() {
             out.push_str(&format!("  {} --> {}\n", ids[a.as_str()], ids[b.as_str()]));
+        }
+        for (class, fill) in &paint.fills {
+            let members: Vec<&str> = self
+                .order
+                .iter()
+                .map(|&i| self.graph[i].id.as_str())
+                .filter(|id| paint.class_of(id) == Some(*class))
+                .map(|id| ids[id].as_str())
+                .collect();
+            if members.is_empty() {
+                continue;
+            }
+            // Mermaid class names take no hyphen.
+            let name = class.replace('-', "_");
+            out.push_str(&format!("  classDef {name} fill:{fill},color:#000\n"));
+            out.push_str(&format!("  class {} {name}\n", members.join(",")));
         }
         out
     }

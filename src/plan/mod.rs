@@ -811,6 +811,34 @@ fn package_change(old: &Manifest, new: &Manifest, path: &str) -> Option<PackageC
     (!change.added.is_empty() || !change.removed.is_empty()).then_some(change)
 }
 
+/// What every package list of a node gained and lost between two manifests, or `None`
+/// when neither manifest has a package list. Lists are told apart by path; a package on
+/// two lists counts once.
+pub fn package_changes(old: &Manifest, new: &Manifest) -> Option<PackageChange> {
+    let paths: BTreeSet<&str> = old
+        .entries
+        .iter()
+        .chain(&new.entries)
+        .filter(|e| e.packages.is_some())
+        .map(|e| e.path.as_str())
+        .collect();
+    if paths.is_empty() {
+        return None;
+    }
+    let mut all = PackageChange::default();
+    for path in paths {
+        if let Some(c) = package_change(old, new, path) {
+            all.added.extend(c.added);
+            all.removed.extend(c.removed);
+        }
+    }
+    for list in [&mut all.added, &mut all.removed] {
+        list.sort();
+        list.dedup();
+    }
+    Some(all)
+}
+
 /// Entry-by-entry differences between two manifests, sorted by path. A changed trigger
 /// or way of declaring alone is no difference (it changes when a change counts, not what
 /// the node is made of).

@@ -3,6 +3,8 @@
 //! (terminal, `NO_COLOR`, pipes) and passed in, so renderings are testable as strings.
 
 pub mod apply;
+pub mod graph;
+pub mod html;
 pub mod plan;
 pub mod state;
 

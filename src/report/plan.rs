@@ -233,7 +233,12 @@ pub fn render_text(plan: &Plan, p: Palette) -> String {
         out.push('\n');
     }
 
-    let s = &plan.summary;
+    let _ = writeln!(out, "{}", p.bold(&summary_line(&plan.summary)));
+    out
+}
+
+/// `Plan: 8 to run (1 cause, 7 cascades), 0 deferred, 0 up to date.`
+pub fn summary_line(s: &crate::plan::Summary) -> String {
     let mut line = if s.run == 0 {
         "No changes to run".to_string()
     } else {
@@ -257,11 +262,12 @@ pub fn render_text(plan: &Plan, p: Palette) -> String {
         let _ = write!(line, ", {} outside --target", s.not_selected);
     }
     line.push('.');
-    let _ = writeln!(out, "{}", p.bold(&line));
-    out
+    line
 }
 
-fn write_node(out: &mut String, mark: &str, id: &str, n: &PlannedNode, width: usize, p: Palette) {
+/// A node's reasons as the lines a plan shows, its own causes first and then, in one
+/// line, the nodes it cascades from.
+pub fn reason_lines(n: &PlannedNode) -> Vec<String> {
     let mut lines: Vec<String> = Vec::new();
     let cascades: Vec<Cow<'_, str>> = n
         .reasons
@@ -291,7 +297,11 @@ fn write_node(out: &mut String, mark: &str, id: &str, n: &PlannedNode, width: us
     if !cascades.is_empty() {
         lines.push(format!("cascade from {}", cascades.join(", ")));
     }
-    let mut lines = lines.into_iter();
+    lines
+}
+
+fn write_node(out: &mut String, mark: &str, id: &str, n: &PlannedNode, width: usize, p: Palette) {
+    let mut lines = reason_lines(n).into_iter();
     let first = lines.next().unwrap_or_default();
     let _ = writeln!(out, "  {mark} {}  {first}", pad(id, &escape(&n.id), width));
     for line in lines {

@@ -113,6 +113,16 @@ impl State {
         Ok(self.conn.last_insert_rowid())
     }
 
+    /// The record of `node_id` in `run` (the newest, were it recorded twice).
+    pub fn node_in_run(&self, run: RunId, node_id: &str) -> Result<Option<NodeRecord>, StateError> {
+        self.query_nodes(
+            "WHERE run_id = ?1 AND node_id = ?2 ORDER BY id DESC LIMIT 1",
+            params![run, node_id],
+            &format!("read node {node_id} of run {run}"),
+        )
+        .map(|mut v| v.pop())
+    }
+
     /// One node's last success and last attempt.
     pub fn history(&self, node_id: &str) -> Result<NodeHistory, StateError> {
         let context = format!("read the history of node {node_id}");
