@@ -59,6 +59,20 @@ pub enum Error {
     },
     #[error("stopped by a signal while {0}")]
     Interrupted(String),
+    #[error("failed to read saved plan {}", path.display())]
+    SavedPlan {
+        path: PathBuf,
+        source: crate::plan::saved::SavedPlanError,
+    },
+    #[error(
+        "failed to apply saved plan {}: the project changed since the plan was made:\n{}",
+        path.display(),
+        changes.iter().map(|c| format!("  - {c}")).collect::<Vec<_>>().join("\n")
+    )]
+    #[diagnostic(help(
+        "make a new plan with `imgraph plan --out FILE`, review it, and apply that"
+    ))]
+    StalePlan { path: PathBuf, changes: Vec<String> },
     #[error("{0}")]
     Other(String),
 }

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::exec::{Event, ExecContext, ExecOptions};
 use crate::graph::{Stage, StageGraph};
 use crate::hash::{Hasher, NodeInputs, StatCache};
+use crate::plan::saved::{SavedPlan, StateStamp};
 use crate::plan::{self, BuildOutputs, Facts, Plan, PlanOptions};
 use crate::provider::local::LocalProvider;
 use crate::provider::local::Store;
@@ -512,6 +513,26 @@ async fn resolve_aws_source(
     })
 }
 
+/// Where an apply's plan comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum PlanSource<'a> {
+    /// Plan now, with these options.
+    Fresh(&'a PlanOptions),
+    /// Run exactly this saved plan (read from `path`), once it is checked to still
+    /// describe the project.
+    Saved { plan: &'a SavedPlan, path: &'a Path },
+}
+
+impl PlanSource<'_> {
+    /// The options the plan is (or was) made with.
+    pub fn options(&self) -> PlanOptions {
+        match self {
+            PlanSource::Fresh(options) => (*options).clone(),
+            PlanSource::Saved { plan, .. } => plan.options(),
+        }
+    }
+}
+
 /// What `apply` returns besides the run summary.
 pub struct ApplyOutcome {
     pub plan: Plan,
@@ -727,16 +748,71 @@ impl Workspace {
         Ok(Some(lease))
     }
 
-    /// Takes the lease, cleans up after killed runs, plans and runs the plan.
+    /// Which state file, at which write: what a saved plan is checked against.
+    pub fn state_stamp(&self) -> Result<StateStamp> {
+        let l = self.state.lineage()?;
+        Ok(StateStamp {
+            lineage: l.lineage,
+            serial: l.serial,
+        })
+    }
+
+    /// Plans for `plan --out`: the plan with the lineage and serial of the state it was
+    /// decided from. Planning can itself record builds found by their tags; the serial is
+    /// the one after that, and a state that moves under the plan (another apply) is planned
+    /// again.
+    pub async fn plan_to_save(
+        &self,
+        providers: &Providers,
+        options: &PlanOptions,
+    ) -> Result<SavedPlan> {
+        for _ in 0..3 {
+            let before = self.state_stamp()?;
+            let plan = self.plan(providers, options).await?;
+            let after = self.state_stamp()?;
+            if before == after {
+                return Ok(SavedPlan::new(plan, after, crate::state::now_ms()));
+            }
+        }
+        Err(Error::Other(
+            "failed to save the plan: the state kept changing while planning (is an apply running?)"
+                .into(),
+        ))
+    }
+
+    /// The saved plan, ready to run, if it still describes the project exactly (`facts`
+    /// gathered now, `fresh` decided from them with the saved options); else the refusal
+    /// naming every difference (see [`crate::plan::saved`]).
+    fn check_saved(
+        &self,
+        saved: &SavedPlan,
+        path: &Path,
+        facts: &Facts,
+        fresh: &Plan,
+    ) -> Result<Plan> {
+        let drift = plan::saved::drift(saved, &self.state_stamp()?, facts, fresh);
+        if !drift.is_empty() {
+            return Err(Error::StalePlan {
+                path: path.to_path_buf(),
+                changes: drift.iter().map(crate::report::saved::drift_text).collect(),
+            });
+        }
+        Ok(saved.to_plan())
+    }
+
+    /// Takes the lease, cleans up after killed runs, plans (or checks a saved plan) and
+    /// runs the plan.
     pub async fn apply(
         self,
-        options: &PlanOptions,
+        source: PlanSource<'_>,
         exec: &ExecOptions,
         events: UnboundedSender<Event>,
         cancel: CancellationToken,
     ) -> Result<ApplyOutcome> {
         // Bad input (config, input files, origins) fails here, before anything is
         // written: the state stays byte for byte as it was (invariant 6).
+        let options = source.options();
+        let options = &options;
         let providers = self.providers().await?;
         let (mut facts, cache_updates) = self.gather_unrecorded(&providers).await?;
         let first = plan::decide(&self.project, &self.graph, &facts, options)?;
@@ -751,6 +827,9 @@ impl Workspace {
             // Clean-up may have marked killed runs abandoned: decide on today's history.
             facts.history = self.state.snapshot()?;
             let plan = plan::decide(&self.project, &self.graph, &facts, options)?;
+            if let PlanSource::Saved { plan: saved, path } = source {
+                return self.check_saved(saved, path, &facts, &plan);
+            }
             if self.recover_from_tags(&providers, &plan).await?.is_empty() {
                 return Ok(plan);
             }

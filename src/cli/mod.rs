@@ -2,6 +2,7 @@
 //! each command calls the library and hands values to a reporter.
 
 mod pictures;
+mod saved;
 mod signals;
 
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ pub enum Command {
     Plan(PlanArgs),
     /// Run what the plan says: build, test on fresh instances, publish, deliver.
     Apply(ApplyArgs),
+    /// Print a plan saved with `imgraph plan --out FILE`.
+    Show(saved::ShowArgs),
     /// Print the stage graph (`--plan`: coloured by what the plan would do).
     Graph(pictures::GraphArgs),
     /// Write one self-contained HTML page: the stage graph, the pending plan, every
@@ -113,6 +116,10 @@ pub enum StateCommand {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApplyArgs {
+    /// Apply exactly this plan, saved by `imgraph plan --out FILE`; refused (exit 1) when
+    /// the state, a source or an input changed since.
+    #[arg(value_name = "PLAN", conflicts_with_all = ["rollup", "targets", "force"])]
+    pub plan_file: Option<PathBuf>,
     #[command(flatten)]
     pub selection: Selection,
     /// How many nodes may run at once (default: the number of CPUs).
@@ -161,6 +168,9 @@ pub struct PlanArgs {
     /// Exit 0 when nothing runs, 2 when something would run, 1 on error.
     #[arg(long)]
     pub detailed_exitcode: bool,
+    /// Also save the plan to FILE, for `imgraph apply FILE` and `imgraph show FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 /// Entry point of the binary: parse, run, map the outcome to an exit code.
@@ -208,6 +218,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::Validate => validate(cli),
         Command::Plan(args) => plan(cli, args),
         Command::Apply(args) => apply(cli, args),
+        Command::Show(args) => saved::show(cli, args),
         Command::Graph(args) => pictures::graph(cli, args),
         Command::Report(args) => pictures::report(cli, args),
         Command::Images { image, json } => images(cli, image.as_deref(), *json),
@@ -236,16 +247,34 @@ fn validate(cli: &Cli) -> Result<i32> {
 }
 
 fn plan(cli: &Cli, args: &PlanArgs) -> Result<i32> {
-    let ws = Workspace::open_read_only(&cli.dir)?;
+    // A saved plan names the state file it was made against: that file must exist.
+    let ws = match args.out {
+        Some(_) => Workspace::open(&cli.dir)?,
+        None => Workspace::open_read_only(&cli.dir)?,
+    };
     let rt = runtime()?;
     let plan = rt.block_on(async {
         let providers = ws.providers().await?;
-        ws.plan(&providers, &args.selection.options()).await
+        let options = args.selection.options();
+        match &args.out {
+            Some(path) => {
+                let saved = ws.plan_to_save(&providers, &options).await?;
+                saved::write(path, &saved)?;
+                Ok(saved.to_plan())
+            }
+            None => ws.plan(&providers, &options).await,
+        }
     })?;
     if args.json {
         crate::report::outln(&report::plan::render_json(&plan));
     } else {
         crate::report::out(&report::plan::render_text(&plan, Palette::for_stdout()));
+    }
+    if let Some(path) = args.out.as_ref().filter(|_| !args.json) {
+        crate::report::outln(&format!(
+            "\nSaved the plan to {0}: `imgraph show {0}` prints it, `imgraph apply {0}` applies exactly it.",
+            path.display()
+        ));
     }
     Ok(if args.detailed_exitcode && plan.has_changes() {
         exit::CHANGES_PENDING
@@ -266,6 +295,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn apply(cli: &Cli, args: &ApplyArgs) -> Result<i32> {
+    let saved = args.plan_file.as_deref().map(saved::read).transpose()?;
     let ws = Workspace::open(&cli.dir)?;
     let mut exec = crate::exec::ExecOptions {
         fail_fast: args.fail_fast,
@@ -297,7 +327,12 @@ fn apply(cli: &Cli, args: &ApplyArgs) -> Result<i32> {
                 }
             }
         });
-        let outcome = ws.apply(&args.selection.options(), &exec, tx, cancel).await;
+        let options = args.selection.options();
+        let source = match (&saved, &args.plan_file) {
+            (Some(plan), Some(path)) => crate::workspace::PlanSource::Saved { plan, path },
+            _ => crate::workspace::PlanSource::Fresh(&options),
+        };
+        let outcome = ws.apply(source, &exec, tx, cancel).await;
         let _ = reporter.await;
         let outcome = outcome?;
         let s = &outcome.summary;

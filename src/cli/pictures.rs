@@ -45,7 +45,7 @@ pub struct ReportArgs {
 
 pub(super) fn graph(cli: &Cli, args: &GraphArgs) -> Result<i32> {
     let (graph, paint) = if args.plan {
-        let ws = Workspace::open(&cli.dir)?;
+        let ws = Workspace::open_read_only(&cli.dir)?;
         let options = PlanOptions {
             rollup: args.rollup,
             ..PlanOptions::default()
@@ -69,7 +69,7 @@ pub(super) fn graph(cli: &Cli, args: &GraphArgs) -> Result<i32> {
 }
 
 pub(super) fn report(cli: &Cli, args: &ReportArgs) -> Result<i32> {
-    let ws = Workspace::open(&cli.dir)?;
+    let ws = Workspace::open_read_only(&cli.dir)?;
     let options = PlanOptions {
         rollup: args.rollup,
         ..PlanOptions::default()

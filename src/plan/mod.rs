@@ -12,6 +12,8 @@
 //! that changed alone make a node `deferred` until a `--rollup` run or `max-age`. Nothing
 //! here touches the disk, the network or the clock: the caller gathers [`Facts`].
 
+pub mod saved;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use petgraph::graph::NodeIndex;
@@ -172,7 +174,7 @@ pub struct PackageChange {
     pub removed: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlannedNode {
     pub id: String,
     pub stage: Stage,
@@ -198,7 +200,7 @@ pub struct PlannedNode {
     pub effective_key: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SourceView {
     pub name: String,
     pub id: String,
@@ -206,7 +208,7 @@ pub struct SourceView {
     pub previous_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Summary {
     pub run: usize,
     pub deferred: usize,
@@ -219,7 +221,7 @@ pub struct Summary {
     pub not_selected: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     pub format_version: u32,
     pub rollup: bool,

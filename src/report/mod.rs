@@ -6,6 +6,7 @@ pub mod apply;
 pub mod graph;
 pub mod html;
 pub mod plan;
+pub mod saved;
 pub mod state;
 
 use std::fmt::Write as _;

@@ -48,7 +48,7 @@ pub fn escape(text: &str) -> Cow<'_, str> {
 /// How a changed input reads: a file path (with its mode change, the packages a package
 /// list gained and lost, and how it is an input when it was not declared), a probe's
 /// output, or a variable (whose value is never shown).
-fn input_text(
+pub(super) fn input_text(
     path: &str,
     change: Change,
     via: Via,

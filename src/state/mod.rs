@@ -32,6 +32,7 @@
 mod images;
 mod lease;
 mod ledger;
+mod lineage;
 mod nodes;
 mod process;
 mod runs;
@@ -42,6 +43,7 @@ mod tests;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use lineage::Lineage;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
@@ -51,6 +53,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../schema/0001_init.sql"),
     include_str!("../../schema/0002_stat_cache_content_digests.sql"),
     include_str!("../../schema/0003_lease_host.sql"),
+    include_str!("../../schema/0004_lineage.sql"),
 ];
 
 /// How long a call waits for another process's write lock before giving up.

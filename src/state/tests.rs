@@ -669,3 +669,61 @@ fn a_reused_pid_does_not_keep_a_dead_run_alive() {
         .unwrap();
     assert_eq!(state.acquire_lease("new").unwrap(), LeaseOutcome::Acquired);
 }
+
+#[test]
+fn the_serial_counts_history_writes_and_the_lineage_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open_in(dir.path());
+    let first = state.lineage().unwrap();
+    assert_eq!(first.serial, 0);
+    assert_eq!(first.lineage.len(), 32, "{first:?}");
+
+    // Bookkeeping leaves the serial alone: a plan's stat cache, the lease, the ledger.
+    let entry = StatEntry {
+        size: 1,
+        mtime_ns: 1,
+        ctime_ns: 1,
+        inode: 1,
+        mode: 0o100644,
+        digest: "b3v1:aa".into(),
+        recorded_at_ns: 1,
+    };
+    state.store_stat_cache(&[("a".into(), entry)]).unwrap();
+    state.acquire_lease("test").unwrap();
+    state.release_lease().unwrap();
+    let l = state
+        .ledger_add(None, "build:a", "local", "staging", "/tmp/x", "build")
+        .unwrap();
+    state.ledger_mark_destroyed(l).unwrap();
+    assert_eq!(state.lineage().unwrap(), first);
+
+    // Runs, node runs, images and deliveries each move it.
+    let run = state.begin_run("apply", "{}").unwrap();
+    let after_run = state.lineage().unwrap().serial;
+    assert!(after_run > 0);
+    let node = state.start_node(run, &start("build:a", "k")).unwrap();
+    state
+        .finish_node(node, NodeStatus::Succeeded, None, None)
+        .unwrap();
+    let after_node = state.lineage().unwrap().serial;
+    assert!(after_node > after_run);
+    state
+        .record_image(&image("a", "1.0.0", "x", "k", 1))
+        .unwrap();
+    let after_image = state.lineage().unwrap().serial;
+    assert!(after_image > after_node);
+    state.record_delivery("a", "1.0.0", "staging", run).unwrap();
+    assert!(state.lineage().unwrap().serial > after_image);
+
+    // The same file reopened keeps its lineage; another file gets another one.
+    let serial = state.lineage().unwrap().serial;
+    drop(state);
+    let again = open_in(dir.path()).lineage().unwrap();
+    assert_eq!(again.lineage, first.lineage);
+    assert_eq!(again.serial, serial);
+    let other = tempfile::tempdir().unwrap();
+    assert_ne!(
+        open_in(other.path()).lineage().unwrap().lineage,
+        first.lineage
+    );
+}
