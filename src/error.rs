@@ -73,6 +73,14 @@ pub enum Error {
         "make a new plan with `imgraph plan --out FILE`, review it, and apply that"
     ))]
     StalePlan { path: PathBuf, changes: Vec<String> },
+    #[error("failed to explain `{node}`: it is no stage node of this project{}", suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default())]
+    #[diagnostic(help(
+        "name a node as `imgraph plan` lists it (`build:web`, `test:web/http`, `deliver:web@staging`) or an image"
+    ))]
+    UnknownNode {
+        node: String,
+        suggestion: Option<String>,
+    },
     #[error("{0}")]
     Other(String),
 }

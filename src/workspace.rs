@@ -748,6 +748,30 @@ impl Workspace {
         Ok(Some(lease))
     }
 
+    /// `imgraph why NODE`: plans (writing nothing) and explains one node, or says it
+    /// is no stage node of this project. `node` may be an image name (its build).
+    pub async fn why(
+        &self,
+        providers: &Providers,
+        options: &PlanOptions,
+        node: &str,
+    ) -> Result<plan::why::Explanation> {
+        let (facts, _) = self.gather_unrecorded(providers).await?;
+        let plan = plan::decide(&self.project, &self.graph, &facts, options)?;
+        let id = if self.graph.get(node).is_none() && self.project.image(node).is_some() {
+            crate::graph::build_id(node)
+        } else {
+            node.to_string()
+        };
+        plan::why::explain(&plan, &facts.history, facts.now_ms, &id).ok_or_else(|| {
+            let ids = plan.nodes.iter().map(|n| n.id.as_str());
+            Error::UnknownNode {
+                node: node.to_string(),
+                suggestion: crate::config::did_you_mean(node, ids).map(str::to_string),
+            }
+        })
+    }
+
     /// Which state file, at which write: what a saved plan is checked against.
     pub fn state_stamp(&self) -> Result<StateStamp> {
         let l = self.state.lineage()?;

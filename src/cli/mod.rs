@@ -4,6 +4,7 @@
 mod pictures;
 mod saved;
 mod signals;
+mod why;
 
 use std::path::PathBuf;
 
@@ -42,6 +43,10 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Print a plan saved with `imgraph plan --out FILE`.
     Show(saved::ShowArgs),
+    /// Explain one node's decision: every changed input with old → new digests, the
+    /// config lines that changed, the upstream node it cascades from and that node's own
+    /// causes, down to the root causes.
+    Why(why::WhyArgs),
     /// Print the stage graph (`--plan`: coloured by what the plan would do).
     Graph(pictures::GraphArgs),
     /// Write one self-contained HTML page: the stage graph, the pending plan, every
@@ -219,6 +224,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::Plan(args) => plan(cli, args),
         Command::Apply(args) => apply(cli, args),
         Command::Show(args) => saved::show(cli, args),
+        Command::Why(args) => why::why(cli, args),
         Command::Graph(args) => pictures::graph(cli, args),
         Command::Report(args) => pictures::report(cli, args),
         Command::Images { image, json } => images(cli, image.as_deref(), *json),

@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme};
 
+pub(crate) use diag::did_you_mean;
 pub use diag::ConfigDiagnostic;
 
 /// The file name looked up in a project folder.

@@ -13,6 +13,7 @@
 //! here touches the disk, the network or the clock: the caller gathers [`Facts`].
 
 pub mod saved;
+pub mod why;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -540,6 +541,37 @@ pub fn node_key(
     digest_parts("imgraph-node-key-v1", &refs)
 }
 
+/// What a node's decision compares with, from its history.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Baseline<'h> {
+    /// The newest success.
+    pub success: Option<&'h NodeRecord>,
+    /// The newest attempt, when it failed after the newest success.
+    pub failure: Option<&'h NodeRecord>,
+    /// That failure, when it had the node's current key.
+    pub same_key_failure: Option<&'h NodeRecord>,
+    /// The record compared with: a failure with this very key is the last word (nothing
+    /// changed since it), else the newest success, else the failure.
+    pub base: Option<&'h NodeRecord>,
+}
+
+impl<'h> Baseline<'h> {
+    pub fn of(history: Option<&'h NodeHistory>, key: &str) -> Baseline<'h> {
+        let success = history.and_then(|h| h.last_success.as_ref());
+        let failure = history
+            .and_then(|h| h.last_attempt.as_ref())
+            .filter(|a| a.status == NodeStatus::Failed)
+            .filter(|a| success.is_none_or(|s| a.id > s.id));
+        let same_key_failure = failure.filter(|f| f.key == key);
+        Baseline {
+            success,
+            failure,
+            same_key_failure,
+            base: same_key_failure.or(success).or(failure),
+        }
+    }
+}
+
 struct DecideCtx<'a> {
     project: &'a Project,
     facts: &'a Facts,
@@ -561,16 +593,12 @@ impl DecideCtx<'_> {
         if self.forced {
             reasons.push(Reason::Forced);
         }
-        let success = history.and_then(|h| h.last_success.as_ref());
-        let failure = history
-            .and_then(|h| h.last_attempt.as_ref())
-            .filter(|a| a.status == NodeStatus::Failed)
-            .filter(|a| success.is_none_or(|s| a.id > s.id));
-        // A failure with this very key is the last word: nothing changed since it (the
-        // same key), so it is what the plan compares with, and the reason is that failure
-        // (not the older success's inputs or upstream keys).
-        let same_key_failure = failure.filter(|f| f.key == n.key);
-        let base = same_key_failure.or(success).or(failure);
+        let Baseline {
+            success,
+            same_key_failure,
+            base,
+            ..
+        } = Baseline::of(history, &n.key);
 
         match base {
             None => reasons.push(Reason::New),

@@ -8,6 +8,7 @@ pub mod html;
 pub mod plan;
 pub mod saved;
 pub mod state;
+pub mod why;
 
 use std::fmt::Write as _;
 
