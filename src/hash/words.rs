@@ -12,12 +12,26 @@
 //! - words with glob characters (`*.sh`), whose matches the shell picks at run time;
 //! - the target of an output redirection (`> out.txt`, `>> log`): an output, not an input.
 //!
-//! `--opt=PATH` and `NAME=PATH` words also offer the part after the first `=`.
+//! `--opt=PATH` and `NAME=PATH` words also offer the part after the first `=`, and a
+//! quoted word with spaces is split again as a command (`sh -c 'sh scripts/x.sh'`), up
+//! to three levels deep.
+
+/// How deep quoted commands (`sh -c 'sh x.sh'`) are split again.
+const MAX_NESTING: usize = 3;
 
 /// Candidate words of `command`, in order, duplicates removed.
 pub(crate) fn candidates(command: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    collect(command, 0, &mut out);
+    out
+}
+
+fn collect(command: &str, depth: usize, out: &mut Vec<String>) {
     let mut push = |word: Word| {
+        // A quoted word with spaces may be a command itself (`sh -c 'sh scripts/x.sh'`).
+        if word.quoted && depth < MAX_NESTING && word.text.contains(char::is_whitespace) {
+            collect(&word.text, depth + 1, out);
+        }
         if word.dynamic || word.output || word.text.is_empty() {
             return;
         }
@@ -70,6 +84,7 @@ pub(crate) fn candidates(command: &str) -> Vec<String> {
             }
             '\'' => {
                 started = true;
+                word.quoted = true;
                 for q in chars.by_ref() {
                     if q == '\'' {
                         break;
@@ -79,6 +94,7 @@ pub(crate) fn candidates(command: &str) -> Vec<String> {
             }
             '"' => {
                 started = true;
+                word.quoted = true;
                 while let Some(q) = chars.next() {
                     match q {
                         '"' => break,
@@ -93,7 +109,11 @@ pub(crate) fn candidates(command: &str) -> Vec<String> {
                         },
                         '$' | '`' => {
                             word.dynamic = true;
-                            skip_expansion(q, &mut chars);
+                            // A bare `$NAME` stays in the text, so that splitting the
+                            // word again sees an expansion there too.
+                            if !skip_expansion(q, &mut chars) {
+                                word.text.push(q);
+                            }
                         }
                         other => word.text.push(other),
                     }
@@ -109,7 +129,9 @@ pub(crate) fn candidates(command: &str) -> Vec<String> {
             '$' | '`' => {
                 started = true;
                 word.dynamic = true;
-                skip_expansion(c, &mut chars);
+                if !skip_expansion(c, &mut chars) {
+                    word.text.push(c);
+                }
             }
             '#' if !started => {
                 // A comment runs to the end of the line.
@@ -128,18 +150,18 @@ pub(crate) fn candidates(command: &str) -> Vec<String> {
     if let Some(w) = finish(&mut word, &mut started, &mut redirect_out) {
         push(w);
     }
-    out
 }
 
 /// Skips what an expansion starting with `start` (`$` or a backquote) covers: the
-/// whole of `$(…)`, `${…}` and `` `…` ``, nested parentheses included; after a bare `$`,
-/// nothing (the variable name stays part of the word, which is dynamic anyway).
-fn skip_expansion(start: char, chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
+/// whole of `$(…)`, `${…}` and `` `…` ``, nested parentheses included, and says so;
+/// after a bare `$`, nothing (the variable name stays part of the word, which is dynamic
+/// anyway).
+fn skip_expansion(start: char, chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> bool {
     let close = match (start, chars.peek()) {
         ('`', _) => '`',
         ('$', Some('(')) => ')',
         ('$', Some('{')) => '}',
-        _ => return,
+        _ => return false,
     };
     let open = if start == '$' { chars.next() } else { None };
     let mut depth = 1usize;
@@ -153,6 +175,7 @@ fn skip_expansion(start: char, chars: &mut std::iter::Peekable<std::str::Chars<'
             }
         }
     }
+    true
 }
 
 #[derive(Debug, Default)]
@@ -162,6 +185,8 @@ struct Word {
     dynamic: bool,
     /// The target of an output redirection.
     output: bool,
+    /// Had quotes: may be a whole command (`sh -c '…'`).
+    quoted: bool,
 }
 
 #[cfg(test)]
@@ -173,7 +198,17 @@ mod tests {
         assert_eq!(candidates("sh scripts/x.sh"), ["sh", "scripts/x.sh"]);
         assert_eq!(
             candidates("python3 'tools/my gen.py' --out \"a b\""),
-            ["python3", "tools/my gen.py", "--out", "a b"]
+            // A quoted word with spaces is also tried as a command of its own.
+            [
+                "python3",
+                "tools/my",
+                "gen.py",
+                "tools/my gen.py",
+                "--out",
+                "a",
+                "b",
+                "a b"
+            ]
         );
         assert_eq!(candidates(r"cat my\ file"), ["cat", "my file"]);
     }
@@ -215,6 +250,24 @@ mod tests {
                 "--config=conf/b.yml",
                 "conf/b.yml"
             ]
+        );
+    }
+
+    #[test]
+    fn quoted_commands_are_split_again() {
+        assert_eq!(
+            candidates("sh -c 'sh scripts/x.sh \"$ARG\" && ./deliver.sh'"),
+            [
+                "sh",
+                "-c",
+                "scripts/x.sh",
+                "./deliver.sh",
+                "sh scripts/x.sh \"$ARG\" && ./deliver.sh"
+            ]
+        );
+        assert_eq!(
+            candidates("bash -lc \"python3 tools/gen.py $OUT\""),
+            ["bash", "-lc", "python3", "tools/gen.py"]
         );
     }
 
