@@ -447,3 +447,25 @@ fn a_package_list_change_names_the_packages_and_ignores_comments() {
         base.reasons
     );
 }
+
+#[test]
+fn records_of_an_older_hash_format_rerun_once_with_one_reason() {
+    let (_t, dir) = seeded();
+    let db = rusqlite::Connection::open(dir.join(".imgraph/state.db")).unwrap();
+    db.execute(
+        "UPDATE node_runs SET manifest_json = replace(manifest_json, '\"format\":2,', '')",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let plan = plan_of(&dir, &PlanOptions::default());
+    let base = plan.node("build:base").unwrap();
+    assert_eq!(base.action, Action::Run);
+    assert_eq!(
+        base.reasons,
+        vec![Reason::ConfigChanged {
+            fields: vec!["hash-format".into()]
+        }],
+        "one reason, not every file"
+    );
+}

@@ -727,3 +727,22 @@ fn the_serial_counts_history_writes_and_the_lineage_stays() {
         first.lineage
     );
 }
+
+#[test]
+fn migration_2_empties_the_stat_cache_of_old_file_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let state = State::open_with(&path, &MIGRATIONS[..1]).unwrap();
+        state
+            .conn
+            .execute(
+                "INSERT INTO stat_cache VALUES ('a.txt', 1, '0', '0', 1, 33188, 'b3v1:old', '0')",
+                [],
+            )
+            .unwrap();
+        assert_eq!(state.load_stat_cache().unwrap().len(), 1);
+    }
+    let state = State::open(&path).unwrap();
+    assert!(state.load_stat_cache().unwrap().is_empty());
+}
