@@ -138,8 +138,8 @@ pub fn run_probe(
         .current_dir(root)
         // The strict environment every command gets, never imgraph's own.
         .env_clear()
-        .envs(crate::exec::process::command_env(
-            crate::exec::process::Place::Host,
+        .envs(crate::env::command_env(
+            crate::env::Place::Host,
             env,
             &[],
             Vec::new(),
