@@ -275,6 +275,10 @@ fn a_dead_holders_lock_can_be_seen_and_broken_and_a_live_one_only_by_force() {
         String::from_utf8_lossy(&out.stdout).starts_with("broke the state lock of imgraph apply")
     );
 
+    // The killed run's instance folder is still there: clean it up first, or the wait
+    // below would see it and not the live run's own instance.
+    imgraph(&dir).arg("gc").assert().code(0);
+    assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
     let live = start_apply_until_instance(&dir);
     imgraph(&dir)
         .args(["lock", "break", "--force"])
