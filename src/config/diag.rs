@@ -178,7 +178,7 @@ impl Drop for Builder<'_> {
 }
 
 /// The candidate closest to `name`, if it is close enough to be what the user meant.
-pub(crate) fn did_you_mean<'a>(
+pub fn did_you_mean<'a>(
     name: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
@@ -188,7 +188,8 @@ pub(crate) fn did_you_mean<'a>(
             continue;
         }
         let similarity = strsim::jaro_winkler(name, candidate);
-        let distance = strsim::levenshtein(name, candidate);
+        // Swapped neighbours (`wbe` for `web`) count as one edit.
+        let distance = strsim::osa_distance(name, candidate);
         // Short names are all within 2 edits of each other; only count edits when they
         // change a small part of the word.
         let longest = name.chars().count().max(candidate.chars().count());
@@ -233,6 +234,7 @@ mod tests {
         assert_eq!(did_you_mean("sorce", names), Some("source"));
         assert_eq!(did_you_mean("zzz", names), None);
         assert_eq!(did_you_mean("ab", ["cd"]), None);
+        assert_eq!(did_you_mean("wbe", ["base", "web"]), Some("web"));
     }
 
     #[test]

@@ -28,8 +28,7 @@ use std::sync::Arc;
 
 use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme};
 
-pub(crate) use diag::did_you_mean;
-pub use diag::ConfigDiagnostic;
+pub use diag::{did_you_mean, ConfigDiagnostic};
 
 /// The file name looked up in a project folder.
 pub const CONFIG_FILE: &str = "imgraph.kdl";
@@ -37,11 +36,20 @@ pub const CONFIG_FILE: &str = "imgraph.kdl";
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error, Diagnostic)]
 pub enum ConfigError {
+    /// The project folder (`-C`) is not there.
+    #[error("failed to open the project: folder {} does not exist", path.display())]
+    #[diagnostic(
+        code(imgraph::config::no_folder),
+        help("pass -C with the folder that holds imgraph.kdl; `imgraph init -C DIR` writes a new project")
+    )]
+    NoFolder { path: PathBuf },
     /// The file (or the project folder) could not be read.
     #[error("failed to read config file {}", path.display())]
     #[diagnostic(
         code(imgraph::config::read),
-        help("run imgraph in a project folder or pass -C DIR")
+        help(
+            "run imgraph in a project folder or pass -C DIR; `imgraph init` writes a new project"
+        )
     )]
     Read {
         path: PathBuf,
@@ -62,7 +70,7 @@ impl ConfigError {
     /// The diagnostics of an invalid config (none for a read error).
     pub fn diagnostics(&self) -> &[ConfigDiagnostic] {
         match self {
-            ConfigError::Read { .. } => &[],
+            ConfigError::Read { .. } | ConfigError::NoFolder { .. } => &[],
             ConfigError::Invalid { diagnostics, .. } => diagnostics,
         }
     }
@@ -81,11 +89,12 @@ pub fn load(path: &Path) -> Result<model::Project, ConfigError> {
     // A path that is neither a folder nor a `.kdl` file was meant as a project folder: the
     // error then names the file that was looked for.
     let is_kdl = path.extension().is_some_and(|e| e == "kdl");
-    let file = if path.is_dir() || (!is_kdl && !path.exists()) {
-        path.join(CONFIG_FILE)
-    } else {
-        path.to_path_buf()
-    };
+    if !is_kdl && !path.exists() {
+        return Err(ConfigError::NoFolder {
+            path: path.to_path_buf(),
+        });
+    }
+    let file = config_file(path);
     let text = read_config(&file)?;
     let folder = match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -137,6 +146,23 @@ fn read_config(file: &Path) -> Result<String, ConfigError> {
             ),
         ))
     })
+}
+
+/// The config file `path` names: `path` itself when it is a `.kdl` file, else
+/// `path/imgraph.kdl`.
+fn config_file(path: &Path) -> PathBuf {
+    let is_kdl = path.extension().is_some_and(|e| e == "kdl");
+    if path.is_dir() || (!is_kdl && !path.exists()) {
+        path.join(CONFIG_FILE)
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// The config file `path` names, as the user gave it (`examples/quickstart/imgraph.kdl`),
+/// for messages.
+pub fn shown_config_file(path: &Path) -> String {
+    display_name(&config_file(path))
 }
 
 /// Parses and validates `text` as the config of the project folder `root`; `file_name` is

@@ -112,10 +112,13 @@ impl Paths {
         let meta = match std::fs::metadata(&full) {
             Ok(meta) => meta,
             Err(_) => {
-                let hint = self.sibling_hint(&rel).unwrap_or_else(|| {
-                    "paths are relative to the project folder (the folder holding imgraph.kdl)"
-                        .to_owned()
-                });
+                let hint = self
+                    .sibling_hint(&rel)
+                    .or_else(|| self.maker_hint(&rel))
+                    .unwrap_or_else(|| {
+                        "paths are relative to the project folder (the folder holding imgraph.kdl)"
+                            .to_owned()
+                    });
                 diags
                     .error(
                         "missing_file",
@@ -311,6 +314,43 @@ impl Paths {
             format!("{parent}/{close}")
         };
         Some(format!("did you mean `{shown}`?"))
+    }
+}
+
+impl Paths {
+    /// "run `sh make-root.sh` first" when a shell script at the top of the project (or in
+    /// `scripts/`) names the missing path: examples that assemble their origin say so.
+    fn maker_hint(&self, rel: &str) -> Option<String> {
+        if rel.is_empty() {
+            return None;
+        }
+        for folder in ["", "scripts"] {
+            let Ok(entries) = std::fs::read_dir(self.full(folder)) else {
+                continue;
+            };
+            let mut scripts: Vec<String> = entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                .filter(|n| n.ends_with(".sh"))
+                .collect();
+            scripts.sort();
+            for name in scripts {
+                let shown = if folder.is_empty() {
+                    name
+                } else {
+                    format!("{folder}/{name}")
+                };
+                let Ok(text) = std::fs::read_to_string(self.full(&shown)) else {
+                    continue;
+                };
+                if text.contains(rel) {
+                    return Some(format!(
+                        "`{shown}` names `{rel}`: run `sh {shown}` first to create it"
+                    ));
+                }
+            }
+        }
+        None
     }
 }
 

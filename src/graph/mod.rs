@@ -116,8 +116,9 @@ pub fn deliver_id(image: &str, env: &str) -> String {
 pub enum GraphError {
     #[error("stages form a cycle: {}", .0.join(" -> "))]
     Cycle(Vec<String>),
-    #[error("unknown target `{0}`: name an image or a node id such as `deliver:web@staging`")]
-    UnknownTarget(String),
+    /// A `--target` that names no image or node; the second field is what to say instead.
+    #[error("unknown target `{0}`: {1}")]
+    UnknownTarget(String, String),
 }
 
 /// How a rendering marks nodes: a class per node id (`run`, `failed`, …) and each class's
@@ -274,7 +275,7 @@ impl StageGraph {
                 })
                 .collect();
             if of_image.is_empty() {
-                return Err(GraphError::UnknownTarget(t.clone()));
+                return Err(GraphError::UnknownTarget(t.clone(), self.target_hint(t)));
             }
             wanted.extend(of_image);
         }
@@ -285,6 +286,25 @@ impl StageGraph {
             }
         }
         Ok(selected)
+    }
+
+    /// "did you mean `web`?" among image names and node ids, or what a target looks like.
+    fn target_hint(&self, name: &str) -> String {
+        let mut candidates: Vec<&str> = self
+            .graph
+            .node_weights()
+            .filter_map(|n| n.image.as_deref())
+            .collect();
+        candidates.extend(
+            self.graph
+                .node_weights()
+                .filter(|n| n.stage != Stage::Source)
+                .map(|n| n.id.as_str()),
+        );
+        match crate::config::did_you_mean(name, candidates) {
+            Some(close) => format!("did you mean `{close}`?"),
+            None => "name an image or a node id such as `deliver:web@staging`".into(),
+        }
     }
 
     /// Graphviz DOT, one node per stage, clustered by nothing: stable and diffable.

@@ -307,8 +307,9 @@ pub enum PlanError {
     Graph(#[from] crate::graph::GraphError),
     #[error("source `{0}` was not resolved")]
     UnresolvedSource(String),
-    #[error("unknown image `{0}` given to --force")]
-    UnknownForced(String),
+    /// An image given to `--force` that the project does not have; then what to say instead.
+    #[error("unknown image `{0}` given to --force: {1}")]
+    UnknownForced(String, String),
 }
 
 /// What a successful `build:` node records in its outputs (the executor writes it).
@@ -358,7 +359,12 @@ pub fn decide(
 ) -> Result<Plan, PlanError> {
     for f in &options.force {
         if project.image(f).is_none() {
-            return Err(PlanError::UnknownForced(f.clone()));
+            let names = project.images.iter().map(|i| i.name.as_str());
+            let hint = match crate::config::did_you_mean(f, names) {
+                Some(close) => format!("did you mean `{close}`?"),
+                None => "name an image".into(),
+            };
+            return Err(PlanError::UnknownForced(f.clone(), hint));
         }
     }
     let selected: BTreeSet<NodeIndex> = if options.targets.is_empty() {
