@@ -77,6 +77,12 @@ impl Workspace {
         let project = crate::config::load(path)?;
         let graph = StageGraph::build(&project)?;
         let state = State::open(&project.state_path)?;
+        tracing::info!(
+            config = %project.config_path.display(),
+            state = %project.state_path.display(),
+            stages = graph.graph.node_count(),
+            "project loaded"
+        );
         Ok(Workspace {
             project,
             graph,
@@ -204,6 +210,12 @@ impl Workspace {
     /// is gone) are recorded first, so they are not rebuilt.
     pub async fn plan(&self, providers: &Providers, options: &PlanOptions) -> Result<Plan> {
         let facts = self.gather(providers).await?;
+        tracing::info!(
+            manifests = facts.manifests.len(),
+            sources = facts.sources.len(),
+            missing_artifacts = facts.missing_artifacts.len(),
+            "inputs hashed and sources resolved"
+        );
         let plan = plan::decide(&self.project, &self.graph, &facts, options)?;
         if self.recover_from_tags(providers, &plan).await?.is_empty() {
             return Ok(plan);
@@ -261,6 +273,7 @@ impl Workspace {
             built_at: crate::state::now_ms(),
             run_id: run,
             environments: Vec::new(),
+            holding: Vec::new(),
         })?;
         Ok(true)
     }

@@ -76,6 +76,7 @@ fn run_status<S: serde::Serializer>(s: &RunStatus, ser: S) -> Result<S::Ok, S::E
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
     RunStarted {
+        /// 0 ([`super::NO_RUN`]) when nothing runs: no run is recorded then.
         run_id: RunId,
         nodes: Vec<String>,
         parallelism: usize,

@@ -105,6 +105,9 @@ impl ExecContext {
     }
 }
 
+/// The `run_id` of an apply that had nothing to run: no run is recorded for it.
+pub const NO_RUN: RunId = 0;
+
 /// Runs every `run` node of `plan`. Returns when all are finished, skipped or cancelled.
 pub async fn execute(
     ctx: ExecContext,
@@ -123,6 +126,24 @@ pub async fn execute(
     let by_id: HashMap<&str, &PlannedNode> = to_run.iter().map(|n| (n.id.as_str(), *n)).collect();
     let deps = run_dependencies(&ctx.graph, &by_id);
 
+    if to_run.is_empty() {
+        // Nothing to do is not a run: `history` lists what ran, not every look.
+        let _ = events.send(Event::RunStarted {
+            run_id: NO_RUN,
+            nodes: Vec::new(),
+            parallelism: options.parallelism,
+            summary: plan.summary.clone(),
+        });
+        let summary = RunSummary {
+            run_id: NO_RUN,
+            status: RunStatus::Succeeded,
+            nodes: Vec::new(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            interrupted: false,
+        };
+        let _ = events.send(Event::RunFinished(summary.clone()));
+        return Ok(summary);
+    }
     let run_id = {
         let st = ctx.state.lock().map_err(|_| ExecError::Poisoned)?;
         let options_json = serde_json::json!({
@@ -311,6 +332,7 @@ impl Scheduler<'_> {
                         .logs_dir(run_id)
                         .join(format!("{}.log", sanitize(&node.id)));
                     let node_run = start_node(ctx, run_id, node, &log)?;
+                    tracing::debug!(node = %node.id, key = %node.key, log = %log.display(), "node started");
                     let _ = self.events.send(Event::NodeStarted {
                         node: node.id.clone(),
                         log_path: log.clone(),
@@ -660,6 +682,7 @@ async fn run_node(
                 built_at: crate::state::now_ms(),
                 run_id: Some(run),
                 environments: Vec::new(),
+                holding: Vec::new(),
             })?;
             provider
                 .set_status(&built.artifact_id, ReleaseStatus::Candidate)

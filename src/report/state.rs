@@ -23,7 +23,7 @@ pub fn images_json(records: &[ImageRecord]) -> String {
                 "image": r.image, "version": r.version, "id": r.artifact_id,
                 "provider": r.provider, "key": r.key, "status": status_str(r.status),
                 "built_at": timestamp(r.built_at), "built_at_ms": r.built_at,
-                "run_id": r.run_id, "environments": r.environments,
+                "run_id": r.run_id, "environments": r.environments, "holding": r.holding,
             })
         })
         .collect();
@@ -31,37 +31,62 @@ pub fn images_json(records: &[ImageRecord]) -> String {
         .unwrap_or_default()
 }
 
+/// One row per version; `HELD BY` names the environments whose latest delivery is this
+/// version (what they run now). Columns are as wide as their widest value.
 pub fn images_text(records: &[ImageRecord], p: Palette) -> String {
     if records.is_empty() {
         return "No images built yet: run `imgraph apply`.\n".into();
     }
-    let mut out = String::new();
-    let w = records
+    let header = ["IMAGE", "VERSION", "ID", "STATUS", "BUILT", "HELD BY"];
+    let rows: Vec<[String; 6]> = records
         .iter()
-        .map(|r| r.image.len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    let _ = writeln!(
-        out,
-        "{:w$}  {:10}  {:18}  {:9}  {:20}  ENVIRONMENTS",
-        "IMAGE", "VERSION", "ID", "STATUS", "BUILT"
-    );
-    for r in records {
+        .map(|r| {
+            [
+                r.image.clone(),
+                r.version.clone(),
+                short_id(&r.artifact_id),
+                status_str(r.status).to_string(),
+                timestamp(r.built_at),
+                r.holding.join(", "),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: [&str; 6], status: &str| -> String {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let shown = if i == 3 { status } else { cell };
+            if i + 1 == cells.len() {
+                text.push_str(shown);
+            } else {
+                let fill = widths[i].saturating_sub(cell.chars().count());
+                let _ = write!(text, "{shown}{}  ", " ".repeat(fill));
+            }
+        }
+        text.trim_end().to_string()
+    };
+    let _ = writeln!(out, "{}", line(header, header[3]));
+    for (r, row) in records.iter().zip(&rows) {
         let status = match r.status {
-            ReleaseStatus::Ready => p.green(&format!("{:9}", status_str(r.status))),
-            ReleaseStatus::Failed => p.red(&format!("{:9}", status_str(r.status))),
-            ReleaseStatus::Candidate => p.yellow(&format!("{:9}", status_str(r.status))),
+            ReleaseStatus::Ready => p.green(&row[3]),
+            ReleaseStatus::Failed => p.red(&row[3]),
+            ReleaseStatus::Candidate => p.yellow(&row[3]),
         };
-        let _ = writeln!(
-            out,
-            "{:w$}  {:10}  {:18}  {status}  {:20}  {}",
-            r.image,
-            r.version,
-            short_id(&r.artifact_id),
-            timestamp(r.built_at),
-            r.environments.join(", ")
-        );
+        let cells = [
+            row[0].as_str(),
+            row[1].as_str(),
+            row[2].as_str(),
+            row[3].as_str(),
+            row[4].as_str(),
+            row[5].as_str(),
+        ];
+        let _ = writeln!(out, "{}", line(cells, &status));
     }
     out
 }
@@ -176,4 +201,52 @@ pub fn lease_json(lease: Option<&Lease>, now: i64) -> String {
         }),
     };
     value.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(image: &str, version: &str, id: &str, holding: &[&str]) -> ImageRecord {
+        ImageRecord {
+            image: image.into(),
+            version: version.into(),
+            artifact_id: id.into(),
+            provider: "aws".into(),
+            key: "k".into(),
+            status: ReleaseStatus::Ready,
+            built_at: 0,
+            run_id: None,
+            environments: vec!["staging".into(), "production".into()],
+            holding: holding.iter().map(|h| h.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn images_columns_line_up_with_ami_ids_and_show_what_environments_hold() {
+        let text = images_text(
+            &[
+                record(
+                    "web",
+                    "2.3.1",
+                    "ami-0123456789abcdef0",
+                    &["staging", "production"],
+                ),
+                record("web", "2.3.0", "ami-0fedcba98765", &[]),
+                record("base-with-long-name", "10.20.300", "local:abc", &[]),
+            ],
+            Palette::plain(),
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        let column = |name: &str| lines[0].find(name).expect("header");
+        for l in &lines[1..] {
+            assert_eq!(l.find("Ready"), Some(column("STATUS")), "{text}");
+            assert_eq!(l.find("1970-"), Some(column("BUILT")), "{text}");
+        }
+        assert!(lines[1].ends_with("staging, production"), "{text}");
+        assert!(
+            !lines[2].contains("staging"),
+            "2.3.0 was replaced everywhere: {text}"
+        );
+    }
 }

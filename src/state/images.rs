@@ -25,6 +25,7 @@ fn image_from_row(row: &Row<'_>) -> rusqlite::Result<ImageRecord> {
         built_at: row.get(6)?,
         run_id: row.get(7)?,
         environments: Vec::new(),
+        holding: Vec::new(),
     })
 }
 
@@ -197,10 +198,38 @@ impl State {
                 }
             }
         }
+        let mut holding: HashMap<(String, String), Vec<String>> = HashMap::new();
+        {
+            // Each environment holds the version of its latest delivery of the image.
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT d.image, d.version, d.environment FROM deliveries d
+                     WHERE (?1 IS NULL OR d.image = ?1)
+                       AND d.id = (SELECT max(e.id) FROM deliveries e
+                                   WHERE e.image = d.image AND e.environment = d.environment)
+                     ORDER BY d.id",
+                )
+                .map_err(|e| self.sql_err(e, context))?;
+            let rows = stmt
+                .query_map([image], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?))
+                })
+                .map_err(|e| self.sql_err(e, context))?;
+            for row in rows {
+                let (image, version, env): (String, String, String) =
+                    row.map_err(|e| self.sql_err(e, context))?;
+                holding.entry((image, version)).or_default().push(env);
+            }
+        }
         tx.commit().map_err(|e| self.sql_err(e, context))?;
         for rec in &mut records {
-            if let Some(envs) = delivered.remove(&(rec.image.clone(), rec.version.clone())) {
+            let id = (rec.image.clone(), rec.version.clone());
+            if let Some(envs) = delivered.remove(&id) {
                 rec.environments = envs;
+            }
+            if let Some(envs) = holding.remove(&id) {
+                rec.holding = envs;
             }
         }
         records.sort_by(|a, b| {

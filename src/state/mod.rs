@@ -300,6 +300,9 @@ pub struct ImageRecord {
     /// Environments this version was delivered to, in first-delivery order. Filled when
     /// reading; ignored by `record_image` (use `record_delivery`).
     pub environments: Vec<String>,
+    /// Environments whose latest delivery of this image is this version: what they hold
+    /// now. Filled by [`State::images`] only.
+    pub holding: Vec<String>,
 }
 
 /// What the hasher saw when it last hashed a file: the stat cache stores the hasher's

@@ -31,6 +31,7 @@ fn image(name: &str, version: &str, artifact: &str, key: &str, built_at: i64) ->
         built_at,
         run_id: None,
         environments: Vec::new(),
+        holding: Vec::new(),
     }
 }
 
@@ -403,6 +404,24 @@ fn image_registry_sorts_finds_and_tracks_deliveries() {
         ]
     );
     assert_eq!(state.images(Some("web")).unwrap().len(), 1);
+    // 1.4.9 went to staging, then 1.4.10 replaced it there: staging holds 1.4.10 now.
+    let holding: Vec<_> = state
+        .images(Some("base"))
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.version, r.holding))
+        .collect();
+    assert_eq!(
+        holding,
+        vec![
+            (
+                "1.4.10".to_string(),
+                vec!["production".to_string(), "staging".into()]
+            ),
+            ("1.4.9".into(), vec![]),
+            ("1.4.2".into(), vec![]),
+        ]
+    );
 
     let by_artifact = state.image_by_artifact("same").unwrap().expect("found");
     assert_eq!(by_artifact.version, "1.4.10");
