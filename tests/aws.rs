@@ -298,42 +298,34 @@ fn held_test(body: &str) -> String {
     format!("#!/bin/sh\nset -eu\nwhile [ ! -f released ]; do sleep 0.1; done\n{body}\n")
 }
 
-/// examples/aws-packer pointed at the test server, its image renamed to `image`, the
-/// Packer template without SSH (moto's instances have no network).
+/// examples/aws-packer's moto variant (`moto.kdl`, its Packer template without SSH since
+/// moto's instances have no network) pointed at the test server, its image renamed to
+/// `image`.
 fn packer_project(url: &str, image: &str) -> (tempfile::TempDir, PathBuf) {
     let (tmp, dir) = common::copy_project("examples/aws-packer");
-    let kdl = std::fs::read_to_string(dir.join("imgraph.kdl")).expect("read imgraph.kdl");
-    let endpoint_line = kdl
-        .lines()
-        .find(|l| l.trim_start().starts_with("// endpoint"))
-        .expect("the example shows an optional endpoint")
-        .to_string();
+    let kdl = std::fs::read_to_string(dir.join("moto.kdl")).expect("read moto.kdl");
+    assert!(
+        kdl.contains("endpoint \"http://127.0.0.1:5055\"") && kdl.contains("image \"base\""),
+        "moto.kdl names moto's endpoint and the image `base`"
+    );
     let kdl = kdl
-        .replace(&endpoint_line, &format!("    endpoint \"{url}\""))
+        .replace("http://127.0.0.1:5055", url)
         .replace("image \"base\"", &format!("image \"{image}\""));
     common::write(&dir.join("imgraph.kdl"), &kdl);
-
-    let path = dir.join("packer/base.json");
-    let mut template: Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).expect("read template"))
-            .expect("json");
-    let builder = &mut template["builders"][0];
-    builder["communicator"] = Value::from("none");
-    builder["skip_region_validation"] = Value::from(true);
-    builder["skip_metadata_api_check"] = Value::from(true);
-    if let Some(obj) = template.as_object_mut() {
-        obj.remove("provisioners");
-    }
-    common::write(
-        &path,
-        &serde_json::to_string_pretty(&template).expect("json"),
-    );
+    std::fs::remove_file(dir.join("moto.kdl")).expect("remove moto.kdl");
     (tmp, dir)
 }
 
 /// Deletes the state file, as an ephemeral CI runner would lose it.
 fn remove_state(dir: &Path) {
-    for name in ["state.db", "state.db-wal", "state.db-shm"] {
+    for name in [
+        "state.db",
+        "state.db-wal",
+        "state.db-shm",
+        "moto-state.db",
+        "moto-state.db-wal",
+        "moto-state.db-shm",
+    ] {
         let path = dir.join(".imgraph").join(name);
         if path.exists() {
             std::fs::remove_file(&path).expect("remove state");

@@ -65,6 +65,15 @@ pub enum AwsError {
         "connect to EC2: no region is set (give `region` in `provider \"aws\"`, or set AWS_REGION)"
     )]
     NoRegion,
+    #[error(
+        "no AWS credentials found{}: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or `profile` in provider \"aws\"{}",
+        profile.as_deref().map(|p| format!(" for profile `{p}`")).unwrap_or_default(),
+        detail.as_deref().map(|d| format!(" (last tried: {d})")).unwrap_or_default()
+    )]
+    NoCredentials {
+        profile: Option<String>,
+        detail: Option<String>,
+    },
     #[error("{action}: EC2 answered without {missing}")]
     Incomplete {
         action: &'static str,

@@ -165,6 +165,33 @@ impl AwsProvider {
         let Some(region) = sdk.region().map(|r| r.to_string()) else {
             return Err(AwsError::NoRegion.into());
         };
+        // Fail here, in words, rather than at the first call with the SDK's internals.
+        if let Some(credentials) = sdk.credentials_provider() {
+            use aws_sdk_ec2::config::ProvideCredentials;
+            if let Err(e) = credentials.provide_credentials().await {
+                // None of the usual places had credentials: the message says where to put
+                // them. Anything else (an expired SSO session, a broken profile) keeps
+                // the first line of its innermost cause.
+                let not_found = e.to_string() == "the credential provider was not enabled";
+                let mut cause: &dyn std::error::Error = &e;
+                while let Some(next) = cause.source() {
+                    cause = next;
+                }
+                let detail = (!not_found).then(|| {
+                    cause
+                        .to_string()
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string()
+                });
+                return Err(AwsError::NoCredentials {
+                    profile: profile.map(str::to_string),
+                    detail,
+                }
+                .into());
+            }
+        }
         let mut conf = aws_sdk_ec2::config::Builder::from(&sdk);
         if let Some(e) = endpoint {
             conf = conf.endpoint_url(e);
