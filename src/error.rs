@@ -81,6 +81,9 @@ pub enum Error {
         node: String,
         suggestion: Option<String>,
     },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Init(#[from] crate::init::InitError),
     #[error("{0}")]
     Other(String),
 }

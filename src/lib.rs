@@ -12,6 +12,7 @@ pub mod exec;
 pub mod exit;
 pub mod graph;
 pub mod hash;
+pub mod init;
 pub mod overview;
 pub mod plan;
 pub mod provider;

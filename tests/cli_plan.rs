@@ -126,7 +126,7 @@ fn validate_and_graph() {
     let (code, text) = stdout_of(&dir, &["validate"]);
     assert_eq!(code, Some(0));
     assert!(
-        text.contains("2 images, 1 sources, 2 environments"),
+        text.contains("2 images, 1 source, 2 environments, 9 stages: ok"),
         "{text}"
     );
     let (_, dot) = stdout_of(&dir, &["graph", "--format", "dot"]);

@@ -236,6 +236,7 @@ fn seed_versions(dir: &Path) {
                 built_at: imgraph::state::now_ms(),
                 run_id: Some(run),
                 environments: Vec::new(),
+                holding: Vec::new(),
             })
             .unwrap();
         if image.ends_with("-9") {

@@ -1,14 +1,19 @@
 //! Command-line surface: clap types and one function per command. No logic lives here:
 //! each command calls the library and hands values to a reporter.
 
+mod output;
 mod pictures;
 mod saved;
 mod signals;
+mod tools;
 mod why;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use output::ColorWhen;
+pub use tools::Shell;
 
 use crate::error::Result;
 use crate::exit;
@@ -24,11 +29,23 @@ use crate::workspace::Workspace;
 )]
 pub struct Cli {
     /// Project folder (holding imgraph.kdl) or the config file itself.
-    #[arg(short = 'C', long = "dir", global = true, default_value = ".")]
+    #[arg(
+        short = 'C',
+        long = "dir",
+        global = true,
+        default_value = ".",
+        env = "IMGRAPH_DIR"
+    )]
     pub dir: PathBuf,
-    /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
+    /// More log output on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Only errors on stderr, and no progress lines from apply.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Colour: auto (a terminal, unless NO_COLOR is set), always or never.
+    #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
+    pub color: ColorWhen,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -78,6 +95,23 @@ pub enum Command {
     /// See or break the state lock that keeps two applies apart.
     #[command(subcommand)]
     Lock(LockCommand),
+    /// Write a small working project into the folder (-C, created if missing).
+    Init {
+        /// An AWS project (an Amazon Linux source and an EC2 build) instead of a local one.
+        #[arg(long)]
+        aws: bool,
+    },
+    /// Print a shell completion script: `imgraph completions bash > /etc/bash_completion.d/imgraph`.
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the manual page (roff); with --out-dir, write one page per command there.
+    Man {
+        /// Write imgraph.1, imgraph-plan.1, … into this folder instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,15 +201,26 @@ impl Selection {
 pub struct PlanArgs {
     #[command(flatten)]
     pub selection: Selection,
-    /// Print one JSON document (format_version 1; schema in schema/plan.schema.json).
+    /// Print one JSON document (format_version 1; schema in schema/plan.schema.json);
+    /// the same as --format json.
     #[arg(long)]
     pub json: bool,
+    /// text (the default), json, or markdown (for a CI job summary or a bot's comment).
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text, conflicts_with = "json")]
+    pub format: PlanFormat,
     /// Exit 0 when nothing runs, 2 when something would run, 1 on error.
     #[arg(long)]
     pub detailed_exitcode: bool,
     /// Also save the plan to FILE, for `imgraph apply FILE` and `imgraph show FILE`.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    Text,
+    Json,
+    Markdown,
 }
 
 /// Entry point of the binary: parse, run, map the outcome to an exit code.
@@ -192,30 +237,15 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    init_tracing(cli.verbose);
+    output::apply_color(cli.color);
+    output::init_tracing(cli.verbose, cli.quiet);
     match run(&cli) {
         Ok(code) => code,
         Err(err) => {
-            let code = err.exit_code();
-            eprintln!("{:?}", miette::Report::new(err));
-            code
+            output::report_error(&err);
+            err.exit_code()
         }
     }
-}
-
-fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
 }
 
 pub fn run(cli: &Cli) -> Result<i32> {
@@ -233,6 +263,9 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::State(StateCommand::Recover) => state_recover(cli),
         Command::Lock(LockCommand::Status { json }) => lock_status(cli, *json),
         Command::Lock(LockCommand::Break { force }) => lock_break(cli, *force),
+        Command::Init { aws } => tools::init(cli, *aws),
+        Command::Completions { shell } => tools::completions(*shell),
+        Command::Man { out_dir } => tools::man(out_dir.as_deref()),
     }
 }
 
@@ -241,13 +274,14 @@ fn validate(cli: &Cli) -> Result<i32> {
     let graph = crate::graph::StageGraph::build(&project)?;
     // Origin archives are read through: a truncated or damaged one fails here.
     crate::workspace::check_origins(&project, None, &Default::default())?;
-    crate::report::outln(&format!(
-        "{}: {} images, {} sources, {} environments, {} stages: ok",
-        project.config_path.display(),
-        project.images.len(),
-        project.sources.len(),
-        project.environments.len(),
-        graph.graph.node_count(),
+    crate::report::outln(&report::validate_line(
+        &crate::config::shown_config_file(&cli.dir),
+        &[
+            (project.images.len(), "image", "images"),
+            (project.sources.len(), "source", "sources"),
+            (project.environments.len(), "environment", "environments"),
+            (graph.graph.node_count(), "stage", "stages"),
+        ],
     ));
     Ok(exit::OK)
 }
@@ -271,10 +305,14 @@ fn plan(cli: &Cli, args: &PlanArgs) -> Result<i32> {
             None => ws.plan(&providers, &options).await,
         }
     })?;
-    if args.json {
-        crate::report::outln(&report::plan::render_json(&plan));
-    } else {
-        crate::report::out(&report::plan::render_text(&plan, Palette::for_stdout()));
+    match (args.json, args.format) {
+        (true, _) | (_, PlanFormat::Json) => {
+            crate::report::outln(&report::plan::render_json(&plan))
+        }
+        (_, PlanFormat::Markdown) => crate::report::out(&report::markdown::render(&plan)),
+        (_, PlanFormat::Text) => {
+            crate::report::out(&report::plan::render_text(&plan, Palette::for_stdout()))
+        }
     }
     if let Some(path) = args.out.as_ref().filter(|_| !args.json) {
         crate::report::outln(&format!(
@@ -317,11 +355,12 @@ fn apply(cli: &Cli, args: &ApplyArgs) -> Result<i32> {
         signals::watch(cancel.clone())?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let json = args.json;
+        let quiet = cli.quiet;
         let reporter = tokio::spawn(async move {
             let palette = Palette::for_stdout();
             let live =
                 !json && palette.color && std::io::IsTerminal::is_terminal(&std::io::stdout());
-            let mut human = report::apply::Human::new(palette, live);
+            let mut human = report::apply::Human::new(palette, live).quiet(quiet);
             while let Some(ev) = rx.recv().await {
                 if json {
                     crate::report::outln(&crate::exec::events::to_ndjson(
@@ -342,6 +381,12 @@ fn apply(cli: &Cli, args: &ApplyArgs) -> Result<i32> {
         let _ = reporter.await;
         let outcome = outcome?;
         let s = &outcome.summary;
+        if let Some(ci) = crate::report::ci::CiSystem::detect() {
+            eprint!(
+                "{}",
+                crate::report::ci::failure_annotations(ci, s, report::apply::FAILURE_TAIL_LINES)
+            );
+        }
         Ok(if s.interrupted {
             exit::INTERRUPTED
         } else if s.status == crate::state::RunStatus::Succeeded {

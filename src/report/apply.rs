@@ -22,6 +22,8 @@ pub const FAILURE_TAIL_LINES: usize = 15;
 
 pub struct Human {
     palette: Palette,
+    /// `-q`: no progress lines, only failures and the summary.
+    quiet: bool,
     live: Option<MultiProgress>,
     bars: HashMap<String, ProgressBar>,
 }
@@ -32,9 +34,20 @@ impl Human {
         let live = live.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stdout()));
         Human {
             palette,
+            quiet: false,
             live,
             bars: HashMap::new(),
         }
+    }
+
+    /// Leaves out progress (run start, node start, node success); failures, skips and the
+    /// summary are still printed.
+    pub fn quiet(mut self, quiet: bool) -> Self {
+        self.quiet = quiet;
+        if quiet {
+            self.live = None;
+        }
+        self
     }
 
     fn line(&self, text: &str) {
@@ -58,7 +71,7 @@ impl Human {
                 parallelism,
                 summary,
             } => {
-                if !nodes.is_empty() {
+                if !nodes.is_empty() && !self.quiet {
                     self.line(&format!(
                         "run {run_id}: {} to run ({} {}, {} {}), {} deferred, {} up to date; up to {parallelism} at a time",
                         nodes.len(),
@@ -72,6 +85,9 @@ impl Human {
                 }
             }
             Event::NodeStarted { node, .. } => {
+                if self.quiet {
+                    return;
+                }
                 if let Some(mp) = &self.live {
                     let bar = mp.add(ProgressBar::new_spinner());
                     bar.set_style(
@@ -94,6 +110,9 @@ impl Human {
             } => {
                 if let Some(bar) = self.bars.remove(node) {
                     bar.finish_and_clear();
+                }
+                if self.quiet && *outcome == NodeOutcome::Succeeded {
+                    return;
                 }
                 let secs = format!("{:.1}s", *duration_ms as f64 / 1000.0);
                 let text = match outcome {

@@ -3,8 +3,10 @@
 //! (terminal, `NO_COLOR`, pipes) and passed in, so renderings are testable as strings.
 
 pub mod apply;
+pub mod ci;
 pub mod graph;
 pub mod html;
+pub mod markdown;
 pub mod plan;
 pub mod saved;
 pub mod state;
@@ -102,4 +104,13 @@ pub fn timestamp(ms: i64) -> String {
     let t =
         std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.clamp(0, YEAR_9999_MS) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// `imgraph validate`'s answer: `PATH: 2 images, 1 source, 2 environments, 8 stages: ok`.
+pub fn validate_line(config: &str, counts: &[(usize, &str, &str)]) -> String {
+    let parts: Vec<String> = counts
+        .iter()
+        .map(|(n, one, many)| format!("{n} {}", plan::plural(*n, one, many)))
+        .collect();
+    format!("{config}: {}: ok", parts.join(", "))
 }

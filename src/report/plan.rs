@@ -315,7 +315,7 @@ fn pad(shown: &str, plain: &str, width: usize) -> String {
     format!("{shown}{}", " ".repeat(fill))
 }
 
-fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
+pub(crate) fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
     if n == 1 {
         one
     } else {
