@@ -2,6 +2,7 @@
 # The full test suite: installs what the tests need on a fresh machine, then runs them.
 #   bash scripts/test.sh            # everything
 #   bash scripts/test.sh config     # extra args go to `cargo test`
+#   MOTO_KEEP=1 bash scripts/test.sh   # leave the moto server it starts running
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +21,15 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 # tests/aws.rs: an EC2-compatible server (moto) on loopback; installs moto[server] if missing.
+# A server this run starts is stopped when it ends (MOTO_KEEP=1 keeps it); one that was
+# already answering is left alone.
+moto_pid_file="${MOTO_PID_FILE:-/tmp/imgraph-moto-${MOTO_PORT:-5055}.pid}"
+pid_before="$(cat "$moto_pid_file" 2>/dev/null || true)"
 bash scripts/moto.sh
+pid_after="$(cat "$moto_pid_file" 2>/dev/null || true)"
+if [ -n "$pid_after" ] && [ "$pid_after" != "$pid_before" ] && [ "${MOTO_KEEP:-0}" != 1 ]; then
+  trap 'bash scripts/moto.sh stop' EXIT
+fi
 export IMGRAPH_TEST_EC2_ENDPOINT="${IMGRAPH_TEST_EC2_ENDPOINT:-http://127.0.0.1:${MOTO_PORT:-5055}}"
 
 cargo build --quiet --all-targets

@@ -14,11 +14,42 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// Copies a folder (relative to the repository) into a fresh temporary folder.
+///
+/// A folder under `examples/` is copied as committed (`git archive HEAD`), so trying the
+/// README's tour in place (editing `examples/quickstart/config/base/motd`, applying there)
+/// never changes what the tests see; commit a change to an example to test it. Outside a
+/// git checkout (a source tarball) the files on disk are copied.
 pub fn copy_project(rel: &str) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dest = tmp.path().join("project");
-    copy_dir(&repo_root().join(rel), &dest);
+    if !(rel.starts_with("examples/") && copy_committed(rel, &dest)) {
+        copy_dir(&repo_root().join(rel), &dest);
+    }
     (tmp, dest)
+}
+
+/// `rel` as committed in HEAD, unpacked at `dest`; false when git or HEAD cannot give it.
+fn copy_committed(rel: &str, dest: &Path) -> bool {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(repo_root())
+        .args(["archive", "--format=tar", "HEAD", "--", rel])
+        .stderr(std::process::Stdio::null())
+        .output();
+    let Ok(out) = out else { return false };
+    if !out.status.success() || out.stdout.is_empty() {
+        return false;
+    }
+    let unpacked = dest.with_file_name("committed");
+    tar::Archive::new(out.stdout.as_slice())
+        .unpack(&unpacked)
+        .expect("unpack the committed example");
+    if !unpacked.join(rel).is_dir() {
+        return false;
+    }
+    std::fs::rename(unpacked.join(rel), dest).expect("move the committed example");
+    std::fs::remove_dir_all(&unpacked).expect("remove the unpack folder");
+    true
 }
 
 pub fn copy_dir(from: &Path, to: &Path) {
