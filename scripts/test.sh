@@ -11,6 +11,7 @@ command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 command -v packer >/dev/null 2>&1 || need_apt+=(packer)   # tests/aws.rs: Packer 1.6.6
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)          # tests/report.rs: headless Chromium
+command -v groff >/dev/null 2>&1 || need_apt+=(groff-base) # tests/cli_operator.rs renders `imgraph man`
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     echo "test.sh: installing ${need_apt[*]}"
