@@ -9,6 +9,9 @@
 //! widen with a duration), and the sandbox's own path. A line `...` in the README stands
 //! for any number of lines.
 //!
+//! `IMGRAPH_README_UPDATE=1 cargo test --test readme` writes what the commands printed
+//! into README.md (review the diff), except for examples with `...` lines and excerpts.
+//!
 //! Blocks marked ```` ```console excerpt ```` are not run: each of their commands must
 //! appear, with the same output, among those the tour ran, `-C examples/quickstart` aside
 //! (the sample plan at the top of the README is one).
@@ -79,9 +82,8 @@ impl Normalizer {
         }
     }
 
-    fn line(&self, line: &str, sandbox: &str) -> String {
-        let line = line.replace(sandbox, "");
-        let line = self.time.replace_all(&line, "[time]");
+    fn line(&self, line: &str) -> String {
+        let line = self.time.replace_all(line, "[time]");
         let line = self.duration.replace_all(&line, "[dur]");
         self.spaces.replace_all(&line, " ").trim_end().to_string()
     }
@@ -152,15 +154,20 @@ fn readme_console_examples_print_what_the_readme_shows() {
     let sandbox = format!("{}/", root.display());
 
     let norm = Normalizer::new();
+    let update = std::env::var_os("IMGRAPH_README_UPDATE").is_some();
+    let mut rewrites: Vec<(&Example, Vec<String>)> = Vec::new();
     let mut ran: Vec<(String, Vec<String>)> = Vec::new();
     let mut failures = Vec::new();
     for ex in &tour {
-        let actual: Vec<String> = run(&ex.command, &root)
+        let raw: Vec<String> = run(&ex.command, &root)
             .iter()
-            .map(|l| norm.line(l, &sandbox))
+            .map(|l| l.replace(&sandbox, ""))
             .collect();
-        let expected: Vec<String> = ex.expected.iter().map(|l| norm.line(l, "")).collect();
-        if !matches(&expected, &actual) {
+        let actual: Vec<String> = raw.iter().map(|l| norm.line(l)).collect();
+        let expected: Vec<String> = ex.expected.iter().map(|l| norm.line(l)).collect();
+        if !matches(&expected, &actual) && update && !ex.expected.iter().any(|l| l == "...") {
+            rewrites.push((ex, raw));
+        } else if !matches(&expected, &actual) {
             failures.push(format!(
                 "README.md:{}: `{}` printed:\n{}\n--- the README shows:\n{}",
                 ex.line,
@@ -176,7 +183,7 @@ fn readme_console_examples_print_what_the_readme_shows() {
         .filter(|b| b.excerpt)
         .flat_map(|b| &b.examples)
     {
-        let expected: Vec<String> = ex.expected.iter().map(|l| norm.line(l, "")).collect();
+        let expected: Vec<String> = ex.expected.iter().map(|l| norm.line(l)).collect();
         let found = ran
             .iter()
             .any(|(cmd, actual)| same_command(cmd, &ex.command) && matches(&expected, actual));
@@ -187,7 +194,26 @@ fn readme_console_examples_print_what_the_readme_shows() {
             ));
         }
     }
+    if !rewrites.is_empty() {
+        rewrite(&readme, &rewrites);
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// `IMGRAPH_README_UPDATE=1`: puts what each example printed into README.md in place of
+/// what it showed (examples with `...` lines, and excerpts, are left to be edited by hand).
+fn rewrite(readme: &str, rewrites: &[(&Example, Vec<String>)]) {
+    let mut lines: Vec<String> = readme.lines().map(str::to_string).collect();
+    let mut sorted: Vec<&(&Example, Vec<String>)> = rewrites.iter().collect();
+    sorted.sort_by_key(|(ex, _)| std::cmp::Reverse(ex.line));
+    for (ex, raw) in sorted {
+        let start = ex.line;
+        lines.splice(start..start + ex.expected.len(), raw.iter().cloned());
+    }
+    let mut text = lines.join("\n");
+    text.push('\n');
+    std::fs::write(common::repo_root().join("README.md"), text).expect("write README.md");
+    eprintln!("README.md: {} examples rewritten", rewrites.len());
 }
 
 #[test]
@@ -199,7 +225,7 @@ fn an_ellipsis_line_stands_for_any_lines() {
     assert!(!matches(&s(&["a"]), &s(&["a", "b"])));
     let n = Normalizer::new();
     assert_eq!(
-        n.line("2026-11-27T03:50:00Z ok      build:base (0.1s)", ""),
+        n.line("2026-11-27T03:50:00Z ok      build:base (0.1s)"),
         "[time] ok build:base ([dur])"
     );
 }
