@@ -33,7 +33,15 @@ fn copy_committed(rel: &str, dest: &Path) -> bool {
     let out = std::process::Command::new("git")
         .arg("-C")
         .arg(repo_root())
-        .args(["archive", "--format=tar", "HEAD", "--", rel])
+        .args([
+            "-c",
+            "tar.umask=022",
+            "archive",
+            "--format=tar",
+            "HEAD",
+            "--",
+            rel,
+        ])
         .stderr(std::process::Stdio::null())
         .output();
     let Ok(out) = out else { return false };
@@ -49,7 +57,29 @@ fn copy_committed(rel: &str, dest: &Path) -> bool {
     }
     std::fs::rename(unpacked.join(rel), dest).expect("move the committed example");
     std::fs::remove_dir_all(&unpacked).expect("remove the unpack folder");
+    checkout_modes(dest);
     true
+}
+
+/// The modes a fresh clone gets with umask 022 (folders 755; files 755 or 644 as git
+/// records them), whatever the unpacking did: modes are part of a source's digest.
+fn checkout_modes(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(path).expect("stat");
+    if meta.file_type().is_symlink() {
+        return;
+    }
+    let mode = if meta.is_dir() || meta.permissions().mode() & 0o111 != 0 {
+        0o755
+    } else {
+        0o644
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).expect("read_dir") {
+            checkout_modes(&entry.expect("entry").path());
+        }
+    }
 }
 
 pub fn copy_dir(from: &Path, to: &Path) {
