@@ -77,17 +77,21 @@ impl Workspace {
         let project = crate::config::load(path)?;
         let graph = StageGraph::build(&project)?;
         let state = State::open(&project.state_path)?;
+        Ok(Workspace::loaded(project, graph, state))
+    }
+
+    fn loaded(project: Project, graph: StageGraph, state: State) -> Workspace {
         tracing::info!(
             config = %project.config_path.display(),
             state = %project.state_path.display(),
             stages = graph.graph.node_count(),
             "project loaded"
         );
-        Ok(Workspace {
+        Workspace {
             project,
             graph,
             state,
-        })
+        }
     }
 
     /// Like [`Workspace::open`] for commands that only read the state (`plan`, `images`,
@@ -97,11 +101,7 @@ impl Workspace {
         let project = crate::config::load(path)?;
         let graph = StageGraph::build(&project)?;
         let state = State::open_for_reading(&project.state_path)?;
-        Ok(Workspace {
-            project,
-            graph,
-            state,
-        })
+        Ok(Workspace::loaded(project, graph, state))
     }
 
     /// The local image store, when the project declares (or implies) the local provider.
