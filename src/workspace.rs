@@ -348,11 +348,11 @@ impl Workspace {
                 let recovered = Recovered::from(&tagged);
                 let release = recovered.release();
                 self.record_tagged(&tagged, Some(run_id))?;
-                let outputs = serde_json::to_string(&BuildOutputs {
+                let built = BuildOutputs {
                     artifact_id: tagged.ami_id.clone(),
                     version: tagged.version.clone(),
-                })
-                .unwrap_or_default();
+                };
+                let outputs = serde_json::to_string(&built).unwrap_or_default();
                 let mut nodes = vec![n];
                 if release == crate::state::ReleaseStatus::Ready {
                     // Tests and publish of a Ready image passed; deliveries happened where
@@ -375,7 +375,7 @@ impl Workspace {
                             .record_delivery(&image.name, &tagged.version, env, run_id)?;
                     }
                     // Build, tests, publish and deliveries all stand for this artifact.
-                    m.record_finished(
+                    m.for_artifact(&built).record_finished(
                         &self.state,
                         run_id,
                         crate::state::NodeStatus::Succeeded,

@@ -331,8 +331,11 @@ impl Scheduler<'_> {
                     let log = ctx
                         .logs_dir(run_id)
                         .join(format!("{}.log", sanitize(&node.id)));
-                    let node_run = start_node(ctx, run_id, node, &log)?;
-                    tracing::debug!(node = %node.id, key = %node.key, log = %log.display(), "node started");
+                    // A delivery is recorded with the artifact it delivers, known only now
+                    // when its image was built in this run.
+                    let n = resolve_delivery(ctx, &fresh, node);
+                    let node_run = start_node(ctx, run_id, &n, &log)?;
+                    tracing::debug!(node = %node.id, key = %n.key, log = %log.display(), "node started");
                     let _ = self.events.send(Event::NodeStarted {
                         node: node.id.clone(),
                         log_path: log.clone(),
@@ -340,7 +343,7 @@ impl Scheduler<'_> {
                     self.log_paths.insert(node.id.clone(), log.clone());
                     self.status.insert(node.id.clone(), NodeOutcome::Running);
                     started_at.insert(node.id.clone(), (Instant::now(), node_run));
-                    let (c, n, f, tok) = (ctx.clone(), node.clone(), fresh.clone(), stop.clone());
+                    let (c, f, tok) = (ctx.clone(), fresh.clone(), stop.clone());
                     let handle = tasks.spawn(async move {
                         let started = Instant::now();
                         let result = run_node(&c, run_id, &n, &log, &f, &tok).await;
@@ -409,6 +412,19 @@ impl Scheduler<'_> {
             }
             self.mark_finished(res);
         }
+    }
+}
+
+/// The node as it is recorded: a delivery with the artifact it delivers in its key (see
+/// [`crate::plan::DELIVERED`]), every other node as planned.
+fn resolve_delivery(ctx: &ExecContext, fresh: &Fresh, node: &PlannedNode) -> PlannedNode {
+    match (node.stage, node.image.as_deref()) {
+        (Stage::Deliver, Some(image)) => match current_build(ctx, fresh, image) {
+            Ok(built) => node.for_artifact(&built),
+            // Never built: the delivery fails when it runs and says so.
+            Err(_) => node.clone(),
+        },
+        _ => node.clone(),
     }
 }
 

@@ -149,6 +149,14 @@ pub enum Reason {
     ArtifactMissing { artifact: String },
     /// `--force` named this image.
     Forced,
+    /// A delivery: the image's current version is not the one this environment last got
+    /// (`previous`, when known) — e.g. an apply that stopped after publish.
+    NewVersion {
+        image: String,
+        version: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous: Option<String>,
+    },
 }
 
 impl Reason {
@@ -164,6 +172,7 @@ impl Reason {
             Reason::PreviousFailure { .. } => "previous-failure",
             Reason::ArtifactMissing { .. } => "artifact-missing",
             Reason::Forced => "forced",
+            Reason::NewVersion { .. } => "new-version",
         }
     }
 }
@@ -234,6 +243,17 @@ pub struct Plan {
 }
 
 impl PlannedNode {
+    /// This delivery with the artifact it actually delivers in its key (a no-op for other
+    /// stages): what the executor records, so that the next plan sees it up to date.
+    pub fn for_artifact(&self, built: &BuildOutputs) -> PlannedNode {
+        let mut node = self.clone();
+        if node.stage == Stage::Deliver {
+            node.upstream = BTreeMap::from([(DELIVERED.to_string(), built.identity())]);
+            node.key = node_key(&node.id, &node.manifest, &node.stanza, &node.upstream);
+        }
+        node
+    }
+
     /// Records this node as started and at once finished with `status`: what an apply
     /// records, for recovery from tags, seeding history in tests and benches.
     pub fn record_finished(
@@ -319,6 +339,43 @@ pub struct BuildOutputs {
     pub version: String,
 }
 
+impl BuildOutputs {
+    /// `ARTIFACT@VERSION`: what a delivery's key holds (see [`DELIVERED`]).
+    pub fn identity(&self) -> String {
+        format!("{}@{}", self.artifact_id, self.version)
+    }
+}
+
+/// The one upstream entry of a `deliver:` node: the artifact it delivers, as
+/// `ARTIFACT@VERSION` of the image's current build, or `pending:BUILD-KEY` when the build
+/// runs in this apply and its artifact is not known yet. A delivery therefore runs
+/// whenever the image's current version changes, whatever the build's key (a rebuild
+/// with the same key makes a new version too), and never because another environment's
+/// delivery changed: `after` orders deliveries, it does not enter their keys. The
+/// executor replaces a pending value by the real artifact before it records the node
+/// ([`PlannedNode::for_artifact`]), so the next plan compares like with like.
+pub const DELIVERED: &str = "artifact";
+const PENDING: &str = "pending:";
+
+/// The image's current build as the history records it: its last successful build.
+fn current_build(facts: &Facts, image: &str) -> Option<BuildOutputs> {
+    facts
+        .history
+        .get(&crate::graph::build_id(image))?
+        .last_success
+        .as_ref()?
+        .outputs_json
+        .as_deref()
+        .and_then(|o| serde_json::from_str(o).ok())
+}
+
+/// The version part of a [`DELIVERED`] value, when it names one.
+fn delivered_version(value: &str) -> Option<String> {
+    (!value.starts_with(PENDING))
+        .then(|| value.rsplit_once('@').map(|(_, v)| v.to_string()))
+        .flatten()
+}
+
 /// The canonical stanza of any node, from the config model.
 pub fn stanza_of(project: &Project, graph: &StageGraph, idx: NodeIndex) -> String {
     let n = graph.node(idx);
@@ -401,13 +458,27 @@ pub fn decide(
         }
 
         let upstream_idx = graph.upstream(idx);
-        let upstream: BTreeMap<String, String> = upstream_idx
-            .iter()
-            .map(|&u| {
-                let k = output_keys.get(&u).cloned().unwrap_or_default();
-                (graph.node(u).id.clone(), k)
-            })
-            .collect();
+        let upstream: BTreeMap<String, String> = if node.stage == Stage::Deliver {
+            let image = node.image.as_deref().unwrap_or_default();
+            let build = graph
+                .index_of(&crate::graph::build_id(image))
+                .and_then(|b| decided.get(&b));
+            let value = match build {
+                Some(b) if b.action == Action::Run => format!("{PENDING}{}", b.key),
+                _ => current_build(facts, image)
+                    .map(|o| o.identity())
+                    .unwrap_or_default(),
+            };
+            BTreeMap::from([(DELIVERED.to_string(), value)])
+        } else {
+            upstream_idx
+                .iter()
+                .map(|&u| {
+                    let k = output_keys.get(&u).cloned().unwrap_or_default();
+                    (graph.node(u).id.clone(), k)
+                })
+                .collect()
+        };
         let manifest = facts.manifests.get(&node.id).cloned().unwrap_or_default();
         let stanza = stanza_of(project, graph, idx);
         let key = node_key(&node.id, &manifest, &stanza, &upstream);
@@ -696,6 +767,25 @@ impl DecideCtx<'_> {
         let old_upstream: BTreeMap<String, String> =
             serde_json::from_str(&base.upstream_json).unwrap_or_default();
         for (up, key) in &n.upstream {
+            if up == DELIVERED {
+                let old = old_upstream.get(up);
+                if old == Some(key) {
+                    continue;
+                }
+                let image = n.image.clone().unwrap_or_default();
+                reasons.push(match delivered_version(key) {
+                    Some(version) => Reason::NewVersion {
+                        previous: old.and_then(|o| delivered_version(o)),
+                        image,
+                        version,
+                    },
+                    // The build runs in this apply: a cascade from its publish.
+                    None => Reason::UpstreamChanged {
+                        node: crate::graph::publish_id(&image),
+                    },
+                });
+                continue;
+            }
             if let Some(source) = up.strip_prefix("source:") {
                 let old = old_upstream.get(up);
                 if old != Some(key) {

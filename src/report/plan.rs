@@ -152,6 +152,23 @@ pub fn reason_text(r: &Reason) -> String {
             format!("artifact {} no longer exists", escape(&short_id(artifact)))
         }
         Reason::Forced => "forced with --force".into(),
+        Reason::NewVersion {
+            image,
+            version,
+            previous,
+        } => match previous {
+            Some(p) => format!(
+                "{} {} is the current version; this environment got {} last",
+                escape(image),
+                escape(version),
+                escape(p)
+            ),
+            None => format!(
+                "{} {} is the current version; no delivery of it is recorded",
+                escape(image),
+                escape(version)
+            ),
+        },
     }
 }
 

@@ -150,6 +150,17 @@ pub fn seed_success(dir: &Path, plan: &Plan) {
                 built.insert(n.id.clone(), o.clone());
             }
         }
+        // A delivery is recorded with the artifact it delivered, as the executor does.
+        let delivered = n
+            .image
+            .as_ref()
+            .filter(|_| n.id.starts_with("deliver:"))
+            .and_then(|i| built.get(&format!("build:{i}")))
+            .and_then(|o| serde_json::from_str::<BuildOutputs>(o).ok());
+        let n = match &delivered {
+            Some(b) => n.for_artifact(b),
+            None => n.clone(),
+        };
         n.record_finished(state, run, NodeStatus::Succeeded, outputs.as_deref(), None)
             .expect("record node");
     }
