@@ -84,6 +84,12 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Init(#[from] crate::init::InitError),
+    #[error("failed to read the records of {image} for recovery")]
+    Recovery {
+        image: String,
+        #[source]
+        source: Box<crate::provider::ProviderError>,
+    },
     #[error("{0}")]
     Other(String),
 }

@@ -293,7 +293,11 @@ fn a_dead_holders_lock_can_be_seen_and_broken_and_a_live_one_only_by_force() {
         .output()
         .unwrap()
         .stdout;
-    assert!(String::from_utf8_lossy(&text).starts_with("unlocked"));
+    assert!(
+        String::from_utf8_lossy(&text).starts_with("unlocked"),
+        "{}",
+        String::from_utf8_lossy(&text)
+    );
     interrupt(live);
 }
 

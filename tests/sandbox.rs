@@ -625,8 +625,14 @@ fn staging_instances_and_the_store_are_private() {
         std::fs::metadata(&store).unwrap().permissions().mode() & 0o7777,
         0o700
     );
-    for entry in std::fs::read_dir(&store).unwrap() {
+    // Artifacts 0600; the registry of versions beside them 0700, its files 0600.
+    let registry = store.join("registry");
+    let entries = std::fs::read_dir(&store)
+        .unwrap()
+        .chain(std::fs::read_dir(&registry).unwrap());
+    for entry in entries {
         let meta = entry.unwrap().metadata().unwrap();
-        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+        let want = if meta.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(meta.permissions().mode() & 0o7777, want);
     }
 }

@@ -469,7 +469,7 @@ fn state_recover(cli: &Cli) -> Result<i32> {
         ));
     }
     crate::report::outln(&format!(
-        "state recover: {} image versions recovered from tags",
+        "state recover: {} image versions recovered from the providers' records",
         found.len()
     ));
     Ok(exit::OK)

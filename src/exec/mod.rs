@@ -688,7 +688,7 @@ async fn run_node(
                     cancel,
                 })
                 .await?;
-            ctx.lock()?.record_image(&ImageRecord {
+            let record = ImageRecord {
                 image: image.name.clone(),
                 version: version.clone(),
                 artifact_id: built.artifact_id.clone(),
@@ -699,9 +699,10 @@ async fn run_node(
                 run_id: Some(run),
                 environments: Vec::new(),
                 holding: Vec::new(),
-            })?;
+            };
+            ctx.lock()?.record_image(&record)?;
             provider
-                .set_status(&built.artifact_id, ReleaseStatus::Candidate)
+                .set_status(&record, ReleaseStatus::Candidate)
                 .await?;
             let outputs = BuildOutputs {
                 artifact_id: built.artifact_id,
@@ -743,9 +744,8 @@ async fn run_node(
             if !cancel.is_cancelled() {
                 ctx.lock()?
                     .set_image_status(&image.name, &built.version, ReleaseStatus::Failed)?;
-                provider
-                    .set_status(&built.artifact_id, ReleaseStatus::Failed)
-                    .await?;
+                let record = image_record(ctx, &image.name, &built.version)?;
+                provider.set_status(&record, ReleaseStatus::Failed).await?;
             }
             Err(ProviderError::Failed(format!(
                 "test `{suite_name}` {} on {} {}",
@@ -760,9 +760,8 @@ async fn run_node(
             // (in this run, or earlier on the same artifact and version).
             ctx.lock()?
                 .set_image_status(&image.name, &built.version, ReleaseStatus::Ready)?;
-            provider
-                .set_status(&built.artifact_id, ReleaseStatus::Ready)
-                .await?;
+            let record = image_record(ctx, &image.name, &built.version)?;
+            provider.set_status(&record, ReleaseStatus::Ready).await?;
             append_log(
                 log,
                 &format!("imgraph: {} {} is Ready", image.name, built.version),
@@ -859,9 +858,8 @@ async fn deliver(
     }
     ctx.lock()?
         .record_delivery(&image.name, &built.version, &env_name, run)?;
-    provider
-        .record_delivery(&built.artifact_id, &env_name, &built.version)
-        .await?;
+    let record = image_record(ctx, &image.name, &built.version)?;
+    provider.record_delivery(&record, &env_name).await?;
     Ok(Some(
         serde_json::json!({"version": built.version, "artifact_id": built.artifact_id}).to_string(),
     ))
@@ -874,12 +872,30 @@ fn release_status(
     image: &str,
     version: &str,
 ) -> Result<Option<ReleaseStatus>, ProviderError> {
+    Ok(find_image_record(ctx, image, version)?.map(|r| r.status))
+}
+
+fn find_image_record(
+    ctx: &ExecContext,
+    image: &str,
+    version: &str,
+) -> Result<Option<ImageRecord>, ProviderError> {
     Ok(ctx
         .lock()?
         .images(Some(image))?
         .into_iter()
-        .find(|r| r.version == version)
-        .map(|r| r.status))
+        .find(|r| r.version == version))
+}
+
+/// The registry record of one version, which must exist (it was built).
+fn image_record(
+    ctx: &ExecContext,
+    image: &str,
+    version: &str,
+) -> Result<ImageRecord, ProviderError> {
+    find_image_record(ctx, image, version)?.ok_or_else(|| {
+        ProviderError::Failed(format!("{image} {version} is not in the image registry"))
+    })
 }
 
 /// The image's current build: made in this run, or the last successful one.

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::model::{Image, Project, TestSuite};
 use crate::exec::process::{ProcessError, ProcessOutcome};
-use crate::state::{LedgerEntry, ReleaseStatus, RunId, State, StateError};
+use crate::state::{ImageRecord, LedgerEntry, ReleaseStatus, RunId, State, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
@@ -30,6 +30,20 @@ pub enum ProviderError {
     Poisoned,
     #[error("{0}")]
     Failed(String),
+}
+
+/// A version as a provider's own records describe it (AMI tags, the local registry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedVersion {
+    pub image: String,
+    pub version: String,
+    pub artifact_id: String,
+    pub key: String,
+    pub status: ReleaseStatus,
+    /// When it was built, when the provider knows.
+    pub built_at_ms: Option<i64>,
+    /// Environments it was delivered to.
+    pub environments: Vec<String>,
 }
 
 /// Where a build starts from.
@@ -134,21 +148,29 @@ pub trait Provider: Send + Sync {
     /// Makes a fresh instance from `artifact_id`, runs the suite's command against it and
     /// destroys the instance, whatever happens.
     async fn test(&self, req: TestRequest<'_>) -> Result<ProcessOutcome, ProviderError>;
-    /// Records the release status on the artifact itself (AWS tags); local keeps it in state.
+    /// Records the release status of a version with the provider itself (AMI tags, the
+    /// local registry), so a lost state file can be rebuilt from it. The first call for a
+    /// version (`Candidate`, right after its build) records the whole version.
     async fn set_status(
         &self,
-        artifact_id: &str,
+        version: &ImageRecord,
         status: ReleaseStatus,
     ) -> Result<(), ProviderError>;
-    /// Notes on the artifact itself that `environment` got it (AWS tags), so a lost state
-    /// file does not mean delivering again; local keeps it in state only.
+    /// Notes with the provider that `environment` got this version (AMI tags, the local
+    /// registry), so a lost state file does not mean delivering again.
     async fn record_delivery(
         &self,
-        _artifact_id: &str,
-        _environment: &str,
-        _version: &str,
-    ) -> Result<(), ProviderError> {
-        Ok(())
+        version: &ImageRecord,
+        environment: &str,
+    ) -> Result<(), ProviderError>;
+    /// The versions the provider's own records know (of one image, when given), for
+    /// `imgraph state recover` and the recovery of a plan without history. Providers
+    /// that keep no records of their own return none.
+    async fn recorded_versions(
+        &self,
+        _image: Option<&str>,
+    ) -> Result<Vec<RecordedVersion>, ProviderError> {
+        Ok(Vec::new())
     }
     /// Whether an artifact still exists (a cache hit is never taken for a missing one).
     async fn artifact_exists(&self, artifact_id: &str) -> Result<bool, ProviderError>;

@@ -30,7 +30,7 @@ fn image_from_row(row: &Row<'_>) -> rusqlite::Result<ImageRecord> {
 }
 
 /// Compares versions part by part, numerically where both parts are numbers.
-pub(crate) fn compare_versions(a: &str, b: &str) -> Ordering {
+pub fn compare_versions(a: &str, b: &str) -> Ordering {
     let mut left = a.split('.');
     let mut right = b.split('.');
     loop {

@@ -30,6 +30,7 @@
 //! answerable at the cost of file size.
 
 mod images;
+pub use images::compare_versions;
 mod lease;
 mod ledger;
 mod lineage;

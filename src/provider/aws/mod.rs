@@ -43,10 +43,10 @@ pub use error::{api_error, AwsError};
 pub use packer::{parse_packer_artifact, parse_packer_errors};
 pub use wait::WaitSettings;
 
-use super::{BuildRequest, Built, Ledger, Provider, ProviderError, TestRequest};
+use super::{BuildRequest, Built, Ledger, Provider, ProviderError, RecordedVersion, TestRequest};
 use crate::config::model::{Build, Image};
 use crate::exec::process::ProcessOutcome;
-use crate::state::{LedgerEntry, ReleaseStatus};
+use crate::state::{ImageRecord, LedgerEntry, ReleaseStatus};
 
 /// Tag keys imgraph reads back.
 pub const TAG_IMAGE: &str = "imgraph:image";
@@ -100,6 +100,29 @@ impl RetrySettings {
             .connect_timeout(Duration::from_secs(5))
             .operation_attempt_timeout(self.attempt_timeout)
             .build()
+    }
+}
+
+impl From<TaggedImage> for RecordedVersion {
+    fn from(t: TaggedImage) -> Self {
+        RecordedVersion {
+            status: t
+                .status
+                .as_deref()
+                .and_then(ReleaseStatus::parse)
+                .unwrap_or(ReleaseStatus::Candidate),
+            built_at_ms: t
+                .created_at
+                .as_deref()
+                .and_then(|c| humantime::parse_rfc3339_weak(c).ok())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .and_then(|d| i64::try_from(d.as_millis()).ok()),
+            image: t.image,
+            version: t.version,
+            artifact_id: t.ami_id,
+            key: t.key,
+            environments: t.delivered,
+        }
     }
 }
 
@@ -514,11 +537,11 @@ impl Provider for AwsProvider {
 
     async fn set_status(
         &self,
-        artifact_id: &str,
+        version: &ImageRecord,
         status: ReleaseStatus,
     ) -> Result<(), ProviderError> {
         self.tag(
-            artifact_id,
+            &version.artifact_id,
             &[(TAG_STATUS.to_string(), status.as_str().to_string())],
         )
         .await?;
@@ -527,19 +550,31 @@ impl Provider for AwsProvider {
 
     async fn record_delivery(
         &self,
-        artifact_id: &str,
+        version: &ImageRecord,
         environment: &str,
-        version: &str,
     ) -> Result<(), ProviderError> {
         self.tag(
-            artifact_id,
+            &version.artifact_id,
             &[(
                 format!("{TAG_DELIVERED_PREFIX}{environment}"),
-                version.to_string(),
+                version.version.clone(),
             )],
         )
         .await?;
         Ok(())
+    }
+
+    async fn recorded_versions(
+        &self,
+        image: Option<&str>,
+    ) -> Result<Vec<RecordedVersion>, ProviderError> {
+        Ok(self
+            .list_tagged_images()
+            .await?
+            .into_iter()
+            .filter(|t| image.is_none_or(|i| t.image == i))
+            .map(RecordedVersion::from)
+            .collect())
     }
 
     async fn artifact_exists(&self, artifact_id: &str) -> Result<bool, ProviderError> {

@@ -29,6 +29,7 @@ pub mod mounts;
 pub mod origin;
 pub mod pack;
 pub mod provider;
+pub mod registry;
 pub mod sandbox;
 pub mod seccomp;
 pub mod store;
@@ -46,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 pub use origin::{check_origin, unpack_origin};
 pub use pack::pack_deterministic;
 pub use provider::LocalProvider;
+pub use registry::VersionMeta;
 pub use store::Store;
 pub use tree::{copy_into, remove_tree, resolve_in_image};
 

@@ -10,12 +10,12 @@ use async_trait::async_trait;
 use crate::config::model::{Build, Network, Sandbox, Step};
 use crate::exec::process::{self, CommandSpec, Place, ProcessLedger, ProcessOutcome};
 use crate::provider::local::sandbox::{self, SandboxSpec, PROJECT_MOUNT};
-use crate::provider::local::{self, Store};
+use crate::provider::local::{self, Store, VersionMeta};
 use crate::provider::{
     append_log, BuildRequest, Built, Ledger, NodeInput, Origin, Provider, ProviderError,
-    TestRequest,
+    RecordedVersion, TestRequest,
 };
-use crate::state::{LedgerEntry, ReleaseStatus};
+use crate::state::{ImageRecord, LedgerEntry, ReleaseStatus};
 
 pub struct LocalProvider {
     pub store: Store,
@@ -104,6 +104,18 @@ struct RunIn<'a> {
     cancel: &'a tokio_util::sync::CancellationToken,
 }
 
+/// A registry entry for a version the registry does not know yet.
+fn registry_entry(v: &ImageRecord) -> VersionMeta {
+    VersionMeta::new(
+        &v.image,
+        &v.version,
+        &v.artifact_id,
+        &v.key,
+        v.status.as_str(),
+        v.built_at,
+    )
+}
+
 /// Runs `f` on the blocking pool (tar, zstd and file copies must not stall the runtime).
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, local::LocalError> + Send + 'static,
@@ -171,11 +183,59 @@ impl Provider for LocalProvider {
 
     async fn set_status(
         &self,
-        _artifact_id: &str,
-        _status: ReleaseStatus,
+        version: &ImageRecord,
+        status: ReleaseStatus,
     ) -> Result<(), ProviderError> {
-        // Local images carry their status in the state's image registry only.
-        Ok(())
+        let (store, v) = (self.store.clone(), version.clone());
+        blocking(move || {
+            store.update_version_meta(
+                &v.image,
+                &v.version,
+                || registry_entry(&v),
+                |m| m.status = status.as_str().to_string(),
+            )
+        })
+        .await
+    }
+
+    async fn record_delivery(
+        &self,
+        version: &ImageRecord,
+        environment: &str,
+    ) -> Result<(), ProviderError> {
+        let (store, v, env) = (self.store.clone(), version.clone(), environment.to_string());
+        blocking(move || {
+            store.update_version_meta(
+                &v.image,
+                &v.version,
+                || registry_entry(&v),
+                |m| {
+                    m.environments.retain(|e| *e != env);
+                    m.environments.push(env);
+                },
+            )
+        })
+        .await
+    }
+
+    async fn recorded_versions(
+        &self,
+        image: Option<&str>,
+    ) -> Result<Vec<RecordedVersion>, ProviderError> {
+        let (store, image) = (self.store.clone(), image.map(str::to_string));
+        let metas = blocking(move || store.version_metas(image.as_deref())).await?;
+        Ok(metas
+            .into_iter()
+            .map(|m| RecordedVersion {
+                status: ReleaseStatus::parse(&m.status).unwrap_or(ReleaseStatus::Candidate),
+                image: m.image,
+                version: m.version,
+                artifact_id: m.artifact_id,
+                key: m.key,
+                built_at_ms: Some(m.built_at_ms),
+                environments: m.environments,
+            })
+            .collect())
     }
 
     async fn artifact_exists(&self, artifact_id: &str) -> Result<bool, ProviderError> {

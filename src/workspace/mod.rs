@@ -2,6 +2,10 @@
 //! planning happens (hashing inputs, resolving sources, checking artifacts) before the
 //! pure planner decides.
 
+mod recover;
+
+pub use recover::Recovered;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -36,38 +40,10 @@ pub struct Workspace {
 pub struct Providers {
     /// Provider name → implementation, for the executor.
     pub all: HashMap<String, Arc<dyn Provider>>,
-    /// The AWS provider again, for what only it can do (source lookups, tag recovery).
+    /// The AWS provider again, for what only it can do (source lookups, sweeping tagged
+    /// instances).
     #[cfg(feature = "aws")]
     pub aws: Option<Arc<crate::provider::aws::AwsProvider>>,
-}
-
-/// A build found through its cloud tags although the state had no record of it.
-#[derive(Debug, Clone)]
-pub struct Recovered {
-    pub image: String,
-    pub version: String,
-    pub artifact_id: String,
-    pub status: String,
-}
-
-impl Recovered {
-    #[cfg(feature = "aws")]
-    fn release(&self) -> crate::state::ReleaseStatus {
-        crate::state::ReleaseStatus::parse(&self.status)
-            .unwrap_or(crate::state::ReleaseStatus::Candidate)
-    }
-}
-
-#[cfg(feature = "aws")]
-impl From<&crate::provider::aws::TaggedImage> for Recovered {
-    fn from(t: &crate::provider::aws::TaggedImage) -> Self {
-        Recovered {
-            image: t.image.clone(),
-            version: t.version.clone(),
-            artifact_id: t.ami_id.clone(),
-            status: t.status.clone().unwrap_or_else(|| "Candidate".into()),
-        }
-    }
 }
 
 impl Workspace {
@@ -205,9 +181,9 @@ impl Workspace {
         Ok((facts, updates))
     }
 
-    /// Gathers facts and decides. Builds that the state does not know but the cloud does
-    /// (found by their `imgraph:key` tag, e.g. on an ephemeral CI runner whose state file
-    /// is gone) are recorded first, so they are not rebuilt.
+    /// Gathers facts and decides. Builds that the state does not know but a provider's own
+    /// records do (AMI tags, the local registry: an ephemeral CI runner, a lost state file)
+    /// are recorded first, so they are not rebuilt and their versions are not reused.
     pub async fn plan(&self, providers: &Providers, options: &PlanOptions) -> Result<Plan> {
         let facts = self.gather(providers).await?;
         tracing::info!(
@@ -217,65 +193,15 @@ impl Workspace {
             "inputs hashed and sources resolved"
         );
         let plan = plan::decide(&self.project, &self.graph, &facts, options)?;
-        if self.recover_from_tags(providers, &plan).await?.is_empty() {
+        if self
+            .recover_from_providers(providers, &plan)
+            .await?
+            .is_empty()
+        {
             return Ok(plan);
         }
         let facts = self.gather(providers).await?;
         Ok(plan::decide(&self.project, &self.graph, &facts, options)?)
-    }
-
-    /// `imgraph state recover`: records every build the cloud's tags know of. Builds whose
-    /// key matches the current config also get their node records back (so they are not
-    /// rebuilt); older versions go into the image registry only.
-    pub async fn recover(&self, providers: &Providers) -> Result<Vec<Recovered>> {
-        let facts = self.gather(providers).await?;
-        let plan = plan::decide(&self.project, &self.graph, &facts, &PlanOptions::default())?;
-        #[cfg_attr(not(feature = "aws"), allow(unused_mut))]
-        let mut found = self.recover_from_tags(providers, &plan).await?;
-        #[cfg(feature = "aws")]
-        if let Some(aws) = providers.aws.as_ref() {
-            let tagged = aws
-                .list_tagged_images()
-                .await
-                .map_err(|e| Error::Other(crate::exec::error_chain(&e)))?;
-            for t in tagged {
-                if self.project.image(&t.image).is_some() && self.record_tagged(&t, None)? {
-                    found.push(Recovered::from(&t));
-                }
-            }
-        }
-        Ok(found)
-    }
-
-    /// Puts a tagged AMI into the image registry unless its version is known already.
-    /// Returns whether it was new.
-    #[cfg(feature = "aws")]
-    fn record_tagged(
-        &self,
-        t: &crate::provider::aws::TaggedImage,
-        run: Option<crate::state::RunId>,
-    ) -> Result<bool> {
-        if self
-            .state
-            .images(Some(&t.image))?
-            .iter()
-            .any(|r| r.version == t.version)
-        {
-            return Ok(false);
-        }
-        self.state.record_image(&crate::state::ImageRecord {
-            image: t.image.clone(),
-            version: t.version.clone(),
-            artifact_id: t.ami_id.clone(),
-            provider: "aws".into(),
-            key: t.key.clone(),
-            status: Recovered::from(t).release(),
-            built_at: crate::state::now_ms(),
-            run_id: run,
-            environments: Vec::new(),
-            holding: Vec::new(),
-        })?;
-        Ok(true)
     }
 
     /// [`Workspace::plan`] for callers without a runtime (tests, benches).
@@ -294,111 +220,6 @@ impl Workspace {
             let providers = self.providers().await?;
             self.gather(&providers).await
         })
-    }
-
-    /// For each `build:` node planned as new on a cloud provider, looks for an image
-    /// tagged with its key; records what it finds (build, and when the image is Ready its
-    /// tests and publish too, whose keys follow from the build's) as a recovery run.
-    pub async fn recover_from_tags(
-        &self,
-        providers: &Providers,
-        plan: &Plan,
-    ) -> Result<Vec<Recovered>> {
-        #[cfg(feature = "aws")]
-        {
-            // A read-only state cannot record what the tags say; the plan says "new".
-            let Some(aws) = providers
-                .aws
-                .as_ref()
-                .filter(|_| !self.state.is_read_only())
-            else {
-                return Ok(Vec::new());
-            };
-            let mut found = Vec::new();
-            let mut run = None;
-            let mut took_lease = false;
-            for n in &plan.nodes {
-                let is_new_build = n.stage == Stage::Build && n.reasons == vec![plan::Reason::New];
-                let image = n.image.as_deref().and_then(|i| self.project.image(i));
-                let Some(image) = image.filter(|i| is_new_build && i.provider == "aws") else {
-                    continue;
-                };
-                let Some(tagged) = aws
-                    .find_by_key(&image.name, &n.key)
-                    .await
-                    .map_err(|e| Error::Other(crate::exec::error_chain(&e)))?
-                else {
-                    continue;
-                };
-                let run_id = match run {
-                    Some(r) => r,
-                    None => {
-                        // Recording needs the lease (an apply may be recording the same
-                        // build right now); inside apply this process already holds it.
-                        match self.state.acquire_lease("imgraph (recovery from tags)")? {
-                            LeaseOutcome::Acquired => took_lease = true,
-                            LeaseOutcome::HeldBy { pid, .. } if pid == std::process::id() => {}
-                            LeaseOutcome::HeldBy { .. } => return Ok(Vec::new()),
-                        }
-                        let r = self.state.begin_run("recover", "{}")?;
-                        run = Some(r);
-                        r
-                    }
-                };
-                let recovered = Recovered::from(&tagged);
-                let release = recovered.release();
-                self.record_tagged(&tagged, Some(run_id))?;
-                let built = BuildOutputs {
-                    artifact_id: tagged.ami_id.clone(),
-                    version: tagged.version.clone(),
-                };
-                let outputs = serde_json::to_string(&built).unwrap_or_default();
-                let mut nodes = vec![n];
-                if release == crate::state::ReleaseStatus::Ready {
-                    // Tests and publish of a Ready image passed; deliveries happened where
-                    // the AMI carries an `imgraph:delivered:ENV` tag.
-                    nodes.extend(plan.nodes.iter().filter(|m| {
-                        m.image.as_deref() == Some(image.name.as_str())
-                            && match m.stage {
-                                Stage::Test | Stage::Publish => true,
-                                Stage::Deliver => m
-                                    .environment
-                                    .as_ref()
-                                    .is_some_and(|e| tagged.delivered.contains(e)),
-                                _ => false,
-                            }
-                    }));
-                }
-                for m in nodes {
-                    if let (Stage::Deliver, Some(env)) = (m.stage, m.environment.as_deref()) {
-                        self.state
-                            .record_delivery(&image.name, &tagged.version, env, run_id)?;
-                    }
-                    // Build, tests, publish and deliveries all stand for this artifact.
-                    m.for_artifact(&built).record_finished(
-                        &self.state,
-                        run_id,
-                        crate::state::NodeStatus::Succeeded,
-                        Some(&outputs),
-                        None,
-                    )?;
-                }
-                found.push(recovered);
-            }
-            if let Some(r) = run {
-                self.state
-                    .finish_run(r, crate::state::RunStatus::Succeeded)?;
-            }
-            if took_lease {
-                self.state.release_lease()?;
-            }
-            Ok(found)
-        }
-        #[cfg(not(feature = "aws"))]
-        {
-            let _ = (providers, plan);
-            Ok(Vec::new())
-        }
     }
 }
 
@@ -867,7 +688,11 @@ impl Workspace {
             if let PlanSource::Saved { plan: saved, path } = source {
                 return self.check_saved(saved, path, &facts, &plan);
             }
-            if self.recover_from_tags(&providers, &plan).await?.is_empty() {
+            if self
+                .recover_from_providers(&providers, &plan)
+                .await?
+                .is_empty()
+            {
                 return Ok(plan);
             }
             let facts = self.gather(&providers).await?;
