@@ -839,13 +839,47 @@ async fn provider_packer_build_test_status_and_recovery_against_moto() {
     );
     assert_no_live_instances(&client, &image).await;
 
-    aws.set_status(&ami, ReleaseStatus::Ready)
+    let record = imgraph::state::ImageRecord {
+        image: image.clone(),
+        version: "1.0.0".into(),
+        artifact_id: ami.clone(),
+        provider: "aws".into(),
+        key: "k-lib".into(),
+        status: ReleaseStatus::Candidate,
+        built_at: 0,
+        run_id: None,
+        environments: Vec::new(),
+    };
+    aws.set_status(&record, ReleaseStatus::Ready)
         .await
         .expect("set status");
     assert_eq!(
         tag(amis_of(&client, &image).await[0].tags(), "Release_Status"),
         Some("Ready")
     );
+
+    // Tags-only changes go onto the AMI in place: set, changed, removed (DeleteTags);
+    // imgraph's own tags stay.
+    let tags = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let first = tags(&[("Team", "platform"), ("Cost", "cc-1")]);
+    aws.set_tags(&record, &first, None).await.expect("set tags");
+    let second = tags(&[("Team", "infra"), ("Owner", "ops")]);
+    aws.set_tags(&record, &second, Some(&first))
+        .await
+        .expect("change tags");
+    let now = amis_of(&client, &image).await;
+    assert_eq!(now.len(), 1, "a tags change made no new AMI");
+    let t = now[0].tags();
+    assert_eq!(tag(t, "Team"), Some("infra"));
+    assert_eq!(tag(t, "Owner"), Some("ops"));
+    assert_eq!(tag(t, "Cost"), None, "a removed tag is deleted");
+    assert_eq!(tag(t, "Release_Status"), Some("Ready"));
+    assert_eq!(tag(t, "imgraph:key"), Some("k-lib"));
 
     assert!(aws.artifact_exists(&ami).await.expect("exists"));
     let found = aws

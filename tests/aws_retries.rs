@@ -370,7 +370,20 @@ async fn an_authorisation_failure_on_tagging_names_the_action_and_the_ami() {
     );
     let aws = provider(&serve(script.clone()).await, 5);
     let err = aws
-        .set_status("ami-9", imgraph::state::ReleaseStatus::Ready)
+        .set_status(
+            &imgraph::state::ImageRecord {
+                image: "web".into(),
+                version: "1.0.0".into(),
+                artifact_id: "ami-9".into(),
+                provider: "aws".into(),
+                key: "k".into(),
+                status: imgraph::state::ReleaseStatus::Candidate,
+                built_at: 0,
+                run_id: None,
+                environments: Vec::new(),
+            },
+            imgraph::state::ReleaseStatus::Ready,
+        )
         .await
         .unwrap_err()
         .to_string();

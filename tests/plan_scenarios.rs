@@ -390,7 +390,11 @@ fn a_rebuilt_artifact_whose_tests_never_finished_is_tested_before_anything_else(
     let store = ws.local_store().unwrap();
     let artifact = format!("local:{}", "ab".repeat(32));
     std::fs::write(store.path_of(&artifact).unwrap(), b"rebuilt").unwrap();
-    let outputs = serde_json::json!({"artifact_id": artifact, "version": "1.0.1"}).to_string();
+    // As the executor records a build: with the tags the image has.
+    let outputs = serde_json::json!({
+        "artifact_id": artifact, "version": "1.0.1", "tags": {"Team": "platform"}
+    })
+    .to_string();
     ws.state
         .finish_node(
             id,

@@ -121,7 +121,7 @@ pub async fn execute(
     let to_run: Vec<&PlannedNode> = plan
         .nodes
         .iter()
-        .filter(|n| n.action == Action::Run)
+        .filter(|n| matches!(n.action, Action::Run | Action::UpdateTags))
         .collect();
     let by_id: HashMap<&str, &PlannedNode> = to_run.iter().map(|n| (n.id.as_str(), *n)).collect();
     let deps = run_dependencies(&ctx.graph, &by_id);
@@ -643,6 +643,9 @@ async fn run_node(
         run: Some(run),
     };
     let work_dir = ctx.tmp_dir();
+    if node.action == Action::UpdateTags {
+        return update_tags(ctx, node, provider.as_ref(), log).await;
+    }
     match node.stage {
         Stage::Build => {
             let origin = match &image.from {
@@ -707,6 +710,8 @@ async fn run_node(
             let outputs = BuildOutputs {
                 artifact_id: built.artifact_id,
                 version,
+                built_at_ms: Some(record.built_at),
+                tags: Some(image.tags.clone()),
             };
             let json = serde_json::to_string(&outputs).unwrap_or_default();
             if let Ok(mut f) = fresh.lock() {
@@ -771,6 +776,41 @@ async fn run_node(
         Stage::Deliver => deliver(ctx, run, node, provider.as_ref(), log, fresh, cancel).await,
         Stage::Source => Ok(None),
     }
+}
+
+/// A tags-only change: the image's current version gets the configured tags in place;
+/// the build's record is written again with them (same key, same artifact and version).
+async fn update_tags(
+    ctx: &ExecContext,
+    node: &PlannedNode,
+    provider: &dyn Provider,
+    log: &Path,
+) -> Result<Option<String>, ProviderError> {
+    let image = image_of(ctx, node)?;
+    let success = ctx.lock()?.history(&node.id)?.last_success;
+    let finished_at = success.as_ref().and_then(|s| s.finished_at);
+    let mut current = success
+        .and_then(|s| s.outputs_json)
+        .and_then(|o| serde_json::from_str::<BuildOutputs>(&o).ok())
+        .ok_or_else(|| ProviderError::Failed(format!("`{}` has never been built", image.name)))?;
+    // max-age keeps counting from the build, not from this record.
+    current.built_at_ms = current.built_at_ms.or(finished_at);
+    let record = image_record(ctx, &image.name, &current.version)?;
+    provider
+        .set_tags(&record, &image.tags, current.tags.as_ref())
+        .await?;
+    append_log(
+        log,
+        &format!(
+            "imgraph: tags of {} {} updated in place",
+            image.name, current.version
+        ),
+    );
+    let outputs = BuildOutputs {
+        tags: Some(image.tags.clone()),
+        ..current
+    };
+    Ok(Some(serde_json::to_string(&outputs).unwrap_or_default()))
 }
 
 async fn deliver(

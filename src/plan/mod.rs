@@ -33,6 +33,10 @@ pub enum Action {
     Run,
     Deferred,
     UpToDate,
+    /// A `build:` node whose image is up to date but whose tags changed: the current
+    /// version's tags are updated in place (AMI tags, the local registry), nothing is
+    /// rebuilt and nothing downstream runs.
+    UpdateTags,
 }
 
 impl Action {
@@ -41,6 +45,7 @@ impl Action {
             Action::Run => "run",
             Action::Deferred => "deferred",
             Action::UpToDate => "up-to-date",
+            Action::UpdateTags => "update-tags",
         }
     }
 }
@@ -149,6 +154,15 @@ pub enum Reason {
     ArtifactMissing { artifact: String },
     /// `--force` named this image.
     Forced,
+    /// The image's tags differ from those its current version carries (tag keys; values
+    /// are in the config). `unknown` when the version's tags were never recorded.
+    TagsChanged {
+        added: Vec<String>,
+        removed: Vec<String>,
+        changed: Vec<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unknown: bool,
+    },
     /// A delivery: the image's current version is not the one this environment last got
     /// (`previous`, when known) — e.g. an apply that stopped after publish.
     NewVersion {
@@ -173,6 +187,7 @@ impl Reason {
             Reason::ArtifactMissing { .. } => "artifact-missing",
             Reason::Forced => "forced",
             Reason::NewVersion { .. } => "new-version",
+            Reason::TagsChanged { .. } => "tags-changed",
         }
     }
 }
@@ -229,6 +244,8 @@ pub struct Summary {
     pub cascades: usize,
     /// Nodes left out by `--target`.
     pub not_selected: usize,
+    /// Up-to-date images whose tags are updated in place.
+    pub update_tags: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -293,7 +310,7 @@ impl PlannedNode {
 
 impl Plan {
     pub fn has_changes(&self) -> bool {
-        self.summary.run > 0
+        self.summary.run > 0 || self.summary.update_tags > 0
     }
     pub fn node(&self, id: &str) -> Option<&PlannedNode> {
         self.nodes.iter().find(|n| n.id == id)
@@ -337,9 +354,21 @@ pub enum PlanError {
 pub struct BuildOutputs {
     pub artifact_id: String,
     pub version: String,
+    /// When the version was built (max-age counts from here, not from when its record
+    /// was last written). Absent in records of older imgraph versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built_at_ms: Option<i64>,
+    /// The image's tags as applied to this version; absent when never recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
 }
 
 impl BuildOutputs {
+    /// The same version of the same artifact (tags and times aside).
+    pub fn same_version(&self, other: &BuildOutputs) -> bool {
+        self.artifact_id == other.artifact_id && self.version == other.version
+    }
+
     /// `ARTIFACT@VERSION`: what a delivery's key holds (see [`DELIVERED`]).
     pub fn identity(&self) -> String {
         format!("{}@{}", self.artifact_id, self.version)
@@ -367,6 +396,44 @@ fn current_build(facts: &Facts, image: &str) -> Option<BuildOutputs> {
         .outputs_json
         .as_deref()
         .and_then(|o| serde_json::from_str(o).ok())
+}
+
+/// How the image's configured tags differ from those its current version carries, if
+/// they do. A version whose tags were never recorded gets them when the config has any.
+fn tags_change(project: &Project, facts: &Facts, image: &str) -> Option<Reason> {
+    let wanted = &project.image(image)?.tags;
+    let current = current_build(facts, image)?;
+    let Some(have) = current.tags else {
+        return (!wanted.is_empty()).then(|| Reason::TagsChanged {
+            added: wanted.keys().cloned().collect(),
+            removed: Vec::new(),
+            changed: Vec::new(),
+            unknown: true,
+        });
+    };
+    let added: Vec<String> = wanted
+        .keys()
+        .filter(|k| !have.contains_key(*k))
+        .cloned()
+        .collect();
+    let removed: Vec<String> = have
+        .keys()
+        .filter(|k| !wanted.contains_key(*k))
+        .cloned()
+        .collect();
+    let changed: Vec<String> = wanted
+        .iter()
+        .filter(|(k, v)| have.get(*k).is_some_and(|h| h != *v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    (!(added.is_empty() && removed.is_empty() && changed.is_empty())).then_some(
+        Reason::TagsChanged {
+            added,
+            removed,
+            changed,
+            unknown: false,
+        },
+    )
 }
 
 /// The version part of a [`DELIVERED`] value, when it names one.
@@ -521,6 +588,16 @@ pub fn decide(
             upstream_news,
         };
         ctx.decide_node(&mut planned, history, &mut sources);
+        if planned.stage == Stage::Build && planned.action == Action::UpToDate {
+            if let Some(change) = node
+                .image
+                .as_deref()
+                .and_then(|i| tags_change(project, facts, i))
+            {
+                planned.action = Action::UpdateTags;
+                planned.reasons = vec![change];
+            }
+        }
 
         planned.effective_key = match planned.action {
             Action::Run => key.clone(),
@@ -590,6 +667,7 @@ pub fn decide(
             }
             Action::Deferred => summary.deferred += 1,
             Action::UpToDate => summary.up_to_date += 1,
+            Action::UpdateTags => summary.update_tags += 1,
         }
     }
     sources.sort_by(|a, b| a.name.cmp(&b.name));
@@ -853,7 +931,7 @@ impl DecideCtx<'_> {
         let already = reasons
             .iter()
             .any(|r| matches!(r, Reason::UpstreamChanged { node } if *node == build));
-        if seen.as_ref() != Some(&current) && !already {
+        if !seen.is_some_and(|s| s.same_version(&current)) && !already {
             reasons.push(Reason::UpstreamChanged { node: build });
         }
     }
@@ -869,9 +947,15 @@ impl DecideCtx<'_> {
             return;
         }
         let image = n.image.as_deref().and_then(|i| self.project.image(i));
-        if let (Some(max_age), Some(built_at)) =
-            (image.and_then(|i| i.max_age), success.finished_at)
-        {
+        let outputs = success
+            .outputs_json
+            .as_deref()
+            .and_then(|o| serde_json::from_str::<BuildOutputs>(o).ok());
+        let built_at = outputs
+            .as_ref()
+            .and_then(|o| o.built_at_ms)
+            .or(success.finished_at);
+        if let (Some(max_age), Some(built_at)) = (image.and_then(|i| i.max_age), built_at) {
             let age_ms = self.facts.now_ms.saturating_sub(built_at);
             if age_ms > i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX) {
                 reasons.push(Reason::MaxAge {
@@ -880,13 +964,11 @@ impl DecideCtx<'_> {
                 });
             }
         }
-        if let Some(outputs) = success.outputs_json.as_deref() {
-            if let Ok(out) = serde_json::from_str::<BuildOutputs>(outputs) {
-                if self.facts.missing_artifacts.contains(&out.artifact_id) {
-                    reasons.push(Reason::ArtifactMissing {
-                        artifact: out.artifact_id,
-                    });
-                }
+        if let Some(out) = outputs {
+            if self.facts.missing_artifacts.contains(&out.artifact_id) {
+                reasons.push(Reason::ArtifactMissing {
+                    artifact: out.artifact_id,
+                });
             }
         }
     }

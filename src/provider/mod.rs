@@ -44,6 +44,9 @@ pub struct RecordedVersion {
     pub built_at_ms: Option<i64>,
     /// Environments it was delivered to.
     pub environments: Vec<String>,
+    /// The image's own tags as applied to it (the local registry; AMI tags less imgraph's
+    /// own), when known.
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Where a build starts from.
@@ -162,6 +165,14 @@ pub trait Provider: Send + Sync {
         &self,
         version: &ImageRecord,
         environment: &str,
+    ) -> Result<(), ProviderError>;
+    /// Replaces the image's own tags on a version (`previous`: the tags it carried, when
+    /// known, so that removed keys are removed too). imgraph's own tags are untouched.
+    async fn set_tags(
+        &self,
+        version: &ImageRecord,
+        tags: &std::collections::BTreeMap<String, String>,
+        previous: Option<&std::collections::BTreeMap<String, String>>,
     ) -> Result<(), ProviderError>;
     /// The versions the provider's own records know (of one image, when given), for
     /// `imgraph state recover` and the recovery of a plan without history. Providers

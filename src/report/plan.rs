@@ -15,8 +15,7 @@ use crate::hash::{Via, ENV_PREFIX, PROBE_PREFIX};
 use crate::plan::{Action, Change, ModeChange, PackageChange, Plan, PlannedNode, Reason};
 
 /// The markers of the text view, explained in one line above the nodes.
-pub const LEGEND: &str =
-    "+ runs (a cause)  ~ runs (cascade of a cause)  … deferred until a roll-up  = up to date";
+pub const LEGEND: &str = "+ runs (a cause)  ~ runs (cascade of a cause)  * tags updated in place  … deferred until a roll-up  = up to date";
 
 /// `text` with control characters (C0, DEL, C1) and bidirectional-override characters
 /// written as escapes (`\n`, `\r`, `\t`, `\x1b`, `\u{202e}`), so that what a file
@@ -152,6 +151,26 @@ pub fn reason_text(r: &Reason) -> String {
             format!("artifact {} no longer exists", escape(&short_id(artifact)))
         }
         Reason::Forced => "forced with --force".into(),
+        Reason::TagsChanged {
+            added,
+            removed,
+            changed,
+            unknown,
+        } => {
+            if *unknown {
+                let keys: Vec<Cow<'_, str>> = added.iter().map(|k| escape(k)).collect();
+                format!(
+                    "tags to apply (this version's tags were never recorded): {}",
+                    keys.join(", ")
+                )
+            } else {
+                let mut parts: Vec<String> =
+                    added.iter().map(|k| format!("+{}", escape(k))).collect();
+                parts.extend(changed.iter().map(|k| format!("~{}", escape(k))));
+                parts.extend(removed.iter().map(|k| format!("-{}", escape(k))));
+                format!("tags changed: {}", parts.join(" "))
+            }
+        }
         Reason::NewVersion {
             image,
             version,
@@ -222,6 +241,14 @@ pub fn render_text(plan: &Plan, p: Palette) -> String {
         }
         out.push('\n');
     }
+    let retag: Vec<&PlannedNode> = group(Action::UpdateTags).collect();
+    if !retag.is_empty() {
+        let _ = writeln!(out, "{}", p.bold("Will update tags in place (no rebuild)"));
+        for n in &retag {
+            write_node(&mut out, "*", &p.green(&escape(&n.id)), n, width, p);
+        }
+        out.push('\n');
+    }
     let deferred: Vec<&PlannedNode> = group(Action::Deferred).collect();
     if !deferred.is_empty() {
         let _ = writeln!(
@@ -275,6 +302,9 @@ pub fn summary_line(s: &crate::plan::Summary) -> String {
         s.deferred,
         s.up_to_date
     );
+    if s.update_tags > 0 {
+        let _ = write!(line, ", {} with tags to update", s.update_tags);
+    }
     if s.not_selected > 0 {
         let _ = write!(line, ", {} outside --target", s.not_selected);
     }

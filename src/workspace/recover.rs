@@ -191,6 +191,8 @@ impl Workspace {
         let built = BuildOutputs {
             artifact_id: v.artifact_id.clone(),
             version: v.version.clone(),
+            built_at_ms: v.built_at_ms,
+            tags: v.tags.clone(),
         };
         let outputs = serde_json::to_string(&built).unwrap_or_default();
         let ready = v.status == crate::state::ReleaseStatus::Ready;

@@ -139,6 +139,13 @@ pub fn seed_success(dir: &Path, plan: &Plan) {
                 serde_json::to_string(&BuildOutputs {
                     artifact_id,
                     version: "1.0.0".into(),
+                    // As an apply records them: the tags the image has now.
+                    tags: n
+                        .image
+                        .as_deref()
+                        .and_then(|i| ws.project.image(i))
+                        .map(|i| i.tags.clone()),
+                    ..BuildOutputs::default()
                 })
                 .expect("json"),
             )

@@ -122,6 +122,7 @@ impl From<TaggedImage> for RecordedVersion {
             artifact_id: t.ami_id,
             key: t.key,
             environments: t.delivered,
+            tags: Some(t.user_tags),
         }
     }
 }
@@ -139,6 +140,9 @@ pub struct TaggedImage {
     pub created_at: Option<String>,
     /// Environments this AMI was delivered to (`imgraph:delivered:ENV` tags), sorted.
     pub delivered: Vec<String>,
+    /// The image's own tags (`tags { … }`): every tag but imgraph's and its default
+    /// `Name`.
+    pub user_tags: BTreeMap<String, String>,
 }
 
 pub struct AwsProvider {
@@ -564,6 +568,48 @@ impl Provider for AwsProvider {
         Ok(())
     }
 
+    async fn set_tags(
+        &self,
+        version: &ImageRecord,
+        tags: &BTreeMap<String, String>,
+        previous: Option<&BTreeMap<String, String>>,
+    ) -> Result<(), ProviderError> {
+        let ami = version.artifact_id.as_str();
+        let own = is_own_tag;
+        let set: Vec<(String, String)> = tags
+            .iter()
+            .filter(|(k, _)| !own(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        self.tag(ami, &set).await?;
+        // A removed `Name` goes back to imgraph's own `IMAGE-VERSION`.
+        let mut gone: Vec<String> = previous
+            .map(|p| {
+                p.keys()
+                    .filter(|k| !tags.contains_key(*k) && !own(k))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if gone.iter().any(|k| k == "Name") {
+            gone.retain(|k| k != "Name");
+            let name = format!("{}-{}", version.image, version.version);
+            self.tag(ami, &[("Name".to_string(), name)]).await?;
+        }
+        if !gone.is_empty() {
+            self.client
+                .delete_tags()
+                .resources(ami)
+                .set_tags(Some(
+                    gone.iter().map(|k| Tag::builder().key(k).build()).collect(),
+                ))
+                .send()
+                .await
+                .map_err(|e| api_error("DeleteTags", ami, e))?;
+        }
+        Ok(())
+    }
+
     async fn recorded_versions(
         &self,
         image: Option<&str>,
@@ -725,7 +771,22 @@ fn tagged_image(i: &AmiImage) -> Option<TaggedImage> {
             envs.sort();
             envs
         },
+        user_tags: {
+            let image = tag_value(tags, TAG_IMAGE).unwrap_or_default();
+            let version = tag_value(tags, TAG_VERSION).unwrap_or_default();
+            let default_name = format!("{image}-{version}");
+            tags.iter()
+                .filter_map(|t| Some((t.key()?, t.value().unwrap_or_default())))
+                .filter(|(k, v)| !(is_own_tag(k) || (*k == "Name" && *v == default_name.as_str())))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        },
     })
+}
+
+/// Tags imgraph itself sets and reads (never the user's to set or remove).
+fn is_own_tag(key: &str) -> bool {
+    key.starts_with("imgraph:") || key == TAG_STATUS
 }
 
 /// "owned by amazon named `amzn2-*` tagged {a=b}" for messages.

@@ -2,6 +2,7 @@
 //! instances as fresh unpacks of the final artifact, both under the project's work folder
 //! (`.imgraph/tmp`), both ledgered before they exist and removed before returning.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -218,6 +219,24 @@ impl Provider for LocalProvider {
         .await
     }
 
+    async fn set_tags(
+        &self,
+        version: &ImageRecord,
+        tags: &BTreeMap<String, String>,
+        _previous: Option<&BTreeMap<String, String>>,
+    ) -> Result<(), ProviderError> {
+        let (store, v, tags) = (self.store.clone(), version.clone(), tags.clone());
+        blocking(move || {
+            store.update_version_meta(
+                &v.image,
+                &v.version,
+                || registry_entry(&v),
+                |m| m.tags = tags,
+            )
+        })
+        .await
+    }
+
     async fn recorded_versions(
         &self,
         image: Option<&str>,
@@ -234,6 +253,7 @@ impl Provider for LocalProvider {
                 key: m.key,
                 built_at_ms: Some(m.built_at_ms),
                 environments: m.environments,
+                tags: Some(m.tags),
             })
             .collect())
     }
@@ -339,6 +359,18 @@ impl LocalProvider {
             req.log,
             &format!("imgraph: packed {artifact_id} ({size} bytes)"),
         );
+        // The registry entry of this version, with its tags, as AWS tags a new AMI.
+        let mut meta = VersionMeta::new(
+            &req.image.name,
+            req.version,
+            &artifact_id,
+            req.key,
+            ReleaseStatus::Candidate.as_str(),
+            crate::state::now_ms(),
+        );
+        meta.tags = req.image.tags.clone();
+        let store = self.store.clone();
+        blocking(move || store.write_version_meta(&meta)).await?;
         Ok(Built { artifact_id })
     }
 
