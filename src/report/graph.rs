@@ -74,7 +74,8 @@ pub fn mark_of(node: &PlannedNode, history: Option<&NodeHistory>) -> Mark {
         })
     });
     match node.action {
-        Action::UpToDate => Mark::UpToDate,
+        // A tags-only change rebuilds nothing: the image stays as it is.
+        Action::UpToDate | Action::UpdateTags => Mark::UpToDate,
         _ if failed => Mark::Failed,
         Action::Run => Mark::Run,
         Action::Deferred => Mark::Deferred,

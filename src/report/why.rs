@@ -26,6 +26,7 @@ fn headline(e: &Explanation) -> String {
         Action::Run => "will run",
         Action::Deferred => "is deferred until a roll-up run",
         Action::UpToDate => "is up to date",
+        Action::UpdateTags => "is up to date; its tags are updated in place",
     };
     format!("{} {action} (key {key}{was})", e.node)
 }
