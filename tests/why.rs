@@ -92,8 +92,8 @@ fn why_follows_a_cascade_to_its_root_causes() {
     );
     // The chain, nested down to the root cause, in the words of `imgraph plan`.
     for line in [
-        "- cascade from deliver:web@staging",
-        "deliver:web@staging will run",
+        // A delivery follows the artifact: its cascade comes from the image's publish.
+        "- cascade from publish:web",
         "publish:web will run",
         "build:web will run",
         "build:base will run",
