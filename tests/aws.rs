@@ -849,6 +849,7 @@ async fn provider_packer_build_test_status_and_recovery_against_moto() {
         built_at: 0,
         run_id: None,
         environments: Vec::new(),
+        holding: Vec::new(),
     };
     aws.set_status(&record, ReleaseStatus::Ready)
         .await

@@ -381,6 +381,7 @@ async fn an_authorisation_failure_on_tagging_names_the_action_and_the_ami() {
                 built_at: 0,
                 run_id: None,
                 environments: Vec::new(),
+                holding: Vec::new(),
             },
             imgraph::state::ReleaseStatus::Ready,
         )
