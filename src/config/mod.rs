@@ -29,6 +29,7 @@ use std::sync::Arc;
 use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme};
 
 pub use diag::{did_you_mean, ConfigDiagnostic};
+pub use validate::cycles::{cycle_names, find_cycles};
 
 /// The file name looked up in a project folder.
 pub const CONFIG_FILE: &str = "imgraph.kdl";

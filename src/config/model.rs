@@ -89,6 +89,32 @@ pub fn own_folders(
     folders
 }
 
+/// The providers imgraph has, as named in `provider "local"`. A project declares each at
+/// most once, so a provider's name is its type's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderType {
+    Local,
+    Aws,
+}
+
+impl ProviderType {
+    /// Every provider, in the order help texts list them.
+    pub const ALL: [ProviderType; 2] = [ProviderType::Local, ProviderType::Aws];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderType::Local => "local",
+            ProviderType::Aws => "aws",
+        }
+    }
+}
+
+impl std::fmt::Display for ProviderType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ProviderDef {
     /// `local` or `aws`.
@@ -304,13 +330,52 @@ pub enum Build {
     Ec2 { steps: Vec<Step> },
 }
 
-impl Build {
-    pub fn builder_name(&self) -> &'static str {
+/// The builders imgraph has, as named in `build "rootfs"`: what a [`Build`] is without its
+/// settings. Adding one means a variant here, its settings in [`Build`] and its provider
+/// in [`Builder::provider`]; the exhaustive matches name every other place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Builder {
+    Rootfs,
+    Packer,
+    Ec2,
+}
+
+impl Builder {
+    /// Every builder, in the order help texts list them.
+    pub const ALL: [Builder; 3] = [Builder::Rootfs, Builder::Packer, Builder::Ec2];
+
+    pub fn as_str(self) -> &'static str {
         match self {
-            Build::Rootfs { .. } => "rootfs",
-            Build::Packer { .. } => "packer",
-            Build::Ec2 { .. } => "ec2",
+            Builder::Rootfs => "rootfs",
+            Builder::Packer => "packer",
+            Builder::Ec2 => "ec2",
         }
+    }
+
+    /// The one provider that runs this builder.
+    pub fn provider(self) -> ProviderType {
+        match self {
+            Builder::Rootfs => ProviderType::Local,
+            Builder::Packer | Builder::Ec2 => ProviderType::Aws,
+        }
+    }
+}
+
+impl Build {
+    pub fn builder(&self) -> Builder {
+        match self {
+            Build::Rootfs { .. } => Builder::Rootfs,
+            Build::Packer { .. } => Builder::Packer,
+            Build::Ec2 { .. } => Builder::Ec2,
+        }
+    }
+    pub fn builder_name(&self) -> &'static str {
+        self.builder().as_str()
+    }
+    /// The one provider that can run this build: validation checks an image's provider
+    /// against it, and a provider refuses any other build with it.
+    pub fn provider(&self) -> ProviderType {
+        self.builder().provider()
     }
     /// Project files the build itself reads (copy sources, packer template): hashed as
     /// immediate inputs of the build node.

@@ -207,7 +207,7 @@ impl StageGraph {
         }
         let order = match petgraph::algo::toposort(&graph, None) {
             Ok(o) => o,
-            Err(cycle) => return Err(GraphError::Cycle(describe_cycle(&graph, cycle.node_id()))),
+            Err(_) => return Err(GraphError::Cycle(describe_cycle(&graph))),
         };
         Ok(StageGraph {
             graph,
@@ -413,24 +413,18 @@ impl StageGraph {
     }
 }
 
-/// Finds the cycle through `start` and names every node on it, in order.
-fn describe_cycle(graph: &DiGraph<StageNode, ()>, start: NodeIndex) -> Vec<String> {
-    // Depth-first search from `start` back to itself; the graph is small.
-    let mut stack = vec![(start, vec![start])];
-    let mut seen = BTreeSet::new();
-    while let Some((at, path)) = stack.pop() {
-        for next in graph.neighbors_directed(at, Direction::Outgoing) {
-            if next == start {
-                let mut names: Vec<String> = path.iter().map(|&i| graph[i].id.clone()).collect();
-                names.push(graph[start].id.clone());
-                return names;
-            }
-            if seen.insert(next) {
-                let mut p = path.clone();
-                p.push(next);
-                stack.push((next, p));
-            }
-        }
+/// Names every stage on the first cycle of `graph`, in order, the first again at the end.
+fn describe_cycle(graph: &DiGraph<StageNode, ()>) -> Vec<String> {
+    let edges: Vec<(usize, usize)> = graph
+        .edge_references()
+        .map(|e| (e.source().index(), e.target().index()))
+        .collect();
+    let names: Vec<&str> = graph.node_weights().map(|n| n.id.as_str()).collect();
+    match crate::config::find_cycles(names.len(), &edges).first() {
+        Some(cycle) => crate::config::cycle_names(&names, &edges, cycle)
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        None => Vec::new(),
     }
-    vec![graph[start].id.clone()]
 }
