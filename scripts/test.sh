@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
-command -v packer >/dev/null 2>&1 || need_apt+=(packer)   # tests/aws.rs: Packer 1.6.6
+command -v packer >/dev/null 2>&1 || need_apt+=(packer)   # tests/aws_cli.rs, tests/aws_provider.rs: Packer 1.6.6
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)          # tests/report.rs: headless Chromium
 command -v groff >/dev/null 2>&1 || need_apt+=(groff-base) # tests/cli_operator.rs renders `imgraph man`
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -21,7 +21,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     echo "test.sh: missing ${need_apt[*]} (run as root, or install them): tests that need them fail in CI" >&2
   fi
 fi
-# tests/aws.rs: an EC2-compatible server (moto) on loopback; installs moto[server] if missing.
+# tests/aws_*.rs: an EC2-compatible server (moto) on loopback; installs moto[server] if missing.
 # A server this run starts is stopped when it ends (MOTO_KEEP=1 keeps it); one that was
 # already answering is left alone.
 moto_pid_file="${MOTO_PID_FILE:-/tmp/imgraph-moto-${MOTO_PORT:-5055}.pid}"

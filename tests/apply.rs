@@ -9,13 +9,7 @@ use common::*;
 use serde_json::Value;
 
 fn images_json(dir: &Path) -> Value {
-    let out = imgraph(dir).args(["images", "--json"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    json_of(dir, &["images", "--json"])
 }
 
 /// (image, version, status) of every recorded image version.
@@ -37,21 +31,6 @@ fn versions(dir: &Path) -> Vec<(String, String, String)> {
     out
 }
 
-fn plan_json(dir: &Path, extra: &[&str]) -> Value {
-    let out = imgraph(dir)
-        .arg("plan")
-        .arg("--json")
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn node_action(plan: &Value, id: &str) -> String {
     plan["nodes"]
         .as_array()
@@ -64,11 +43,7 @@ fn node_action(plan: &Value, id: &str) -> String {
 
 /// Node ids that ran in the newest run, from `imgraph history --json`.
 fn last_run_nodes(dir: &Path) -> Vec<(String, String)> {
-    let out = imgraph(dir)
-        .args(["history", "--json", "--limit", "1"])
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_of(dir, &["history", "--json", "--limit", "1"]);
     v["runs"][0]["nodes"]
         .as_array()
         .unwrap()

@@ -44,14 +44,8 @@ fn plan_text(dir: &Path) -> (i32, String) {
 }
 
 /// `plan --json`, checked against `schema/plan.schema.json`.
-fn plan_json(dir: &Path) -> Value {
-    let out = imgraph(dir).args(["plan", "--json"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+fn checked_plan_json(dir: &Path) -> Value {
+    let plan = json_of(dir, &["plan", "--json"]);
     let schema_text = std::fs::read_to_string(repo_root().join("schema/plan.schema.json")).unwrap();
     let schema: Value = serde_json::from_str(&schema_text).unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
@@ -151,7 +145,7 @@ fn editing_a_script_named_in_run_rebuilds() {
         text.contains("+ build:web") && text.contains("`extra/x.sh` modified (named in run)"),
         "{text}"
     );
-    let plan = plan_json(&dir);
+    let plan = checked_plan_json(&dir);
     let reason = &node(&plan, "build:web")["reasons"][0];
     assert_eq!(reason["kind"], "input-changed");
     assert_eq!(reason["path"], "extra/x.sh");
@@ -169,7 +163,7 @@ fn editing_a_delivery_script_redelivers() {
         text.contains("`deliver/deliver.sh` modified (named in run)"),
         "{text}"
     );
-    let plan = plan_json(&dir);
+    let plan = checked_plan_json(&dir);
     let runs = running(&plan);
     assert!(
         runs.contains(&"deliver:web@staging".to_string()),
@@ -191,7 +185,7 @@ fn chmod_of_a_copied_file_rebuilds() {
         text.contains("+ build:base") && text.contains("`config/base/acme.conf` mode 0644 → 0600"),
         "{text}"
     );
-    let plan = plan_json(&dir);
+    let plan = checked_plan_json(&dir);
     let reason = &node(&plan, "build:base")["reasons"][0];
     assert_eq!(reason["change"], "mode");
     assert_eq!(reason["mode"]["old"], "0644");
@@ -271,7 +265,7 @@ fn origin_directory_change_is_listed_file_by_file() {
         "{text}"
     );
     assert!(!text.contains("source `tiny-root` changed"), "{text}");
-    let plan = plan_json(&dir);
+    let plan = checked_plan_json(&dir);
     let reasons = node(&plan, "build:base")["reasons"].as_array().unwrap();
     assert_eq!(reasons.len(), 1, "{reasons:?}");
     assert_eq!(reasons[0]["via"], "origin");
@@ -293,7 +287,7 @@ fn retest_after_a_failed_test_says_previous_failure() {
 
     let (code, text) = plan_text(&dir);
     assert_eq!(code, 2, "{text}");
-    let plan = plan_json(&dir);
+    let plan = checked_plan_json(&dir);
     assert_eq!(node(&plan, "build:web")["action"], "up-to-date");
     let test = node(&plan, "test:web/http");
     assert_eq!(test["action"], "run");
@@ -336,7 +330,7 @@ fn control_characters_in_file_names_are_escaped() {
         "{text}"
     );
     // JSON keeps the exact name.
-    let plan = plan_json(&dir);
+    let plan = checked_plan_json(&dir);
     assert_eq!(
         node(&plan, "build:base")["reasons"][0]["path"],
         format!("config/base/{evil}")
@@ -432,7 +426,7 @@ fn input_inside_deliver_is_hashed() {
             && text.contains("`deliver/staging/targets` modified"),
         "{text}"
     );
-    let runs = running(&plan_json(&dir));
+    let runs = running(&checked_plan_json(&dir));
     assert!(
         runs.iter().all(|id| id.starts_with("deliver:")),
         "builds stay: {runs:?}"

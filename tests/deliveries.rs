@@ -9,21 +9,6 @@ use std::path::Path;
 use common::*;
 use serde_json::Value;
 
-fn plan_json(dir: &Path, extra: &[&str]) -> Value {
-    let out = imgraph(dir)
-        .arg("plan")
-        .arg("--json")
-        .args(extra)
-        .output()
-        .expect("run imgraph plan");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("plan json")
-}
-
 fn node<'a>(plan: &'a Value, id: &str) -> &'a Value {
     plan["nodes"]
         .as_array()

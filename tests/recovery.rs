@@ -7,19 +7,9 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use serde_json::Value;
 
 fn images(dir: &Path) -> Vec<(String, String, String, Vec<String>)> {
-    let out = imgraph(dir)
-        .args(["images", "--json"])
-        .output()
-        .expect("run imgraph images");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("images json");
+    let v = json_of(dir, &["images", "--json"]);
     let mut rows: Vec<(String, String, String, Vec<String>)> = v["images"]
         .as_array()
         .expect("images")

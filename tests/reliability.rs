@@ -70,13 +70,7 @@ fn flat(stderr: &[u8]) -> String {
 }
 
 fn history(dir: &Path) -> Value {
-    let out = imgraph(dir).args(["history", "--json"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    json_of(dir, &["history", "--json"])
 }
 
 #[test]

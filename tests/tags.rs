@@ -8,19 +8,6 @@ use std::path::Path;
 use common::*;
 use serde_json::Value;
 
-fn plan_json(dir: &Path) -> Value {
-    let out = imgraph(dir)
-        .args(["plan", "--json"])
-        .output()
-        .expect("run imgraph plan");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("plan json")
-}
-
 fn registry_tags(dir: &Path, file: &str) -> Value {
     let text = std::fs::read_to_string(dir.join(".imgraph/images/registry").join(file))
         .expect("registry entry");
@@ -46,7 +33,7 @@ fn a_tags_only_change_updates_the_current_version_in_place() {
     assert_ne!(text, edited, "the quickstart's tags block moved");
     std::fs::write(&config, edited).expect("write config");
 
-    let plan = plan_json(&dir);
+    let plan = plan_json(&dir, &[]);
     let nodes = plan["nodes"].as_array().expect("nodes");
     for n in nodes {
         let want = if n["id"] == "build:base" {

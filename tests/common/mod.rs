@@ -112,6 +112,26 @@ pub fn imgraph(dir: &Path) -> Command {
     cmd
 }
 
+/// `imgraph ARGS` in `dir`, which must succeed, its standard output read as JSON
+/// (`images --json`, `history --json`, …).
+pub fn json_of(dir: &Path, args: &[&str]) -> serde_json::Value {
+    let out = imgraph(dir).args(args).output().expect("run imgraph");
+    assert!(
+        out.status.success(),
+        "imgraph {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("imgraph prints JSON")
+}
+
+/// `imgraph plan --json EXTRA…` in `dir`.
+pub fn plan_json(dir: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["plan", "--json"];
+    args.extend_from_slice(extra);
+    json_of(dir, &args)
+}
+
 /// Records every `run` node of `plan` as succeeded, as an apply would, through the
 /// library API. Build nodes get an artifact that exists in the local store.
 pub fn seed_success(dir: &Path, plan: &Plan) {
