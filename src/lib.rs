@@ -3,6 +3,41 @@
 //!
 //! The binary (`src/main.rs`) is a thin shell over this library: every command is a
 //! function in [`cli`], every engine emits values that [`report`] renders.
+//!
+//! # The flow
+//!
+//! ```text
+//! imgraph.kdl ─ config::load ─► config::model::Project ─ graph::StageGraph::build ─► stage graph
+//!   (raw KDL with spans → validated model; every error a located diagnostic)
+//! project files ─ hash ─► manifests and keys per stage node (blake3, stat cache in state)
+//! sources ─ workspace (local: the files' digest; aws: newest DescribeImages match) ─► origin ids
+//! (graph, manifests, origins, state snapshot) ─ plan ─► Plan { nodes: action + reasons }
+//! Plan ─ exec::execute ─► provider calls, state records, exec::Event stream ─ report ─► terminal / NDJSON
+//! ```
+//!
+//! [`workspace::Workspace`] ties one project to its state and providers and runs these
+//! steps for the commands; [`exit`] is the one table of exit codes.
+//!
+//! # Where to add …
+//!
+//! - **a builder**: a variant of [`config::model::Builder`] (its word and the one provider
+//!   that runs it, [`config::model::Builder::provider`]) and of [`config::model::Build`] (its
+//!   settings); the compiler's exhaustive matches then name every other place: the
+//!   builder's arm in `config/validate/builds.rs`, its keyword in
+//!   `config/validate/keywords.rs`, [`config::model::Build::referenced_paths`] (files it
+//!   reads are hashed), the commands `workspace` hashes, and the provider's `build`. Add a
+//!   broken fixture under `tests/fixtures/broken/` for its diagnostics.
+//! - **a reason kind**: a variant of [`plan::Reason`] (serde writes its `kind`), its
+//!   sentence in the one renderer `report::plan::reason_text`, its entry in
+//!   `schema/plan.schema.json`, and the decision in [`plan`] that produces it.
+//! - **a provider**: a variant of [`config::model::ProviderType`] and
+//!   [`config::model::ProviderKind`] (its settings, checked in
+//!   `config/validate/providers.rs`), a module under [`provider`] implementing
+//!   [`provider::Provider`] (behind a cargo feature when it pulls a heavy SDK), and its arm
+//!   in [`workspace::Workspace::providers`].
+//! - **a state backend**: [`state::State`] is the one (SQLite) backend today and the only
+//!   module with SQL; a second one (shared state for teams) first needs the history and
+//!   the lease behind traits, which is not built yet.
 
 pub mod cli;
 pub mod config;
