@@ -66,7 +66,7 @@ impl Place {
 /// - the caller's value of each of `extra` (such as [`AWS_VARIABLES`] for Packer), when set;
 /// - `context`, imgraph's own `IMGRAPH_*` variables, which nothing above can override.
 ///
-/// [`crate::exec::process::run`] starts every command from exactly this list.
+/// `process::run` starts every command from exactly this list.
 pub fn command_env(
     place: Place,
     names: &[String],

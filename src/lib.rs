@@ -50,6 +50,7 @@ pub mod hash;
 pub mod init;
 pub mod overview;
 pub mod plan;
+pub mod process;
 pub mod provider;
 pub mod report;
 pub mod state;

@@ -85,7 +85,7 @@ impl Workspace {
             Ok(providers) => self.plan(&providers, options).await,
             Err(e) => Err(e),
         }
-        .map_err(|e| crate::exec::error_chain(&e));
+        .map_err(|e| crate::text::error_chain(&e));
         let paint = match &plan {
             Ok(p) => crate::report::graph::paint(p, &self.state.snapshot()?),
             Err(_) => Paint::default(),

@@ -2,10 +2,16 @@
 //! group of its own, stdout and stderr appended to the node's log file, with a timeout
 //! and cancellation that kill the whole group (SIGTERM, then SIGKILL after a grace
 //! period), so no grandchild outlives its node.
+//!
+//! A leaf: it knows nothing of providers or the executor. Whoever starts a command hands
+//! it a [`ProcessRecorder`] (the provider's instance ledger, in practice), which hears of
+//! each process group before it is waited on and after it is gone, so that a killed
+//! imgraph's next run can kill what it left running ([`kill_leftover`]).
 
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::process::Command;
@@ -37,20 +43,17 @@ pub struct CommandSpec {
     pub grace: Option<Duration>,
     /// Where to record the running process group, so that if imgraph itself is killed
     /// the next run can kill what it left running.
-    pub ledger: Option<ProcessLedger>,
+    pub recorder: Option<Arc<dyn ProcessRecorder>>,
 }
 
-/// A ledger for running process groups: `(ledger, node id)`.
-#[derive(Clone)]
-pub struct ProcessLedger {
-    pub ledger: crate::provider::Ledger,
-    pub node: String,
-}
-
-impl std::fmt::Debug for ProcessLedger {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ProcessLedger({})", self.node)
-    }
+/// Hears of every process group [`run`] starts: before it is waited on, and once it is
+/// gone. Recording is best effort: a command still runs when it cannot be recorded.
+pub trait ProcessRecorder: Send + Sync + std::fmt::Debug {
+    /// A group is running; `resource` is `"PGID IDENTITY"` (what [`kill_leftover`] reads
+    /// back). Returns the record's id, or `None` when it could not be recorded.
+    fn started(&self, resource: &str) -> Option<i64>;
+    /// The group of record `id` has ended.
+    fn ended(&self, id: i64);
 }
 
 /// The ledger `kind` of a running process group; its resource is `"PGID IDENTITY"`.
@@ -187,25 +190,18 @@ pub async fn run(
     })?;
     drop(fd3);
     let pgid = child.id().map(|p| p as i32);
-    let ledger_id = match (&spec.ledger, child.id()) {
-        (Some(pl), Some(pid)) => {
+    let recorded = match (&spec.recorder, child.id()) {
+        (Some(recorder), Some(pid)) => {
             let identity = crate::state::process_identity(pid).unwrap_or_default();
-            pl.ledger
-                .add(
-                    &pl.node,
-                    "host",
-                    LEDGER_KIND,
-                    &format!("{pid} {identity}"),
-                    "command",
-                )
-                .ok()
-                .map(|id| (pl, id))
+            recorder
+                .started(&format!("{pid} {identity}"))
+                .map(|id| (recorder, id))
         }
         _ => None,
     };
     let outcome = wait_or_stop(spec, &mut child, pgid, cancel).await;
-    if let Some((pl, id)) = ledger_id {
-        let _ = pl.ledger.destroyed(id);
+    if let Some((recorder, id)) = recorded {
+        recorder.ended(id);
     }
     outcome
 }

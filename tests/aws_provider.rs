@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use aws::*;
 use aws_sdk_ec2::Client;
-use imgraph::exec::process::ProcessOutcome;
+use imgraph::process::ProcessOutcome;
 use imgraph::provider::aws::{AwsProvider, WaitSettings};
 use imgraph::provider::{BuildRequest, Ledger, Origin, Provider, TestRequest};
 use imgraph::state::{ReleaseStatus, State};
@@ -93,7 +93,7 @@ impl Lib {
         })
         .await
         .map(|b| b.artifact_id)
-        .map_err(|e| imgraph::exec::error_chain(&e))
+        .map_err(|e| imgraph::text::error_chain(&e))
     }
 
     async fn test(
@@ -117,7 +117,7 @@ impl Lib {
             cancel: &CancellationToken::new(),
         })
         .await
-        .map_err(|e| imgraph::exec::error_chain(&e))
+        .map_err(|e| imgraph::text::error_chain(&e))
     }
 }
 

@@ -439,7 +439,7 @@ image "web" {
 async fn run_test(
     aws: &AwsProvider,
     f: &Fixture,
-) -> Result<imgraph::exec::process::ProcessOutcome, String> {
+) -> Result<imgraph::process::ProcessOutcome, String> {
     let image = f.project.image("web").unwrap();
     let ledger = Ledger {
         state: f.state.clone(),

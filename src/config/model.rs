@@ -359,6 +359,20 @@ impl Builder {
             Builder::Packer | Builder::Ec2 => ProviderType::Aws,
         }
     }
+
+    /// The builders `provider` runs, in the order of [`Builder::ALL`].
+    pub fn of(provider: ProviderType) -> Vec<Builder> {
+        Builder::ALL
+            .into_iter()
+            .filter(|b| b.provider() == provider)
+            .collect()
+    }
+}
+
+impl std::fmt::Display for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Build {

@@ -9,7 +9,6 @@
 //! starting work, kills running commands and lets providers clean up their instances.
 
 pub mod events;
-pub mod process;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -26,11 +25,13 @@ use crate::config::model::{FromRef, Project, SourceKind};
 use crate::graph::{build_id, Stage, StageGraph};
 use crate::hash::EntryKind;
 use crate::plan::{Action, BuildOutputs, Plan, PlannedNode};
+use crate::process;
 use crate::provider::append_log;
 use crate::provider::{
     BuildRequest, Ledger, NodeInput, NodeInputKind, Origin, Provider, ProviderError, TestRequest,
 };
 use crate::state::{ImageRecord, NodeStart, NodeStatus, ReleaseStatus, RunId, RunStatus, State};
+use crate::text::error_chain;
 
 #[derive(Debug, Clone)]
 pub struct ExecOptions {
@@ -556,21 +557,6 @@ fn finish(
     }
 }
 
-/// "a: b: c" from an error and its sources.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 /// The image a node belongs to.
 fn image_of<'a>(
     ctx: &'a ExecContext,
@@ -878,13 +864,13 @@ async fn deliver(
             ],
         ),
         timeout: None,
-        ledger: Some(process::ProcessLedger {
-            ledger: Ledger {
+        recorder: Some(
+            Ledger {
                 state: ctx.state.clone(),
                 run: Some(run),
-            },
-            node: node.id.clone(),
-        }),
+            }
+            .processes_of(&node.id),
+        ),
         ..Default::default()
     };
     let outcome = process::run(&spec, log, cancel).await?;

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::model::{Image, Project, TestSuite};
-use crate::exec::process::{ProcessError, ProcessOutcome};
+use crate::config::model::{Builder, Image, Project, ProviderType, TestSuite};
+use crate::process::{ProcessError, ProcessOutcome, ProcessRecorder};
 use crate::state::{ImageRecord, LedgerEntry, ReleaseStatus, RunId, State, StateError};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +26,21 @@ pub enum ProviderError {
     Process(#[from] ProcessError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[cfg(feature = "aws")]
+    #[error(transparent)]
+    Aws(#[from] aws::AwsError),
     #[error("the state lock was poisoned by a crashed task")]
     Poisoned,
+    /// A build handed to a provider that does not run its builder (validation checks an
+    /// image's provider against [`crate::config::model::Build::provider`] first).
+    #[error(
+        "the {provider} provider cannot run `{builder}` builds; use {}",
+        Builder::of(*provider).iter().map(|b| format!("build \"{b}\"")).collect::<Vec<_>>().join(" or ")
+    )]
+    WrongBuilder {
+        provider: ProviderType,
+        builder: Builder,
+    },
     #[error("{0}")]
     Failed(String),
 }
@@ -84,6 +97,39 @@ impl Ledger {
     pub fn destroyed(&self, id: i64) -> Result<(), ProviderError> {
         let st = self.state.lock().map_err(|_| ProviderError::Poisoned)?;
         Ok(st.ledger_mark_destroyed(id)?)
+    }
+    /// The recorder of `node`'s running process groups, for [`crate::process::run`].
+    pub fn processes_of(&self, node: &str) -> Arc<dyn ProcessRecorder> {
+        Arc::new(NodeProcesses {
+            ledger: self.clone(),
+            node: node.to_owned(),
+        })
+    }
+}
+
+/// The ledger entries of one node's running process groups.
+#[derive(Clone)]
+struct NodeProcesses {
+    ledger: Ledger,
+    node: String,
+}
+
+impl std::fmt::Debug for NodeProcesses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeProcesses({})", self.node)
+    }
+}
+
+impl ProcessRecorder for NodeProcesses {
+    fn started(&self, resource: &str) -> Option<i64> {
+        let kind = crate::process::LEDGER_KIND;
+        let added = self
+            .ledger
+            .add(&self.node, "host", kind, resource, "command");
+        added.ok()
+    }
+    fn ended(&self, id: i64) {
+        let _ = self.ledger.destroyed(id);
     }
 }
 

@@ -14,8 +14,8 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{timestamp, Palette};
-use crate::exec::process::log_tail;
 use crate::exec::{Event, NodeOutcome, RunSummary};
+use crate::process::log_tail;
 
 /// How many log lines a failure summary shows.
 pub const FAILURE_TAIL_LINES: usize = 15;

@@ -52,7 +52,7 @@ pub fn error_annotations(ci: CiSystem, err: &dyn Diagnostic) -> String {
     if list.is_empty() {
         list.push(Annotation {
             title: "imgraph".into(),
-            message: crate::exec::error_chain(err),
+            message: crate::text::error_chain(err),
             location: None,
         });
     }
@@ -106,7 +106,7 @@ pub fn failure_annotations(ci: CiSystem, summary: &RunSummary, tail: usize) -> S
         .map(|n| {
             let mut message = n.error.clone().unwrap_or_else(|| "failed".into());
             if let Some(log) = &n.log_path {
-                for line in crate::exec::process::log_tail(log, tail) {
+                for line in crate::process::log_tail(log, tail) {
                     let _ = write!(message, "\n{line}");
                 }
                 let _ = write!(message, "\nfull log: {}", log.display());

@@ -167,7 +167,7 @@ impl Workspace {
                     Error::Other(format!(
                         "failed to check artifact {}: {}",
                         out.artifact_id,
-                        crate::exec::error_chain(&e)
+                        crate::text::error_chain(&e)
                     ))
                 })?,
                 // An image or provider no longer declared: its artifact cannot be checked.
@@ -336,7 +336,7 @@ async fn resolve_aws_source(
             .map_err(|e| {
                 Error::Other(format!(
                     "failed to resolve source `{name}`: {}",
-                    crate::exec::error_chain(&e)
+                    crate::text::error_chain(&e)
                 ))
             });
     }
@@ -420,7 +420,7 @@ impl Workspace {
                     .map_err(|e| {
                         Error::Other(format!(
                             "failed to set up the aws provider: {}",
-                            crate::exec::error_chain(&e)
+                            crate::text::error_chain(&e)
                         ))
                     })?
                     .with_project(project_name);
@@ -455,9 +455,9 @@ impl Workspace {
         self.state.abandon_stale_runs(None)?;
         let mut events = Vec::new();
         for entry in self.state.ledger_open()? {
-            if entry.kind == crate::exec::process::LEDGER_KIND {
+            if entry.kind == crate::process::LEDGER_KIND {
                 // A command of a killed run may still be running: kill its group.
-                crate::exec::process::kill_leftover(&entry.resource);
+                crate::process::kill_leftover(&entry.resource);
                 self.state.ledger_mark_destroyed(entry.id)?;
                 events.push(Event::LeftoverDestroyed {
                     resource: format!(
@@ -477,7 +477,7 @@ impl Workspace {
                     "failed to destroy {} {}: {}",
                     entry.kind,
                     entry.resource,
-                    crate::exec::error_chain(&e)
+                    crate::text::error_chain(&e)
                 ))
             })?;
             self.state.ledger_mark_destroyed(entry.id)?;
@@ -505,7 +505,7 @@ impl Workspace {
             let ids = aws.terminate_tagged_leftovers(None).await.map_err(|e| {
                 Error::Other(format!(
                     "failed to clean up tagged instances: {}",
-                    crate::exec::error_chain(&e)
+                    crate::text::error_chain(&e)
                 ))
             })?;
             for id in ids {
@@ -731,7 +731,7 @@ impl Workspace {
             .lock()
             .map_err(|_| Error::Other("the state lock was poisoned".into()))?;
         st.release_lease()?;
-        let summary = summary.map_err(|e| Error::Other(crate::exec::error_chain(&e)))?;
+        let summary = summary.map_err(|e| Error::Other(crate::text::error_chain(&e)))?;
         Ok(ApplyOutcome { plan, summary })
     }
 }

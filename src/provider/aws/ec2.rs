@@ -22,7 +22,7 @@ use super::{
     TAG_PURPOSE, TAG_RUN, TAG_TOKEN,
 };
 use crate::config::model::{InstanceSettings, Step};
-use crate::exec::process::{self, CommandSpec, ProcessOutcome};
+use crate::process::{self, CommandSpec, ProcessOutcome};
 use crate::provider::append_log;
 use crate::provider::{BuildRequest, Built, Origin, ProviderError, TestRequest};
 
@@ -602,10 +602,7 @@ impl AwsProvider {
                 ],
             ),
             timeout: Some(req.suite.timeout),
-            ledger: Some(process::ProcessLedger {
-                ledger: req.ledger.clone(),
-                node: req.node_id.to_string(),
-            }),
+            recorder: Some(req.ledger.processes_of(req.node_id)),
             ..Default::default()
         };
         Ok(process::run(&spec, req.log, req.cancel).await?)

@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
-use crate::provider::ProviderError;
-
 /// EC2 error codes that mean the caller lacks a permission.
 const UNAUTHORISED_CODES: &[&str] = &["UnauthorizedOperation", "AuthFailure", "AccessDenied"];
 
@@ -92,12 +90,6 @@ impl AwsError {
             AwsError::Unauthorised { code, .. } | AwsError::Api { code, .. } => Some(code),
             _ => None,
         }
-    }
-}
-
-impl From<AwsError> for ProviderError {
-    fn from(e: AwsError) -> Self {
-        ProviderError::Failed(e.to_string())
     }
 }
 

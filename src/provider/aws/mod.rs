@@ -44,8 +44,8 @@ pub use packer::{parse_packer_artifact, parse_packer_errors};
 pub use wait::WaitSettings;
 
 use super::{BuildRequest, Built, Ledger, Provider, ProviderError, RecordedVersion, TestRequest};
-use crate::config::model::{Build, Image};
-use crate::exec::process::ProcessOutcome;
+use crate::config::model::{Build, Image, ProviderType};
+use crate::process::ProcessOutcome;
 use crate::state::{ImageRecord, LedgerEntry, ReleaseStatus};
 
 /// Tag keys imgraph reads back.
@@ -514,13 +514,16 @@ impl Provider for AwsProvider {
                     "build",
                 )?;
                 let launched = ec2::Launched::default();
-                let result = self.ec2_build(&req, &script, &token, entry, &launched).await;
+                let result = self
+                    .ec2_build(&req, &script, &token, entry, &launched)
+                    .await;
                 let cleanup = self.cleanup_instance(launched.get(), &token).await;
                 settle(req.ledger, entry, req.log, result, cleanup)
             }
-            Build::Rootfs { .. } => Err(ProviderError::Failed(
-                "the aws provider cannot run `rootfs` builds; use build \"packer\" or build \"ec2\"".into(),
-            )),
+            Build::Rootfs { .. } => Err(ProviderError::WrongBuilder {
+                provider: ProviderType::Aws,
+                builder: req.image.build.builder(),
+            }),
         }
     }
 
@@ -695,7 +698,7 @@ fn settle<T>(
                 Ok(_) => Err(cleanup.into()),
                 Err(body) => Err(ProviderError::Failed(format!(
                     "{}; and the clean-up failed too (left for `imgraph gc`): {cleanup}",
-                    crate::exec::error_chain(&body)
+                    crate::text::error_chain(&body)
                 ))),
             }
         }

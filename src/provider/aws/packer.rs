@@ -17,7 +17,7 @@ use std::path::Path;
 use super::error::AwsError;
 use super::{shell_quote, AwsProvider, TagSet};
 use crate::config::model::RelPath;
-use crate::exec::process::{self, CommandSpec};
+use crate::process::{self, CommandSpec};
 use crate::provider::append_log;
 use crate::provider::{BuildRequest, Built, Origin, ProviderError};
 
@@ -173,10 +173,7 @@ impl AwsProvider {
             // Packer cleans up (key pairs, security groups, instances) on SIGINT.
             stop_signal: Some(libc::SIGINT),
             grace: Some(PACKER_GRACE),
-            ledger: Some(process::ProcessLedger {
-                ledger: req.ledger.clone(),
-                node: req.node_id.to_string(),
-            }),
+            recorder: Some(req.ledger.processes_of(req.node_id)),
             ..Default::default()
         };
         let offset = log_len(req.log);

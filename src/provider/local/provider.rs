@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
-use crate::config::model::{Build, Network, Sandbox, Step};
-use crate::exec::process::{self, CommandSpec, Place, ProcessLedger, ProcessOutcome};
+use crate::config::model::{Build, Network, ProviderType, Sandbox, Step};
+use crate::process::{self, CommandSpec, Place, ProcessOutcome};
 use crate::provider::local::sandbox::{self, SandboxSpec, PROJECT_MOUNT};
 use crate::provider::local::{self, Store, VersionMeta};
 use crate::provider::{
@@ -142,10 +142,10 @@ impl Provider for LocalProvider {
 
     async fn build(&self, req: BuildRequest<'_>) -> Result<Built, ProviderError> {
         let Build::Rootfs { steps } = &req.image.build else {
-            return Err(ProviderError::Failed(format!(
-                "the local provider cannot run `{}` builds; use build \"rootfs\"",
-                req.image.build.builder_name()
-            )));
+            return Err(ProviderError::WrongBuilder {
+                provider: ProviderType::Local,
+                builder: req.image.build.builder(),
+            });
         };
         let staging = self.fresh_dir(req.work_dir, "staging", req.node_id);
         let id = req.ledger.add(
@@ -315,10 +315,7 @@ impl LocalProvider {
                             ],
                         ),
                         timeout: None,
-                        ledger: Some(ProcessLedger {
-                            ledger: req.ledger.clone(),
-                            node: req.node_id.to_string(),
-                        }),
+                        recorder: Some(req.ledger.processes_of(req.node_id)),
                         ..Default::default()
                     };
                     let call = RunIn {
@@ -410,10 +407,7 @@ impl LocalProvider {
                 ],
             ),
             timeout: Some(req.suite.timeout),
-            ledger: Some(ProcessLedger {
-                ledger: req.ledger.clone(),
-                node: req.node_id.to_string(),
-            }),
+            recorder: Some(req.ledger.processes_of(req.node_id)),
             ..Default::default()
         };
         let call = RunIn {

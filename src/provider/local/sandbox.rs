@@ -39,7 +39,7 @@
 //!   all; the inputs it sees are read-only mounts it cannot remount;
 //! - a nested user namespace is refused by the filter, and would hold only locked copies
 //!   of these mounts anyway, so it could not make them writable either;
-//! - its environment is [`crate::exec::process::command_env`]: nothing of imgraph's own.
+//! - its environment is [`crate::process::command_env`]: nothing of imgraph's own.
 //!
 //! Mount destinations are resolved inside the image first
 //! ([`super::tree::resolve_in_image`]) and created by imgraph, never by bwrap: bwrap
