@@ -393,3 +393,74 @@ fn read_only_commands_work_on_a_read_only_state_folder() {
         "the state file changed"
     );
 }
+
+/// A corrupt artifact in the local store (its bytes no longer match its id): the apply
+/// that reads it fails once, saying so and what happens next; the artifact is set aside,
+/// the next plan rebuilds the image that made it as missing, and that apply succeeds.
+#[test]
+fn a_corrupt_artifact_is_set_aside_and_rebuilt_by_the_next_apply() {
+    let (_t, dir) = copy_project("examples/quickstart");
+    let first = imgraph(&dir).arg("apply").output().unwrap();
+    assert!(first.status.success(), "{}", flat(&first.stderr));
+    let ws = imgraph::workspace::Workspace::open(&dir).unwrap();
+    let base = ws
+        .state
+        .images(Some("base"))
+        .unwrap()
+        .into_iter()
+        .max_by_key(|r| r.built_at)
+        .unwrap();
+    let store = ws.local_store().unwrap();
+    drop(ws);
+    let path = store.path_of(&base.artifact_id).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    // web rebuilds from base's artifact, which is now damaged.
+    append(&dir.join("scripts/provision-web.sh"), "# changed\n");
+    let failed = imgraph(&dir).arg("apply").output().unwrap();
+    // The node that read it failed: the run reports it with the error, on stdout.
+    let err = format!("{} {}", flat(&failed.stdout), flat(&failed.stderr));
+    assert_eq!(failed.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("not the") && err.contains("its id names"),
+        "{err}"
+    );
+    assert!(err.contains("next `imgraph apply` rebuilds"), "{err}");
+    assert!(!path.exists());
+    assert!(store
+        .root()
+        .join("corrupt")
+        .join(path.file_name().unwrap())
+        .is_file());
+
+    let plan = imgraph(&dir).args(["plan", "--json"]).output().unwrap();
+    assert!(plan.status.success(), "{}", flat(&plan.stderr));
+    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let build_base = plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "build:base")
+        .unwrap();
+    assert_eq!(build_base["action"], "run", "{build_base}");
+    assert!(
+        build_base["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["kind"] == "artifact-missing"),
+        "{build_base}"
+    );
+
+    let again = imgraph(&dir).arg("apply").output().unwrap();
+    assert!(again.status.success(), "{}", flat(&again.stderr));
+    let after = imgraph(&dir)
+        .args(["plan", "--detailed-exitcode"])
+        .output()
+        .unwrap();
+    assert_eq!(after.status.code(), Some(0), "{}", flat(&after.stderr));
+    assert!(leftovers(&dir).is_empty());
+}

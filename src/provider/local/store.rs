@@ -11,7 +11,9 @@
 //!
 //! Unpacking verifies the bytes against the id before writing anything, so a damaged
 //! artifact is reported as [`LocalError::Corrupt`] instead of producing a subtly wrong
-//! instance (an image is only `Ready` if tested from that exact image).
+//! instance (an image is only `Ready` if tested from that exact image). The damaged file
+//! is moved to `corrupt/` at the same time: the plan then sees the artifact missing and
+//! rebuilds the image, rather than every apply failing on it.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, Write};
@@ -30,6 +32,9 @@ pub const ID_PREFIX: &str = "local:";
 /// The store folder's mode: artifacts are whole root file systems (an image's
 /// `/etc/shadow`, host keys), so only the user running imgraph may list or read them.
 pub const STORE_MODE: u32 = 0o700;
+
+/// The store's subfolder for artifacts whose bytes no longer match their id.
+pub const CORRUPT_DIR: &str = "corrupt";
 
 /// Every artifact's mode (see [`STORE_MODE`]).
 pub const ARTIFACT_MODE: u32 = 0o600;
@@ -141,12 +146,16 @@ impl Store {
         match unless_cancelled(cancel, hash_file(&path, cancel))? {
             Some(actual) if actual.as_str() == expected => {}
             Some(actual) => {
+                let moved = self.set_aside(&path)?;
                 return Err(LocalError::Corrupt {
                     path,
                     detail: format!(
-                        "its content hash is {actual}, not the {expected} its id names"
+                        "its content hash is {actual}, not the {expected} its id names; \
+                         it was moved to `{}`, so the next `imgraph apply` rebuilds the \
+                         image that made it",
+                        moved.display()
                     ),
-                })
+                });
             }
             None => {
                 return Err(LocalError::io(
@@ -161,6 +170,24 @@ impl Store {
         let decoder = zstd::stream::read::Decoder::with_buffer(reader)
             .map_err(io_err("start zstd decoding of", &path))?;
         unpack_tar(decoder, dest, &path, cancel)
+    }
+
+    /// Moves a corrupt artifact out of the store into `<store>/corrupt/`, so the store no
+    /// longer holds anything under its id: the next plan sees it missing and rebuilds the
+    /// image that made it, instead of every apply failing on the same bytes. The bytes are
+    /// kept for inspection, not deleted. Returns where they went.
+    fn set_aside(&self, path: &Path) -> Result<PathBuf, LocalError> {
+        let folder = self.root.join(CORRUPT_DIR);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(STORE_MODE)
+            .create(&folder)
+            .map_err(io_err("create the folder for corrupt artifacts", &folder))?;
+        let name = path.file_name().unwrap_or_default();
+        let target = folder.join(name);
+        fs::rename(path, &target).map_err(io_err("move a corrupt artifact out of", path))?;
+        sync_dir(&self.root)?;
+        Ok(target)
     }
 
     /// Removes the temporary files of packs that never finished (a killed run). Only safe

@@ -504,9 +504,17 @@ fn a_damaged_artifact_is_reported_corrupt_and_nothing_is_unpacked() {
     let out = dir.path().join("out");
     let err = store.unpack(&id, &out, &go()).unwrap_err();
     assert!(matches!(err, LocalError::Corrupt { .. }), "{err}");
+    assert!(
+        err.to_string().contains("next `imgraph apply` rebuilds"),
+        "{err}"
+    );
     assert!(!out.exists());
+    // The damaged bytes are set aside: the store no longer offers them under the id.
+    assert!(!store.contains(&id));
+    let aside = store.root().join("corrupt").join(path.file_name().unwrap());
+    assert_eq!(fs::read(&aside).unwrap(), bytes);
 
-    // Packing the same tree again repairs the artifact in place.
+    // Packing the same tree again repairs the artifact.
     assert_eq!(store.pack_tree(&tree, &go()).unwrap().0, id);
     store.unpack(&id, &out, &go()).unwrap();
     assert_eq!(snapshot(&out), snapshot(&tree));
