@@ -41,6 +41,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod crash;
 pub mod env;
 pub mod error;
 pub mod exec;

@@ -199,6 +199,7 @@ pub async fn run(
         }
         _ => None,
     };
+    crate::crash::point("command: running");
     let outcome = wait_or_stop(spec, &mut child, pgid, cancel).await;
     if let Some((recorder, id)) = recorded {
         recorder.ended(id);

@@ -873,7 +873,9 @@ async fn deliver(
         ),
         ..Default::default()
     };
+    crate::crash::point("deliver: command starts");
     let outcome = process::run(&spec, log, cancel).await?;
+    crate::crash::point("deliver: command finished");
     if !outcome.success() {
         return Err(ProviderError::Failed(format!(
             "delivery of {} {} to {env_name} {}",

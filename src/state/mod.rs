@@ -531,6 +531,13 @@ impl State {
         self.conn
             .pragma_update(None, "foreign_keys", true)
             .map_err(|e| self.sql_err(e, "enable foreign keys"))?;
+        if crate::crash::enabled() {
+            // Every commit is a crash point, taken before SQLite makes it durable.
+            self.conn.commit_hook(Some(|| {
+                crate::crash::point("state: commit");
+                false
+            }));
+        }
         Ok(())
     }
 

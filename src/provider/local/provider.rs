@@ -131,6 +131,7 @@ async fn blocking<T: Send + 'static>(
 async fn remove_ledgered(ledger: &Ledger, id: i64, dir: PathBuf) -> Result<(), ProviderError> {
     // `remove_tree` of a folder that is already gone is fine.
     blocking(move || local::remove_tree(&dir)).await?;
+    crate::crash::point("local: folder removed, ledger not yet told");
     ledger.destroyed(id)
 }
 
@@ -196,7 +197,9 @@ impl Provider for LocalProvider {
                 |m| m.status = status.as_str().to_string(),
             )
         })
-        .await
+        .await?;
+        crate::crash::point("registry: status written");
+        Ok(())
     }
 
     async fn record_delivery(
@@ -216,7 +219,9 @@ impl Provider for LocalProvider {
                 },
             )
         })
-        .await
+        .await?;
+        crate::crash::point("registry: delivery written");
+        Ok(())
     }
 
     async fn set_tags(
@@ -286,11 +291,13 @@ impl LocalProvider {
             Origin::Artifact(a) => store.unpack(&a, &dest, &cancel),
         })
         .await?;
+        crate::crash::point("build: origin unpacked");
 
         for step in steps {
             if req.cancel.is_cancelled() {
                 return Err(local::LocalError::Cancelled.into());
             }
+            crate::crash::point("build: a step starts");
             match step {
                 Step::Copy { from, to } => {
                     let src = req.project.root.join(from.as_str());
@@ -356,6 +363,7 @@ impl LocalProvider {
             req.log,
             &format!("imgraph: packed {artifact_id} ({size} bytes)"),
         );
+        crate::crash::point("build: packed");
         // The registry entry of this version, with its tags, as AWS tags a new AMI.
         let mut meta = VersionMeta::new(
             &req.image.name,
@@ -368,6 +376,7 @@ impl LocalProvider {
         meta.tags = req.image.tags.clone();
         let store = self.store.clone();
         blocking(move || store.write_version_meta(&meta)).await?;
+        crate::crash::point("build: registry entry written");
         Ok(Built { artifact_id })
     }
 
@@ -390,6 +399,7 @@ impl LocalProvider {
             req.log,
             &format!("imgraph: instance {instance_id} from {}", req.artifact_id),
         );
+        crate::crash::point("test: instance unpacked");
         let spec = CommandSpec {
             command: req.suite.command.clone(),
             cwd: req.project.root.clone(),
@@ -417,6 +427,8 @@ impl LocalProvider {
             log: req.log,
             cancel: req.cancel,
         };
-        self.run_in(call, spec).await
+        let outcome = self.run_in(call, spec).await;
+        crate::crash::point("test: command finished");
+        outcome
     }
 }

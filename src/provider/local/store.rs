@@ -110,6 +110,7 @@ impl Store {
             return Ok((id, size));
         }
 
+        crate::crash::point("pack: written, not yet in the store");
         let file = tmp.as_file();
         // An image holds its own `/etc/shadow` and keys: only imgraph's user reads it.
         file.set_permissions(fs::Permissions::from_mode(ARTIFACT_MODE))

@@ -160,6 +160,7 @@ fn unpack_entries<R: Read>(
     let read_err = |e| LocalError::io("read archive", source, e);
     // Directory entries wait until the end; see the module docs.
     let mut directories = Vec::new();
+    let mut wrote_a_file = false;
     for entry in archive.entries().map_err(read_err)? {
         check_cancel(cancel)?;
         let mut entry = entry.map_err(read_err)?;
@@ -194,6 +195,10 @@ fn unpack_entries<R: Read>(
             _ => {}
         }
         match entry.unpack_in(&dest) {
+            Ok(true) if kind.is_file() && !wrote_a_file => {
+                wrote_a_file = true;
+                crate::crash::point("unpack: partway");
+            }
             Ok(true) => {}
             Ok(false) => return Err(unsafe_entry()),
             Err(e) => {
