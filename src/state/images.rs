@@ -103,6 +103,10 @@ impl State {
     /// Records a built version. `(image, version)` is unique: recording it twice is an
     /// error ([`StateError::VersionExists`]). `rec.environments` is ignored.
     pub fn record_image(&self, rec: &ImageRecord) -> Result<(), StateError> {
+        self.durable(|| self.insert_image(rec))
+    }
+
+    fn insert_image(&self, rec: &ImageRecord) -> Result<(), StateError> {
         self.conn
             .execute(
                 &format!(

@@ -31,6 +31,18 @@ impl State {
         resource: &str,
         purpose: &str,
     ) -> Result<i64, StateError> {
+        self.durable(|| self.ledger_insert(run, node_id, provider, kind, resource, purpose))
+    }
+
+    fn ledger_insert(
+        &self,
+        run: Option<RunId>,
+        node_id: &str,
+        provider: &str,
+        kind: &str,
+        resource: &str,
+        purpose: &str,
+    ) -> Result<i64, StateError> {
         self.conn
             .execute(
                 "INSERT INTO ledger (run_id, node_id, provider, kind, resource, purpose, created_at)
@@ -45,6 +57,10 @@ impl State {
 
     /// Replaces the resource of a ledger entry (e.g. with the instance id once known).
     pub fn ledger_set_resource(&self, id: i64, resource: &str) -> Result<(), StateError> {
+        self.durable(|| self.ledger_update_resource(id, resource))
+    }
+
+    fn ledger_update_resource(&self, id: i64, resource: &str) -> Result<(), StateError> {
         let changed = self
             .conn
             .execute(

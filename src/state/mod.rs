@@ -21,6 +21,13 @@
 //!   process - common in CI containers, where every job's main process gets the same
 //!   small pid - is not mistaken for the process that wrote the row.
 //!
+//! - Durability: `synchronous=NORMAL`, so a commit is safe against a killed process (the
+//!   WAL holds it) without an fsync of its own; only a power loss or kernel crash can take
+//!   back the last commits, and then a node merely runs again. What must outlive even that
+//!   is written through [`State::durable`] (`synchronous=FULL` for that commit, which also
+//!   syncs every commit before it): ledger rows, written before the resource they name is
+//!   created, and image versions, so a number is never issued twice.
+//!
 //! - Commands that only read (`plan`, `images`, `history`) open it with
 //!   [`State::open_for_reading`]: never created, and usable on a read-only folder.
 //!
@@ -538,7 +545,23 @@ impl State {
                 false
             }));
         }
+        self.set_synchronous("NORMAL")?;
         Ok(())
+    }
+
+    fn set_synchronous(&self, level: &str) -> Result<(), StateError> {
+        self.conn
+            .pragma_update(None, "synchronous", level)
+            .map_err(|e| self.sql_err(e, format!("set synchronous={level}")))
+    }
+
+    /// Runs `write` (one or more commits) with `synchronous=FULL`: when it returns, what it
+    /// wrote and everything committed before it is on disk, power loss included.
+    fn durable<T>(&self, write: impl FnOnce() -> Result<T, StateError>) -> Result<T, StateError> {
+        self.set_synchronous("FULL")?;
+        let result = write();
+        self.set_synchronous("NORMAL")?;
+        result
     }
 
     fn migrate(&self, migrations: &[&str]) -> Result<(), StateError> {

@@ -147,6 +147,42 @@ fn journal_is_wal_and_foreign_keys_are_on() {
 }
 
 #[test]
+fn commits_skip_fsync_except_ledger_rows_and_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open_in(dir.path());
+    let level = |s: &State| -> i64 {
+        s.conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap()
+    };
+    const NORMAL: i64 = 1;
+    assert_eq!(level(&state), NORMAL);
+    let flagged = std::cell::Cell::new(None);
+    state
+        .durable(|| {
+            flagged.set(Some(level(&state)));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        flagged.get(),
+        Some(2),
+        "durable writes run with synchronous=FULL"
+    );
+    state
+        .ledger_add(None, "build:web", "local", "staging", "/x", "build")
+        .unwrap();
+    state
+        .record_image(&image("web", "1.0.0", "a", "k", 1))
+        .unwrap();
+    assert_eq!(
+        level(&state),
+        NORMAL,
+        "back to NORMAL after a durable write"
+    );
+}
+
+#[test]
 fn unwritable_parent_is_reported_with_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let blocker = dir.path().join("blocker");
