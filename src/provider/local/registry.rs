@@ -134,6 +134,7 @@ impl Store {
 
     /// Changes the entry of one version with `change`; `fresh` makes the entry when it is
     /// missing (a version built before the registry existed, or whose file was removed).
+    /// An entry that `change` leaves as it was is not written again (no fsync).
     pub fn update_version_meta(
         &self,
         image: &str,
@@ -141,8 +142,12 @@ impl Store {
         fresh: impl FnOnce() -> VersionMeta,
         change: impl FnOnce(&mut VersionMeta),
     ) -> Result<(), LocalError> {
-        let mut meta = self.version_meta(image, version)?.unwrap_or_else(fresh);
+        let stored = self.version_meta(image, version)?;
+        let mut meta = stored.clone().unwrap_or_else(fresh);
         change(&mut meta);
+        if stored.as_ref() == Some(&meta) {
+            return Ok(());
+        }
         self.write_version_meta(&meta)
     }
 
@@ -207,6 +212,31 @@ fn read_meta(path: &Path) -> Result<Option<VersionMeta>, LocalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_update_that_changes_nothing_leaves_the_file_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("store"));
+        let meta = VersionMeta::new("web", "1.0.0", "local:ab", "k", "Candidate", 7);
+        store.write_version_meta(&meta).unwrap();
+        let path = store.meta_path("web", "1.0.0");
+        let inode = fs::metadata(&path).unwrap().ino();
+        let same = |m: &mut VersionMeta| m.status = "Candidate".into();
+        store
+            .update_version_meta("web", "1.0.0", || unreachable!(), same)
+            .unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().ino(), inode, "rewritten");
+        let ready = |m: &mut VersionMeta| m.status = "Ready".into();
+        store
+            .update_version_meta("web", "1.0.0", || unreachable!(), ready)
+            .unwrap();
+        assert_ne!(fs::metadata(&path).unwrap().ino(), inode, "not written");
+        assert_eq!(
+            store.version_meta("web", "1.0.0").unwrap().unwrap().status,
+            "Ready"
+        );
+    }
 
     #[test]
     fn entries_round_trip_and_names_are_encoded() {
