@@ -810,38 +810,10 @@ impl DecideCtx<'_> {
         pending: &mut Vec<Reason>,
         sources: &mut [SourceView],
     ) {
-        let old_manifest: Manifest = serde_json::from_str(&base.manifest_json).unwrap_or_default();
-        let diffs = if old_manifest.format == n.manifest.format {
-            diff_manifests(&old_manifest, &n.manifest)
-        } else {
-            // Digests of another encoding cannot be compared entry by entry.
-            reasons.push(Reason::ConfigChanged {
-                fields: vec!["hash-format".into()],
-            });
-            Vec::new()
-        };
-        // A local origin folder's changes are listed file by file, not as a digest pair.
-        let origin_listed = diffs.iter().any(|d| d.via == Via::Origin);
-        for d in diffs {
-            let packages = package_change(&old_manifest, &n.manifest, &d.path);
-            let r = Reason::InputChanged {
-                path: d.path,
-                change: d.change,
-                trigger: d.trigger,
-                via: d.via,
-                mode: d.mode,
-                packages,
-            };
-            match d.trigger {
-                Trigger::Immediate => reasons.push(r),
-                Trigger::Rollup => pending.push(r),
-            }
-        }
-        if base.stanza != n.stanza {
-            reasons.push(Reason::ConfigChanged {
-                fields: diff_fields(&base.stanza, &n.stanza),
-            });
-        }
+        // The key holds the manifest's digest and the stanza: when it is the recorded one,
+        // neither can differ, and the stored manifest (large for big input trees) is not
+        // read at all. This is what keeps a no-change plan cheap.
+        let origin_listed = base.key != n.key && self.compare_inputs(n, base, reasons, pending);
         let old_upstream: BTreeMap<String, String> =
             serde_json::from_str(&base.upstream_json).unwrap_or_default();
         for (up, key) in &n.upstream {
@@ -885,6 +857,50 @@ impl DecideCtx<'_> {
                 reasons.push(Reason::UpstreamChanged { node: up.clone() });
             }
         }
+    }
+
+    /// Reasons from the node's inputs (manifest entries) and its stanza. Returns whether a
+    /// local origin folder's changes were listed file by file.
+    fn compare_inputs(
+        &self,
+        n: &PlannedNode,
+        base: &NodeRecord,
+        reasons: &mut Vec<Reason>,
+        pending: &mut Vec<Reason>,
+    ) -> bool {
+        let old_manifest: Manifest = serde_json::from_str(&base.manifest_json).unwrap_or_default();
+        let diffs = if old_manifest.format == n.manifest.format {
+            diff_manifests(&old_manifest, &n.manifest)
+        } else {
+            // Digests of another encoding cannot be compared entry by entry.
+            reasons.push(Reason::ConfigChanged {
+                fields: vec!["hash-format".into()],
+            });
+            Vec::new()
+        };
+        // A local origin folder's changes are listed file by file, not as a digest pair.
+        let origin_listed = diffs.iter().any(|d| d.via == Via::Origin);
+        for d in diffs {
+            let packages = package_change(&old_manifest, &n.manifest, &d.path);
+            let r = Reason::InputChanged {
+                path: d.path,
+                change: d.change,
+                trigger: d.trigger,
+                via: d.via,
+                mode: d.mode,
+                packages,
+            };
+            match d.trigger {
+                Trigger::Immediate => reasons.push(r),
+                Trigger::Rollup => pending.push(r),
+            }
+        }
+        if base.stanza != n.stanza {
+            reasons.push(Reason::ConfigChanged {
+                fields: diff_fields(&base.stanza, &n.stanza),
+            });
+        }
+        origin_listed
     }
 
     /// Test and publish nodes: their last success must be about the image's current
