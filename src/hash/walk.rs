@@ -313,6 +313,8 @@ mod tests {
             ("/p", "/pq/a", "/pq/a"),
             ("/p", "/p//a", "a"),
             ("/p", "/p/./a", "a"),
+            ("./", "././", ""),
+            ("", "/a", "/a"),
         ] {
             assert_eq!(strip_root(Path::new(root), Path::new(path)), Path::new(rel));
         }
