@@ -368,10 +368,14 @@ fn start_apply_until_instance(dir: &Path) -> std::process::Child {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // The instance exists and its test command has started (it prints `started`), so
-    // what follows acts on a running command, however loaded the machine is.
+    // The instance exists, its test command has started (it prints `started`) and imgraph
+    // has recorded the command's process group (just after spawning it), so what follows
+    // acts on a running, recorded command, however loaded the machine is.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !leftovers(dir).iter().any(|l| l.starts_with("instance-")) || !test_started(dir) {
+    while !leftovers(dir).iter().any(|l| l.starts_with("instance-"))
+        || !test_started(dir)
+        || !process_recorded(dir)
+    {
         assert!(
             Instant::now() < deadline,
             "the test instance never appeared"
@@ -379,6 +383,13 @@ fn start_apply_until_instance(dir: &Path) -> std::process::Child {
         std::thread::sleep(Duration::from_millis(50));
     }
     child
+}
+
+/// Whether the running apply's ledger holds a command's process group.
+fn process_recorded(dir: &Path) -> bool {
+    imgraph::state::State::open_for_reading(&dir.join(".imgraph/state.db"))
+        .and_then(|state| state.ledger_open())
+        .is_ok_and(|open| open.iter().any(|e| e.kind == "process"))
 }
 
 /// Whether a test log of the running apply says `started`.
