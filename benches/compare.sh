@@ -183,7 +183,7 @@ for row in $ROWS; do
       dir="$OUT/tree-"; tree_project "$dir"; tree "$dir/tree" 20000 157000000
       work="$OUT/image-peer"
       pair image "imgraph apply --force (copy 157 MB, pack)" "cd '$dir' && '$IMGRAPH' apply -q --force big" \
-        "cp -a + tar | zstd -3" "rm -rf '$work' && mkdir -p '$work' && cp -a '$dir/origin' '$work/root' && mkdir -p '$work/root/srv' && cp -a '$dir/tree' '$work/root/srv/tree' && tar -C '$work/root' -c . | zstd -q -3 > '$work/out.tar.zst'" ;;
+        "cp -a, then tar piped to zstd -3" "rm -rf '$work' && mkdir -p '$work' && cp -a '$dir/origin' '$work/root' && mkdir -p '$work/root/srv' && cp -a '$dir/tree' '$work/root/srv/tree' && tar -C '$work/root' -c . | zstd -q -3 > '$work/out.tar.zst'" ;;
     *) echo "compare.sh: unknown row $row" >&2; exit 2 ;;
   esac
 done
