@@ -17,6 +17,8 @@ pub enum NodeOutcome {
     Failed,
     Skipped,
     Cancelled,
+    /// Not run: an early cutoff found nothing new upstream (recorded up to date).
+    UpToDate,
 }
 
 impl NodeOutcome {
@@ -27,6 +29,7 @@ impl NodeOutcome {
             NodeOutcome::Failed => "failed",
             NodeOutcome::Skipped => "skipped",
             NodeOutcome::Cancelled => "cancelled",
+            NodeOutcome::UpToDate => "up-to-date",
         }
     }
 }
@@ -97,6 +100,12 @@ pub enum Event {
     NodeSkipped {
         node: String,
         cause: String,
+    },
+    /// A planned cascade not run: the builds it depended on produced the artifacts their
+    /// images already had (early cutoff). Recorded up to date.
+    NodeCutOff {
+        node: String,
+        note: String,
     },
     /// Leftovers of a killed run found in the ledger and destroyed.
     LeftoverDestroyed {

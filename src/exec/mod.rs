@@ -8,6 +8,7 @@
 //! cause); independent branches go on unless `fail_fast`. Cancellation (Ctrl-C) stops
 //! starting work, kills running commands and lets providers clean up their instances.
 
+mod cutoff;
 pub mod events;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -73,6 +74,8 @@ pub enum ExecError {
     State(#[from] crate::state::StateError),
     #[error("the state lock was poisoned by a crashed task")]
     Poisoned,
+    #[error("failed to record {node} as cut off early: {detail}")]
+    CutOff { node: String, detail: String },
     #[error("failed to create {path}")]
     Io {
         path: PathBuf,
@@ -89,8 +92,17 @@ struct NodeResult {
     started: Instant,
 }
 
-/// Builds that finished in this run: image → (artifact, version).
-type Fresh = Arc<Mutex<HashMap<String, BuildOutputs>>>;
+/// What this run made so far, shared by the node tasks.
+#[derive(Default)]
+struct Made {
+    /// Builds that finished in this run: image → (artifact, version).
+    builds: HashMap<String, BuildOutputs>,
+    /// Early cutoff: builds that produced their image's newest Ready artifact again, and
+    /// the cascades skipped because of them.
+    cut: HashSet<String>,
+}
+
+type Fresh = Arc<Mutex<Made>>;
 
 impl ExecContext {
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, ProviderError> {
@@ -214,7 +226,7 @@ pub async fn execute(
     } else if summary
         .nodes
         .iter()
-        .any(|n| n.outcome != NodeOutcome::Succeeded)
+        .any(|n| !matches!(n.outcome, NodeOutcome::Succeeded | NodeOutcome::UpToDate))
     {
         RunStatus::Failed
     } else {
@@ -263,6 +275,42 @@ impl Scheduler<'_> {
         Ok(())
     }
 
+    /// Early cutoff: records a cascade whose upstream builds all produced what their
+    /// image already had as up to date (a success with the key it was planned with, the
+    /// outputs of the version it would have made again, and a note), without running it.
+    fn mark_cut_off(
+        &mut self,
+        node: &PlannedNode,
+        fresh: &Fresh,
+        by: &str,
+    ) -> Result<(), ExecError> {
+        let note = format!("early cutoff: {by} produced the same artifact");
+        let (recorded, outputs) = cutoff::cut_off_record(self.ctx, fresh, node, &note)?;
+        {
+            let st = self.ctx.state.lock().map_err(|_| ExecError::Poisoned)?;
+            recorded.record_finished(
+                &st,
+                self.run_id,
+                NodeStatus::Succeeded,
+                Some(&outputs),
+                None,
+            )?;
+        }
+        if let Ok(mut f) = fresh.lock() {
+            f.cut.insert(node.id.clone());
+        }
+        self.status.insert(node.id.clone(), NodeOutcome::UpToDate);
+        self.reports.insert(
+            node.id.clone(),
+            NodeReport::not_run(&node.id, NodeOutcome::UpToDate, &note),
+        );
+        let _ = self.events.send(Event::NodeCutOff {
+            node: node.id.clone(),
+            note,
+        });
+        Ok(())
+    }
+
     /// Records a finished node task.
     fn mark_finished(&mut self, res: NodeResult) {
         let duration_ms = res.started.elapsed().as_millis() as u64;
@@ -298,13 +346,14 @@ impl Scheduler<'_> {
     ) -> Result<(), ExecError> {
         let ctx = self.ctx;
         let run_id = self.run_id;
-        let fresh: Fresh = Arc::new(Mutex::new(HashMap::new()));
+        let fresh: Fresh = Arc::new(Mutex::new(Made::default()));
         let parallelism = options.parallelism.max(1);
         let mut started_at: HashMap<String, (Instant, i64)> = HashMap::new();
         loop {
             let stopping = stop.is_cancelled();
             // Skip whatever waits on a failure; start whatever is ready.
             let mut still = Vec::new();
+            let mut cut_any = false;
             for node in pending.drain(..) {
                 let my_deps = deps.get(node.id.as_str()).cloned().unwrap_or_default();
                 let bad = my_deps
@@ -325,9 +374,19 @@ impl Scheduler<'_> {
                     self.mark_not_run(node, outcome, format!("{bad} did not succeed"))?;
                     continue;
                 }
-                let ready = my_deps
-                    .iter()
-                    .all(|d| self.status.get(d.as_str()) == Some(&NodeOutcome::Succeeded));
+                let ready = my_deps.iter().all(|d| {
+                    matches!(
+                        self.status.get(d.as_str()),
+                        Some(NodeOutcome::Succeeded | NodeOutcome::UpToDate)
+                    )
+                });
+                if ready && !stopping {
+                    if let Some(by) = cutoff::cut_off_cause(ctx, node, &fresh)? {
+                        self.mark_cut_off(node, &fresh, &by)?;
+                        cut_any = true;
+                        continue;
+                    }
+                }
                 if ready && !stopping && tasks.len() < parallelism {
                     let log = ctx
                         .logs_dir(run_id)
@@ -356,6 +415,10 @@ impl Scheduler<'_> {
                 }
             }
             pending = still;
+            if cut_any {
+                // What waited on a cut-off node may be ready (or cut off) now.
+                continue;
+            }
 
             if tasks.is_empty() {
                 if stopping {
@@ -677,6 +740,9 @@ async fn run_node(
                     cancel,
                 })
                 .await?;
+            if let Some(json) = cutoff::reuse_ready(ctx, fresh, node, image, &built, log)? {
+                return Ok(Some(json));
+            }
             let record = ImageRecord {
                 image: image.name.clone(),
                 version: version.clone(),
@@ -701,7 +767,7 @@ async fn run_node(
             };
             let json = serde_json::to_string(&outputs).unwrap_or_default();
             if let Ok(mut f) = fresh.lock() {
-                f.insert(image.name.clone(), outputs);
+                f.builds.insert(image.name.clone(), outputs);
             }
             Ok(Some(json))
         }
@@ -932,7 +998,7 @@ fn current_build(
     fresh: &Fresh,
     image: &str,
 ) -> Result<BuildOutputs, ProviderError> {
-    if let Some(b) = fresh.lock().ok().and_then(|f| f.get(image).cloned()) {
+    if let Some(b) = fresh.lock().ok().and_then(|f| f.builds.get(image).cloned()) {
         return Ok(b);
     }
     let history = ctx.lock()?.history(&build_id(image))?;

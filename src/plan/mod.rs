@@ -212,6 +212,11 @@ pub struct PlannedNode {
     pub reasons: Vec<Reason>,
     /// True when the node runs only because something it needs runs.
     pub cascade: bool,
+    /// Early cutoff: the local builds running in this apply whose producing the same
+    /// artifact as their image's newest Ready version would let this cascade be skipped
+    /// (recorded up to date). Empty for nodes that run for a reason of their own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cut_off_by: Vec<String>,
     /// What the executor records when it runs this node.
     #[serde(skip)]
     pub manifest: Manifest,
@@ -246,6 +251,13 @@ pub struct Summary {
     pub not_selected: usize,
     /// Up-to-date images whose tags are updated in place.
     pub update_tags: usize,
+    /// Cascades an early cutoff may skip (see [`PlannedNode::cut_off_by`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub may_cut_off: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -564,6 +576,7 @@ pub fn decide(
                 .map(|r| r.key.clone()),
             reasons: Vec::new(),
             cascade: false,
+            cut_off_by: Vec::new(),
             manifest,
             stanza,
             upstream,
@@ -670,6 +683,8 @@ pub fn decide(
             Action::UpdateTags => summary.update_tags += 1,
         }
     }
+    mark_cutoffs(project, &mut nodes);
+    summary.may_cut_off = nodes.iter().filter(|n| !n.cut_off_by.is_empty()).count();
     sources.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Plan {
         format_version: FORMAT_VERSION,
@@ -680,6 +695,53 @@ pub fn decide(
         nodes,
         summary,
     })
+}
+
+/// Early cutoff, planned: which running cascades could be skipped when a local build
+/// comes out byte-identical to its image's newest Ready version (deterministic packing
+/// makes that common after a forced, max-age or roll-up rebuild that changed nothing
+/// inside). A node qualifies when it runs only because of upstream nodes, each of them a
+/// running local build or itself a qualifying cascade; the executor skips it when every
+/// one of them was cut off ([`crate::exec`]). Other providers never make the same artifact
+/// twice, so their builds cut nothing off.
+fn mark_cutoffs(project: &Project, nodes: &mut [PlannedNode]) {
+    let local_build = |n: &PlannedNode| {
+        n.stage == Stage::Build
+            && n.action == Action::Run
+            && n.previous_key.is_some()
+            && n.image
+                .as_deref()
+                .and_then(|i| project.image(i))
+                .and_then(|i| project.provider(&i.provider))
+                .is_some_and(|p| matches!(p.kind, model::ProviderKind::Local { .. }))
+    };
+    // Nodes come in topological order: what a node needs is decided before it.
+    let mut roots: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for n in nodes.iter_mut() {
+        if n.action != Action::Run {
+            continue;
+        }
+        let mut by = BTreeSet::new();
+        let qualifies = n.cascade
+            && n.reasons.iter().all(|r| match r {
+                Reason::UpstreamChanged { node } => roots.get(node).is_some_and(|r| {
+                    by.extend(r.iter().cloned());
+                    true
+                }),
+                _ => false,
+            });
+        if !qualifies {
+            by.clear();
+        }
+        n.cut_off_by = by.iter().cloned().collect();
+        // What the nodes downstream of this one may be cut off by.
+        if local_build(n) {
+            by.insert(n.id.clone());
+        }
+        if !by.is_empty() {
+            roots.insert(n.id.clone(), by);
+        }
+    }
 }
 
 /// The key of a node: see the module docs for what goes in.

@@ -129,6 +129,9 @@ impl Human {
             Event::NodeSkipped { node, cause } => {
                 self.line(&format!("{}    {node}: {cause}", p.yellow("skip")));
             }
+            Event::NodeCutOff { node, note } => {
+                self.line(&format!("{}    {node}: {note}", p.green("same")));
+            }
             Event::LeftoverDestroyed {
                 resource,
                 kind,
@@ -159,7 +162,9 @@ pub fn render_summary(summary: &RunSummary, p: Palette) -> String {
     let _ = writeln!(out, "\n{:width$}  {:10}  {:>8}", "NODE", "OUTCOME", "TIME");
     for n in &summary.nodes {
         let outcome = match n.outcome {
-            NodeOutcome::Succeeded => p.green(&format!("{:10}", n.outcome.as_str())),
+            NodeOutcome::Succeeded | NodeOutcome::UpToDate => {
+                p.green(&format!("{:10}", n.outcome.as_str()))
+            }
             NodeOutcome::Failed => p.red(&format!("{:10}", n.outcome.as_str())),
             _ => p.yellow(&format!("{:10}", n.outcome.as_str())),
         };
@@ -192,8 +197,14 @@ pub fn render_summary(summary: &RunSummary, p: Palette) -> String {
     let failed = summary.count(NodeOutcome::Failed);
     let skipped = summary.count(NodeOutcome::Skipped);
     let cancelled = summary.count(NodeOutcome::Cancelled);
+    let cut = summary.count(NodeOutcome::UpToDate);
+    let cut = if cut > 0 {
+        format!(", {cut} up to date by early cutoff")
+    } else {
+        String::new()
+    };
     let line = format!(
-        "Apply {}: {ok} succeeded, {failed} failed, {skipped} skipped, {cancelled} cancelled in {:.1}s (run {}).",
+        "Apply {}: {ok} succeeded, {failed} failed, {skipped} skipped, {cancelled} cancelled{cut} in {:.1}s (run {}).",
         if summary.interrupted {
             "interrupted"
         } else if failed + skipped + cancelled > 0 {

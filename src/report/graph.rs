@@ -332,6 +332,7 @@ mod tests {
             previous_key: None,
             reasons: Vec::new(),
             cascade: false,
+            cut_off_by: Vec::new(),
             manifest: Default::default(),
             stanza: String::new(),
             upstream: Default::default(),

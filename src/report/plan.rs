@@ -237,7 +237,7 @@ pub fn render_text(plan: &Plan, p: Palette) -> String {
             } else {
                 ("+", p.green(&id))
             };
-            write_node(&mut out, mark, &id, n, width, p);
+            write_node_with(&mut out, mark, &id, n, cutoff_line(plan, n), width, p);
         }
         out.push('\n');
     }
@@ -305,6 +305,9 @@ pub fn summary_line(s: &crate::plan::Summary) -> String {
     if s.update_tags > 0 {
         let _ = write!(line, ", {} with tags to update", s.update_tags);
     }
+    if s.may_cut_off > 0 {
+        let _ = write!(line, ", {} may be cut off early", s.may_cut_off);
+    }
     if s.not_selected > 0 {
         let _ = write!(line, ", {} outside --target", s.not_selected);
     }
@@ -347,8 +350,37 @@ pub fn reason_lines(n: &PlannedNode) -> Vec<String> {
     lines
 }
 
+/// Early cutoff, said once at the build that may cause it: how many planned cascades are
+/// skipped if it makes its image's newest Ready artifact again.
+fn cutoff_line(plan: &Plan, n: &PlannedNode) -> Option<String> {
+    let count = plan
+        .nodes
+        .iter()
+        .filter(|c| c.cut_off_by.contains(&n.id))
+        .count();
+    (count > 0).then(|| {
+        format!(
+            "early cutoff: {count} {} from it {} skipped if it makes its newest Ready artifact again",
+            plural(count, "cascade", "cascades"),
+            plural(count, "is", "are"),
+        )
+    })
+}
+
 fn write_node(out: &mut String, mark: &str, id: &str, n: &PlannedNode, width: usize, p: Palette) {
-    let mut lines = reason_lines(n).into_iter();
+    write_node_with(out, mark, id, n, None, width, p);
+}
+
+fn write_node_with(
+    out: &mut String,
+    mark: &str,
+    id: &str,
+    n: &PlannedNode,
+    extra: Option<String>,
+    width: usize,
+    p: Palette,
+) {
+    let mut lines = reason_lines(n).into_iter().chain(extra);
     let first = lines.next().unwrap_or_default();
     let _ = writeln!(out, "  {mark} {}  {first}", pad(id, &escape(&n.id), width));
     for line in lines {

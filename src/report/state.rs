@@ -142,9 +142,16 @@ pub fn history_text(runs: &[(RunRecord, Vec<NodeRecord>)], p: Palette) -> String
                 NodeStatus::Failed => p.red(n.status.as_str()),
                 _ => p.yellow(n.status.as_str()),
             };
+            // An error, or the note of a node recorded without running (early cutoff).
+            let note = n
+                .outputs_json
+                .as_deref()
+                .and_then(|o| serde_json::from_str::<serde_json::Value>(o).ok())
+                .and_then(|o| o.get("note").and_then(|v| v.as_str()).map(str::to_owned));
             let err = n
                 .error
-                .as_deref()
+                .clone()
+                .or(note)
                 .map(|e| format!("  {e}"))
                 .unwrap_or_default();
             let _ = writeln!(out, "    {:32} {st:10} {dur:>7}{err}", n.node_id);
