@@ -340,6 +340,55 @@ async fn a_deregistered_ami_is_planned_as_artifact_missing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_an_ami_tags_it_revoked_with_the_reason_and_undo_restores_it() {
+    let Some(url) = endpoint() else { return };
+    if !packer_available() {
+        return;
+    }
+    let image = unique("rv");
+    let (_t, dir) = packer_project(&url, &image);
+    set_test_script(&dir, "#!/bin/sh\ntrue\n");
+    let (out, _seen) = apply_with_harness(&dir, &url, &image).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+
+    let target = format!("{image}@1.0.0");
+    let out = run_imgraph(
+        &dir,
+        &url,
+        &["revoke", &target, "--reason", "CVE-2026-0002"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let client = ec2(&url);
+    let amis = amis_of(&client, &image).await;
+    assert_eq!(amis.len(), 1);
+    assert_eq!(tag(amis[0].tags(), "Release_Status"), Some("Revoked"));
+    assert_eq!(
+        tag(amis[0].tags(), "imgraph:revoked-reason"),
+        Some("CVE-2026-0002")
+    );
+    // The plan rebuilds it (nothing older to go back to), with reason `revoked`.
+    let plan = plan_json(&dir, &url).await;
+    let build = plan["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["id"].as_str() == Some(format!("build:{image}").as_str()))
+        .expect("build node")
+        .clone();
+    assert_eq!(build["action"], "run", "{build}");
+    assert_eq!(build["reasons"][0]["kind"], "revoked", "{build}");
+
+    let out = run_imgraph(&dir, &url, &["revoke", "--undo", &target]).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let amis = amis_of(&client, &image).await;
+    assert_eq!(tag(amis[0].tags(), "Release_Status"), Some("Ready"));
+    assert_eq!(tag(amis[0].tags(), "imgraph:revoked-reason"), None);
+    let plan = plan_json(&dir, &url).await;
+    assert_eq!(plan["summary"]["run"], 0, "{plan}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_state_file_is_recovered_from_the_ami_tags() {
     let Some(url) = endpoint() else { return };
     if !packer_available() {

@@ -196,6 +196,8 @@ async fn provider_packer_build_test_status_and_recovery_against_moto() {
         run_id: None,
         environments: Vec::new(),
         holding: Vec::new(),
+        origin: None,
+        revoked_reason: None,
     };
     aws.set_status(&record, ReleaseStatus::Ready)
         .await

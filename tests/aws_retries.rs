@@ -382,6 +382,8 @@ async fn an_authorisation_failure_on_tagging_names_the_action_and_the_ami() {
                 run_id: None,
                 environments: Vec::new(),
                 holding: Vec::new(),
+                origin: None,
+                revoked_reason: None,
             },
             imgraph::state::ReleaseStatus::Ready,
         )

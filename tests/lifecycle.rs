@@ -194,3 +194,147 @@ fn an_environment_that_missed_the_current_version_still_gets_it_after_a_cutoff()
         "{history}"
     );
 }
+
+fn run_ok(dir: &Path, args: &[&str]) -> String {
+    let out = imgraph(dir).args(args).output().expect("run imgraph");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn status_of(dir: &Path, image: &str, version: &str) -> String {
+    versions(dir)
+        .into_iter()
+        .find(|(i, v, _)| i == image && v == version)
+        .map(|(_, _, s)| s)
+        .unwrap_or_else(|| panic!("{image} {version} not listed"))
+}
+
+fn reason_kinds(plan: &Value, id: &str) -> Vec<String> {
+    node(plan, id)["reasons"]
+        .as_array()
+        .expect("reasons")
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn revoking_a_base_version_rebuilds_its_descendants_and_redelivers_every_environment() {
+    let (_t, dir) = copy_project("examples/quickstart");
+    run_ok(&dir, &["apply"]);
+    append(&dir.join("config/base/motd"), "a bad change\n");
+    run_ok(&dir, &["apply"]);
+    assert_eq!(deliveries(&dir, "production").lines().count(), 2);
+
+    let out = run_ok(&dir, &["revoke", "base@1.0.1", "--reason", "CVE-2026-0001"]);
+    assert!(out.contains("revoked base 1.0.1: CVE-2026-0001"), "{out}");
+    assert!(
+        out.contains("revoked web 2.3.1: built from revoked base 1.0.1: CVE-2026-0001"),
+        "{out}"
+    );
+    assert_eq!(status_of(&dir, "base", "1.0.1"), "Revoked");
+    assert_eq!(status_of(&dir, "web", "2.3.1"), "Revoked");
+    assert_eq!(status_of(&dir, "base", "1.0.0"), "Ready");
+    // The local registry says so too.
+    let meta: Value = serde_json::from_slice(
+        &std::fs::read(dir.join(".imgraph/images/registry/base@1.0.1.json")).expect("registry"),
+    )
+    .expect("registry json");
+    assert_eq!(meta["status"], "Revoked");
+    assert_eq!(meta["revoked_reason"], "CVE-2026-0001");
+
+    // The plan: base goes back to its newest good version, web is rebuilt from it, and
+    // both environments get the replacement, all with reason `revoked`.
+    let plan = plan_json(&dir, &[]);
+    let base = node(&plan, "build:base");
+    assert_eq!(base["action"], "run");
+    assert_eq!(base["reasons"][0]["kind"], "revoked");
+    assert_eq!(base["reasons"][0]["back_to"], "1.0.0");
+    assert!(reason_kinds(&plan, "build:web").contains(&"revoked".to_string()));
+    for env in ["staging", "production"] {
+        let id = format!("deliver:web@{env}");
+        assert_eq!(node(&plan, &id)["action"], "run", "{id}");
+        assert!(
+            reason_kinds(&plan, &id).contains(&"revoked".to_string()),
+            "{id}"
+        );
+    }
+    let text = run_ok(&dir, &["plan"]);
+    assert!(
+        text.contains(
+            "base 1.0.1 is revoked (CVE-2026-0001): back to 1.0.0, its newest good version"
+        ),
+        "{text}"
+    );
+
+    run_ok(&dir, &["apply"]);
+    // No base version was built; web built from base 1.0.0 comes out as web 2.3.0 again
+    // (early cutoff), and that is what staging, then production, hold now.
+    assert!(!versions(&dir)
+        .iter()
+        .any(|(i, v, _)| i == "base" && v == "1.0.2"));
+    for env in ["staging", "production"] {
+        let last = deliveries(&dir, env)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string();
+        assert!(last.starts_with("web 2.3.0 "), "{env}: {last}");
+    }
+    let images = run_ok(&dir, &["images"]);
+    let held = images
+        .lines()
+        .find(|l| l.starts_with("web ") && l.contains("2.3.0"))
+        .unwrap_or_default();
+    assert!(held.ends_with("staging, production"), "{images}");
+    assert!(
+        images
+            .lines()
+            .any(|l| l.contains("2.3.1") && l.contains("Revoked")),
+        "{images}"
+    );
+    // What the project still says is the change that was revoked: the plan says so
+    // rather than pretending base is up to date.
+    let plan = plan_json(&dir, &[]);
+    assert_eq!(reason_kinds(&plan, "build:base"), ["input-changed"]);
+
+    // A version revoked through its origin is restored from there.
+    let out = imgraph(&dir)
+        .args(["revoke", "--undo", "web@2.3.1"])
+        .output()
+        .expect("undo");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("revoked because base 1.0.1 was"), "{err}");
+    let out = run_ok(&dir, &["revoke", "--undo", "base@1.0.1"]);
+    assert!(out.contains("restored base 1.0.1 (Ready)"), "{out}");
+    assert!(out.contains("restored web 2.3.1 (Ready)"), "{out}");
+    assert_eq!(status_of(&dir, "web", "2.3.1"), "Ready");
+}
+
+#[test]
+fn a_revoked_artifact_is_never_made_again() {
+    let (_t, dir) = reproducible_quickstart();
+    run_ok(&dir, &["apply"]);
+    run_ok(&dir, &["revoke", "base@1.0.0", "--reason", "broken"]);
+    // Nothing to go back to: the plan rebuilds base, which makes the same bytes.
+    let plan = plan_json(&dir, &[]);
+    assert_eq!(reason_kinds(&plan, "build:base"), ["revoked"]);
+    assert!(node(&plan, "build:base")["reasons"][0]
+        .get("back_to")
+        .is_none());
+    let out = imgraph(&dir).arg("apply").output().expect("apply");
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("the build made the artifact of revoked base 1.0.0 again"),
+        "{text}"
+    );
+    assert_eq!(deliveries(&dir, "staging").lines().count(), 1);
+    assert_eq!(status_of(&dir, "base", "1.0.0"), "Revoked");
+}

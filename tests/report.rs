@@ -237,6 +237,8 @@ fn seed_versions(dir: &Path) {
                 run_id: Some(run),
                 environments: Vec::new(),
                 holding: Vec::new(),
+                origin: None,
+                revoked_reason: None,
             })
             .unwrap();
         if image.ends_with("-9") {

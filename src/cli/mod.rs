@@ -3,6 +3,7 @@
 
 mod output;
 mod pictures;
+mod revoke;
 mod saved;
 mod signals;
 mod tools;
@@ -84,6 +85,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Revoke a version: it and every version built from it become `Revoked` (never an
+    /// origin, never delivered again); the next plan rebuilds and redelivers what used
+    /// them. `--undo` restores them.
+    Revoke(revoke::RevokeArgs),
     /// Destroy temporary instances and folders that killed runs left behind.
     Gc {
         #[command(flatten)]
@@ -260,6 +265,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::Images { image, json } => images(cli, image.as_deref(), *json),
         Command::History { limit, json } => history(cli, *limit, *json),
         Command::Gc { lock } => gc(cli, lock),
+        Command::Revoke(args) => revoke::revoke(cli, args),
         Command::State(StateCommand::Recover) => state_recover(cli),
         Command::Lock(LockCommand::Status { json }) => lock_status(cli, *json),
         Command::Lock(LockCommand::Break { force }) => lock_break(cli, *force),

@@ -10,6 +10,7 @@
 
 mod cutoff;
 pub mod events;
+mod revoked;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -697,6 +698,10 @@ async fn run_node(
     }
     match node.stage {
         Stage::Build => {
+            if let Some(json) = revoked::go_back(ctx, fresh, node, image, log)? {
+                return Ok(Some(json));
+            }
+            let mut origin_version = None;
             let origin = match &image.from {
                 FromRef::Source(s) => match ctx.project.source(s).map(|s| &s.kind) {
                     Some(SourceKind::Local { path }) => {
@@ -714,12 +719,22 @@ async fn run_node(
                 },
                 FromRef::Image(up) => {
                     let built = current_build(ctx, fresh, up)?;
-                    if release_status(ctx, up, &built.version)? != Some(ReleaseStatus::Ready) {
-                        return Err(ProviderError::Failed(format!(
-                            "`{}` is built from `{up}` {}, which is not Ready (its tests have not all passed)",
-                            image.name, built.version
-                        )));
+                    match release_status(ctx, up, &built.version)? {
+                        Some(ReleaseStatus::Ready) => {}
+                        Some(ReleaseStatus::Revoked) => {
+                            return Err(ProviderError::Failed(format!(
+                                "`{}` is built from `{up}` {}, which is revoked: a revoked version is never an origin",
+                                image.name, built.version
+                            )))
+                        }
+                        _ => {
+                            return Err(ProviderError::Failed(format!(
+                                "`{}` is built from `{up}` {}, which is not Ready (its tests have not all passed)",
+                                image.name, built.version
+                            )))
+                        }
                     }
+                    origin_version = Some(format!("{up}@{}", built.version));
                     Origin::Artifact(built.artifact_id)
                 }
             };
@@ -740,6 +755,7 @@ async fn run_node(
                     cancel,
                 })
                 .await?;
+            revoked::refuse_revoked_artifact(ctx, image, &built.artifact_id)?;
             if let Some(json) = cutoff::reuse_ready(ctx, fresh, node, image, &built, log)? {
                 return Ok(Some(json));
             }
@@ -754,6 +770,8 @@ async fn run_node(
                 run_id: Some(run),
                 environments: Vec::new(),
                 holding: Vec::new(),
+                origin: origin_version,
+                revoked_reason: None,
             };
             ctx.lock()?.record_image(&record)?;
             provider

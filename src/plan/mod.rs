@@ -163,6 +163,16 @@ pub enum Reason {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         unknown: bool,
     },
+    /// A revoked version (`imgraph revoke`): a build whose current version it is (rolled
+    /// back to `back_to`, the image's newest good version, when it was revoked itself and
+    /// has one; else rebuilt), or a delivery whose environment holds it.
+    Revoked {
+        image: String,
+        version: String,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        back_to: Option<String>,
+    },
     /// A delivery: the image's current version is not the one this environment last got
     /// (`previous`, when known) — e.g. an apply that stopped after publish.
     NewVersion {
@@ -188,6 +198,7 @@ impl Reason {
             Reason::Forced => "forced",
             Reason::NewVersion { .. } => "new-version",
             Reason::TagsChanged { .. } => "tags-changed",
+            Reason::Revoked { .. } => "revoked",
         }
     }
 }
@@ -347,6 +358,11 @@ pub struct Facts {
     pub history: HashMap<String, NodeHistory>,
     /// Artifact ids that were recorded but no longer exist.
     pub missing_artifacts: HashSet<String>,
+    /// Revoked versions: image → version → reason.
+    pub revoked: HashMap<String, BTreeMap<String, String>>,
+    /// Images whose current version was revoked itself: the build record of the image's
+    /// newest good (Ready) version, which the build goes back to.
+    pub fallback: HashMap<String, NodeRecord>,
     pub now_ms: i64,
 }
 
@@ -601,6 +617,7 @@ pub fn decide(
             upstream_news,
         };
         ctx.decide_node(&mut planned, history, &mut sources);
+        apply_revocations(facts, &mut planned);
         if planned.stage == Stage::Build && planned.action == Action::UpToDate {
             if let Some(change) = node
                 .image
@@ -697,6 +714,57 @@ pub fn decide(
     })
 }
 
+/// A revoked version in use: the build whose current version it is runs (going back to
+/// the image's newest good version when the version was revoked itself, see
+/// [`Facts::fallback`]; rebuilding when it was revoked through its origin or has nothing
+/// to go back to), and a delivery whose environment holds it runs.
+fn apply_revocations(facts: &Facts, n: &mut PlannedNode) {
+    let Some(image) = n.image.clone() else { return };
+    let Some(revoked) = facts.revoked.get(&image) else {
+        return;
+    };
+    let held = match n.stage {
+        Stage::Build => current_build(facts, &image).map(|b| b.version),
+        Stage::Deliver => facts
+            .history
+            .get(&n.id)
+            .and_then(|h| h.last_success.as_ref())
+            .and_then(|s| s.outputs_json.as_deref())
+            .and_then(|o| serde_json::from_str::<BuildOutputs>(o).ok())
+            .map(|o| o.version),
+        _ => None,
+    };
+    let Some((version, reason)) = held.and_then(|v| revoked.get_key_value(&v)) else {
+        return;
+    };
+    let mut reason = Reason::Revoked {
+        image: image.clone(),
+        version: version.clone(),
+        reason: reason.clone(),
+        back_to: None,
+    };
+    if n.stage == Stage::Build {
+        if let Some(fallback) = facts.fallback.get(&image) {
+            // Planned as that version's build record: its key, manifest and upstream.
+            let back_to = fallback
+                .outputs_json
+                .as_deref()
+                .and_then(|o| serde_json::from_str::<BuildOutputs>(o).ok())
+                .map(|o| o.version);
+            if let Reason::Revoked { back_to: b, .. } = &mut reason {
+                *b = back_to;
+            }
+            n.key = fallback.key.clone();
+            n.manifest = serde_json::from_str(&fallback.manifest_json).unwrap_or_default();
+            n.stanza = fallback.stanza.clone();
+            n.upstream = serde_json::from_str(&fallback.upstream_json).unwrap_or_default();
+            n.reasons.clear();
+        }
+    }
+    n.action = Action::Run;
+    n.reasons.insert(0, reason);
+}
+
 /// Early cutoff, planned: which running cascades could be skipped when a local build
 /// comes out byte-identical to its image's newest Ready version (deterministic packing
 /// makes that common after a forced, max-age or roll-up rebuild that changed nothing
@@ -709,6 +777,11 @@ fn mark_cutoffs(project: &Project, nodes: &mut [PlannedNode]) {
         n.stage == Stage::Build
             && n.action == Action::Run
             && n.previous_key.is_some()
+            // Going back to an older version builds nothing.
+            && !n
+                .reasons
+                .iter()
+                .any(|r| matches!(r, Reason::Revoked { back_to: Some(_), .. }))
             && n.image
                 .as_deref()
                 .and_then(|i| project.image(i))

@@ -205,6 +205,14 @@ pub trait Provider: Send + Sync {
         version: &ImageRecord,
         status: ReleaseStatus,
     ) -> Result<(), ProviderError>;
+    /// Marks a version `Revoked` with `reason` in the provider's own records (AMI tags
+    /// `Release_Status` and `imgraph:revoked-reason`, the local registry), or with `None`
+    /// restores `version.status` and removes the reason.
+    async fn set_revoked(
+        &self,
+        version: &ImageRecord,
+        reason: Option<&str>,
+    ) -> Result<(), ProviderError>;
     /// Notes with the provider that `environment` got this version (AMI tags, the local
     /// registry), so a lost state file does not mean delivering again.
     async fn record_delivery(

@@ -151,6 +151,23 @@ pub fn reason_text(r: &Reason) -> String {
             format!("artifact {} no longer exists", escape(&short_id(artifact)))
         }
         Reason::Forced => "forced with --force".into(),
+        Reason::Revoked {
+            image,
+            version,
+            reason,
+            back_to,
+        } => {
+            let head = format!(
+                "{} {} is revoked ({})",
+                escape(image),
+                escape(version),
+                escape(reason)
+            );
+            match back_to {
+                Some(v) => format!("{head}: back to {}, its newest good version", escape(v)),
+                None => head,
+            }
+        }
         Reason::TagsChanged {
             added,
             removed,

@@ -24,6 +24,7 @@ pub fn images_json(records: &[ImageRecord]) -> String {
                 "provider": r.provider, "key": r.key, "status": status_str(r.status),
                 "built_at": timestamp(r.built_at), "built_at_ms": r.built_at,
                 "run_id": r.run_id, "environments": r.environments, "holding": r.holding,
+                "origin": r.origin, "revoked_reason": r.revoked_reason,
             })
         })
         .collect();
@@ -75,7 +76,7 @@ pub fn images_text(records: &[ImageRecord], p: Palette) -> String {
     for (r, row) in records.iter().zip(&rows) {
         let status = match r.status {
             ReleaseStatus::Ready => p.green(&row[3]),
-            ReleaseStatus::Failed => p.red(&row[3]),
+            ReleaseStatus::Failed | ReleaseStatus::Revoked => p.red(&row[3]),
             ReleaseStatus::Candidate => p.yellow(&row[3]),
         };
         let cells = [
@@ -226,6 +227,8 @@ mod tests {
             run_id: None,
             environments: vec!["staging".into(), "production".into()],
             holding: holding.iter().map(|h| h.to_string()).collect(),
+            origin: None,
+            revoked_reason: None,
         }
     }
 

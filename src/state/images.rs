@@ -12,7 +12,8 @@ use rusqlite::{params, OptionalExtension, Row};
 
 use super::{now_ms, ImageRecord, ReleaseStatus, RunId, State, StateError};
 
-const IMAGE_COLS: &str = "image, version, artifact_id, provider, key, status, built_at, run_id";
+const IMAGE_COLS: &str =
+    "image, version, artifact_id, provider, key, status, built_at, run_id, origin, revoked_reason";
 
 fn image_from_row(row: &Row<'_>) -> rusqlite::Result<ImageRecord> {
     Ok(ImageRecord {
@@ -26,6 +27,8 @@ fn image_from_row(row: &Row<'_>) -> rusqlite::Result<ImageRecord> {
         run_id: row.get(7)?,
         environments: Vec::new(),
         holding: Vec::new(),
+        origin: row.get(8)?,
+        revoked_reason: row.get(9)?,
     })
 }
 
@@ -110,7 +113,7 @@ impl State {
         self.conn
             .execute(
                 &format!(
-                    "INSERT INTO images ({IMAGE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                    "INSERT INTO images ({IMAGE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
                 ),
                 params![
                     rec.image,
@@ -120,7 +123,9 @@ impl State {
                     rec.key,
                     rec.status,
                     rec.built_at,
-                    rec.run_id
+                    rec.run_id,
+                    rec.origin,
+                    rec.revoked_reason
                 ],
             )
             .map_err(|e| {
@@ -159,6 +164,168 @@ impl State {
             return Err(self.not_found(format!("image {image} {version}")));
         }
         Ok(())
+    }
+
+    /// Revokes `image` `version` with `reason`, and every version built from a revoked
+    /// one (recursively: a descendant's descendants too), in one transaction. Returns the
+    /// versions revoked by this call, the named one first; one already revoked is not
+    /// revoked again (its descendants still are, when they are not yet).
+    pub fn revoke(
+        &self,
+        image: &str,
+        version: &str,
+        reason: &str,
+    ) -> Result<Vec<ImageRecord>, StateError> {
+        let context = format!("revoke image {image} {version}");
+        let tx = self.write_tx(&context)?;
+        let root = format!("{image}@{version}");
+        let now = now_ms();
+        let exists: bool = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM images WHERE image = ?1 AND version = ?2",
+                params![image, version],
+                |row| row.get::<_, i64>(0),
+            )
+            .map_err(|e| self.sql_err(e, &*context))?
+            > 0;
+        if !exists {
+            return Err(self.not_found(format!("image {image} {version}")));
+        }
+        let mut revoked = Vec::new();
+        let mut queue = vec![(image.to_string(), version.to_string())];
+        while let Some((img, ver)) = queue.pop() {
+            let via = (img != image || ver != version).then(|| root.clone());
+            let why = match &via {
+                None => reason.to_string(),
+                Some(_) => format!("built from revoked {image} {version}: {reason}"),
+            };
+            let changed = self
+                .conn
+                .execute(
+                    "UPDATE images SET status_before = status, status = 'Revoked',
+                            revoked_reason = ?3, revoked_at = ?4, revoked_via = ?5
+                     WHERE image = ?1 AND version = ?2 AND status != 'Revoked'",
+                    params![img, ver, why, now, via],
+                )
+                .map_err(|e| self.sql_err(e, &*context))?;
+            if changed > 0 {
+                revoked.push((img.clone(), ver.clone()));
+            }
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT image, version FROM images WHERE origin = ?1")
+                .map_err(|e| self.sql_err(e, &*context))?;
+            let children = stmt
+                .query_map([format!("{img}@{ver}")], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .map_err(|e| self.sql_err(e, &*context))?
+                .collect::<Result<Vec<(String, String)>, _>>()
+                .map_err(|e| self.sql_err(e, &*context))?;
+            queue.extend(children);
+        }
+        tx.commit().map_err(|e| self.sql_err(e, &*context))?;
+        self.records_of(&revoked, &context)
+    }
+
+    /// Undoes [`State::revoke`] of `image` `version`: it and the versions revoked because
+    /// of it get back the status they had. Returns them; an error when it was not
+    /// revoked itself (a version revoked through its origin is restored from there).
+    pub fn unrevoke(&self, image: &str, version: &str) -> Result<Vec<ImageRecord>, StateError> {
+        let context = format!("undo the revocation of image {image} {version}");
+        let tx = self.write_tx(&context)?;
+        let root = format!("{image}@{version}");
+        let row: Option<(ReleaseStatus, Option<String>)> = self
+            .conn
+            .query_row(
+                "SELECT status, revoked_via FROM images WHERE image = ?1 AND version = ?2",
+                params![image, version],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.sql_err(e, &*context))?;
+        match row {
+            None => return Err(self.not_found(format!("image {image} {version}"))),
+            Some((status, _)) if status != ReleaseStatus::Revoked => {
+                return Err(StateError::NotRevoked {
+                    image: image.into(),
+                    version: version.into(),
+                    detail: "it is not revoked".into(),
+                })
+            }
+            Some((_, Some(via))) => {
+                return Err(StateError::NotRevoked {
+                    image: image.into(),
+                    version: version.into(),
+                    detail: format!(
+                        "it was revoked because {} was: undo that one",
+                        via.replace('@', " ")
+                    ),
+                })
+            }
+            Some(_) => {}
+        }
+        let restored = {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT image, version FROM images
+                     WHERE (image = ?1 AND version = ?2) OR revoked_via = ?3",
+                )
+                .map_err(|e| self.sql_err(e, &*context))?;
+            let rows = stmt
+                .query_map(params![image, version, root], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .map_err(|e| self.sql_err(e, &*context))?
+                .collect::<Result<Vec<(String, String)>, _>>()
+                .map_err(|e| self.sql_err(e, &*context))?;
+            rows
+        };
+        self.conn
+            .execute(
+                "UPDATE images SET status = coalesce(status_before, 'Ready'), status_before = NULL,
+                        revoked_reason = NULL, revoked_at = NULL, revoked_via = NULL
+                 WHERE (image = ?1 AND version = ?2) OR revoked_via = ?3",
+                params![image, version, root],
+            )
+            .map_err(|e| self.sql_err(e, &*context))?;
+        tx.commit().map_err(|e| self.sql_err(e, &*context))?;
+        self.records_of(&restored, &context)
+    }
+
+    /// Whether the version was revoked through its origin (not itself).
+    pub fn revoked_via(&self, image: &str, version: &str) -> Result<Option<String>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT revoked_via FROM images WHERE image = ?1 AND version = ?2",
+                params![image, version],
+                |row| row.get(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(|e| self.sql_err(e, format!("read the revocation of image {image} {version}")))
+    }
+
+    fn records_of(
+        &self,
+        ids: &[(String, String)],
+        context: &str,
+    ) -> Result<Vec<ImageRecord>, StateError> {
+        let mut out = Vec::new();
+        for (image, version) in ids {
+            let rec = self
+                .conn
+                .query_row(
+                    &format!("SELECT {IMAGE_COLS} FROM images WHERE image = ?1 AND version = ?2"),
+                    params![image, version],
+                    image_from_row,
+                )
+                .map_err(|e| self.sql_err(e, context))?;
+            out.push(rec);
+        }
+        Ok(out)
     }
 
     /// Every recorded version (of one image, or of all), by image name, then newest

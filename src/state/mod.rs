@@ -62,6 +62,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../schema/0002_stat_cache_content_digests.sql"),
     include_str!("../../schema/0003_lease_host.sql"),
     include_str!("../../schema/0004_lineage.sql"),
+    include_str!("../../schema/0005_revoked.sql"),
 ];
 
 /// How long a call waits for another process's write lock before giving up.
@@ -114,6 +115,12 @@ pub enum StateError {
     },
     #[error("read state file {}: {detail}", path.display())]
     Corrupt { path: PathBuf, detail: String },
+    #[error("undo the revocation of image {image} {version}: {detail}")]
+    NotRevoked {
+        image: String,
+        version: String,
+        detail: String,
+    },
 }
 
 /// The outcome of one stage node in one run.
@@ -191,6 +198,9 @@ pub enum ReleaseStatus {
     Candidate,
     Ready,
     Failed,
+    /// Pulled out of use by `imgraph revoke` (itself, or the version it was built from):
+    /// never an origin, never delivered.
+    Revoked,
 }
 
 impl ReleaseStatus {
@@ -199,6 +209,7 @@ impl ReleaseStatus {
             ReleaseStatus::Candidate => "Candidate",
             ReleaseStatus::Ready => "Ready",
             ReleaseStatus::Failed => "Failed",
+            ReleaseStatus::Revoked => "Revoked",
         }
     }
 
@@ -207,6 +218,7 @@ impl ReleaseStatus {
             "Candidate" => ReleaseStatus::Candidate,
             "Ready" => ReleaseStatus::Ready,
             "Failed" => ReleaseStatus::Failed,
+            "Revoked" => ReleaseStatus::Revoked,
             _ => return None,
         })
     }
@@ -311,6 +323,11 @@ pub struct ImageRecord {
     /// Environments whose latest delivery of this image is this version: what they hold
     /// now. Filled by [`State::images`] only.
     pub holding: Vec<String>,
+    /// `IMAGE@VERSION` this version was built from, when built from another image (and
+    /// recorded since schema 5).
+    pub origin: Option<String>,
+    /// Why it was revoked, when it is.
+    pub revoked_reason: Option<String>,
 }
 
 /// What the hasher saw when it last hashed a file: the stat cache stores the hasher's
@@ -573,6 +590,24 @@ impl State {
         if current == known {
             return Ok(());
         }
+        // Foreign keys are off while migrations run (a migration may rebuild a table that
+        // others reference: SQLite's table-rebuild procedure) and checked before commit.
+        // The pragma is a no-op inside a transaction, hence around it.
+        let enforced: bool = self
+            .conn
+            .pragma_query_value(None, "foreign_keys", |row| row.get(0))
+            .map_err(|e| self.sql_err(e, "read the foreign keys setting"))?;
+        self.conn
+            .pragma_update(None, "foreign_keys", false)
+            .map_err(|e| self.sql_err(e, "turn foreign keys off for the migration"))?;
+        let migrated = self.migrate_in_tx(migrations, known);
+        self.conn
+            .pragma_update(None, "foreign_keys", enforced)
+            .map_err(|e| self.sql_err(e, "turn foreign keys back on"))?;
+        migrated
+    }
+
+    fn migrate_in_tx(&self, migrations: &[&str], known: u32) -> Result<(), StateError> {
         let tx = self.write_tx("migrate the schema")?;
         // Another process may have migrated between the read above and taking the lock.
         let current = self.schema_version()?;
@@ -582,6 +617,19 @@ impl State {
         for (index, sql) in migrations.iter().enumerate().skip(current as usize) {
             tx.execute_batch(sql)
                 .map_err(|e| self.sql_err(e, format!("apply schema migration {}", index + 1)))?;
+        }
+        let dangling: i64 = tx
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| {
+                row.get(0)
+            })
+            .map_err(|e| self.sql_err(e, "check foreign keys after the migration"))?;
+        if dangling > 0 {
+            return Err(StateError::Corrupt {
+                path: self.path.clone(),
+                detail: format!(
+                    "{dangling} rows refer to rows that do not exist after the schema migration"
+                ),
+            });
         }
         tx.pragma_update(None, "user_version", known)
             .map_err(|e| self.sql_err(e, "record the schema version"))?;

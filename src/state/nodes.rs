@@ -123,6 +123,23 @@ impl State {
         .map(|mut v| v.pop())
     }
 
+    /// The newest success of `node_id` whose outputs name `version` (a build's record of
+    /// one version of its image).
+    pub fn success_with_version(
+        &self,
+        node_id: &str,
+        version: &str,
+    ) -> Result<Option<NodeRecord>, StateError> {
+        self.query_nodes(
+            "WHERE node_id = ?1 AND status = 'succeeded'
+               AND json_valid(outputs_json) AND json_extract(outputs_json, '$.version') = ?2
+             ORDER BY id DESC LIMIT 1",
+            params![node_id, version],
+            &format!("find the record of node {node_id} for version {version}"),
+        )
+        .map(|mut v| v.pop())
+    }
+
     /// One node's last success and last attempt.
     pub fn history(&self, node_id: &str) -> Result<NodeHistory, StateError> {
         let context = format!("read the history of node {node_id}");

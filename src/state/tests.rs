@@ -32,6 +32,8 @@ fn image(name: &str, version: &str, artifact: &str, key: &str, built_at: i64) ->
         run_id: None,
         environments: Vec::new(),
         holding: Vec::new(),
+        origin: None,
+        revoked_reason: None,
     }
 }
 
@@ -800,4 +802,116 @@ fn migration_2_empties_the_stat_cache_of_old_file_digests() {
     }
     let state = State::open(&path).unwrap();
     assert!(state.load_stat_cache().unwrap().is_empty());
+}
+
+#[test]
+fn migration_5_rebuilds_images_keeping_rows_deliveries_and_foreign_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let state = State::open_with(&path, &MIGRATIONS[..4]).unwrap();
+        let run = state.begin_run("apply", "{}").unwrap();
+        state
+            .conn
+            .execute(
+                "INSERT INTO images (image, version, artifact_id, provider, key, status, built_at, run_id)
+                 VALUES ('base', '1.0.0', 'local:a', 'local', 'k', 'Ready', 1, ?1)",
+                [run],
+            )
+            .unwrap();
+        state
+            .record_delivery("base", "1.0.0", "staging", run)
+            .unwrap();
+    }
+    let state = State::open(&path).unwrap();
+    assert_eq!(state.schema_version().unwrap(), 5);
+    let rows = state.images(None).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].holding, ["staging"]);
+    let fk: bool = state
+        .conn
+        .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+        .unwrap();
+    assert!(fk, "foreign keys are enforced again after the migration");
+    let run = state.begin_run("apply", "{}").unwrap();
+    assert!(state
+        .record_delivery("base", "9.9.9", "staging", run)
+        .is_err());
+    // The serial still moves with the registry.
+    let before = state.lineage().unwrap().serial;
+    state
+        .set_image_status("base", "1.0.0", ReleaseStatus::Failed)
+        .unwrap();
+    assert!(state.lineage().unwrap().serial > before);
+}
+
+#[test]
+fn revoking_cascades_to_versions_built_from_it_and_undo_restores_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open_in(dir.path());
+    state
+        .record_image(&image("base", "1.0.0", "a", "k", 1))
+        .unwrap();
+    state
+        .record_image(&image("base", "1.0.1", "b", "k", 2))
+        .unwrap();
+    let mut web = image("web", "2.3.0", "c", "k", 3);
+    web.origin = Some("base@1.0.1".into());
+    state.record_image(&web).unwrap();
+    let mut app = image("app", "1.0.0", "d", "k", 4);
+    app.origin = Some("web@2.3.0".into());
+    state.record_image(&app).unwrap();
+    let mut other = image("web", "2.3.1", "e", "k", 5);
+    other.origin = Some("base@1.0.0".into());
+    state.record_image(&other).unwrap();
+    state
+        .set_image_status("web", "2.3.0", ReleaseStatus::Failed)
+        .unwrap();
+
+    let revoked = state.revoke("base", "1.0.1", "CVE").unwrap();
+    let names: Vec<String> = revoked
+        .iter()
+        .map(|r| format!("{}@{}", r.image, r.version))
+        .collect();
+    assert_eq!(names, ["base@1.0.1", "web@2.3.0", "app@1.0.0"]);
+    assert!(revoked.iter().all(|r| r.status == ReleaseStatus::Revoked));
+    assert_eq!(
+        revoked[2].revoked_reason.as_deref(),
+        Some("built from revoked base 1.0.1: CVE")
+    );
+    assert_eq!(
+        state.revoked_via("app", "1.0.0").unwrap().as_deref(),
+        Some("base@1.0.1")
+    );
+    let status = |i: &str, v: &str| {
+        state
+            .images(Some(i))
+            .unwrap()
+            .into_iter()
+            .find(|r| r.version == v)
+            .unwrap()
+            .status
+    };
+    assert_eq!(
+        status("web", "2.3.1"),
+        ReleaseStatus::Candidate,
+        "built from 1.0.0"
+    );
+    assert!(matches!(
+        state.unrevoke("web", "2.3.0"),
+        Err(StateError::NotRevoked { .. })
+    ));
+    assert!(matches!(
+        state.revoke("base", "9.9.9", "x"),
+        Err(StateError::NotFound { .. })
+    ));
+    let restored = state.unrevoke("base", "1.0.1").unwrap();
+    assert_eq!(restored.len(), 3);
+    assert_eq!(status("base", "1.0.1"), ReleaseStatus::Candidate);
+    assert_eq!(
+        status("web", "2.3.0"),
+        ReleaseStatus::Failed,
+        "its own status comes back"
+    );
+    assert_eq!(status("app", "1.0.0"), ReleaseStatus::Candidate);
 }

@@ -2,6 +2,7 @@
 //! planning happens (hashing inputs, resolving sources, checking artifacts) before the
 //! pure planner decides.
 
+mod lifecycle;
 mod recover;
 
 pub use recover::Recovered;
@@ -139,6 +140,7 @@ impl Workspace {
 
         let updates = cache.take_updates();
         facts.history = self.state.snapshot()?;
+        self.gather_revocations(&mut facts)?;
         // Every recorded build artifact is checked with the provider of its image
         // (invariant 4: never a cache hit on an artifact that is gone).
         let mut checked: HashMap<String, bool> = HashMap::new();
@@ -179,6 +181,45 @@ impl Workspace {
             }
         }
         Ok((facts, updates))
+    }
+
+    /// Revoked versions, and for each image whose current version was revoked itself
+    /// the build record of its newest good version ([`Facts::fallback`]).
+    fn gather_revocations(&self, facts: &mut Facts) -> Result<()> {
+        let records = self.state.images(None)?;
+        for r in &records {
+            if r.status == crate::state::ReleaseStatus::Revoked {
+                facts.revoked.entry(r.image.clone()).or_default().insert(
+                    r.version.clone(),
+                    r.revoked_reason.clone().unwrap_or_default(),
+                );
+            }
+        }
+        for (image, revoked) in &facts.revoked {
+            let build = crate::graph::build_id(image);
+            let current = facts
+                .history
+                .get(&build)
+                .and_then(|h| h.last_success.as_ref())
+                .and_then(|s| s.outputs_json.as_deref())
+                .and_then(|o| serde_json::from_str::<BuildOutputs>(o).ok());
+            let Some(current) = current.filter(|c| revoked.contains_key(&c.version)) else {
+                continue;
+            };
+            if self.state.revoked_via(image, &current.version)?.is_some() {
+                continue;
+            }
+            let newest_good = records
+                .iter()
+                .filter(|r| r.image == *image && r.status == crate::state::ReleaseStatus::Ready)
+                .max_by(|a, b| crate::state::compare_versions(&a.version, &b.version));
+            if let Some(good) = newest_good {
+                if let Some(rec) = self.state.success_with_version(&build, &good.version)? {
+                    facts.fallback.insert(image.clone(), rec);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Gathers facts and decides. Builds that the state does not know but a provider's own

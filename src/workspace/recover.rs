@@ -102,6 +102,8 @@ impl<'w> Recovery<'w> {
             run_id: Some(run),
             environments: Vec::new(),
             holding: Vec::new(),
+            origin: None,
+            revoked_reason: None,
         })?;
         for env in &v.environments {
             state.record_delivery(&v.image, &v.version, env, run)?;

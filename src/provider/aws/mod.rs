@@ -59,6 +59,8 @@ pub const TAG_TOKEN: &str = "imgraph:token";
 pub const TAG_PROJECT: &str = "imgraph:project";
 /// `imgraph:delivered:ENV` = version: which environments got this AMI (for recovery).
 pub const TAG_DELIVERED_PREFIX: &str = "imgraph:delivered:";
+/// Why a `Revoked` version was revoked (`imgraph revoke --reason`).
+pub const TAG_REVOKED_REASON: &str = "imgraph:revoked-reason";
 
 /// Instance states that still cost money and may still run something.
 const LIVE_STATES: &[&str] = &["pending", "running", "stopping", "stopped"];
@@ -552,6 +554,46 @@ impl Provider for AwsProvider {
             &[(TAG_STATUS.to_string(), status.as_str().to_string())],
         )
         .await?;
+        Ok(())
+    }
+
+    async fn set_revoked(
+        &self,
+        version: &ImageRecord,
+        reason: Option<&str>,
+    ) -> Result<(), ProviderError> {
+        let ami = version.artifact_id.as_str();
+        match reason {
+            Some(reason) => {
+                // A tag value holds at most 256 characters.
+                let reason: String = reason.chars().take(256).collect();
+                self.tag(
+                    ami,
+                    &[
+                        (
+                            TAG_STATUS.to_string(),
+                            ReleaseStatus::Revoked.as_str().to_string(),
+                        ),
+                        (TAG_REVOKED_REASON.to_string(), reason),
+                    ],
+                )
+                .await?;
+            }
+            None => {
+                self.tag(
+                    ami,
+                    &[(TAG_STATUS.to_string(), version.status.as_str().to_string())],
+                )
+                .await?;
+                self.client
+                    .delete_tags()
+                    .resources(ami)
+                    .tags(Tag::builder().key(TAG_REVOKED_REASON).build())
+                    .send()
+                    .await
+                    .map_err(|e| api_error("DeleteTags", ami, e))?;
+            }
+        }
         Ok(())
     }
 

@@ -202,6 +202,30 @@ impl Provider for LocalProvider {
         Ok(())
     }
 
+    async fn set_revoked(
+        &self,
+        version: &ImageRecord,
+        reason: Option<&str>,
+    ) -> Result<(), ProviderError> {
+        let (store, v) = (self.store.clone(), version.clone());
+        let reason = reason.map(str::to_owned);
+        blocking(move || {
+            store.update_version_meta(
+                &v.image,
+                &v.version,
+                || registry_entry(&v),
+                |m| {
+                    m.status = match reason {
+                        Some(_) => ReleaseStatus::Revoked.as_str().to_string(),
+                        None => v.status.as_str().to_string(),
+                    };
+                    m.revoked_reason = reason;
+                },
+            )
+        })
+        .await
+    }
+
     async fn record_delivery(
         &self,
         version: &ImageRecord,

@@ -32,7 +32,7 @@ pub struct VersionMeta {
     pub version: String,
     pub artifact_id: String,
     pub key: String,
-    /// `Candidate`, `Ready` or `Failed`.
+    /// `Candidate`, `Ready`, `Failed` or `Revoked`.
     pub status: String,
     pub built_at_ms: i64,
     /// Environments this version was delivered to, in delivery order.
@@ -41,6 +41,9 @@ pub struct VersionMeta {
     /// The image's tags as last applied to this version.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Why it was revoked, while its status is `Revoked`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_reason: Option<String>,
 }
 
 impl VersionMeta {
@@ -62,6 +65,7 @@ impl VersionMeta {
             built_at_ms,
             environments: Vec::new(),
             tags: BTreeMap::new(),
+            revoked_reason: None,
         }
     }
 }

@@ -1,0 +1,94 @@
+//! Revoked versions during an apply: a build whose current version was revoked itself
+//! goes back to the image's newest good version instead of building (the plan says so
+//! with [`Reason::Revoked`]'s `back_to`), and a build never makes a revoked artifact
+//! again.
+
+use std::path::Path;
+
+use super::{ExecContext, Fresh};
+use crate::config::model::Image;
+use crate::plan::{BuildOutputs, PlannedNode, Reason};
+use crate::provider::{append_log, ProviderError};
+use crate::state::ReleaseStatus;
+
+/// A build planned to go back to the newest good version: its outputs (that version's,
+/// with a note), recorded as the build's current version; `None` for any other build.
+pub(super) fn go_back(
+    ctx: &ExecContext,
+    fresh: &Fresh,
+    node: &PlannedNode,
+    image: &Image,
+    log: &Path,
+) -> Result<Option<String>, ProviderError> {
+    let Some((version, back_to)) = node.reasons.iter().find_map(|r| match r {
+        Reason::Revoked {
+            version,
+            back_to: Some(b),
+            ..
+        } => Some((version.clone(), b.clone())),
+        _ => None,
+    }) else {
+        return Ok(None);
+    };
+    let record = ctx
+        .lock()?
+        .success_with_version(&node.id, &back_to)?
+        .and_then(|r| r.outputs_json)
+        .and_then(|o| serde_json::from_str::<BuildOutputs>(&o).ok())
+        .ok_or_else(|| {
+            ProviderError::Failed(format!(
+                "{} {back_to} has no build record to go back to",
+                image.name
+            ))
+        })?;
+    let status = ctx
+        .lock()?
+        .images(Some(&image.name))?
+        .into_iter()
+        .find(|r| r.version == back_to)
+        .map(|r| r.status);
+    if status != Some(ReleaseStatus::Ready) {
+        return Err(ProviderError::Failed(format!(
+            "{} {back_to} is no longer Ready: nothing to go back to from revoked {version}",
+            image.name
+        )));
+    }
+    let note = format!(
+        "revoked {} {version}: back to {back_to}, its newest good version (no build)",
+        image.name
+    );
+    append_log(log, &format!("imgraph: {note}"));
+    let mut json = serde_json::to_value(&record).unwrap_or_default();
+    if let serde_json::Value::Object(map) = &mut json {
+        map.insert("note".into(), note.into());
+    }
+    if let Ok(mut f) = fresh.lock() {
+        f.builds.insert(image.name.clone(), record);
+    }
+    Ok(Some(json.to_string()))
+}
+
+/// Refuses an artifact that a revoked version of the image already has: rebuilding the
+/// same inputs makes the same bytes, which must not come back under a new version.
+pub(super) fn refuse_revoked_artifact(
+    ctx: &ExecContext,
+    image: &Image,
+    artifact: &str,
+) -> Result<(), ProviderError> {
+    let revoked = ctx
+        .lock()?
+        .images(Some(&image.name))?
+        .into_iter()
+        .find(|r| r.status == ReleaseStatus::Revoked && r.artifact_id == artifact);
+    match revoked {
+        Some(r) => Err(ProviderError::Failed(format!(
+            "the build made the artifact of revoked {} {} again ({}): change its inputs, or `imgraph revoke --undo {}@{}`",
+            r.image,
+            r.version,
+            r.revoked_reason.unwrap_or_default(),
+            r.image,
+            r.version
+        ))),
+        None => Ok(()),
+    }
+}
