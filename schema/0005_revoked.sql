@@ -1,4 +1,4 @@
--- imgraph state, schema 5: revocation, and what each version was built from.
+-- imgraph state, schema 5: revocation, what each version was built from, and removal.
 -- Applied once, inside one transaction, when PRAGMA user_version < 5, with foreign keys
 -- off (SQLite's table-rebuild procedure; the migration checks them before committing).
 -- Never edit this file after a release: add 0006_*.sql instead.
@@ -10,7 +10,9 @@
 --   revoked_reason, revoked_at   why and when it was revoked;
 --   revoked_via   for a version revoked because its origin was, the `IMAGE@VERSION`
 --                 whose revocation reached it (NULL when revoked itself);
---   status_before the status `imgraph revoke --undo` restores.
+--   status_before the status `imgraph revoke --undo` restores;
+--   removed_at    when `imgraph gc` removed its artifact (retention); the row stays, so
+--                 its version number is never given again.
 CREATE TABLE images_new (
     image          TEXT    NOT NULL,
     version        TEXT    NOT NULL,
@@ -25,6 +27,7 @@ CREATE TABLE images_new (
     revoked_at     INTEGER,
     revoked_via    TEXT,
     status_before  TEXT    CHECK (status_before IN ('Candidate', 'Ready', 'Failed')),
+    removed_at     INTEGER,
     PRIMARY KEY (image, version)
 );
 INSERT INTO images_new (image, version, artifact_id, provider, key, status, built_at, run_id)

@@ -389,6 +389,75 @@ async fn revoking_an_ami_tags_it_revoked_with_the_reason_and_undo_restores_it() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_deregisters_amis_beyond_retain_and_deletes_their_snapshots() {
+    let Some(url) = endpoint() else { return };
+    if !packer_available() {
+        return;
+    }
+    let image = unique("gc");
+    let (_t, dir) = packer_project(&url, &image);
+    common::append(&dir.join("imgraph.kdl"), "\nretain { keep 1; }\n");
+    set_test_script(&dir, "#!/bin/sh\ntrue\n");
+    let (out, _seen) = apply_with_harness(&dir, &url, &image).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let out = run_imgraph(&dir, &url, &["apply", "--force", &image]).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let client = ec2(&url);
+    let amis = amis_of(&client, &image).await;
+    assert_eq!(amis.len(), 2);
+    let old = amis
+        .iter()
+        .find(|a| tag(a.tags(), "imgraph:version") == Some("1.0.0"))
+        .expect("1.0.0");
+    let old_ami = old.image_id().expect("ami id").to_string();
+    let snapshots: Vec<String> = old
+        .block_device_mappings()
+        .iter()
+        .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        !snapshots.is_empty(),
+        "moto gives the AMI a snapshot: {old:?}"
+    );
+
+    let out = run_imgraph(&dir, &url, &["gc", "--json"]).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("gc json");
+    let removed: Vec<String> = doc["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .filter(|v| v["action"] == "remove")
+        .flat_map(|v| v["removed"].as_array().cloned().unwrap_or_default())
+        .filter_map(|id| id.as_str().map(str::to_owned))
+        .collect();
+    let mut expected = vec![old_ami.clone()];
+    expected.extend(snapshots.iter().cloned());
+    assert_eq!(removed, expected, "{doc:#}");
+    let left = amis_of(&client, &image).await;
+    assert_eq!(left.len(), 1, "the older AMI is deregistered");
+    assert_eq!(tag(left[0].tags(), "imgraph:version"), Some("1.0.1"));
+    let found = client
+        .describe_snapshots()
+        .owner_ids("self")
+        .send()
+        .await
+        .expect("DescribeSnapshots");
+    for s in &snapshots {
+        assert!(
+            !found
+                .snapshots()
+                .iter()
+                .any(|f| f.snapshot_id() == Some(s.as_str())),
+            "snapshot {s} is deleted"
+        );
+    }
+    let plan = plan_json(&dir, &url).await;
+    assert_eq!(plan["summary"]["run"], 0, "{plan}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_state_file_is_recovered_from_the_ami_tags() {
     let Some(url) = endpoint() else { return };
     if !packer_available() {

@@ -338,3 +338,205 @@ fn a_revoked_artifact_is_never_made_again() {
     assert_eq!(deliveries(&dir, "staging").lines().count(), 1);
     assert_eq!(status_of(&dir, "base", "1.0.0"), "Revoked");
 }
+
+/// The artifacts in the local store (`*.tar.zst`).
+fn artifacts(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join(".imgraph/images"))
+        .expect("store")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tar.zst"))
+        .collect();
+    names.sort();
+    names
+}
+
+fn gc_json(dir: &Path, extra: &[&str]) -> Value {
+    let mut args = vec!["gc", "--json"];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&run_ok(dir, &args)).expect("gc json")
+}
+
+/// `image version` → `action kind` of a gc document.
+fn decisions(doc: &Value) -> std::collections::BTreeMap<String, String> {
+    doc["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|v| {
+            (
+                format!(
+                    "{} {}",
+                    v["image"].as_str().unwrap_or(""),
+                    v["version"].as_str().unwrap_or("")
+                ),
+                format!(
+                    "{} {}",
+                    v["action"].as_str().unwrap_or(""),
+                    v["retention"]["kind"].as_str().unwrap_or("")
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn gc_removes_versions_beyond_retain_but_never_one_in_use() {
+    let (_t, dir) = copy_project("examples/quickstart");
+    append(&dir.join("imgraph.kdl"), "\nretain { keep 1; }\n");
+    // Production's delivery fails while `stop-production` exists, the base smoke test
+    // while `fail-smoke` exists, and deliveries wait while `hold` exists.
+    let deliver = dir.join("deliver/deliver.sh");
+    let text = std::fs::read_to_string(&deliver).expect("deliver script");
+    write(
+        &deliver,
+        &text.replacen(
+            "set -eu\n",
+            "set -eu\n[ \"$IMGRAPH_ENVIRONMENT\" != production ] || [ ! -e stop-production ] || exit 1\nwhile [ -e hold ]; do sleep 0.1; done\n",
+            1,
+        ),
+    );
+    let smoke = dir.join("tests/base/smoke.sh");
+    let text = std::fs::read_to_string(&smoke).expect("smoke script");
+    write(
+        &smoke,
+        &text.replacen("set -eu\n", "set -eu\n[ ! -e fail-smoke ] || exit 1\n", 1),
+    );
+
+    run_ok(&dir, &["apply"]); // base 1.0.0, web 2.3.0 everywhere
+    write(&dir.join("stop-production"), "");
+    imgraph(&dir)
+        .args(["apply", "--force", "base"])
+        .assert()
+        .code(3); // 1.0.1, 2.3.1 to staging
+    imgraph(&dir)
+        .args(["apply", "--force", "base"])
+        .assert()
+        .code(3); // 1.0.2, 2.3.2 to staging
+    run_ok(&dir, &["apply", "--force", "base", "--target", "base"]); // base 1.0.3, web stays
+    write(&dir.join("fail-smoke"), "");
+    imgraph(&dir)
+        .args(["apply", "--force", "base", "--target", "base"])
+        .assert()
+        .code(3); // base 1.0.4 Failed
+    assert_eq!(status_of(&dir, "base", "1.0.4"), "Failed");
+    let before = artifacts(&dir);
+    assert_eq!(before.len(), 8, "{before:?}");
+
+    // The dry run lists every version with why it stays or goes, and changes nothing.
+    let dry = gc_json(&dir, &["--dry-run"]);
+    let expected: std::collections::BTreeMap<String, String> = [
+        ("base 1.0.4", "keep current"),
+        ("base 1.0.3", "keep newest-ready"),
+        ("base 1.0.2", "keep origin"),
+        ("base 1.0.1", "remove beyond"),
+        ("base 1.0.0", "remove beyond"),
+        ("web 2.3.2", "keep held"),
+        ("web 2.3.1", "remove beyond"),
+        ("web 2.3.0", "keep held"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(decisions(&dry), expected, "{dry:#}");
+    assert_eq!(artifacts(&dir), before);
+    let text = run_ok(&dir, &["gc", "--dry-run"]);
+    assert!(
+        text.contains("web 2.3.0   keep          held by production"),
+        "{text}"
+    );
+    assert!(
+        text.contains("base 1.0.2  keep          origin of current web 2.3.2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("base 1.0.1  would remove  beyond keep 1"),
+        "{text}"
+    );
+
+    // While an apply holds the lease, gc (dry or not) refuses and removes nothing.
+    std::fs::remove_file(dir.join("stop-production")).expect("rm stop-production");
+    std::fs::remove_file(dir.join("fail-smoke")).expect("rm fail-smoke");
+    write(&dir.join("hold"), "");
+    let mut apply = std::process::Command::new(assert_cmd::cargo::cargo_bin("imgraph"))
+        .arg("-C")
+        .arg(&dir)
+        .args(["apply", "-q"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn apply");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let status = imgraph(&dir)
+            .args(["lock", "status"])
+            .output()
+            .expect("lock status");
+        if String::from_utf8_lossy(&status.stdout).starts_with("locked") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the apply never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for args in [&["gc"][..], &["gc", "--dry-run"][..]] {
+        let out = imgraph(&dir).args(args).output().expect("gc");
+        assert_eq!(out.status.code(), Some(4), "{args:?}");
+    }
+    assert_eq!(artifacts(&dir), before);
+    std::fs::remove_file(dir.join("hold")).expect("rm hold");
+    assert!(apply.wait().expect("wait apply").success());
+    // That apply made base 1.0.4 Ready (its test passes now) and delivered web 2.3.2 to
+    // production: base 1.0.3 is no longer the newest Ready one, web 2.3.0 no longer held.
+    let after_apply = artifacts(&dir);
+
+    let done = gc_json(&dir, &[]);
+    let removed: Vec<String> = done["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .filter(|v| v["action"] == "remove")
+        .map(|v| {
+            format!(
+                "{} {}",
+                v["image"].as_str().unwrap_or(""),
+                v["version"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        removed,
+        [
+            "base 1.0.3",
+            "base 1.0.1",
+            "base 1.0.0",
+            "web 2.3.1",
+            "web 2.3.0"
+        ],
+        "{done:#}"
+    );
+    let left = artifacts(&dir);
+    assert_eq!(left.len(), after_apply.len() - 5, "{left:?}");
+    let listed: Vec<(String, String, String)> = versions(&dir);
+    assert!(
+        !listed.iter().any(|(i, v, _)| i == "web" && v == "2.3.0"),
+        "{listed:?}"
+    );
+    let meta: Value = serde_json::from_slice(
+        &std::fs::read(dir.join(".imgraph/images/registry/web@2.3.0.json")).expect("registry"),
+    )
+    .expect("registry json");
+    assert!(meta["removed_at_ms"].is_i64(), "{meta}");
+    // What is in use is untouched: nothing needs to run, and a removed version's number
+    // is never given again.
+    imgraph(&dir)
+        .args(["plan", "--detailed-exitcode"])
+        .assert()
+        .code(0);
+    run_ok(&dir, &["apply", "--force", "base"]);
+    assert!(versions(&dir)
+        .iter()
+        .any(|(i, v, _)| i == "base" && v == "1.0.5"));
+}

@@ -89,8 +89,17 @@ pub enum Command {
     /// origin, never delivered again); the next plan rebuilds and redelivers what used
     /// them. `--undo` restores them.
     Revoke(revoke::RevokeArgs),
-    /// Destroy temporary instances and folders that killed runs left behind.
+    /// Destroy temporary instances and folders that killed runs left behind, and remove
+    /// versions beyond their image's `retain` (never one an environment holds, the newest
+    /// Ready or current version, or the origin of another image's current version).
     Gc {
+        /// List each version of the images with a `retain` and why it stays or would go;
+        /// remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON document (format_version 1).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         lock: LockWait,
     },
@@ -264,7 +273,11 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::Report(args) => pictures::report(cli, args),
         Command::Images { image, json } => images(cli, image.as_deref(), *json),
         Command::History { limit, json } => history(cli, *limit, *json),
-        Command::Gc { lock } => gc(cli, lock),
+        Command::Gc {
+            dry_run,
+            json,
+            lock,
+        } => gc(cli, *dry_run, *json, lock),
         Command::Revoke(args) => revoke::revoke(cli, args),
         Command::State(StateCommand::Recover) => state_recover(cli),
         Command::Lock(LockCommand::Status { json }) => lock_status(cli, *json),
@@ -429,27 +442,39 @@ fn history(cli: &Cli, limit: usize, json: bool) -> Result<i32> {
     Ok(exit::OK)
 }
 
-fn gc(cli: &Cli, lock: &LockWait) -> Result<i32> {
+fn gc(cli: &Cli, dry_run: bool, json: bool, lock: &LockWait) -> Result<i32> {
     let ws = Workspace::open(&cli.dir)?;
+    // Also a dry run: what it says holds only while no apply changes the registry.
     ws.lock("gc", lock.lock_timeout, &Default::default())?;
     let rt = runtime()?;
     let result = rt.block_on(async {
         let providers = ws.providers().await?;
-        ws.collect_garbage(&providers, true).await
+        let events = if dry_run {
+            Vec::new()
+        } else {
+            ws.collect_garbage(&providers, true).await?
+        };
+        let versions = ws.apply_retention(&providers, dry_run).await?;
+        Ok::<_, crate::error::Error>((events, versions))
     });
     ws.state.release_lease()?;
-    let events = result?;
-    for ev in &events {
-        if let crate::exec::Event::LeftoverDestroyed {
-            resource,
-            kind,
-            node,
-        } = ev
-        {
-            crate::report::outln(&format!("destroyed {kind} {resource} (left by {node})"));
-        }
+    let (events, versions) = result?;
+    let leftovers: Vec<(String, String, String)> = events
+        .iter()
+        .filter_map(|ev| match ev {
+            crate::exec::Event::LeftoverDestroyed {
+                resource,
+                kind,
+                node,
+            } => Some((kind.clone(), resource.clone(), node.clone())),
+            _ => None,
+        })
+        .collect();
+    if json {
+        crate::report::outln(&report::state::gc_json(&leftovers, &versions, dry_run));
+    } else {
+        crate::report::out(&report::state::gc_text(&leftovers, &versions, dry_run));
     }
-    crate::report::outln(&format!("gc: {} leftovers destroyed", events.len()));
     Ok(exit::OK)
 }
 

@@ -29,6 +29,17 @@ pub struct Project {
     pub sources: Vec<Source>,
     pub images: Vec<Image>,
     pub environments: Vec<Environment>,
+    /// The project-wide `retain`, for images without their own.
+    pub retain: Option<Retain>,
+}
+
+/// `retain { keep 5; keep-days 30; }`: `imgraph gc` keeps the newest `keep` versions of an
+/// image and every version built within `keep-days` days (either one keeps a version);
+/// older ones may go, unless something still uses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retain {
+    pub keep: Option<u32>,
+    pub keep_days: Option<u32>,
 }
 
 impl Project {
@@ -43,6 +54,10 @@ impl Project {
     }
     pub fn environment(&self, name: &str) -> Option<&Environment> {
         self.environments.iter().find(|e| e.name == name)
+    }
+    /// The retention of an image: its own `retain`, else the project's.
+    pub fn retain_of(&self, image: &Image) -> Option<Retain> {
+        image.retain.or(self.retain)
     }
 
     /// imgraph's own folders: the state folder, its `logs` and `tmp` (build staging, test
@@ -198,6 +213,10 @@ pub struct Image {
     /// `"1.4"` → versions 1.4.0, 1.4.1, … (default `"1.0"`).
     pub version: String,
     pub max_age: Option<Duration>,
+    /// How many versions `imgraph gc` keeps (the project's `retain` when not given).
+    /// Never part of a key.
+    #[serde(skip)]
+    pub retain: Option<Retain>,
     pub build: Build,
     /// `network` of the build (default `host`: package managers need the archive).
     pub build_network: Network,

@@ -474,3 +474,56 @@ fn mutated_example_never_panics() {
         assert_no_panic(&mutated);
     }
 }
+
+#[test]
+fn retain_applies_per_image_with_the_project_default_and_rejects_what_keeps_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("root")).expect("root");
+    let project = load_str(
+        dir.path(),
+        "imgraph.kdl",
+        r#"
+        retain { keep 5; keep-days 30; }
+        source "s" { local "root"; }
+        image "a" { from "s"; build "rootfs"; retain { keep 2; } }
+        image "b" { from "a"; build "rootfs"; }
+        "#,
+    )
+    .unwrap_or_else(|e| panic!("{}", render_plain(&e)));
+    let a = project.image("a").expect("a");
+    let b = project.image("b").expect("b");
+    assert_eq!(
+        project.retain_of(a),
+        Some(model::Retain {
+            keep: Some(2),
+            keep_days: None
+        })
+    );
+    assert_eq!(
+        project.retain_of(b),
+        Some(model::Retain {
+            keep: Some(5),
+            keep_days: Some(30)
+        })
+    );
+    // Retention is no input: it changes no key.
+    assert!(!canonical_build(&project, a).contains("retain"));
+
+    let err = load_str(
+        dir.path(),
+        "imgraph.kdl",
+        r#"
+        retain { }
+        source "s" { local "root"; }
+        image "a" { from "s"; build "rootfs"; retain { keep "2"; keep-days 0; kep 1; } }
+        "#,
+    )
+    .expect_err("config is broken");
+    let kinds: Vec<&str> = err.diagnostics().iter().map(|d| d.kind()).collect();
+    assert_eq!(
+        kinds,
+        ["missing_node", "wrong_type", "bad_number", "unknown_node"],
+        "{}",
+        render_plain(&err)
+    );
+}

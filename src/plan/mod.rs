@@ -12,6 +12,7 @@
 //! that changed alone make a node `deferred` until a `--rollup` run or `max-age`. Nothing
 //! here touches the disk, the network or the clock: the caller gathers [`Facts`].
 
+pub mod retention;
 pub mod saved;
 pub mod why;
 

@@ -237,6 +237,15 @@ pub trait Provider: Send + Sync {
     ) -> Result<Vec<RecordedVersion>, ProviderError> {
         Ok(Vec::new())
     }
+    /// Removes a version for `imgraph gc` (retention): its artifact (a local store file; an
+    /// AMI deregistered and its snapshots deleted), unless `keep_artifact` (another kept
+    /// version has the same bytes), and notes the removal in the provider's own records.
+    /// Returns the ids of what was removed.
+    async fn remove_version(
+        &self,
+        version: &ImageRecord,
+        keep_artifact: bool,
+    ) -> Result<Vec<String>, ProviderError>;
     /// Whether an artifact still exists (a cache hit is never taken for a missing one).
     async fn artifact_exists(&self, artifact_id: &str) -> Result<bool, ProviderError>;
     /// Destroys a resource a killed run left behind.

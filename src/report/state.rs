@@ -211,6 +211,89 @@ pub fn lease_json(lease: Option<&Lease>, now: i64) -> String {
     value.to_string()
 }
 
+/// `imgraph gc --json`: the leftovers destroyed and every version's retention decision.
+pub fn gc_json(
+    leftovers: &[(String, String, String)],
+    versions: &[crate::workspace::GcVersion],
+    dry_run: bool,
+) -> String {
+    let leftovers: Vec<_> = leftovers
+        .iter()
+        .map(|(kind, resource, node)| json!({"kind": kind, "resource": resource, "node": node}))
+        .collect();
+    let versions: Vec<_> = versions
+        .iter()
+        .map(|v| {
+            let mut value = serde_json::to_value(v).unwrap_or_default();
+            if let serde_json::Value::Object(map) = &mut value {
+                let action = if v.decision.retention.removes() {
+                    "remove"
+                } else {
+                    "keep"
+                };
+                map.insert("action".into(), action.into());
+                map.insert("built_at".into(), timestamp(v.decision.built_at_ms).into());
+            }
+            value
+        })
+        .collect();
+    serde_json::to_string_pretty(&json!({
+        "format_version": FORMAT_VERSION,
+        "dry_run": dry_run,
+        "leftovers": leftovers,
+        "versions": versions,
+    }))
+    .unwrap_or_default()
+}
+
+/// `imgraph gc` as text: one line per version of the images with a `retain`, then a
+/// summary.
+pub fn gc_text(
+    leftovers: &[(String, String, String)],
+    versions: &[crate::workspace::GcVersion],
+    dry_run: bool,
+) -> String {
+    let mut out = String::new();
+    for (kind, resource, node) in leftovers {
+        let _ = writeln!(out, "destroyed {kind} {resource} (left by {node})");
+    }
+    let width = versions
+        .iter()
+        .map(|v| v.decision.image.chars().count() + 1 + v.decision.version.chars().count())
+        .max()
+        .unwrap_or(0);
+    for v in versions {
+        let d = &v.decision;
+        let name = format!("{} {}", d.image, d.version);
+        let action = match (d.retention.removes(), dry_run) {
+            (false, _) => "keep",
+            (true, true) => "would remove",
+            (true, false) => "removed",
+        };
+        let _ = writeln!(out, "{name:width$}  {action:12}  {}", d.retention.text());
+    }
+    let gone = versions
+        .iter()
+        .filter(|v| v.decision.retention.removes())
+        .count();
+    let resources: usize = versions.iter().map(|v| v.removed.len()).sum();
+    if dry_run {
+        let _ = writeln!(
+            out,
+            "gc --dry-run: {gone} of {} versions would be removed; nothing was changed.",
+            versions.len()
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "gc: {} leftovers destroyed, {gone} of {} versions removed ({resources} artifacts and snapshots).",
+            leftovers.len(),
+            versions.len()
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -295,6 +295,24 @@ impl State {
         self.records_of(&restored, &context)
     }
 
+    /// Records that `imgraph gc` removed the artifact of `image` `version`: the version
+    /// is no longer listed (its row stays, so its number is never given again).
+    pub fn mark_removed(&self, image: &str, version: &str) -> Result<(), StateError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE images SET removed_at = ?3 WHERE image = ?1 AND version = ?2",
+                params![image, version, now_ms()],
+            )
+            .map_err(|e| {
+                self.sql_err(e, format!("record the removal of image {image} {version}"))
+            })?;
+        if changed == 0 {
+            return Err(self.not_found(format!("image {image} {version}")));
+        }
+        Ok(())
+    }
+
     /// Whether the version was revoked through its origin (not itself).
     pub fn revoked_via(&self, image: &str, version: &str) -> Result<Option<String>, StateError> {
         self.conn
@@ -337,7 +355,8 @@ impl State {
             let mut stmt = self
                 .conn
                 .prepare_cached(&format!(
-                    "SELECT {IMAGE_COLS} FROM images WHERE ?1 IS NULL OR image = ?1"
+                    "SELECT {IMAGE_COLS} FROM images
+                     WHERE (?1 IS NULL OR image = ?1) AND removed_at IS NULL"
                 ))
                 .map_err(|e| self.sql_err(e, context))?;
             let rows = stmt
@@ -441,7 +460,7 @@ impl State {
             .conn
             .query_row(
                 &format!(
-                    "SELECT {IMAGE_COLS} FROM images WHERE {filter}
+                    "SELECT {IMAGE_COLS} FROM images WHERE ({filter}) AND removed_at IS NULL
                      ORDER BY built_at DESC, rowid DESC LIMIT 1"
                 ),
                 params,

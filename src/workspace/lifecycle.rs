@@ -49,3 +49,84 @@ impl Workspace {
         Ok(changed)
     }
 }
+
+/// What `imgraph gc` did (or, with `--dry-run`, would do) with one version.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GcVersion {
+    #[serde(flatten)]
+    pub decision: crate::plan::retention::VersionDecision,
+    /// What was removed: local artifact ids, AMI ids and snapshot ids (none in a dry run,
+    /// nor when another kept version has the same bytes).
+    pub removed: Vec<String>,
+}
+
+impl Workspace {
+    /// Retention (see [`crate::plan::retention`]): decides every version of the images
+    /// with a `retain`, and unless `dry_run` removes those beyond it with their provider
+    /// and records the removal. The caller holds the state lock.
+    pub async fn apply_retention(
+        &self,
+        providers: &Providers,
+        dry_run: bool,
+    ) -> Result<Vec<GcVersion>> {
+        let records = self.state.images(None)?;
+        let current: std::collections::HashMap<String, String> = self
+            .state
+            .snapshot()?
+            .into_iter()
+            .filter_map(|(id, h)| {
+                let image = id.strip_prefix("build:")?.to_string();
+                let out = h
+                    .last_success?
+                    .outputs_json
+                    .and_then(|o| serde_json::from_str::<crate::plan::BuildOutputs>(&o).ok())?;
+                Some((image, out.version))
+            })
+            .collect();
+        let decisions = crate::plan::retention::decide(
+            &self.project,
+            &records,
+            &current,
+            crate::state::now_ms(),
+        );
+        let removing: std::collections::HashSet<(&str, &str)> = decisions
+            .iter()
+            .filter(|d| d.retention.removes())
+            .map(|d| (d.image.as_str(), d.version.as_str()))
+            .collect();
+        let mut out = Vec::new();
+        for d in &decisions {
+            let mut removed = Vec::new();
+            let record = records
+                .iter()
+                .find(|r| r.image == d.image && r.version == d.version);
+            if let (true, false, Some(rec)) = (d.retention.removes(), dry_run, record) {
+                // A content-addressed store can give two versions the same artifact.
+                let shared = records.iter().any(|r| {
+                    r.artifact_id == rec.artifact_id
+                        && !removing.contains(&(r.image.as_str(), r.version.as_str()))
+                });
+                let provider = self
+                    .project
+                    .image(&rec.image)
+                    .and_then(|i| providers.all.get(&i.provider));
+                if let Some(provider) = provider {
+                    removed = provider.remove_version(rec, shared).await.map_err(|e| {
+                        Error::Other(format!(
+                            "failed to remove {} {}: {}",
+                            rec.image,
+                            rec.version,
+                            crate::text::error_chain(&e)
+                        ))
+                    })?;
+                }
+                self.state.mark_removed(&rec.image, &rec.version)?;
+            }
+            out.push(GcVersion {
+                decision: d.clone(),
+                removed,
+            });
+        }
+        Ok(out)
+    }
+}

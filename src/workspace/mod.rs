@@ -5,6 +5,7 @@
 mod lifecycle;
 mod recover;
 
+pub use lifecycle::GcVersion;
 pub use recover::Recovered;
 
 use std::collections::HashMap;

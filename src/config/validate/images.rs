@@ -12,7 +12,7 @@ use crate::config::raw::Node;
 
 const IMAGE_CHILDREN: &[&str] = &[
     "provider", "from", "version", "max-age", "build", "input", "packages", "probe", "test",
-    "tags", "instance", "env", "pass-env",
+    "tags", "instance", "env", "pass-env", "retain",
 ];
 const DEFAULT_VERSION: &str = "1.0";
 
@@ -45,6 +45,10 @@ impl V<'_> {
         };
         let max_age = match self.single(&kids, "max-age", &place) {
             Some(n) => self.duration(n, "max-age \"7d\""),
+            None => None,
+        };
+        let retain = match self.single(&kids, "retain", &place) {
+            Some(n) => self.retain(n),
             None => None,
         };
         let build = match self.single(&kids, "build", &place) {
@@ -108,6 +112,7 @@ impl V<'_> {
                     from,
                     version,
                     max_age,
+                    retain,
                     build: build.build,
                     build_network: build.network,
                     build_env: build.env,

@@ -24,6 +24,7 @@ mod keywords;
 mod names;
 mod project;
 mod providers;
+mod retain;
 mod shape;
 mod sources;
 
@@ -45,6 +46,7 @@ const TOP_LEVEL: &[&str] = &[
     "source",
     "image",
     "environment",
+    "retain",
 ];
 /// Children that name the caller's variables a command may see.
 const ENV_NODES: [&str; 2] = ["env", "pass-env"];
@@ -83,6 +85,10 @@ pub(crate) fn project(nodes: &[Node], cx: Context, diags: &mut Diags) -> Option<
     }
     .unwrap_or_else(|| cx.root.join(DEFAULT_STATE));
 
+    let retain = match v.single(&top, "retain", "in this file") {
+        Some(node) => v.retain(node),
+        None => None,
+    };
     let providers = v.providers(&top);
     v.own = own_folders_in(&cx.root, &state_path, &providers);
     v.declare_names(&top);
@@ -118,6 +124,7 @@ pub(crate) fn project(nodes: &[Node], cx: Context, diags: &mut Diags) -> Option<
         sources,
         images: drafts.into_iter().filter_map(|d| d.image).collect(),
         environments: envs.into_iter().filter_map(|e| e.environment).collect(),
+        retain,
     })
 }
 

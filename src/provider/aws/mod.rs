@@ -655,6 +655,51 @@ impl Provider for AwsProvider {
         Ok(())
     }
 
+    async fn remove_version(
+        &self,
+        version: &ImageRecord,
+        keep_artifact: bool,
+    ) -> Result<Vec<String>, ProviderError> {
+        if keep_artifact {
+            return Ok(Vec::new());
+        }
+        let ami = version.artifact_id.as_str();
+        let found = self
+            .client
+            .describe_images()
+            .image_ids(ami)
+            .send()
+            .await
+            .map_err(|e| api_error("DescribeImages", ami, e))?;
+        let Some(image) = found.images().first() else {
+            // Already gone.
+            return Ok(Vec::new());
+        };
+        let snapshots: Vec<String> = image
+            .block_device_mappings()
+            .iter()
+            .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()))
+            .map(str::to_owned)
+            .collect();
+        self.client
+            .deregister_image()
+            .image_id(ami)
+            .send()
+            .await
+            .map_err(|e| api_error("DeregisterImage", ami, e))?;
+        let mut removed = vec![ami.to_string()];
+        for snapshot in snapshots {
+            self.client
+                .delete_snapshot()
+                .snapshot_id(&snapshot)
+                .send()
+                .await
+                .map_err(|e| api_error("DeleteSnapshot", &snapshot, e))?;
+            removed.push(snapshot);
+        }
+        Ok(removed)
+    }
+
     async fn recorded_versions(
         &self,
         image: Option<&str>,

@@ -274,6 +274,8 @@ impl Provider for LocalProvider {
         let metas = blocking(move || store.version_metas(image.as_deref())).await?;
         Ok(metas
             .into_iter()
+            // A version `imgraph gc` removed is not there to recover.
+            .filter(|m| m.removed_at_ms.is_none())
             .map(|m| RecordedVersion {
                 status: ReleaseStatus::parse(&m.status).unwrap_or(ReleaseStatus::Candidate),
                 image: m.image,
@@ -289,6 +291,29 @@ impl Provider for LocalProvider {
 
     async fn artifact_exists(&self, artifact_id: &str) -> Result<bool, ProviderError> {
         Ok(self.store.contains(artifact_id))
+    }
+
+    async fn remove_version(
+        &self,
+        version: &ImageRecord,
+        keep_artifact: bool,
+    ) -> Result<Vec<String>, ProviderError> {
+        let (store, v) = (self.store.clone(), version.clone());
+        blocking(move || {
+            let mut removed = Vec::new();
+            if !keep_artifact && store.contains(&v.artifact_id) {
+                store.remove(&v.artifact_id)?;
+                removed.push(v.artifact_id.clone());
+            }
+            store.update_version_meta(
+                &v.image,
+                &v.version,
+                || registry_entry(&v),
+                |m| m.removed_at_ms = Some(crate::state::now_ms()),
+            )?;
+            Ok(removed)
+        })
+        .await
     }
 
     async fn destroy_leftover(&self, entry: &LedgerEntry) -> Result<(), ProviderError> {

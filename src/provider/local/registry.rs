@@ -44,6 +44,9 @@ pub struct VersionMeta {
     /// Why it was revoked, while its status is `Revoked`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_reason: Option<String>,
+    /// When `imgraph gc` removed its artifact (the entry stays: its number is taken).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at_ms: Option<i64>,
 }
 
 impl VersionMeta {
@@ -66,6 +69,7 @@ impl VersionMeta {
             environments: Vec::new(),
             tags: BTreeMap::new(),
             revoked_reason: None,
+            removed_at_ms: None,
         }
     }
 }
