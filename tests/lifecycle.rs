@@ -380,9 +380,15 @@ fn decisions(doc: &Value) -> std::collections::BTreeMap<String, String> {
         .collect()
 }
 
-#[test]
-fn gc_removes_versions_beyond_retain_but_never_one_in_use() {
-    let (_t, dir) = copy_project("examples/quickstart");
+/// The quickstart with `retain { keep 1; }`, left with eight versions in use in every way
+/// gc must respect: web 2.3.0 held by production (its deliveries failed since), web 2.3.2
+/// held by staging, base 1.0.2 the origin of web's current 2.3.2, base 1.0.3 the newest
+/// Ready version under a newer Failed 1.0.4 (base's current version); base 1.0.0, 1.0.1
+/// and web 2.3.1 nothing uses. Production's delivery fails while `stop-production`
+/// exists, the base smoke test while `fail-smoke` exists, deliveries wait while `hold`
+/// exists.
+fn versions_in_use() -> (tempfile::TempDir, std::path::PathBuf) {
+    let (t, dir) = copy_project("examples/quickstart");
     append(&dir.join("imgraph.kdl"), "\nretain { keep 1; }\n");
     // Production's delivery fails while `stop-production` exists, the base smoke test
     // while `fail-smoke` exists, and deliveries wait while `hold` exists.
@@ -420,6 +426,117 @@ fn gc_removes_versions_beyond_retain_but_never_one_in_use() {
         .assert()
         .code(3); // base 1.0.4 Failed
     assert_eq!(status_of(&dir, "base", "1.0.4"), "Failed");
+    (t, dir)
+}
+
+/// `image version` is still listed and its artifact still in the store after a real gc,
+/// which gave `kind` as the reason it stays.
+fn gc_keeps(dir: &Path, image: &str, version: &str, kind: &str) {
+    let id_of = |dir: &Path| -> Option<String> {
+        json_of(dir, &["images", "--json"])["images"]
+            .as_array()
+            .expect("images")
+            .iter()
+            .find(|r| r["image"] == image && r["version"] == version)
+            .and_then(|r| r["id"].as_str().map(str::to_owned))
+    };
+    let id = id_of(dir).unwrap_or_else(|| panic!("{image} {version} not listed"));
+    let done = gc_json(dir, &[]);
+    let name = format!("{image} {version}");
+    assert_eq!(
+        decisions(&done).get(&name).map(String::as_str),
+        Some(format!("keep {kind}").as_str()),
+        "{done:#}"
+    );
+    assert!(
+        decisions(&done).values().any(|d| d == "remove beyond"),
+        "gc removed something else: {done:#}"
+    );
+    assert_eq!(
+        id_of(dir).as_deref(),
+        Some(id.as_str()),
+        "{name} still listed"
+    );
+    let hex = id.trim_start_matches("local:");
+    assert!(
+        dir.join(format!(".imgraph/images/{hex}.tar.zst")).is_file(),
+        "{name}'s artifact is still in the store"
+    );
+}
+
+#[test]
+fn gc_never_removes_a_version_an_environment_holds() {
+    let (_t, dir) = versions_in_use();
+    gc_keeps(&dir, "web", "2.3.0", "held");
+}
+
+#[test]
+fn gc_never_removes_the_newest_ready_version() {
+    let (_t, dir) = versions_in_use();
+    gc_keeps(&dir, "base", "1.0.3", "newest-ready");
+}
+
+#[test]
+fn gc_never_removes_the_origin_of_a_descendants_current_version() {
+    let (_t, dir) = versions_in_use();
+    gc_keeps(&dir, "base", "1.0.2", "origin");
+}
+
+#[test]
+fn gc_never_removes_the_current_version() {
+    let (_t, dir) = versions_in_use();
+    gc_keeps(&dir, "base", "1.0.4", "current");
+}
+
+#[test]
+fn gc_removes_nothing_while_an_apply_holds_the_lease() {
+    let (_t, dir) = versions_in_use();
+    let before = artifacts(&dir);
+    // The apply has work to do (base's test, production's delivery) and waits in it.
+    std::fs::remove_file(dir.join("stop-production")).expect("rm stop-production");
+    std::fs::remove_file(dir.join("fail-smoke")).expect("rm fail-smoke");
+    // While an apply holds the lease, gc (dry or not) refuses and removes nothing.
+    write(&dir.join("hold"), "");
+    let mut apply = std::process::Command::new(assert_cmd::cargo::cargo_bin("imgraph"))
+        .arg("-C")
+        .arg(&dir)
+        .args(["apply", "-q"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn apply");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let status = imgraph(&dir)
+            .args(["lock", "status"])
+            .output()
+            .expect("lock status");
+        if String::from_utf8_lossy(&status.stdout).starts_with("locked") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the apply never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for args in [&["gc"][..], &["gc", "--dry-run"][..]] {
+        let out = imgraph(&dir).args(args).output().expect("gc");
+        assert_eq!(out.status.code(), Some(4), "{args:?}");
+    }
+    assert_eq!(artifacts(&dir), before);
+    std::fs::remove_file(dir.join("hold")).expect("rm hold");
+    assert!(apply.wait().expect("wait apply").success());
+    // Once the apply is done, gc removes what nothing uses.
+    assert!(decisions(&gc_json(&dir, &[]))
+        .values()
+        .any(|d| d == "remove beyond"));
+    assert!(artifacts(&dir).len() < before.len());
+}
+
+#[test]
+fn gc_removes_versions_beyond_retain_but_never_one_in_use() {
+    let (_t, dir) = versions_in_use();
     let before = artifacts(&dir);
     assert_eq!(before.len(), 8, "{before:?}");
 
@@ -454,40 +571,9 @@ fn gc_removes_versions_beyond_retain_but_never_one_in_use() {
         "{text}"
     );
 
-    // While an apply holds the lease, gc (dry or not) refuses and removes nothing.
     std::fs::remove_file(dir.join("stop-production")).expect("rm stop-production");
     std::fs::remove_file(dir.join("fail-smoke")).expect("rm fail-smoke");
-    write(&dir.join("hold"), "");
-    let mut apply = std::process::Command::new(assert_cmd::cargo::cargo_bin("imgraph"))
-        .arg("-C")
-        .arg(&dir)
-        .args(["apply", "-q"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn apply");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let status = imgraph(&dir)
-            .args(["lock", "status"])
-            .output()
-            .expect("lock status");
-        if String::from_utf8_lossy(&status.stdout).starts_with("locked") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the apply never took the lock"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    for args in [&["gc"][..], &["gc", "--dry-run"][..]] {
-        let out = imgraph(&dir).args(args).output().expect("gc");
-        assert_eq!(out.status.code(), Some(4), "{args:?}");
-    }
-    assert_eq!(artifacts(&dir), before);
-    std::fs::remove_file(dir.join("hold")).expect("rm hold");
-    assert!(apply.wait().expect("wait apply").success());
+    run_ok(&dir, &["apply"]);
     // That apply made base 1.0.4 Ready (its test passes now) and delivered web 2.3.2 to
     // production: base 1.0.3 is no longer the newest Ready one, web 2.3.0 no longer held.
     let after_apply = artifacts(&dir);
