@@ -12,6 +12,9 @@ command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
 command -v packer >/dev/null 2>&1 || need_apt+=(packer)   # tests/aws_cli.rs, tests/aws_provider.rs: Packer 1.6.6
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)          # tests/report.rs: headless Chromium
 command -v groff >/dev/null 2>&1 || need_apt+=(groff-base) # tests/cli_operator.rs renders `imgraph man`
+# tests/debian_server.rs: a real Debian root from debootstrap, packed with zstd.
+command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
+command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     echo "test.sh: installing ${need_apt[*]}"
@@ -20,6 +23,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   else
     echo "test.sh: missing ${need_apt[*]} (run as root, or install them): tests that need them fail in CI" >&2
   fi
+fi
+# tests/debian_server.rs: the example's origin, made once by debootstrap and cached under
+# the target directory (about two minutes the first time, nothing afterwards).
+if [ "$(id -u)" -eq 0 ]; then
+  sh examples/debian-server/make-origin.sh --cache-only >/dev/null
+else
+  echo "test.sh: not root: examples/debian-server/make-origin.sh (debootstrap) cannot run" >&2
 fi
 # tests/aws_*.rs: an EC2-compatible server (moto) on loopback; installs moto[server] if missing.
 # A server this run starts is stopped when it ends (MOTO_KEEP=1 keeps it); one that was

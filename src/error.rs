@@ -90,6 +90,23 @@ pub enum Error {
         #[source]
         source: Box<crate::provider::ProviderError>,
     },
+    #[error("failed to find {image}{}: {known}", version.as_deref().map(|v| format!(" {v}")).unwrap_or_default())]
+    UnknownVersion {
+        image: String,
+        version: Option<String>,
+        known: String,
+    },
+    #[error("failed to list the packages of {image} {version}: none were recorded for it")]
+    #[diagnostic(help(
+        "package lists are read after each build of a local image; a {provider} image, or a version built before imgraph recorded them, has none"
+    ))]
+    NoPackageList {
+        image: String,
+        version: String,
+        provider: String,
+    },
+    #[error("failed to {0}")]
+    Sbom(#[from] crate::report::sbom::SbomError),
     #[error("{0}")]
     Other(String),
 }

@@ -41,6 +41,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod contents;
 pub mod crash;
 pub mod env;
 pub mod error;
@@ -50,6 +51,7 @@ pub mod graph;
 pub mod hash;
 pub mod init;
 pub mod overview;
+pub mod packages;
 pub mod plan;
 pub mod process;
 pub mod provider;

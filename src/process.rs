@@ -44,6 +44,9 @@ pub struct CommandSpec {
     /// Where to record the running process group, so that if imgraph itself is killed
     /// the next run can kill what it left running.
     pub recorder: Option<Arc<dyn ProcessRecorder>>,
+    /// A file that receives standard output instead of the log (a probe's output, to
+    /// be hashed); standard error still goes to the log.
+    pub stdout: Option<PathBuf>,
 }
 
 /// Hears of every process group [`run`] starts: before it is waited on, and once it is
@@ -149,12 +152,19 @@ pub async fn run(
         path: log.to_path_buf(),
         source,
     })?;
+    let out_file = match &spec.stdout {
+        Some(path) => std::fs::File::create(path).map_err(|source| ProcessError::Log {
+            path: path.clone(),
+            source,
+        })?,
+        None => file,
+    };
     let args = argv(spec);
     let mut cmd = Command::new(&args[0]);
     cmd.args(&args[1..])
         .current_dir(&spec.cwd)
         .stdin(Stdio::null())
-        .stdout(Stdio::from(file))
+        .stdout(Stdio::from(out_file))
         .stderr(Stdio::from(err_file))
         .process_group(0)
         .kill_on_drop(true);

@@ -85,6 +85,33 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the packages inside an image version (default: its newest Ready version).
+    Packages {
+        /// IMAGE or IMAGE@VERSION.
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare two versions of an image: packages added, removed, upgraded, and how many
+    /// files changed.
+    Diff {
+        image: String,
+        /// The older version.
+        from: String,
+        /// The newer version.
+        to: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the SBOM of an image version (default: its newest Ready version) as a
+    /// CycloneDX 1.5 JSON document.
+    Sbom {
+        /// IMAGE or IMAGE@VERSION.
+        target: String,
+        /// Write the document to this file instead of standard output.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
     /// Revoke a version: it and every version built from it become `Revoked` (never an
     /// origin, never delivered again); the next plan rebuilds and redelivers what used
     /// them. `--undo` restores them.
@@ -273,6 +300,14 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::Report(args) => pictures::report(cli, args),
         Command::Images { image, json } => images(cli, image.as_deref(), *json),
         Command::History { limit, json } => history(cli, *limit, *json),
+        Command::Packages { target, json } => packages(cli, target, *json),
+        Command::Diff {
+            image,
+            from,
+            to,
+            json,
+        } => diff(cli, image, from, to, *json),
+        Command::Sbom { target, output } => sbom(cli, target, output.as_deref()),
         Command::Gc {
             dry_run,
             json,
@@ -438,6 +473,65 @@ fn history(cli: &Cli, limit: usize, json: bool) -> Result<i32> {
         crate::report::outln(&report::state::history_json(&runs));
     } else {
         crate::report::out(&report::state::history_text(&runs, Palette::for_stdout()));
+    }
+    Ok(exit::OK)
+}
+
+/// `IMAGE@VERSION` → (image, Some(version)); `IMAGE` → (image, None).
+fn split_target(target: &str) -> (&str, Option<&str>) {
+    match target.split_once('@') {
+        Some((image, version)) => (image, Some(version)),
+        None => (target, None),
+    }
+}
+
+fn packages(cli: &Cli, target: &str, json: bool) -> Result<i32> {
+    let ws = Workspace::open(&cli.dir)?;
+    let (image, version) = split_target(target);
+    let contents = crate::contents::version_contents(&ws, image, version)?;
+    if json {
+        crate::report::outln(&report::packages::packages_json(&contents));
+    } else {
+        crate::report::out(&report::packages::packages_text(
+            &contents,
+            Palette::for_stdout(),
+        ));
+    }
+    Ok(exit::OK)
+}
+
+fn diff(cli: &Cli, image: &str, from: &str, to: &str, json: bool) -> Result<i32> {
+    let ws = Workspace::open(&cli.dir)?;
+    let diff = crate::contents::diff_versions(&ws, image, from, to)?;
+    if json {
+        crate::report::outln(&report::packages::diff_json(&diff));
+    } else {
+        crate::report::out(&report::packages::diff_text(&diff, Palette::for_stdout()));
+    }
+    Ok(exit::OK)
+}
+
+fn sbom(cli: &Cli, target: &str, output: Option<&std::path::Path>) -> Result<i32> {
+    let ws = Workspace::open(&cli.dir)?;
+    let (image, version) = split_target(target);
+    let contents = crate::contents::version_contents(&ws, image, version)?;
+    let doc = report::sbom::cyclonedx_json(&contents)?;
+    match output {
+        None => crate::report::outln(&doc),
+        Some(path) => {
+            std::fs::write(path, format!("{doc}\n")).map_err(|source| crate::error::Error::Io {
+                what: "failed to write the SBOM to".into(),
+                path: path.to_path_buf(),
+                source,
+            })?;
+            crate::report::outln(&format!(
+                "sbom: {} {} ({} packages) written to {}",
+                contents.record.image,
+                contents.record.version,
+                contents.inventory.packages.len(),
+                path.display()
+            ));
+        }
     }
     Ok(exit::OK)
 }

@@ -29,6 +29,7 @@ use crate::hash::EntryKind;
 use crate::plan::{Action, BuildOutputs, Plan, PlannedNode};
 use crate::process;
 use crate::provider::append_log;
+use crate::provider::probes::{has_image_probes, measure_image_probes, ProbeSite};
 use crate::provider::{
     BuildRequest, Ledger, NodeInput, NodeInputKind, Origin, Provider, ProviderError, TestRequest,
 };
@@ -665,7 +666,7 @@ fn node_inputs(ctx: &ExecContext, node: &PlannedNode) -> Vec<NodeInput> {
                 EntryKind::File => NodeInputKind::File,
                 EntryKind::Symlink => NodeInputKind::Symlink,
                 EntryKind::Dir => NodeInputKind::Dir,
-                EntryKind::Probe | EntryKind::Env => return None,
+                EntryKind::Probe | EntryKind::ImageProbe | EntryKind::Env => return None,
             };
             Some(NodeInput {
                 path: e.path.clone(),
@@ -759,6 +760,24 @@ async fn run_node(
             if let Some(json) = cutoff::reuse_ready(ctx, fresh, node, image, &built, log)? {
                 return Ok(Some(json));
             }
+            // What is inside: read before the version exists, so a version is recorded
+            // with its package list or not at all.
+            let inventory = provider.inventory(&built.artifact_id).await?;
+            if let Some(inv) = &inventory {
+                let managers: Vec<&str> = inv.managers.iter().map(|m| m.as_str()).collect();
+                append_log(
+                    log,
+                    &format!(
+                        "imgraph: {} packages ({})",
+                        inv.packages.len(),
+                        if managers.is_empty() {
+                            "no package database found".to_string()
+                        } else {
+                            managers.join(", ")
+                        }
+                    ),
+                );
+            }
             let record = ImageRecord {
                 image: image.name.clone(),
                 version: version.clone(),
@@ -773,10 +792,24 @@ async fn run_node(
                 origin: origin_version,
                 revoked_reason: None,
             };
-            ctx.lock()?.record_image(&record)?;
+            ctx.lock()?
+                .record_built_image(&record, inventory.as_ref())?;
             provider
                 .set_status(&record, ReleaseStatus::Candidate)
                 .await?;
+            if has_image_probes(image) {
+                record_probes_of_new_image(
+                    ctx,
+                    run,
+                    node,
+                    provider.as_ref(),
+                    image,
+                    &record,
+                    log,
+                    cancel,
+                )
+                .await?;
+            }
             let outputs = BuildOutputs {
                 artifact_id: built.artifact_id,
                 version,
@@ -975,6 +1008,62 @@ async fn deliver(
     Ok(Some(
         serde_json::json!({"version": built.version, "artifact_id": built.artifact_id}).to_string(),
     ))
+}
+
+/// Runs the image's `in="image"` probes in the image this build made and records what
+/// they saw as the build's manifest (see `provider::probes`). When they cannot run (the
+/// archive unreachable), the build keeps what they saw before it, and says so in its log.
+#[allow(clippy::too_many_arguments)]
+async fn record_probes_of_new_image(
+    ctx: &ExecContext,
+    run: RunId,
+    node: &PlannedNode,
+    provider: &dyn Provider,
+    image: &crate::config::model::Image,
+    built: &ImageRecord,
+    log: &Path,
+    cancel: &CancellationToken,
+) -> Result<(), ProviderError> {
+    let ledger = Ledger {
+        state: ctx.state.clone(),
+        run: Some(run),
+    };
+    let (work_dir, log_dir) = (ctx.tmp_dir(), ctx.logs_dir(run));
+    let site = ProbeSite {
+        project: &ctx.project,
+        work_dir: &work_dir,
+        log_dir: &log_dir,
+        ledger: &ledger,
+        cancel,
+    };
+    let version = Some((built.artifact_id.as_str(), built.version.as_str()));
+    match measure_image_probes(provider, &site, image, version).await {
+        Ok(measured) => {
+            let mut manifest = node.manifest.clone();
+            manifest.set_image_probes(&measured);
+            let json = serde_json::to_string(&manifest).unwrap_or_default();
+            ctx.lock()?.set_running_manifest(run, &node.id, &json)?;
+            append_log(
+                log,
+                &format!(
+                    "imgraph: probes run inside {} {}: {}",
+                    image.name,
+                    built.version,
+                    measured.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+        Err(e) => append_log(
+            log,
+            &format!(
+                "imgraph: note: the probes could not run inside {} {} ({}); the next plan compares against what they saw before this build",
+                image.name,
+                built.version,
+                error_chain(&e)
+            ),
+        ),
+    }
+    Ok(())
 }
 
 /// The release status of one version of one image (never of another image that happens

@@ -109,6 +109,10 @@ pub enum EntryKind {
     Symlink,
     Dir,
     Probe,
+    /// A probe run inside an instance of the image (`in="image"`): its output is a fact
+    /// about the image the build makes, so it decides whether the build runs but stays
+    /// out of the key (see [`Manifest::digest`]).
+    ImageProbe,
     Env,
 }
 
@@ -119,6 +123,7 @@ impl EntryKind {
             EntryKind::Symlink => "symlink",
             EntryKind::Dir => "dir",
             EntryKind::Probe => "probe",
+            EntryKind::ImageProbe => "image-probe",
             EntryKind::Env => "env",
         }
     }
@@ -150,13 +155,37 @@ impl Manifest {
     /// `b3v1:` digest of the canonical encoding: every entry's path, kind, digest and mode,
     /// in order, each length-prefixed. Not the trigger, nor how the entry was declared:
     /// those decide when a change counts, not what the node is made of.
+    ///
+    /// Probes run inside the image (`in="image"`) are left out: they observe what the
+    /// previous build made, and after each build imgraph records what they observe in the
+    /// new image (so the next plan compares against that, and a rebuild that took a fix
+    /// in is not taken for a new change). A key that counted them would change after the
+    /// build it names. They still decide: a changed output is a reason to run.
     pub fn digest(&self) -> String {
+        let keyed: Vec<&ManifestEntry> = self
+            .entries
+            .iter()
+            .filter(|e| e.kind != EntryKind::ImageProbe)
+            .collect();
         let mut encoder = Encoder::new(MANIFEST_DOMAIN);
-        encoder.count(self.entries.len());
-        for entry in &self.entries {
+        encoder.count(keyed.len());
+        for entry in keyed {
             encode_entry(&mut encoder, &entry.path, entry);
         }
         encoder.finish()
+    }
+
+    /// Replaces the digests of `in="image"` probes (by probe name) with `measured`.
+    pub fn set_image_probes(&mut self, measured: &BTreeMap<String, String>) {
+        for entry in &mut self.entries {
+            if entry.kind != EntryKind::ImageProbe {
+                continue;
+            }
+            let name = entry.path.strip_prefix(PROBE_PREFIX).unwrap_or(&entry.path);
+            if let Some(digest) = measured.get(name) {
+                entry.digest = digest.clone();
+            }
+        }
     }
 
     pub fn get(&self, path: &str) -> Option<&ManifestEntry> {
@@ -191,6 +220,24 @@ pub struct NodeInputs<'a> {
     pub commands: Vec<&'a str>,
     /// `env` names whose values are hashed (immediate).
     pub env: Vec<String>,
+    /// Digests of the `in="image"` probes, by probe name, measured by the caller inside
+    /// an instance of the image's current version (see [`no_image_yet`]).
+    pub image_probes: BTreeMap<String, String>,
+}
+
+/// The digest an `in="image"` probe has while its image has no version to run in: a
+/// constant, so it never changes by itself (the first build runs anyway, being new, and
+/// records what the probe sees in the image it made).
+pub fn no_image_yet() -> String {
+    let marker: &[u8] = b"imgraph: no image yet";
+    // Reading from memory cannot fail.
+    digest::probe_stream(marker.len() as u64, &mut &marker[..]).unwrap_or_default()
+}
+
+/// The digest of `len` bytes of a probe's standard output, read from `stdout` as they
+/// come (the same digest a probe run in the project gets for the same output).
+pub fn probe_output_digest(len: u64, stdout: &mut impl std::io::Read) -> std::io::Result<String> {
+    digest::probe_stream(len, stdout)
 }
 
 #[derive(Debug, Clone)]
@@ -220,7 +267,7 @@ pub struct Hasher<'a> {
 #[derive(Default)]
 struct Collected {
     paths: BTreeMap<String, (Trigger, Via)>,
-    probes: BTreeMap<String, (Trigger, String)>,
+    probes: BTreeMap<String, (Trigger, String, EntryKind)>,
     env: BTreeMap<String, Trigger>,
     package_lists: BTreeSet<String>,
 }
@@ -312,14 +359,31 @@ impl<'a> Hasher<'a> {
                     timeout,
                     ..
                 } => {
-                    let mut names = env.names();
-                    names.extend(node.env.iter().cloned());
-                    let timeout = timeout.unwrap_or(PROBE_TIMEOUT);
-                    let digest = self.probe(name, command, &names, timeout)?;
-                    let slot = c
-                        .probes
-                        .entry(format!("{PROBE_PREFIX}{name}"))
-                        .or_insert((input.trigger, digest));
+                    let (digest, kind) = match place {
+                        ProbePlace::Project => {
+                            let mut names = env.names();
+                            names.extend(node.env.iter().cloned());
+                            let timeout = timeout.unwrap_or(PROBE_TIMEOUT);
+                            (
+                                self.probe(name, command, &names, timeout)?,
+                                EntryKind::Probe,
+                            )
+                        }
+                        ProbePlace::Image => (
+                            node.image_probes.get(name).cloned().ok_or_else(|| {
+                                HashError::Probe {
+                                    name: name.clone(),
+                                    detail: "it runs inside the image, and was not run".into(),
+                                }
+                            })?,
+                            EntryKind::ImageProbe,
+                        ),
+                    };
+                    let slot = c.probes.entry(format!("{PROBE_PREFIX}{name}")).or_insert((
+                        input.trigger,
+                        digest,
+                        kind,
+                    ));
                     slot.0 = slot.0.min(input.trigger);
                     // A probe in the image reads the image, not the project folder.
                     if *place == ProbePlace::Project {
@@ -380,11 +444,11 @@ impl<'a> Hasher<'a> {
         entries.extend(
             c.probes
                 .into_iter()
-                .map(|(path, (trigger, digest))| ManifestEntry {
+                .map(|(path, (trigger, digest, kind))| ManifestEntry {
                     path,
                     digest,
                     trigger,
-                    kind: EntryKind::Probe,
+                    kind,
                     mode: None,
                     via: Via::Input,
                     packages: None,

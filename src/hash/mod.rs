@@ -48,10 +48,10 @@ use std::path::PathBuf;
 pub use cache::{CacheStats, CachedStat, StatCache, RACY_WINDOW_NS};
 pub use digest::digest_parts;
 pub use manifest::{
-    EntryKind, Hasher, Manifest, ManifestEntry, NodeInputs, Via, ENV_PREFIX, MANIFEST_FORMAT,
-    PROBE_PREFIX, PROBE_TIMEOUT,
+    no_image_yet, probe_output_digest, EntryKind, Hasher, Manifest, ManifestEntry, NodeInputs, Via,
+    ENV_PREFIX, MANIFEST_FORMAT, PROBE_PREFIX, PROBE_TIMEOUT,
 };
-pub use probe::run_probe;
+pub use probe::{run_probe, MAX_PROBE_OUTPUT};
 
 /// The digest format: every digest string is `b3v1:` followed by 64 lowercase hex chars.
 pub const FORMAT: &str = "b3v1";

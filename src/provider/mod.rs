@@ -7,9 +7,11 @@
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod local;
+pub mod probes;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
@@ -189,6 +191,27 @@ pub struct TestRequest<'a> {
     pub cancel: &'a CancellationToken,
 }
 
+/// A probe with `in="image"`: a command run inside a throwaway instance of one version
+/// of an image, whose standard output is hashed.
+pub struct ProbeRequest<'a> {
+    pub project: &'a Project,
+    pub image: &'a Image,
+    pub name: &'a str,
+    pub command: &'a str,
+    /// The host's network (`network="host"`) or loopback only.
+    pub host_network: bool,
+    pub timeout: Duration,
+    /// Names of the caller's variables the command sees (`env`, `pass-env`).
+    pub env: Vec<String>,
+    pub artifact_id: &'a str,
+    pub version: &'a str,
+    /// Where the command's standard error goes.
+    pub log: &'a Path,
+    pub work_dir: &'a Path,
+    pub ledger: &'a Ledger,
+    pub cancel: &'a CancellationToken,
+}
+
 #[async_trait]
 pub trait Provider: Send + Sync {
     fn name(&self) -> &'static str;
@@ -246,6 +269,24 @@ pub trait Provider: Send + Sync {
         version: &ImageRecord,
         keep_artifact: bool,
     ) -> Result<Vec<String>, ProviderError>;
+    /// What is inside a built image (its package databases), when this provider can look
+    /// inside its images; `None` when it cannot (AMIs are not read).
+    async fn inventory(
+        &self,
+        _artifact_id: &str,
+    ) -> Result<Option<crate::packages::Inventory>, ProviderError> {
+        Ok(None)
+    }
+    /// Runs an `in="image"` probe in a fresh instance of `req.artifact_id` (destroyed
+    /// afterwards, whatever happens) and returns the digest of its standard output.
+    async fn probe(&self, req: ProbeRequest<'_>) -> Result<String, ProviderError> {
+        Err(ProviderError::Failed(format!(
+            "run probe `{}` inside image `{}`: the {} provider cannot run probes inside its images (in=\"image\" needs the local provider)",
+            req.name,
+            req.image.name,
+            self.name()
+        )))
+    }
     /// Whether an artifact still exists (a cache hit is never taken for a missing one).
     async fn artifact_exists(&self, artifact_id: &str) -> Result<bool, ProviderError>;
     /// Destroys a resource a killed run left behind.

@@ -7,8 +7,10 @@ pub mod ci;
 pub mod graph;
 pub mod html;
 pub mod markdown;
+pub mod packages;
 pub mod plan;
 pub mod saved;
+pub mod sbom;
 pub mod state;
 pub mod why;
 

@@ -546,3 +546,19 @@ impl State {
             })
     }
 }
+
+impl State {
+    /// The version an image stands for now: its newest `Ready` version, else its newest
+    /// version whatever its status; `None` before its first build.
+    pub fn current_version(&self, image: &str) -> Result<Option<ImageRecord>, StateError> {
+        // `images` lists newest version first.
+        let records = self.images(Some(image))?;
+        let ready = records
+            .iter()
+            .position(|r| r.status == ReleaseStatus::Ready);
+        Ok(match ready {
+            Some(i) => records.into_iter().nth(i),
+            None => records.into_iter().next(),
+        })
+    }
+}

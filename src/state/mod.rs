@@ -1,7 +1,8 @@
 //! imgraph's state: one SQLite file, and the only module that speaks SQL.
 //!
 //! The file holds runs and node runs (the history `plan` compares keys against), the image
-//! registry (versions, provider artifact ids, release status, deliveries), a stat cache
+//! registry (versions, provider artifact ids, release status, deliveries), the packages
+//! inside each version, a stat cache
 //! for input files, a ledger of temporary resources and the lease that keeps two `apply`
 //! runs apart. Callers own their serde types: manifests, reasons and outputs cross this
 //! boundary as JSON `String`s, so this module knows nothing about plans or graphs.
@@ -42,6 +43,7 @@ mod lease;
 mod ledger;
 mod lineage;
 mod nodes;
+mod packages;
 mod process;
 mod runs;
 mod stat_cache;
@@ -63,6 +65,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../schema/0003_lease_host.sql"),
     include_str!("../../schema/0004_lineage.sql"),
     include_str!("../../schema/0005_revoked.sql"),
+    include_str!("../../schema/0006_packages.sql"),
 ];
 
 /// How long a call waits for another process's write lock before giving up.

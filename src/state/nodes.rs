@@ -66,6 +66,28 @@ impl State {
         Ok(())
     }
 
+    /// Replaces the manifest recorded for `node_id` while it runs in `run` (what a build
+    /// learned about its own result: see `provider::probes`).
+    pub fn set_running_manifest(
+        &self,
+        run: RunId,
+        node_id: &str,
+        manifest_json: &str,
+    ) -> Result<(), StateError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE node_runs SET manifest_json = ?1
+                 WHERE run_id = ?2 AND node_id = ?3 AND status = 'running'",
+                params![manifest_json, run, node_id],
+            )
+            .map_err(|e| self.sql_err(e, format!("record the manifest of node {node_id}")))?;
+        if changed == 0 {
+            return Err(self.not_found(format!("running node {node_id} of run {run}")));
+        }
+        Ok(())
+    }
+
     /// A node that never started (skipped because of an upstream failure, or cancelled
     /// before start). `cause` is kept as its error. Such records never count as a node's
     /// `last_attempt`.

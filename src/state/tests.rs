@@ -823,7 +823,7 @@ fn migration_5_rebuilds_images_keeping_rows_deliveries_and_foreign_keys() {
             .record_delivery("base", "1.0.0", "staging", run)
             .unwrap();
     }
-    let state = State::open(&path).unwrap();
+    let state = State::open_with(&path, &MIGRATIONS[..5]).unwrap();
     assert_eq!(state.schema_version().unwrap(), 5);
     let rows = state.images(None).unwrap();
     assert_eq!(rows.len(), 1);
@@ -914,4 +914,74 @@ fn revoking_cascades_to_versions_built_from_it_and_undo_restores_them() {
         "its own status comes back"
     );
     assert_eq!(status("app", "1.0.0"), ReleaseStatus::Candidate);
+}
+
+#[test]
+fn a_version_is_recorded_with_its_packages_in_one_go() {
+    use crate::packages::{Inventory, Manager, OsRelease, Package};
+    let dir = tempfile::tempdir().unwrap();
+    let state = open_in(dir.path());
+    let inv = Inventory {
+        managers: vec![Manager::Dpkg],
+        os: OsRelease {
+            id: Some("debian".into()),
+            version_id: Some("12".into()),
+            pretty_name: None,
+        },
+        packages: vec![
+            Package {
+                manager: Manager::Dpkg,
+                name: "libssl3".into(),
+                version: "3.0.15-1~deb12u1".into(),
+                arch: "amd64".into(),
+                source: Some("openssl".into()),
+            },
+            Package {
+                manager: Manager::Dpkg,
+                name: "adduser".into(),
+                version: "3.134".into(),
+                arch: "all".into(),
+                source: None,
+            },
+        ],
+    };
+    state
+        .record_built_image(&image("web", "1.0.0", "a", "k", 1), Some(&inv))
+        .unwrap();
+    state
+        .record_built_image(&image("web", "1.0.1", "b", "k2", 2), None)
+        .unwrap();
+    let mut sorted = inv.clone();
+    sorted.sort();
+    assert_eq!(state.packages_of("web", "1.0.0").unwrap(), Some(sorted));
+    assert_eq!(state.packages_of("web", "1.0.1").unwrap(), None);
+    assert_eq!(state.images(Some("web")).unwrap().len(), 2);
+
+    // A version that cannot be recorded takes its package list with it.
+    let err = state
+        .record_built_image(&image("web", "1.0.0", "c", "k3", 3), Some(&inv))
+        .unwrap_err();
+    assert!(matches!(err, StateError::VersionExists { .. }), "{err}");
+    assert_eq!(state.images(Some("web")).unwrap().len(), 2);
+}
+
+#[test]
+fn the_current_version_is_the_newest_ready_else_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open_in(dir.path());
+    assert!(state.current_version("web").unwrap().is_none());
+    for (v, at) in [("1.0.0", 1), ("1.0.1", 2), ("1.0.10", 3)] {
+        state.record_image(&image("web", v, v, "k", at)).unwrap();
+    }
+    assert_eq!(
+        state.current_version("web").unwrap().unwrap().version,
+        "1.0.10"
+    );
+    state
+        .set_image_status("web", "1.0.1", ReleaseStatus::Ready)
+        .unwrap();
+    assert_eq!(
+        state.current_version("web").unwrap().unwrap().version,
+        "1.0.1"
+    );
 }

@@ -21,10 +21,12 @@
 //! cancelled run stops them within a read of a few hundred kilobytes, not at the end of
 //! an 8 GB copy; they then fail with [`LocalError::Cancelled`].
 //!
-//! Layout: [`pack`] writes archives, `unpack` reads them safely, [`origin`] recognises
+//! Layout: [`pack`] writes archives, `unpack` reads them safely, [`inspect`] reads package
+//! databases and file lists out of stored images, [`origin`] recognises
 //! origin formats, [`tree`] copies and removes folder trees, [`store`] is the store, and
 //! [`provider`] runs builds and test instances on top of them.
 
+pub mod inspect;
 pub mod mounts;
 pub mod origin;
 pub mod pack;
@@ -91,6 +93,13 @@ pub enum LocalError {
     /// The run was cancelled while this operation was under way.
     #[error("finish: the run was cancelled")]
     Cancelled,
+    /// The image's package database could not be parsed.
+    #[error("list the packages of `{}`", path.display())]
+    PackageDatabase {
+        path: PathBuf,
+        #[source]
+        source: crate::packages::ParseError,
+    },
 }
 
 impl LocalError {

@@ -7,14 +7,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::model::{Build, Network, ProviderType, Sandbox, Step};
 use crate::process::{self, CommandSpec, Place, ProcessOutcome};
 use crate::provider::local::sandbox::{self, SandboxSpec, PROJECT_MOUNT};
 use crate::provider::local::{self, Store, VersionMeta};
 use crate::provider::{
-    append_log, BuildRequest, Built, Ledger, NodeInput, Origin, Provider, ProviderError,
-    RecordedVersion, TestRequest,
+    append_log, BuildRequest, Built, Ledger, NodeInput, Origin, ProbeRequest, Provider,
+    ProviderError, RecordedVersion, TestRequest,
 };
 use crate::state::{ImageRecord, LedgerEntry, ReleaseStatus};
 
@@ -183,6 +184,23 @@ impl Provider for LocalProvider {
         Ok(outcome)
     }
 
+    async fn probe(&self, req: ProbeRequest<'_>) -> Result<String, ProviderError> {
+        let node = format!("probe:{}/{}", req.image.name, req.name);
+        let instance = self.fresh_dir(req.work_dir, "probe", &node);
+        let id = req.ledger.add(
+            &node,
+            "local",
+            "instance",
+            &instance.to_string_lossy(),
+            "probe",
+        )?;
+        let result = self.probe_in(&req, &node, &instance).await;
+        let cleanup = remove_ledgered(req.ledger, id, instance).await;
+        let digest = result?;
+        cleanup?;
+        Ok(digest)
+    }
+
     async fn set_status(
         &self,
         version: &ImageRecord,
@@ -287,6 +305,19 @@ impl Provider for LocalProvider {
                 tags: Some(m.tags),
             })
             .collect())
+    }
+
+    async fn inventory(
+        &self,
+        artifact_id: &str,
+    ) -> Result<Option<crate::packages::Inventory>, ProviderError> {
+        let (store, id) = (self.store.clone(), artifact_id.to_string());
+        Ok(Some(
+            blocking(move || {
+                local::inspect::read_inventory(&store, &id, &CancellationToken::new())
+            })
+            .await?,
+        ))
     }
 
     async fn artifact_exists(&self, artifact_id: &str) -> Result<bool, ProviderError> {
@@ -427,6 +458,79 @@ impl LocalProvider {
         blocking(move || store.write_version_meta(&meta)).await?;
         crate::crash::point("build: registry entry written");
         Ok(Built { artifact_id })
+    }
+
+    async fn probe_in(
+        &self,
+        req: &ProbeRequest<'_>,
+        node: &str,
+        instance: &Path,
+    ) -> Result<String, ProviderError> {
+        local::tree::create_private_dir(instance)?;
+        let root = instance.join("root");
+        let (store, artifact, dest, cancel) = (
+            self.store.clone(),
+            req.artifact_id.to_string(),
+            root.clone(),
+            req.cancel.clone(),
+        );
+        blocking(move || store.unpack(&artifact, &dest, &cancel)).await?;
+        let stdout = instance.join("stdout");
+        let spec = CommandSpec {
+            command: req.command.to_string(),
+            cwd: req.project.root.clone(),
+            env: process::command_env(
+                Place::of(self.sandbox),
+                &req.env,
+                &[],
+                vec![
+                    ("IMGRAPH_INSTANCE_ROOT".into(), self.root_env(&root)),
+                    ("IMGRAPH_IMAGE".into(), req.image.name.clone()),
+                    ("IMGRAPH_VERSION".into(), req.version.to_string()),
+                    ("IMGRAPH_IMAGE_ID".into(), req.artifact_id.to_string()),
+                ],
+            ),
+            timeout: Some(req.timeout),
+            recorder: Some(req.ledger.processes_of(node)),
+            stdout: Some(stdout.clone()),
+            ..Default::default()
+        };
+        let call = RunIn {
+            root: &root,
+            // The command sees the image, not the project.
+            inputs: &[],
+            host_network: req.host_network,
+            log: req.log,
+            cancel: req.cancel,
+        };
+        let outcome = self.run_in(call, spec).await?;
+        if !outcome.success() {
+            return Err(ProviderError::Failed(format!(
+                "run probe `{}` inside {} {}: it {}: {}",
+                req.name,
+                req.image.name,
+                req.version,
+                outcome.describe(),
+                process::log_tail(req.log, 10).join("\n")
+            )));
+        }
+        blocking(move || {
+            let err = |e| local::LocalError::io("read the output of a probe in", &stdout, e);
+            let mut file = std::fs::File::open(&stdout).map_err(err)?;
+            let len = file.metadata().map_err(err)?.len();
+            if len > crate::hash::MAX_PROBE_OUTPUT {
+                return Err(local::LocalError::Corrupt {
+                    path: stdout.clone(),
+                    detail: format!(
+                        "the probe printed {len} bytes, more than the {} a probe may",
+                        crate::hash::MAX_PROBE_OUTPUT
+                    ),
+                });
+            }
+            crate::hash::probe_output_digest(len, &mut std::io::BufReader::new(&mut file))
+                .map_err(err)
+        })
+        .await
     }
 
     async fn test_in(

@@ -142,6 +142,18 @@ impl Store {
         dest: &Path,
         cancel: &CancellationToken,
     ) -> Result<(), LocalError> {
+        let (path, tar) = self.open_tar(artifact_id, cancel)?;
+        unpack_tar(tar, dest, &path, cancel)
+    }
+
+    /// The uncompressed tar stream of an artifact, after checking its bytes against its
+    /// id (a mismatch is [`LocalError::Corrupt`]). Returns the artifact's path too, for
+    /// errors.
+    pub fn open_tar(
+        &self,
+        artifact_id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(PathBuf, impl io::Read), LocalError> {
         let path = self.artifact_path(artifact_id)?;
         let expected = &artifact_id[ID_PREFIX.len()..];
         match unless_cancelled(cancel, hash_file(&path, cancel))? {
@@ -170,7 +182,7 @@ impl Store {
         let reader = BufReader::with_capacity(256 * 1024, file);
         let decoder = zstd::stream::read::Decoder::with_buffer(reader)
             .map_err(io_err("start zstd decoding of", &path))?;
-        unpack_tar(decoder, dest, &path, cancel)
+        Ok((path, decoder))
     }
 
     /// Moves a corrupt artifact out of the store into `<store>/corrupt/`, so the store no
