@@ -302,6 +302,66 @@ fn commands_see_their_declared_names_and_nothing_else_of_the_callers_environment
     );
 }
 
+/// The Debian 12 origin `examples/debian-server/make-origin.sh` makes (debootstrap) and
+/// caches under the target directory; scripts/test.sh fills the cache first.
+fn debian_origin() -> Option<PathBuf> {
+    if !require_tools(&["/usr/bin/bwrap", "/usr/sbin/debootstrap", "/usr/bin/zstd"])
+        || !require_root()
+    {
+        return None;
+    }
+    let out = std::process::Command::new("sh")
+        .arg(repo_root().join("examples/debian-server/make-origin.sh"))
+        .arg("--cache-only")
+        .output()
+        .expect("run make-origin.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(PathBuf::from(
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    ))
+}
+
+#[test]
+fn package_managers_and_account_tools_work_as_root_inside_the_sandbox() {
+    let Some(origin) = debian_origin() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("project");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&origin, dir.join("origin.tar.zst")).unwrap();
+    // apt drops to `_apt` (setgroups, setuid) to download; dpkg and useradd chown; su
+    // switches user; the test runs without network and sees no resolver.
+    let body = "image \"deb\" {\n    from \"debian\"\n    build \"rootfs\" {\n        run \"apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends hello\"\n        run \"useradd -m -s /bin/sh app && install -d -o app -g app /srv/app && su app -c 'touch /srv/app/owned' && hello > /etc/greeting\"\n    }\n    test \"inside\" { run \"hello && [ $(stat -c %U /srv/app/owned) = app ] && ! getent hosts deb.debian.org\"; }\n}\n";
+    write(
+        &dir.join("imgraph.kdl"),
+        &format!(
+            "provider \"local\" {{ sandbox \"bwrap\"; }}\nsource \"debian\" {{ local \"origin.tar.zst\"; }}\n{body}"
+        ),
+    );
+    let (code, out) = apply(&dir);
+    assert_eq!(code, 0, "{out}");
+    let build = node_log(&dir, "build:deb");
+    assert!(!build.contains("setgroups"), "{build}");
+    assert!(build.contains("Setting up hello"), "{build}");
+    let (_u, root) = unpack_newest(&dir, "deb");
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/greeting")).unwrap(),
+        "Hello, world!\n"
+    );
+    let owned = std::fs::metadata(root.join("srv/app/owned")).unwrap();
+    assert_eq!(owned.uid(), 1000);
+    // Mount points are there, empty; the image's /tmp is empty.
+    for mount in ["proc", "sys", "dev", "tmp"] {
+        let entries = std::fs::read_dir(root.join(mount)).unwrap().count();
+        assert_eq!(entries, 0, "/{mount} has {entries} entries");
+    }
+}
+
 // ---- attacks: each fails inside the sandbox and leaves the host untouched --------------
 
 #[test]
