@@ -27,7 +27,8 @@ fi
 # tests/debian_server.rs: the example's origin, made once by debootstrap and cached under
 # the target directory (about two minutes the first time, nothing afterwards).
 if [ "$(id -u)" -eq 0 ]; then
-  sh examples/debian-server/make-origin.sh --cache-only >/dev/null
+  sh examples/debian-server/make-origin.sh --cache-only >/dev/null \
+    || echo "test.sh: no Debian origin: tests/debian_server.rs and the apt test in tests/sandbox.rs fail" >&2
 else
   echo "test.sh: not root: examples/debian-server/make-origin.sh (debootstrap) cannot run" >&2
 fi

@@ -13,32 +13,6 @@ use std::path::{Path, PathBuf};
 use common::*;
 use serde_json::Value;
 
-/// `<target>/debian-origin/bookworm-minbase.tar.zst`, next to the binaries under test.
-fn cached_origin() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_imgraph"));
-    let target = bin
-        .parent()
-        .and_then(Path::parent)
-        .expect("the binary lives in <target>/<profile>/");
-    target.join("debian-origin/bookworm-minbase.tar.zst")
-}
-
-fn prerequisites_met() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    let bwrap = Path::new("/usr/bin/bwrap").exists();
-    let origin = cached_origin().exists() || Path::new("/usr/sbin/debootstrap").exists();
-    if root && bwrap && origin {
-        return true;
-    }
-    let why = format!("root: {root}, bwrap: {bwrap}, cached origin or debootstrap: {origin}");
-    if std::env::var_os("CI").is_some() {
-        panic!("the debian-server example cannot run ({why}): run scripts/test.sh as root");
-    }
-    eprintln!("NOT RUN: the debian-server example needs root, bwrap and debootstrap ({why})");
-    false
-}
-
 fn run(dir: &Path, args: &[&str]) -> (i32, String) {
     let out = imgraph(dir).args(args).output().unwrap();
     (
@@ -59,13 +33,13 @@ fn json(dir: &Path, args: &[&str]) -> Value {
 
 #[test]
 fn the_debian_server_example_applies_end_to_end() {
-    if !prerequisites_met() {
+    let Some(origin) = debian_origin() else {
         return;
-    }
+    };
     let (_t, dir) = copy_project("examples/debian-server");
     let made = std::process::Command::new("sh")
         .arg(dir.join("make-origin.sh"))
-        .env("IMGRAPH_DEBIAN_ORIGIN", cached_origin())
+        .env("IMGRAPH_DEBIAN_ORIGIN", &origin)
         .output()
         .unwrap();
     assert!(

@@ -302,29 +302,6 @@ fn commands_see_their_declared_names_and_nothing_else_of_the_callers_environment
     );
 }
 
-/// The Debian 12 origin `examples/debian-server/make-origin.sh` makes (debootstrap) and
-/// caches under the target directory; scripts/test.sh fills the cache first.
-fn debian_origin() -> Option<PathBuf> {
-    if !require_tools(&["/usr/bin/bwrap", "/usr/sbin/debootstrap", "/usr/bin/zstd"])
-        || !require_root()
-    {
-        return None;
-    }
-    let out = std::process::Command::new("sh")
-        .arg(repo_root().join("examples/debian-server/make-origin.sh"))
-        .arg("--cache-only")
-        .output()
-        .expect("run make-origin.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(PathBuf::from(
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-    ))
-}
-
 #[test]
 fn package_managers_and_account_tools_work_as_root_inside_the_sandbox() {
     let Some(origin) = debian_origin() else {

@@ -265,6 +265,40 @@ pub fn require_root() -> bool {
     false
 }
 
+/// The Debian 12 root file system `examples/debian-server/make-origin.sh` makes with
+/// `debootstrap --variant=minbase bookworm`, cached under the target directory next to the
+/// binary under test (`<target>/debian-origin/bookworm-minbase.tar.zst`; scripts/test.sh
+/// fills it first, so repeated runs download nothing). Needs root and bwrap, and to make
+/// the cache debootstrap and zstd: in CI a missing one fails the test, elsewhere it is
+/// said out loud and `None` returned.
+pub fn debian_origin() -> Option<PathBuf> {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_imgraph"));
+    let target = bin
+        .parent()
+        .and_then(Path::parent)
+        .expect("the binary lives in <target>/<profile>/");
+    let cache = target.join("debian-origin/bookworm-minbase.tar.zst");
+    let mut tools = vec!["/usr/bin/bwrap"];
+    if !cache.exists() {
+        tools.extend(["/usr/sbin/debootstrap", "/usr/bin/zstd"]);
+    }
+    if !require_root() || !require_tools(&tools) {
+        return None;
+    }
+    let out = std::process::Command::new("sh")
+        .arg(repo_root().join("examples/debian-server/make-origin.sh"))
+        .arg("--cache-only")
+        .env("IMGRAPH_DEBIAN_ORIGIN", &cache)
+        .output()
+        .expect("run make-origin.sh");
+    assert!(
+        out.status.success(),
+        "make-origin.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(cache)
+}
+
 /// Whether any node log under `.imgraph/logs` contains `text` (e.g. a test command's
 /// first words, to know it is running).
 pub fn some_log_contains(dir: &Path, text: &str) -> bool {
