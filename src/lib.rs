@@ -13,6 +13,8 @@
 //! sources ─ workspace (local: the files' digest; aws: newest DescribeImages match) ─► origin ids
 //! (graph, manifests, origins, state snapshot) ─ plan ─► Plan { nodes: action + reasons }
 //! Plan ─ exec::execute ─► provider calls, state records, exec::Event stream ─ report ─► terminal / NDJSON
+//! built artifact ─ provider::Provider::inventory ─► packages::Inventory ─► state (with the version)
+//!   ─ contents ─► `packages` / `diff` / `sbom`
 //! ```
 //!
 //! [`workspace::Workspace`] ties one project to its state and providers and runs these
@@ -35,6 +37,10 @@
 //!   `config/validate/providers.rs`), a module under [`provider`] implementing
 //!   [`provider::Provider`] (behind a cargo feature when it pulls a heavy SDK), and its arm
 //!   in [`workspace::Workspace::providers`].
+//! - **a package manager** (rpm): its database path and reader in [`packages`] (beside
+//!   `dpkg.rs` and `apk.rs`), a [`packages::Manager`] variant (the compiler then names its
+//!   purl type in `report::sbom`), its file in `provider/local/inspect.rs`, and a migration
+//!   widening the `CHECK` on `packages.manager`.
 //! - **a state backend**: [`state::State`] is the one (SQLite) backend today and the only
 //!   module with SQL; a second one (shared state for teams) first needs the history and
 //!   the lease behind traits, which is not built yet.
