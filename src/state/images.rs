@@ -109,7 +109,7 @@ impl State {
         self.durable(|| self.insert_image(rec))
     }
 
-    fn insert_image(&self, rec: &ImageRecord) -> Result<(), StateError> {
+    pub(super) fn insert_image(&self, rec: &ImageRecord) -> Result<(), StateError> {
         self.conn
             .execute(
                 &format!(

@@ -17,12 +17,15 @@ impl State {
         inventory: Option<&Inventory>,
     ) -> Result<(), StateError> {
         let context = format!("record image {} {}", rec.image, rec.version);
-        let tx = self.write_tx(&context)?;
-        self.record_image(rec)?;
-        if let Some(inv) = inventory {
-            self.insert_packages(&rec.image, &rec.version, inv, &context)?;
-        }
-        tx.commit().map_err(|e| self.sql_err(e, context))
+        // Durable like any new version (see `record_image`).
+        self.durable(|| {
+            let tx = self.write_tx(&context)?;
+            self.insert_image(rec)?;
+            if let Some(inv) = inventory {
+                self.insert_packages(&rec.image, &rec.version, inv, &context)?;
+            }
+            tx.commit().map_err(|e| self.sql_err(e, context.clone()))
+        })
     }
 
     fn insert_packages(
