@@ -175,6 +175,12 @@ impl Manifest {
         encoder.finish()
     }
 
+    /// Whether the manifest has `in="image"` probes, whose digests decide but are not in
+    /// the key (so an equal key does not mean equal inputs).
+    pub fn has_image_probes(&self) -> bool {
+        self.entries.iter().any(|e| e.kind == EntryKind::ImageProbe)
+    }
+
     /// Replaces the digests of `in="image"` probes (by probe name) with `measured`.
     pub fn set_image_probes(&mut self, measured: &BTreeMap<String, String>) {
         for entry in &mut self.entries {

@@ -948,8 +948,10 @@ impl DecideCtx<'_> {
     ) {
         // The key holds the manifest's digest and the stanza: when it is the recorded one,
         // neither can differ, and the stored manifest (large for big input trees) is not
-        // read at all. This is what keeps a no-change plan cheap.
-        let origin_listed = base.key != n.key && self.compare_inputs(n, base, reasons, pending);
+        // read at all. This is what keeps a no-change plan cheap. In-image probes are the
+        // exception: their digests decide but are not in the key.
+        let origin_listed = (base.key != n.key || n.manifest.has_image_probes())
+            && self.compare_inputs(n, base, reasons, pending);
         let old_upstream: BTreeMap<String, String> =
             serde_json::from_str(&base.upstream_json).unwrap_or_default();
         for (up, key) in &n.upstream {
