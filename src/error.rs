@@ -1,5 +1,5 @@
-//! The crate's top-level error: every module's typed error, plus the mapping to the one
-//! exit-code table in [`crate::exit`].
+//! The crate's top-level error: every module's typed error. [`crate::exit::code`] maps
+//! each to its exit code.
 
 use std::path::PathBuf;
 
@@ -109,16 +109,6 @@ pub enum Error {
     Sbom(#[from] crate::report::sbom::SbomError),
     #[error("{0}")]
     Other(String),
-}
-
-impl Error {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            Error::Locked { .. } | Error::LockHolderAlive { .. } => crate::exit::LOCKED,
-            Error::Interrupted(_) => crate::exit::INTERRUPTED,
-            _ => crate::exit::ERROR,
-        }
-    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -269,13 +269,10 @@ pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() {
-                exit::ERROR
-            } else {
-                exit::OK
-            };
             let _ = e.print();
-            return code;
+            return exit::code(exit::Ended::BadArguments {
+                help: !e.use_stderr(),
+            });
         }
     };
     output::apply_color(cli.color);
@@ -284,7 +281,7 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(err) => {
             output::report_error(&err);
-            err.exit_code()
+            exit::code(exit::Ended::Failed(&err))
         }
     }
 }
@@ -374,11 +371,10 @@ fn plan(cli: &Cli, args: &PlanArgs) -> Result<i32> {
             path.display()
         ));
     }
-    Ok(if args.detailed_exitcode && plan.has_changes() {
-        exit::CHANGES_PENDING
-    } else {
-        exit::OK
-    })
+    Ok(exit::code(exit::Ended::Planned {
+        detailed: args.detailed_exitcode,
+        has_changes: plan.has_changes(),
+    }))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -441,13 +437,10 @@ fn apply(cli: &Cli, args: &ApplyArgs) -> Result<i32> {
                 crate::report::ci::failure_annotations(ci, s, report::apply::FAILURE_TAIL_LINES)
             );
         }
-        Ok(if s.interrupted {
-            exit::INTERRUPTED
-        } else if s.status == crate::state::RunStatus::Succeeded {
-            exit::OK
-        } else {
-            exit::APPLY_FAILED
-        })
+        Ok(exit::code(exit::Ended::Applied {
+            interrupted: s.interrupted,
+            succeeded: s.status == crate::state::RunStatus::Succeeded,
+        }))
     })
 }
 

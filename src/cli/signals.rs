@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::exit;
 
 /// Starts watching for SIGINT, SIGTERM and SIGHUP on the current tokio runtime; the first
-/// cancels `cancel`, the second exits the process at once with [`exit::INTERRUPTED`].
+/// cancels `cancel`, the second exits the process at once with [`exit::INTERRUPTED`] (see [`exit::code`]).
 pub fn watch(cancel: CancellationToken) -> Result<()> {
     let mut streams = [
         listen(SignalKind::interrupt(), "SIGINT")?,
@@ -30,7 +30,7 @@ pub fn watch(cancel: CancellationToken) -> Result<()> {
             "imgraph: stopping on {name}: killing running work and cleaning up (a second signal exits at once)"
         );
         next(&mut streams).await;
-        std::process::exit(exit::INTERRUPTED);
+        std::process::exit(exit::code(exit::Ended::SignalledTwice));
     });
     Ok(())
 }
