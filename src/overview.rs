@@ -1,6 +1,7 @@
-//! What `imgraph report` shows, gathered from a workspace in one place: the pending plan
-//! (and each node's mark for the picture), every image's versions with their package
-//! changes and the environments holding them now, and the last runs.
+//! What `imgraph report` shows ([`crate::report::html::Overview`]), gathered from a
+//! workspace in one place: the pending plan (and each node's mark for the picture), every
+//! image's versions with their package changes and the environments holding them now,
+//! and the last runs.
 //!
 //! Gathering reads the state and plans; it writes nothing but the stat cache (as every
 //! plan does). A plan that cannot be made (a source that cannot be resolved, no cloud
@@ -12,71 +13,10 @@ use std::collections::{BTreeMap, HashMap};
 use crate::error::Result;
 use crate::graph::Paint;
 use crate::hash::Manifest;
-use crate::plan::{PackageChange, Plan, PlanOptions};
-use crate::state::{ImageRecord, NodeRecord, NodeStatus, RunRecord};
+use crate::plan::PlanOptions;
+use crate::report::html::{ImageOverview, Overview, Packages, RunOverview, VersionOverview};
+use crate::state::{ImageRecord, NodeStatus};
 use crate::workspace::Workspace;
-
-#[derive(Debug, Clone)]
-pub struct Overview {
-    /// The project folder's name.
-    pub project: String,
-    pub config_path: String,
-    pub generated_at_ms: i64,
-    /// The plan, or why none could be made.
-    pub plan: std::result::Result<Plan, String>,
-    /// Each planned node's mark (empty without a plan).
-    pub paint: Paint,
-    pub images: Vec<ImageOverview>,
-    /// Newest first.
-    pub runs: Vec<RunOverview>,
-}
-
-#[derive(Debug, Clone)]
-pub struct ImageOverview {
-    pub name: String,
-    /// False for an image the state knows but the config no longer declares.
-    pub declared: bool,
-    /// Whether any environment delivers it.
-    pub delivered: bool,
-    /// Newest first.
-    pub versions: Vec<VersionOverview>,
-}
-
-#[derive(Debug, Clone)]
-pub struct VersionOverview {
-    pub record: ImageRecord,
-    pub packages: Packages,
-    /// Environments whose newest delivery of this image is this version.
-    pub held_by: Vec<String>,
-}
-
-/// What a version changed in its package lists.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Packages {
-    /// Gained and lost since the version before (for the first version, every package).
-    Changed(PackageChange),
-    /// The image has no package list.
-    NoList,
-    /// The build of this version or of the one before is not recorded (e.g. recovered
-    /// from cloud tags).
-    Unknown,
-}
-
-#[derive(Debug, Clone)]
-pub struct RunOverview {
-    pub run: RunRecord,
-    pub nodes: Vec<NodeRecord>,
-}
-
-impl RunOverview {
-    pub fn duration_ms(&self) -> Option<i64> {
-        self.run.finished_at.map(|f| f - self.run.started_at)
-    }
-
-    pub fn count(&self, status: NodeStatus) -> usize {
-        self.nodes.iter().filter(|n| n.status == status).count()
-    }
-}
 
 impl Workspace {
     /// Plans (with `options`) and reads the state for a report of the last `run_limit` runs.

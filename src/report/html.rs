@@ -11,10 +11,74 @@ use std::fmt::Write as _;
 
 use super::graph::Mark;
 use super::{short_id, timestamp};
-use crate::graph::StageGraph;
-use crate::overview::{ImageOverview, Overview, Packages, RunOverview};
-use crate::plan::{Action, Plan};
-use crate::state::{NodeStatus, ReleaseStatus, RunStatus};
+use crate::graph::{Paint, StageGraph};
+use crate::plan::{Action, PackageChange, Plan};
+use crate::state::{ImageRecord, NodeRecord, NodeStatus, ReleaseStatus, RunRecord, RunStatus};
+
+// What the page shows: values only. `crate::overview` gathers them from a workspace, so
+// this renderer depends on no engine.
+
+#[derive(Debug, Clone)]
+pub struct Overview {
+    /// The project folder's name.
+    pub project: String,
+    pub config_path: String,
+    pub generated_at_ms: i64,
+    /// The plan, or why none could be made.
+    pub plan: std::result::Result<Plan, String>,
+    /// Each planned node's mark (empty without a plan).
+    pub paint: Paint,
+    pub images: Vec<ImageOverview>,
+    /// Newest first.
+    pub runs: Vec<RunOverview>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImageOverview {
+    pub name: String,
+    /// False for an image the state knows but the config no longer declares.
+    pub declared: bool,
+    /// Whether any environment delivers it.
+    pub delivered: bool,
+    /// Newest first.
+    pub versions: Vec<VersionOverview>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VersionOverview {
+    pub record: ImageRecord,
+    pub packages: Packages,
+    /// Environments whose newest delivery of this image is this version.
+    pub held_by: Vec<String>,
+}
+
+/// What a version changed in its package lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Packages {
+    /// Gained and lost since the version before (for the first version, every package).
+    Changed(PackageChange),
+    /// The image has no package list.
+    NoList,
+    /// The build of this version or of the one before is not recorded (e.g. recovered
+    /// from cloud tags).
+    Unknown,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOverview {
+    pub run: RunRecord,
+    pub nodes: Vec<NodeRecord>,
+}
+
+impl RunOverview {
+    pub fn duration_ms(&self) -> Option<i64> {
+        self.run.finished_at.map(|f| f - self.run.started_at)
+    }
+
+    pub fn count(&self, status: NodeStatus) -> usize {
+        self.nodes.iter().filter(|n| n.status == status).count()
+    }
+}
 
 /// Escapes text for HTML content and attribute values.
 pub fn escape(text: &str) -> String {
