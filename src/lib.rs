@@ -18,7 +18,9 @@
 //! ```
 //!
 //! [`workspace::Workspace`] ties one project to its state and providers and runs these
-//! steps for the commands; [`exit`] is the one table of exit codes.
+//! steps for the commands; [`exit::code`] maps how a command ended to the one table of
+//! exit codes. [`process`] runs every user command (a leaf: it knows no provider), and
+//! [`text`] holds the small helpers engines and reporters share.
 //!
 //! # Where to add …
 //!
