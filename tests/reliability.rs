@@ -464,3 +464,92 @@ fn a_corrupt_artifact_is_set_aside_and_rebuilt_by_the_next_apply() {
     assert_eq!(after.status.code(), Some(0), "{}", flat(&after.stderr));
     assert!(leftovers(&dir).is_empty());
 }
+
+/// The manifest a node run recorded, as JSON.
+fn recorded_manifest(dir: &Path, run: i64, node: &str) -> Value {
+    let ws = imgraph::workspace::Workspace::open(dir).unwrap();
+    let rec = ws.state.node_in_run(run, node).unwrap().unwrap();
+    serde_json::from_str(&rec.manifest_json).unwrap()
+}
+
+/// `gc` cuts the manifests no plan reads down to their package lists, keeps each node's
+/// latest, removes the local artifacts no version references and never one that a
+/// version references; the next plan still compares file by file.
+#[test]
+fn gc_prunes_old_manifests_and_removes_only_unreferenced_artifacts() {
+    let (_t, dir) = copy_project("examples/quickstart");
+    // Enough inputs for manifests worth pruning.
+    let many = dir.join("config/base/many");
+    std::fs::create_dir_all(&many).unwrap();
+    for i in 0..200 {
+        write(&many.join(format!("f{i}")), &format!("{i}\n"));
+    }
+    for _ in 0..2 {
+        let out = imgraph(&dir).arg("apply").output().unwrap();
+        assert!(out.status.success(), "{}", flat(&out.stdout));
+        append(&dir.join("config/base/motd"), "again\n");
+    }
+    std::fs::write(dir.join("config/base/motd"), b"back\n").unwrap();
+    let versions = |dir: &Path| -> Vec<String> {
+        let out = imgraph(dir).args(["images", "--json"]).output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let referenced = versions(&dir);
+    assert_eq!(referenced.len(), 4, "{referenced:?}");
+
+    // An artifact nothing references (what a build killed before its record leaves).
+    let store = imgraph::workspace::Workspace::open(&dir)
+        .unwrap()
+        .local_store()
+        .unwrap();
+    let tree = dir.join("stray-tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("x"), b"stray").unwrap();
+    let (stray, _) = store
+        .pack_tree(&tree, &tokio_util::sync::CancellationToken::new())
+        .unwrap();
+    std::fs::remove_dir_all(&tree).unwrap();
+    assert!(store.contains(&stray));
+    let entries = |m: &Value| m["entries"].as_array().unwrap().len();
+    assert!(entries(&recorded_manifest(&dir, 1, "build:base")) > 200);
+
+    let out = imgraph(&dir).arg("gc").output().unwrap();
+    let text = flat(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text} {}", flat(&out.stderr));
+    assert!(text.contains("1 unreferenced artifacts removed"), "{text}");
+    assert!(!store.contains(&stray));
+    for id in &referenced {
+        assert!(
+            store.contains(id),
+            "gc removed {id}, which a version references"
+        );
+    }
+    assert_eq!(versions(&dir), referenced);
+
+    // Run 1's build manifest keeps only its package list; run 2's (the latest) is whole.
+    let old = recorded_manifest(&dir, 1, "build:base");
+    let old_entries = old["entries"].as_array().unwrap();
+    assert_eq!(old_entries.len(), 1, "{old}");
+    assert_eq!(old_entries[0]["path"], "packages/base.txt");
+    assert!(entries(&recorded_manifest(&dir, 2, "build:base")) > 200);
+    let again = imgraph(&dir).arg("gc").output().unwrap();
+    assert!(flat(&again.stdout).contains("0 old manifests pruned"));
+
+    // Plans still compare with the latest records, file by file.
+    let plan = imgraph(&dir)
+        .args(["plan", "--detailed-exitcode"])
+        .output()
+        .unwrap();
+    assert_eq!(plan.status.code(), Some(2), "{}", flat(&plan.stdout));
+    append(&many.join("f7"), "changed\n");
+    let plan = imgraph(&dir).arg("plan").output().unwrap();
+    let text = flat(&plan.stdout);
+    assert!(text.contains("`config/base/many/f7` modified"), "{text}");
+    assert!(!text.contains("f8"), "{text}");
+}

@@ -542,10 +542,12 @@ fn gc(cli: &Cli, dry_run: bool, json: bool, lock: &LockWait) -> Result<i32> {
             ws.collect_garbage(&providers, true).await?
         };
         let versions = ws.apply_retention(&providers, dry_run).await?;
-        Ok::<_, crate::error::Error>((events, versions))
+        // Pruning changes nothing anyone reads, so a dry run leaves it out.
+        let pruned = if dry_run { None } else { Some(ws.prune()?) };
+        Ok::<_, crate::error::Error>((events, versions, pruned))
     });
     ws.state.release_lease()?;
-    let (events, versions) = result?;
+    let (events, versions, pruned) = result?;
     let leftovers: Vec<(String, String, String)> = events
         .iter()
         .filter_map(|ev| match ev {
@@ -561,6 +563,9 @@ fn gc(cli: &Cli, dry_run: bool, json: bool, lock: &LockWait) -> Result<i32> {
         crate::report::outln(&report::state::gc_json(&leftovers, &versions, dry_run));
     } else {
         crate::report::out(&report::state::gc_text(&leftovers, &versions, dry_run));
+        if let Some(p) = &pruned {
+            crate::report::out(&report::state::pruned_text(p));
+        }
     }
     Ok(exit::OK)
 }

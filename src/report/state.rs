@@ -173,6 +173,43 @@ pub fn lease_holder(pid: u32, host: Option<&str>, since: i64, now: i64) -> Strin
     )
 }
 
+/// What `imgraph gc` pruned, as text.
+pub fn pruned_text(p: &crate::workspace::Pruned) -> String {
+    let mut s = String::new();
+    for (path, size) in &p.artifacts {
+        s.push_str(&format!(
+            "removed unreferenced artifact {} ({})\n",
+            path.display(),
+            bytes(*size)
+        ));
+    }
+    let freed: u64 = p.artifacts.iter().map(|(_, n)| n).sum();
+    s.push_str(&format!(
+        "gc: {} unreferenced artifacts removed ({}); {} old manifests pruned; state file {} -> {}\n",
+        p.artifacts.len(),
+        bytes(freed),
+        p.manifests,
+        bytes(p.state_bytes.0),
+        bytes(p.state_bytes.1),
+    ));
+    s
+}
+
+/// A size in bytes for people: `812 B`, `3.4 MB`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KB", "MB", "GB", "TB"];
+    if n < 1000 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1000.0;
+    let mut unit = 0;
+    while v >= 1000.0 && unit + 1 < UNITS.len() {
+        v /= 1000.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 /// `imgraph lock status` as text.
 pub fn lease_text(lease: Option<&Lease>, now: i64) -> String {
     let Some(l) = lease else {

@@ -33,9 +33,9 @@
 //!   [`State::open_for_reading`]: never created, and usable on a read-only folder.
 //!
 //! Trade-offs: one `State` owns one connection and is `Send` but not `Sync`; share it
-//! behind a mutex or open one `State` per thread (WAL makes that cheap). Nothing is ever
-//! pruned: run history and the stat cache only grow, which keeps "why did this rebuild"
-//! answerable at the cost of file size.
+//! behind a mutex or open one `State` per thread (WAL makes that cheap). Run history is
+//! kept; `imgraph gc` shrinks the manifests no plan reads any more (every node run but
+//! each node's last success and last attempt) and compacts the file.
 
 mod images;
 pub use images::compare_versions;
@@ -662,6 +662,31 @@ impl State {
             path: self.path.clone(),
             detail: format!("schema version {version} is out of range"),
         })
+    }
+
+    /// Gives the space of deleted and shrunk rows back to the file system: `VACUUM`, then
+    /// a checkpoint that empties the write-ahead log. Returns the file's size in bytes
+    /// before and after (the log included).
+    pub fn compact(&self) -> Result<(u64, u64), StateError> {
+        let before = self.size_on_disk();
+        self.conn
+            .execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
+            .map_err(|e| self.sql_err(e, "compact the state file"))?;
+        Ok((before, self.size_on_disk()))
+    }
+
+    /// The state file's size plus its write-ahead log's, in bytes.
+    pub fn size_on_disk(&self) -> u64 {
+        let wal = {
+            let mut p = self.path.clone().into_os_string();
+            p.push("-wal");
+            PathBuf::from(p)
+        };
+        [self.path.as_path(), wal.as_path()]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
     }
 
     /// A write transaction that takes the write lock up front (see the module docs).

@@ -208,6 +208,54 @@ impl State {
         Ok(out)
     }
 
+    /// Node runs whose manifest no plan reads any more, oldest first: every record but
+    /// each node's last success and last attempt (what `plan` and `why` compare with),
+    /// whose manifest is longer than `min_len` bytes (pruned ones are short).
+    pub fn superseded_manifests(&self, min_len: usize) -> Result<Vec<NodeRunId>, StateError> {
+        let context = "find superseded manifests";
+        let sql = format!(
+            "SELECT id FROM node_runs
+             WHERE length(manifest_json) > ?1
+               AND id NOT IN (SELECT max(id) FROM node_runs WHERE {LAST_SUCCESS} GROUP BY node_id)
+               AND id NOT IN (SELECT max(id) FROM node_runs WHERE {LAST_ATTEMPT} GROUP BY node_id)
+             ORDER BY id"
+        );
+        let mut stmt = self
+            .conn
+            .prepare(&sql)
+            .map_err(|e| self.sql_err(e, context))?;
+        let rows = stmt
+            .query_map([min_len as i64], |r| r.get(0))
+            .map_err(|e| self.sql_err(e, context))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| self.sql_err(e, context))
+    }
+
+    /// The manifest JSON of one node run.
+    pub fn manifest_of(&self, id: NodeRunId) -> Result<String, StateError> {
+        self.conn
+            .query_row(
+                "SELECT manifest_json FROM node_runs WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => self.not_found(format!("node run {id}")),
+                e => self.sql_err(e, format!("read the manifest of node run {id}")),
+            })
+    }
+
+    /// Replaces the manifest of a node run no plan reads any more with a smaller one.
+    pub fn replace_manifest(&self, id: NodeRunId, manifest_json: &str) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "UPDATE node_runs SET manifest_json = ?1 WHERE id = ?2",
+                params![manifest_json, id],
+            )
+            .map_err(|e| self.sql_err(e, format!("prune the manifest of node run {id}")))?;
+        Ok(())
+    }
+
     /// `SELECT <node columns> FROM node_runs <tail>`.
     pub(super) fn query_nodes<P: Params>(
         &self,

@@ -225,6 +225,41 @@ impl Store {
         Ok(removed)
     }
 
+    /// Removes every artifact whose id is not in `keep`, with its size in bytes. Only the
+    /// store's own artifact files (`<64 hex>.tar.zst`) are looked at: the registry,
+    /// `corrupt/` and anything else in the folder stay. Callers hold the state lease, so
+    /// no pack is running.
+    pub fn remove_unreferenced(
+        &self,
+        keep: &std::collections::HashSet<String>,
+    ) -> Result<Vec<(PathBuf, u64)>, LocalError> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(LocalError::io("list store", &self.root, e)),
+        };
+        let mut removed = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err("list store", &self.root))?;
+            let name = entry.file_name();
+            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".tar.zst")) else {
+                continue;
+            };
+            let id = format!("{ID_PREFIX}{hex}");
+            if keep.contains(&id) || self.path_of(&id).is_none() {
+                continue;
+            }
+            let path = entry.path();
+            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            fs::remove_file(&path).map_err(io_err("remove unreferenced artifact", &path))?;
+            removed.push((path, size));
+        }
+        if !removed.is_empty() {
+            sync_dir(&self.root)?;
+        }
+        Ok(removed)
+    }
+
     /// Removes an artifact; removing one that is already gone is not an error.
     pub fn remove(&self, artifact_id: &str) -> Result<(), LocalError> {
         let path = self.artifact_path(artifact_id)?;
