@@ -460,21 +460,35 @@ impl LocalProvider {
         Ok(Built { artifact_id })
     }
 
+    /// Makes a private instance folder and unpacks the artifact into its `root`: what a
+    /// test and an in-image probe start from. Returns the root.
+    async fn unpack_instance(
+        &self,
+        artifact_id: &str,
+        instance: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<PathBuf, ProviderError> {
+        local::tree::create_private_dir(instance)?;
+        let root = instance.join("root");
+        let (store, artifact, dest, cancel) = (
+            self.store.clone(),
+            artifact_id.to_string(),
+            root.clone(),
+            cancel.clone(),
+        );
+        blocking(move || store.unpack(&artifact, &dest, &cancel)).await?;
+        Ok(root)
+    }
+
     async fn probe_in(
         &self,
         req: &ProbeRequest<'_>,
         node: &str,
         instance: &Path,
     ) -> Result<String, ProviderError> {
-        local::tree::create_private_dir(instance)?;
-        let root = instance.join("root");
-        let (store, artifact, dest, cancel) = (
-            self.store.clone(),
-            req.artifact_id.to_string(),
-            root.clone(),
-            req.cancel.clone(),
-        );
-        blocking(move || store.unpack(&artifact, &dest, &cancel)).await?;
+        let root = self
+            .unpack_instance(req.artifact_id, instance, req.cancel)
+            .await?;
         let stdout = instance.join("stdout");
         let spec = CommandSpec {
             command: req.command.to_string(),
@@ -539,15 +553,9 @@ impl LocalProvider {
         instance: &Path,
         instance_id: &str,
     ) -> Result<ProcessOutcome, ProviderError> {
-        local::tree::create_private_dir(instance)?;
-        let root = instance.join("root");
-        let (store, artifact, dest, cancel) = (
-            self.store.clone(),
-            req.artifact_id.to_string(),
-            root.clone(),
-            req.cancel.clone(),
-        );
-        blocking(move || store.unpack(&artifact, &dest, &cancel)).await?;
+        let root = self
+            .unpack_instance(req.artifact_id, instance, req.cancel)
+            .await?;
         append_log(
             req.log,
             &format!("imgraph: instance {instance_id} from {}", req.artifact_id),

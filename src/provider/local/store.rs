@@ -203,17 +203,22 @@ impl Store {
         Ok(target)
     }
 
+    /// The entries of the store folder (none when it does not exist yet).
+    fn entries(&self) -> Result<Vec<fs::DirEntry>, LocalError> {
+        match fs::read_dir(&self.root) {
+            Ok(entries) => entries
+                .map(|e| e.map_err(io_err("list store", &self.root)))
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(LocalError::io("list store", &self.root, e)),
+        }
+    }
+
     /// Removes the temporary files of packs that never finished (a killed run). Only safe
     /// while no pack runs: callers hold the state lease. Returns the files removed.
     pub fn remove_unfinished_packs(&self) -> Result<Vec<PathBuf>, LocalError> {
-        let entries = match fs::read_dir(&self.root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(LocalError::io("list store", &self.root, e)),
-        };
         let mut removed = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(io_err("list store", &self.root))?;
+        for entry in self.entries()? {
             let name = entry.file_name();
             let name = name.to_string_lossy();
             if name.starts_with(".pack-") && name.ends_with(".tmp") {
@@ -233,14 +238,8 @@ impl Store {
         &self,
         keep: &std::collections::HashSet<String>,
     ) -> Result<Vec<(PathBuf, u64)>, LocalError> {
-        let entries = match fs::read_dir(&self.root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(LocalError::io("list store", &self.root, e)),
-        };
         let mut removed = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(io_err("list store", &self.root))?;
+        for entry in self.entries()? {
             let name = entry.file_name();
             let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".tar.zst")) else {
                 continue;
