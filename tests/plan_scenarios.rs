@@ -475,3 +475,30 @@ fn records_of_an_older_hash_format_rerun_once_with_one_reason() {
         "one reason, not every file"
     );
 }
+
+#[test]
+fn a_damaged_recorded_manifest_is_an_error_not_every_input_added() {
+    let (_t, dir) = seeded();
+    // The stored manifest is read only when the key moved (an unchanged key proves the
+    // inputs are the same), so the damaged record must be one whose key differs.
+    append(&dir.join("config/base/motd"), "one more line\n");
+    let db = rusqlite::Connection::open(dir.join(".imgraph/state.db")).unwrap();
+    db.execute(
+        "UPDATE node_runs SET manifest_json = '{\"entries\": [' WHERE node_id = 'build:base'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let out = imgraph(&dir).arg("plan").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("failed to read the recorded manifest of `build:base`")
+            && stderr.contains("the state file is damaged"),
+        "{stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "no plan is printed from a damaged record"
+    );
+}

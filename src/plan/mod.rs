@@ -376,6 +376,19 @@ pub enum PlanError {
     /// An image given to `--force` that the project does not have; then what to say instead.
     #[error("unknown image `{0}` given to --force: {1}")]
     UnknownForced(String, String),
+    /// A recorded manifest or upstream-key list that does not parse: the state file was
+    /// changed outside imgraph. Comparing against nothing would read as "every input
+    /// added" and hide the damage.
+    #[error(
+        "failed to read the recorded {what} of `{node}` (run {run}): the state file is damaged"
+    )]
+    CorruptRecord {
+        node: String,
+        run: crate::state::RunId,
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// What a successful `build:` node records in its outputs (the executor writes it).
@@ -617,7 +630,7 @@ pub fn decide(
             forced,
             upstream_news,
         };
-        ctx.decide_node(&mut planned, history, &mut sources);
+        ctx.decide_node(&mut planned, history, &mut sources)?;
         apply_revocations(facts, &mut planned);
         if planned.stage == Stage::Build && planned.action == Action::UpToDate {
             if let Some(change) = node
@@ -872,13 +885,28 @@ struct DecideCtx<'a> {
     upstream_news: Vec<String>,
 }
 
+/// A recorded manifest or upstream-key list of `base` that does not parse.
+fn corrupt_record(
+    n: &PlannedNode,
+    base: &NodeRecord,
+    what: &'static str,
+    source: serde_json::Error,
+) -> PlanError {
+    PlanError::CorruptRecord {
+        node: n.id.clone(),
+        run: base.run_id,
+        what,
+        source,
+    }
+}
+
 impl DecideCtx<'_> {
     fn decide_node(
         &self,
         n: &mut PlannedNode,
         history: Option<&NodeHistory>,
         sources: &mut [SourceView],
-    ) {
+    ) -> Result<(), PlanError> {
         let mut reasons = Vec::new();
         let mut pending = Vec::new();
         if self.forced {
@@ -894,7 +922,7 @@ impl DecideCtx<'_> {
         match base {
             None => reasons.push(Reason::New),
             Some(base) => {
-                self.compare(n, base, &mut reasons, &mut pending, sources);
+                self.compare(n, base, &mut reasons, &mut pending, sources)?;
                 if let Some(f) = same_key_failure {
                     reasons.push(Reason::PreviousFailure {
                         error: f.error.clone(),
@@ -936,6 +964,7 @@ impl DecideCtx<'_> {
             });
         }
         n.reasons = reasons;
+        Ok(())
     }
 
     fn compare(
@@ -945,15 +974,18 @@ impl DecideCtx<'_> {
         reasons: &mut Vec<Reason>,
         pending: &mut Vec<Reason>,
         sources: &mut [SourceView],
-    ) {
+    ) -> Result<(), PlanError> {
         // The key holds the manifest's digest and the stanza: when it is the recorded one,
         // neither can differ, and the stored manifest (large for big input trees) is not
         // read at all. This is what keeps a no-change plan cheap. In-image probes are the
         // exception: their digests decide but are not in the key.
-        let origin_listed = (base.key != n.key || n.manifest.has_image_probes())
-            && self.compare_inputs(n, base, reasons, pending);
+        let origin_listed = if base.key != n.key || n.manifest.has_image_probes() {
+            self.compare_inputs(n, base, reasons, pending)?
+        } else {
+            false
+        };
         let old_upstream: BTreeMap<String, String> =
-            serde_json::from_str(&base.upstream_json).unwrap_or_default();
+            serde_json::from_str(&base.upstream_json).map_err(|e| corrupt_record(n, base, "upstream keys", e))?;
         for (up, key) in &n.upstream {
             if up == DELIVERED {
                 let old = old_upstream.get(up);
@@ -995,6 +1027,7 @@ impl DecideCtx<'_> {
                 reasons.push(Reason::UpstreamChanged { node: up.clone() });
             }
         }
+        Ok(())
     }
 
     /// Reasons from the node's inputs (manifest entries) and its stanza. Returns whether a
@@ -1005,8 +1038,9 @@ impl DecideCtx<'_> {
         base: &NodeRecord,
         reasons: &mut Vec<Reason>,
         pending: &mut Vec<Reason>,
-    ) -> bool {
-        let old_manifest: Manifest = serde_json::from_str(&base.manifest_json).unwrap_or_default();
+    ) -> Result<bool, PlanError> {
+        let old_manifest: Manifest = serde_json::from_str(&base.manifest_json)
+            .map_err(|e| corrupt_record(n, base, "manifest", e))?;
         let diffs = if old_manifest.format == n.manifest.format {
             diff_manifests(&old_manifest, &n.manifest)
         } else {
@@ -1038,7 +1072,7 @@ impl DecideCtx<'_> {
                 fields: diff_fields(&base.stanza, &n.stanza),
             });
         }
-        origin_listed
+        Ok(origin_listed)
     }
 
     /// Test and publish nodes: their last success must be about the image's current
