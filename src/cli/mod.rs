@@ -532,7 +532,7 @@ fn sbom(cli: &Cli, target: &str, output: Option<&std::path::Path>) -> Result<i32
 fn gc(cli: &Cli, dry_run: bool, json: bool, lock: &LockWait) -> Result<i32> {
     let ws = Workspace::open(&cli.dir)?;
     // Also a dry run: what it says holds only while no apply changes the registry.
-    ws.lock("gc", lock.lock_timeout, &Default::default())?;
+    let lease = ws.lock("gc", lock.lock_timeout, &Default::default())?;
     let rt = runtime()?;
     let result = rt.block_on(async {
         let providers = ws.providers().await?;
@@ -546,7 +546,7 @@ fn gc(cli: &Cli, dry_run: bool, json: bool, lock: &LockWait) -> Result<i32> {
         let pruned = if dry_run { None } else { Some(ws.prune()?) };
         Ok::<_, crate::error::Error>((events, versions, pruned))
     });
-    ws.state.release_lease()?;
+    lease.release()?;
     let (events, versions, pruned) = result?;
     let leftovers: Vec<(String, String, String)> = events
         .iter()
@@ -573,7 +573,7 @@ fn gc(cli: &Cli, dry_run: bool, json: bool, lock: &LockWait) -> Result<i32> {
 fn state_recover(cli: &Cli) -> Result<i32> {
     let ws = Workspace::open(&cli.dir)?;
     // Recovery writes the registry: never while an apply records the same builds.
-    ws.lock(
+    let lease = ws.lock(
         "state recover",
         std::time::Duration::ZERO,
         &Default::default(),
@@ -583,7 +583,7 @@ fn state_recover(cli: &Cli) -> Result<i32> {
         let providers = ws.providers().await?;
         ws.recover(&providers).await
     });
-    ws.state.release_lease()?;
+    lease.release()?;
     let found = found?;
     for r in &found {
         crate::report::outln(&format!(

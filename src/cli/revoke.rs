@@ -32,7 +32,7 @@ pub(super) fn revoke(cli: &Cli, args: &RevokeArgs) -> Result<i32> {
             ))
         })?;
     let ws = Workspace::open(&cli.dir)?;
-    ws.lock("revoke", args.lock.lock_timeout, &Default::default())?;
+    let lease = ws.lock("revoke", args.lock.lock_timeout, &Default::default())?;
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
             let providers = ws.providers().await?;
@@ -40,7 +40,7 @@ pub(super) fn revoke(cli: &Cli, args: &RevokeArgs) -> Result<i32> {
                 .await
         })
     });
-    ws.state.release_lease()?;
+    lease.release()?;
     let changed = result?;
     for rec in &changed {
         let line = match &rec.revoked_reason {

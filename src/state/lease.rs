@@ -7,8 +7,15 @@
 //! state file on a shared folder) is never judged dead from here. There is no expiry
 //! time, because a long apply must not lose its lease; `imgraph lock break` removes a
 //! lease by hand.
+//!
+//! A taken lease is a [`LeaseGuard`]: it is given back when the guard is released or
+//! dropped, so every way out of a command (an error, a panic, a poisoned state mutex)
+//! gives it back. The guard uses a connection of its own, so releasing never waits for
+//! the [`State`] that an apply shares between its tasks.
 
-use rusqlite::{params, OptionalExtension};
+use std::path::PathBuf;
+
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::process::{is_alive, own_host, own_identity};
 use super::{now_ms, Lease, LeaseOutcome, Liveness, State, StateError};
@@ -51,13 +58,19 @@ impl State {
 
     /// Gives the lease up if this process holds it; otherwise does nothing.
     pub fn release_lease(&self) -> Result<(), StateError> {
-        self.conn
-            .execute(
-                "DELETE FROM lease WHERE id = 1 AND pid = ?1 AND proc_start IS ?2",
-                params![std::process::id(), own_identity()],
-            )
-            .map_err(|e| self.sql_err(e, "release the apply lease"))?;
-        Ok(())
+        delete_own_lease(&self.conn).map_err(|e| self.sql_err(e, "release the apply lease"))
+    }
+
+    /// The guard of a lease this process has just taken ([`State::acquire_lease`] said
+    /// `Acquired`): it gives the lease back when released or dropped.
+    pub fn lease_guard(&self) -> LeaseGuard {
+        // An empty state held in memory (a plan without a state file) has no file to
+        // give the lease back in: it goes with the connection.
+        let on_disk = self.conn.path().is_some_and(|p| !p.is_empty());
+        LeaseGuard {
+            path: on_disk.then(|| self.path.clone()),
+            released: false,
+        }
     }
 
     /// The lease as it stands, if anyone holds it.
@@ -121,5 +134,55 @@ impl State {
             };
             (lease, identity)
         }))
+    }
+}
+
+fn delete_own_lease(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute(
+        "DELETE FROM lease WHERE id = 1 AND pid = ?1 AND proc_start IS ?2",
+        params![std::process::id(), own_identity()],
+    )?;
+    Ok(())
+}
+
+/// A lease this process holds; see the module doc.
+#[must_use = "dropping the guard gives the lease back at once"]
+#[derive(Debug)]
+pub struct LeaseGuard {
+    /// The state file; `None` for a state held in memory.
+    path: Option<PathBuf>,
+    released: bool,
+}
+
+impl LeaseGuard {
+    /// Gives the lease back, saying so when that fails.
+    pub fn release(mut self) -> Result<(), StateError> {
+        self.released = true;
+        self.delete()
+    }
+
+    fn delete(&self) -> Result<(), StateError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let err = |source| StateError::Sqlite {
+            path: path.clone(),
+            context: "release the apply lease".into(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(super::BUSY_TIMEOUT).map_err(err)?;
+        delete_own_lease(&conn).map_err(err)
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        if let Err(e) = self.delete() {
+            tracing::warn!(error = %crate::text::error_chain(&e), "the apply lease was not given back");
+        }
     }
 }

@@ -640,6 +640,32 @@ fn lease_is_exclusive_and_taken_over_from_dead_holders() {
 }
 
 #[test]
+fn a_lease_guard_gives_the_lease_back_when_released_or_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open_in(dir.path());
+    let other = open_in(dir.path());
+    assert_eq!(
+        state.acquire_lease("apply").unwrap(),
+        LeaseOutcome::Acquired
+    );
+    let guard = state.lease_guard();
+    assert!(matches!(
+        other.acquire_lease("gc").unwrap(),
+        LeaseOutcome::HeldBy { .. }
+    ));
+    drop(guard);
+    assert!(state.lease().unwrap().is_none(), "dropped: given back");
+
+    assert_eq!(
+        state.acquire_lease("apply").unwrap(),
+        LeaseOutcome::Acquired
+    );
+    state.lease_guard().release().unwrap();
+    assert!(state.lease().unwrap().is_none(), "released: given back");
+    assert_eq!(other.acquire_lease("gc").unwrap(), LeaseOutcome::Acquired);
+}
+
+#[test]
 fn a_lease_held_on_another_host_is_never_taken_over_and_can_be_broken() {
     let dir = tempfile::tempdir().unwrap();
     let state = open_in(dir.path());

@@ -29,7 +29,7 @@ use crate::plan::{self, BuildOutputs, Facts, Plan, PlanOptions};
 use crate::provider::local::LocalProvider;
 use crate::provider::local::Store;
 use crate::provider::Provider;
-use crate::state::{Lease, LeaseOutcome, Liveness, State};
+use crate::state::{Lease, LeaseGuard, LeaseOutcome, Liveness, State};
 
 /// How often a command waiting for the state lock tries again.
 const LOCK_POLL: Duration = Duration::from_millis(200);
@@ -571,14 +571,19 @@ impl Workspace {
 
     /// Takes the state's lease for `command` (invariant 5: one writer at a time),
     /// waiting up to `wait` for its holder to finish, or says who holds it (holder,
-    /// host, pid, age). Released with `state.release_lease()`. Cancelling `cancel` stops
-    /// the wait with [`Error::Interrupted`].
-    pub fn lock(&self, command: &str, wait: Duration, cancel: &CancellationToken) -> Result<()> {
+    /// host, pid, age). The lease is given back when the returned guard is released or
+    /// dropped. Cancelling `cancel` stops the wait with [`Error::Interrupted`].
+    pub fn lock(
+        &self,
+        command: &str,
+        wait: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<LeaseGuard> {
         let holder = format!("imgraph {command}");
         let deadline = Instant::now() + wait;
         loop {
             match self.state.acquire_lease(&holder)? {
-                LeaseOutcome::Acquired => return Ok(()),
+                LeaseOutcome::Acquired => return Ok(self.state.lease_guard()),
                 LeaseOutcome::HeldBy {
                     pid,
                     host,
@@ -725,8 +730,8 @@ impl Workspace {
         let (mut facts, cache_updates) = self.gather_unrecorded(&providers).await?;
         let first = plan::decide(&self.project, &self.graph, &facts, options)?;
         check_origins(&self.project, Some(&first), &cancel)?;
-        self.lock("apply", exec.lock_wait, &cancel)?;
-        // Every path out of here releases the lease.
+        // Every way out of here, a panic included, gives the lease back (the guard).
+        let lease = self.lock("apply", exec.lock_wait, &cancel)?;
         let prepared = async {
             self.store_stat_cache(&cache_updates)?;
             for ev in self.collect_garbage(&providers, false).await? {
@@ -749,13 +754,7 @@ impl Workspace {
             Ok(plan::decide(&self.project, &self.graph, &facts, options)?)
         }
         .await;
-        let plan = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                self.state.release_lease()?;
-                return Err(e);
-            }
-        };
+        let plan = prepared?;
         let work_root = self.work_root();
         let Workspace {
             project,
@@ -777,10 +776,9 @@ impl Workspace {
             ),
         };
         let summary = crate::exec::execute(ctx, &plan, "apply", exec, events, cancel).await;
-        let st = state
-            .lock()
-            .map_err(|_| Error::Other("the state lock was poisoned".into()))?;
-        st.release_lease()?;
+        // Through its own connection: a task that panicked holding the state mutex
+        // (poisoning it) does not keep the lease.
+        lease.release()?;
         let summary = summary.map_err(|e| Error::Other(crate::text::error_chain(&e)))?;
         Ok(ApplyOutcome { plan, summary })
     }

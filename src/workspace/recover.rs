@@ -17,7 +17,7 @@ use crate::error::Result;
 use crate::graph::Stage;
 use crate::plan::{BuildOutputs, Plan, PlanOptions, Reason};
 use crate::provider::RecordedVersion;
-use crate::state::{ImageRecord, LeaseOutcome, NodeStatus, RunId, RunStatus};
+use crate::state::{ImageRecord, LeaseGuard, LeaseOutcome, NodeStatus, RunId, RunStatus};
 
 use super::{Providers, Workspace};
 
@@ -46,7 +46,8 @@ impl From<&RecordedVersion> for Recovered {
 struct Recovery<'w> {
     ws: &'w Workspace,
     run: Option<RunId>,
-    took_lease: bool,
+    /// The lease, when this recovery took it (rather than the apply it runs in).
+    lease: Option<LeaseGuard>,
     found: Vec<Recovered>,
 }
 
@@ -55,7 +56,7 @@ impl<'w> Recovery<'w> {
         Recovery {
             ws,
             run: None,
-            took_lease: false,
+            lease: None,
             found: Vec::new(),
         }
     }
@@ -70,7 +71,7 @@ impl<'w> Recovery<'w> {
             return Ok(None);
         }
         match self.ws.state.acquire_lease("imgraph (recovery)")? {
-            LeaseOutcome::Acquired => self.took_lease = true,
+            LeaseOutcome::Acquired => self.lease = Some(self.ws.state.lease_guard()),
             // Inside apply or `state recover`, this process holds it already.
             LeaseOutcome::HeldBy { pid, .. } if pid == std::process::id() => {}
             LeaseOutcome::HeldBy { .. } => return Ok(None),
@@ -116,8 +117,8 @@ impl<'w> Recovery<'w> {
         if let Some(r) = self.run {
             self.ws.state.finish_run(r, RunStatus::Succeeded)?;
         }
-        if self.took_lease {
-            self.ws.state.release_lease()?;
+        if let Some(lease) = self.lease {
+            lease.release()?;
         }
         Ok(self.found)
     }
