@@ -7,27 +7,12 @@
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
-use crate::packages::{diff_files, diff_packages, FileChanges, FileFacts, Inventory, PackageDiff};
+use crate::packages::{diff_files, diff_packages, FileChanges, FileFacts};
 use crate::provider::local::{inspect, Store};
 use crate::state::ImageRecord;
 use crate::workspace::Workspace;
 
-/// One image version and its packages.
-#[derive(Debug, Clone)]
-pub struct VersionContents {
-    pub record: ImageRecord,
-    pub inventory: Inventory,
-}
-
-/// Two versions of one image compared.
-#[derive(Debug, Clone)]
-pub struct VersionDiff {
-    pub from: ImageRecord,
-    pub to: ImageRecord,
-    pub packages: PackageDiff,
-    /// Paths added, removed and modified, or why they could not be counted.
-    pub files: std::result::Result<FileChanges, String>,
-}
+pub use crate::report::packages::{VersionContents, VersionDiff};
 
 /// The record of `image` at `version`, or its current version (newest Ready, else newest).
 pub fn find_version(ws: &Workspace, image: &str, version: Option<&str>) -> Result<ImageRecord> {

@@ -984,8 +984,8 @@ impl DecideCtx<'_> {
         } else {
             false
         };
-        let old_upstream: BTreeMap<String, String> =
-            serde_json::from_str(&base.upstream_json).map_err(|e| corrupt_record(n, base, "upstream keys", e))?;
+        let old_upstream: BTreeMap<String, String> = serde_json::from_str(&base.upstream_json)
+            .map_err(|e| corrupt_record(n, base, "upstream keys", e))?;
         for (up, key) in &n.upstream {
             if up == DELIVERED {
                 let old = old_upstream.get(up);

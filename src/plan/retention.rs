@@ -80,6 +80,16 @@ pub struct VersionDecision {
     pub retention: Retention,
 }
 
+/// What `imgraph gc` did (or, with `--dry-run`, would do) with one version.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GcVersion {
+    #[serde(flatten)]
+    pub decision: VersionDecision,
+    /// What was removed: local artifact ids, AMI ids and snapshot ids (none in a dry run,
+    /// nor when another kept version has the same bytes).
+    pub removed: Vec<String>,
+}
+
 /// Decides every version of every image that has a `retain`. `records` are the live
 /// registry rows ([`crate::state::State::images`]); `current` maps an image to its
 /// current version.

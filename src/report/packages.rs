@@ -6,11 +6,29 @@ use std::fmt::Write as _;
 use serde_json::json;
 
 use super::{short_id, Palette};
-use crate::contents::{VersionContents, VersionDiff};
-use crate::packages::{Inventory, Package};
+use crate::packages::{FileChanges, Inventory, Package, PackageDiff};
 use crate::state::ImageRecord;
 
 pub const FORMAT_VERSION: u32 = 1;
+
+// The values these renderings take; `crate::contents` gathers them from a workspace.
+
+/// One image version and its packages.
+#[derive(Debug, Clone)]
+pub struct VersionContents {
+    pub record: ImageRecord,
+    pub inventory: Inventory,
+}
+
+/// Two versions of one image compared.
+#[derive(Debug, Clone)]
+pub struct VersionDiff {
+    pub from: ImageRecord,
+    pub to: ImageRecord,
+    pub packages: PackageDiff,
+    /// Paths added, removed and modified, or why they could not be counted.
+    pub files: std::result::Result<FileChanges, String>,
+}
 
 fn version_json(r: &ImageRecord) -> serde_json::Value {
     json!({

@@ -16,7 +16,7 @@ use cyclonedx_bom::models::property::{Properties, Property};
 use cyclonedx_bom::models::tool::{Tool, Tools};
 use cyclonedx_bom::prelude::*;
 
-use crate::contents::VersionContents;
+use super::packages::VersionContents;
 use crate::packages::{Manager, OsRelease, Package};
 
 /// The SBOM could not be made: a value imgraph recorded is not one CycloneDX accepts.

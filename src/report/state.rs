@@ -173,8 +173,19 @@ pub fn lease_holder(pid: u32, host: Option<&str>, since: i64, now: i64) -> Strin
     )
 }
 
+/// What one prune did.
+#[derive(Debug, Default, Clone)]
+pub struct Pruned {
+    /// Node runs whose manifest was cut down.
+    pub manifests: usize,
+    /// Unreferenced artifacts removed, with their sizes in bytes.
+    pub artifacts: Vec<(std::path::PathBuf, u64)>,
+    /// The state file's size (with its write-ahead log) before and after, in bytes.
+    pub state_bytes: (u64, u64),
+}
+
 /// What `imgraph gc` pruned, as text.
-pub fn pruned_text(p: &crate::workspace::Pruned) -> String {
+pub fn pruned_text(p: &Pruned) -> String {
     let mut s = String::new();
     for (path, size) in &p.artifacts {
         s.push_str(&format!(
@@ -251,7 +262,7 @@ pub fn lease_json(lease: Option<&Lease>, now: i64) -> String {
 /// `imgraph gc --json`: the leftovers destroyed and every version's retention decision.
 pub fn gc_json(
     leftovers: &[(String, String, String)],
-    versions: &[crate::workspace::GcVersion],
+    versions: &[crate::plan::retention::GcVersion],
     dry_run: bool,
 ) -> String {
     let leftovers: Vec<_> = leftovers
@@ -287,7 +298,7 @@ pub fn gc_json(
 /// summary.
 pub fn gc_text(
     leftovers: &[(String, String, String)],
-    versions: &[crate::workspace::GcVersion],
+    versions: &[crate::plan::retention::GcVersion],
     dry_run: bool,
 ) -> String {
     let mut out = String::new();

@@ -50,16 +50,6 @@ impl Workspace {
     }
 }
 
-/// What `imgraph gc` did (or, with `--dry-run`, would do) with one version.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct GcVersion {
-    #[serde(flatten)]
-    pub decision: crate::plan::retention::VersionDecision,
-    /// What was removed: local artifact ids, AMI ids and snapshot ids (none in a dry run,
-    /// nor when another kept version has the same bytes).
-    pub removed: Vec<String>,
-}
-
 impl Workspace {
     /// Retention (see [`crate::plan::retention`]): decides every version of the images
     /// with a `retain`, and unless `dry_run` removes those beyond it with their provider
@@ -68,7 +58,7 @@ impl Workspace {
         &self,
         providers: &Providers,
         dry_run: bool,
-    ) -> Result<Vec<GcVersion>> {
+    ) -> Result<Vec<crate::plan::retention::GcVersion>> {
         let records = self.state.images(None)?;
         let current: std::collections::HashMap<String, String> = self
             .state
@@ -122,7 +112,7 @@ impl Workspace {
                 }
                 self.state.mark_removed(&rec.image, &rec.version)?;
             }
-            out.push(GcVersion {
+            out.push(crate::plan::retention::GcVersion {
                 decision: d.clone(),
                 removed,
             });

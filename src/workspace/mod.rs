@@ -7,8 +7,6 @@ mod probes;
 mod prune;
 mod recover;
 
-pub use lifecycle::GcVersion;
-pub use prune::Pruned;
 pub use recover::Recovered;
 
 use std::collections::{BTreeMap, HashMap};

@@ -12,27 +12,16 @@
 //! The state file is compacted afterwards, so the space goes back to the file system.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 
 use crate::error::Result;
 use crate::hash::Manifest;
 use crate::plan::BuildOutputs;
+use crate::report::state::Pruned;
 
 use super::Workspace;
 
 /// Manifests shorter than this are not worth rewriting (a pruned one is shorter).
 const SMALL_MANIFEST: usize = 4096;
-
-/// What one prune did.
-#[derive(Debug, Default, Clone)]
-pub struct Pruned {
-    /// Node runs whose manifest was cut down.
-    pub manifests: usize,
-    /// Unreferenced artifacts removed, with their sizes in bytes.
-    pub artifacts: Vec<(PathBuf, u64)>,
-    /// The state file's size (with its write-ahead log) before and after, in bytes.
-    pub state_bytes: (u64, u64),
-}
 
 impl Workspace {
     /// Prunes manifests and unreferenced local artifacts, then compacts the state file.
