@@ -136,6 +136,26 @@ async fn remove_ledgered(ledger: &Ledger, id: i64, dir: PathBuf) -> Result<(), P
     ledger.destroyed(id)
 }
 
+/// Runs `work` in the private folder `dir`: the folder is ledgered (as `kind`, for
+/// `purpose`) before `work` starts and removed afterwards whatever `work` returned. `work`
+/// is a future, so nothing of it runs before the ledger row exists. The work's own error
+/// wins over a failed clean-up.
+async fn in_ledgered_dir<T>(
+    ledger: &Ledger,
+    node: &str,
+    kind: &str,
+    purpose: &str,
+    dir: PathBuf,
+    work: impl std::future::Future<Output = Result<T, ProviderError>>,
+) -> Result<T, ProviderError> {
+    let id = ledger.add(node, "local", kind, &dir.to_string_lossy(), purpose)?;
+    let result = work.await;
+    let cleanup = remove_ledgered(ledger, id, dir).await;
+    let value = result?;
+    cleanup?;
+    Ok(value)
+}
+
 #[async_trait]
 impl Provider for LocalProvider {
     fn name(&self) -> &'static str {
@@ -150,18 +170,16 @@ impl Provider for LocalProvider {
             });
         };
         let staging = self.fresh_dir(req.work_dir, "staging", req.node_id);
-        let id = req.ledger.add(
+        let work = self.build_in(&req, steps, &staging);
+        in_ledgered_dir(
+            req.ledger,
             req.node_id,
-            "local",
             "staging",
-            &staging.to_string_lossy(),
             "build",
-        )?;
-        let result = self.build_in(&req, steps, &staging).await;
-        let cleanup = remove_ledgered(req.ledger, id, staging).await;
-        let built = result?;
-        cleanup?;
-        Ok(built)
+            staging.clone(),
+            work,
+        )
+        .await
     }
 
     async fn test(&self, req: TestRequest<'_>) -> Result<ProcessOutcome, ProviderError> {
@@ -170,35 +188,31 @@ impl Provider for LocalProvider {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let id = req.ledger.add(
+        let work = self.test_in(&req, &instance, &instance_id);
+        in_ledgered_dir(
+            req.ledger,
             req.node_id,
-            "local",
             "instance",
-            &instance.to_string_lossy(),
             "test",
-        )?;
-        let result = self.test_in(&req, &instance, &instance_id).await;
-        let cleanup = remove_ledgered(req.ledger, id, instance).await;
-        let outcome = result?;
-        cleanup?;
-        Ok(outcome)
+            instance.clone(),
+            work,
+        )
+        .await
     }
 
     async fn probe(&self, req: ProbeRequest<'_>) -> Result<String, ProviderError> {
         let node = format!("probe:{}/{}", req.image.name, req.name);
         let instance = self.fresh_dir(req.work_dir, "probe", &node);
-        let id = req.ledger.add(
+        let work = self.probe_in(&req, &node, &instance);
+        in_ledgered_dir(
+            req.ledger,
             &node,
-            "local",
             "instance",
-            &instance.to_string_lossy(),
             "probe",
-        )?;
-        let result = self.probe_in(&req, &node, &instance).await;
-        let cleanup = remove_ledgered(req.ledger, id, instance).await;
-        let digest = result?;
-        cleanup?;
-        Ok(digest)
+            instance.clone(),
+            work,
+        )
+        .await
     }
 
     async fn set_status(
