@@ -129,10 +129,7 @@ async fn an_amazon_linux_source_resolves_to_the_newest_matching_ami() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_packer_build_is_tagged_tested_on_a_fresh_instance_and_marked_ready() {
-    let Some(url) = endpoint() else { return };
-    if !packer_available() {
-        return;
-    }
+    let Some(url) = packer_endpoint() else { return };
     let image = unique("pk");
     let (_t, dir) = packer_project(&url, &image);
     set_test_script(
@@ -251,10 +248,7 @@ image "{image}" {{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_test_marks_the_ami_failed_and_terminates_its_instance() {
-    let Some(url) = endpoint() else { return };
-    if !packer_available() {
-        return;
-    }
+    let Some(url) = packer_endpoint() else { return };
     let image = unique("fail");
     let (_t, dir) = packer_project(&url, &image);
     set_test_script(
@@ -273,10 +267,7 @@ async fn a_failing_test_marks_the_ami_failed_and_terminates_its_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_test_timeout_terminates_its_instance() {
-    let Some(url) = endpoint() else { return };
-    if !packer_available() {
-        return;
-    }
+    let Some(url) = packer_endpoint() else { return };
     let image = unique("slow");
     let (_t, dir) = packer_project(&url, &image);
     set_test_script(&dir, "#!/bin/sh\nsleep 60\n");
@@ -301,10 +292,7 @@ async fn a_test_timeout_terminates_its_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deregistered_ami_is_planned_as_artifact_missing() {
-    let Some(url) = endpoint() else { return };
-    if !packer_available() {
-        return;
-    }
+    let Some(url) = packer_endpoint() else { return };
     let image = unique("gone");
     let (_t, dir) = packer_project(&url, &image);
     set_test_script(&dir, "#!/bin/sh\ntrue\n");
@@ -341,10 +329,7 @@ async fn a_deregistered_ami_is_planned_as_artifact_missing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_an_ami_tags_it_revoked_with_the_reason_and_undo_restores_it() {
-    let Some(url) = endpoint() else { return };
-    if !packer_available() {
-        return;
-    }
+    let Some(url) = packer_endpoint() else { return };
     let image = unique("rv");
     let (_t, dir) = packer_project(&url, &image);
     set_test_script(&dir, "#!/bin/sh\ntrue\n");
@@ -390,10 +375,7 @@ async fn revoking_an_ami_tags_it_revoked_with_the_reason_and_undo_restores_it() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_deregisters_amis_beyond_retain_and_deletes_their_snapshots() {
-    let Some(url) = endpoint() else { return };
-    if !packer_available() {
-        return;
-    }
+    let Some(url) = packer_endpoint() else { return };
     let image = unique("gc");
     let (_t, dir) = packer_project(&url, &image);
     common::append(&dir.join("imgraph.kdl"), "\nretain { keep 1; }\n");
@@ -459,10 +441,7 @@ async fn gc_deregisters_amis_beyond_retain_and_deletes_their_snapshots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_state_file_is_recovered_from_the_ami_tags() {
-    let Some(url) = endpoint() else { return };
-    if !packer_available() {
-        return;
-    }
+    let Some(url) = packer_endpoint() else { return };
     let image = unique("lost");
     let (_t, dir) = packer_project(&url, &image);
     set_test_script(&dir, "#!/bin/sh\ntrue\n");

@@ -128,10 +128,7 @@ fn packer_lib(url: &str, image: &str) -> Lib {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_packer_build_test_status_and_recovery_against_moto() {
-    let Some(url) = endpoint() else { return };
-    if !packer_available() {
-        return;
-    }
+    let Some(url) = packer_endpoint() else { return };
     let image = unique("libpk");
     let lib = packer_lib(&url, &image);
     set_test_script(

@@ -57,15 +57,6 @@ fn checked_plan_json(dir: &Path) -> Value {
     plan
 }
 
-fn node<'a>(plan: &'a Value, id: &str) -> &'a Value {
-    plan["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["id"] == id)
-        .unwrap_or_else(|| panic!("{id} not in plan"))
-}
-
 /// Ids of the nodes the plan runs.
 fn running(plan: &Value) -> Vec<String> {
     plan["nodes"]
@@ -146,11 +137,11 @@ fn editing_a_script_named_in_run_rebuilds() {
         "{text}"
     );
     let plan = checked_plan_json(&dir);
-    let reason = &node(&plan, "build:web")["reasons"][0];
+    let reason = &plan_node(&plan, "build:web")["reasons"][0];
     assert_eq!(reason["kind"], "input-changed");
     assert_eq!(reason["path"], "extra/x.sh");
     assert_eq!(reason["via"], "run");
-    assert_eq!(node(&plan, "build:base")["action"], "up-to-date");
+    assert_eq!(plan_node(&plan, "build:base")["action"], "up-to-date");
 }
 
 #[test]
@@ -186,7 +177,7 @@ fn chmod_of_a_copied_file_rebuilds() {
         "{text}"
     );
     let plan = checked_plan_json(&dir);
-    let reason = &node(&plan, "build:base")["reasons"][0];
+    let reason = &plan_node(&plan, "build:base")["reasons"][0];
     assert_eq!(reason["change"], "mode");
     assert_eq!(reason["mode"]["old"], "0644");
     assert_eq!(reason["mode"]["new"], "0600");
@@ -266,7 +257,9 @@ fn origin_directory_change_is_listed_file_by_file() {
     );
     assert!(!text.contains("source `tiny-root` changed"), "{text}");
     let plan = checked_plan_json(&dir);
-    let reasons = node(&plan, "build:base")["reasons"].as_array().unwrap();
+    let reasons = plan_node(&plan, "build:base")["reasons"]
+        .as_array()
+        .unwrap();
     assert_eq!(reasons.len(), 1, "{reasons:?}");
     assert_eq!(reasons[0]["via"], "origin");
 }
@@ -288,8 +281,8 @@ fn retest_after_a_failed_test_says_previous_failure() {
     let (code, text) = plan_text(&dir);
     assert_eq!(code, 2, "{text}");
     let plan = checked_plan_json(&dir);
-    assert_eq!(node(&plan, "build:web")["action"], "up-to-date");
-    let test = node(&plan, "test:web/http");
+    assert_eq!(plan_node(&plan, "build:web")["action"], "up-to-date");
+    let test = plan_node(&plan, "test:web/http");
     assert_eq!(test["action"], "run");
     let kinds: Vec<&str> = test["reasons"]
         .as_array()
@@ -332,7 +325,7 @@ fn control_characters_in_file_names_are_escaped() {
     // JSON keeps the exact name.
     let plan = checked_plan_json(&dir);
     assert_eq!(
-        node(&plan, "build:base")["reasons"][0]["path"],
+        plan_node(&plan, "build:base")["reasons"][0]["path"],
         format!("config/base/{evil}")
     );
 }
@@ -382,9 +375,9 @@ fn host_env_var_named_with_env_changes_the_key() {
     );
     let json = with(Some("flavour-two-8c1d"), &["plan", "--json"]).stdout;
     let plan: Value = serde_json::from_slice(&json).unwrap();
-    let reason = &node(&plan, "build:web")["reasons"][0];
+    let reason = &plan_node(&plan, "build:web")["reasons"][0];
     assert_eq!(reason["path"], "env:APP_FLAVOR");
-    assert_eq!(node(&plan, "build:base")["action"], "up-to-date");
+    assert_eq!(plan_node(&plan, "build:base")["action"], "up-to-date");
     // Unset and empty differ from each other and from a value.
     for value in [None, Some("")] {
         let out = with(value, &["plan", "--detailed-exitcode"]);

@@ -7,25 +7,6 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use serde_json::Value;
-
-fn node<'a>(plan: &'a Value, id: &str) -> &'a Value {
-    plan["nodes"]
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .find(|n| n["id"] == id)
-        .unwrap_or_else(|| panic!("{id} not in plan"))
-}
-
-fn reason_kinds(plan: &Value, id: &str) -> Vec<String> {
-    node(plan, id)["reasons"]
-        .as_array()
-        .expect("reasons")
-        .iter()
-        .map(|r| r["kind"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
 
 /// The versions an environment received, in order (the quickstart's deliver script
 /// appends one line per delivery).
@@ -65,14 +46,14 @@ fn a_version_published_by_a_stopped_apply_is_delivered_by_the_next() {
     let plan = plan_json(&dir, &[]);
     for env in ["staging", "production"] {
         let id = format!("deliver:web@{env}");
-        assert_eq!(node(&plan, &id)["action"], "run", "{id}");
-        let reason = &node(&plan, &id)["reasons"][0];
+        assert_eq!(plan_node(&plan, &id)["action"], "run", "{id}");
+        let reason = &plan_node(&plan, &id)["reasons"][0];
         assert_eq!(reason["kind"], "new-version", "{id}: {reason}");
         assert_eq!(reason["version"], "2.3.1");
         assert_eq!(reason["previous"], "2.3.0");
     }
     for id in ["build:base", "build:web", "publish:web"] {
-        assert_eq!(node(&plan, id)["action"], "up-to-date", "{id}");
+        assert_eq!(plan_node(&plan, id)["action"], "up-to-date", "{id}");
     }
     let text = imgraph(&dir).arg("plan").output().expect("plan text");
     let text = String::from_utf8_lossy(&text.stdout);
@@ -99,13 +80,13 @@ fn editing_only_stagings_delivery_command_redelivers_staging_only() {
 
     set_delivery_command(&dir, "staging", "sh deliver/deliver.sh && echo staged");
     let plan = plan_json(&dir, &[]);
-    assert_eq!(node(&plan, "deliver:web@staging")["action"], "run");
+    assert_eq!(plan_node(&plan, "deliver:web@staging")["action"], "run");
     assert_eq!(
         reason_kinds(&plan, "deliver:web@staging"),
         ["config-changed"]
     );
     assert_eq!(
-        node(&plan, "deliver:web@production")["action"],
+        plan_node(&plan, "deliver:web@production")["action"],
         "up-to-date"
     );
     assert_eq!(plan["summary"]["run"], 1);
@@ -128,9 +109,9 @@ fn a_rebuild_of_the_upstream_image_reaches_every_environment_in_order() {
     let plan = plan_json(&dir, &["--force", "base"]);
     for env in ["staging", "production"] {
         let id = format!("deliver:web@{env}");
-        assert_eq!(node(&plan, &id)["action"], "run", "{id}");
+        assert_eq!(plan_node(&plan, &id)["action"], "run", "{id}");
         assert_eq!(reason_kinds(&plan, &id), ["upstream-changed"], "{id}");
-        assert_eq!(node(&plan, &id)["reasons"][0]["node"], "publish:web");
+        assert_eq!(plan_node(&plan, &id)["reasons"][0]["node"], "publish:web");
     }
     imgraph(&dir)
         .args(["apply", "--force", "base"])

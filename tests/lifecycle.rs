@@ -23,15 +23,6 @@ fn plan_json(dir: &Path, extra: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("plan json")
 }
 
-fn node<'a>(plan: &'a Value, id: &str) -> &'a Value {
-    plan["nodes"]
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .find(|n| n["id"] == id)
-        .unwrap_or_else(|| panic!("{id} not in plan"))
-}
-
 /// `image version status` of every registry row, as `images --json` prints them.
 fn versions(dir: &Path) -> Vec<(String, String, String)> {
     let out = imgraph(dir)
@@ -88,16 +79,16 @@ fn a_forced_rebuild_with_the_same_bytes_cuts_off_its_cascade() {
 
     // The plan says which cascades a same-artifact build may cut off.
     let plan = plan_json(&dir, &["--force", "base"]);
-    assert_eq!(node(&plan, "build:base")["action"], "run");
-    assert!(node(&plan, "build:base").get("cut_off_by").is_none());
+    assert_eq!(plan_node(&plan, "build:base")["action"], "run");
+    assert!(plan_node(&plan, "build:base").get("cut_off_by").is_none());
     for id in [
         "test:base/smoke",
         "publish:base",
         "build:web",
         "deliver:web@staging",
     ] {
-        assert_eq!(node(&plan, id)["action"], "run", "{id}");
-        assert_eq!(node(&plan, id)["cut_off_by"][0], "build:base", "{id}");
+        assert_eq!(plan_node(&plan, id)["action"], "run", "{id}");
+        assert_eq!(plan_node(&plan, id)["cut_off_by"][0], "build:base", "{id}");
     }
     let text = imgraph(&dir)
         .args(["plan", "--force", "base"])
@@ -134,7 +125,7 @@ fn a_forced_rebuild_with_the_same_bytes_cuts_off_its_cascade() {
     // A real change still goes all the way.
     append(&dir.join("config/base/motd"), "changed\n");
     let plan = plan_json(&dir, &[]);
-    assert_eq!(node(&plan, "build:web")["action"], "run");
+    assert_eq!(plan_node(&plan, "build:web")["action"], "run");
     imgraph(&dir).arg("apply").assert().code(0);
     assert_eq!(deliveries(&dir, "staging").lines().count(), 2);
     assert!(versions(&dir)
@@ -214,15 +205,6 @@ fn status_of(dir: &Path, image: &str, version: &str) -> String {
         .unwrap_or_else(|| panic!("{image} {version} not listed"))
 }
 
-fn reason_kinds(plan: &Value, id: &str) -> Vec<String> {
-    node(plan, id)["reasons"]
-        .as_array()
-        .expect("reasons")
-        .iter()
-        .map(|r| r["kind"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
-
 #[test]
 fn revoking_a_base_version_rebuilds_its_descendants_and_redelivers_every_environment() {
     let (_t, dir) = copy_project("examples/quickstart");
@@ -251,14 +233,14 @@ fn revoking_a_base_version_rebuilds_its_descendants_and_redelivers_every_environ
     // The plan: base goes back to its newest good version, web is rebuilt from it, and
     // both environments get the replacement, all with reason `revoked`.
     let plan = plan_json(&dir, &[]);
-    let base = node(&plan, "build:base");
+    let base = plan_node(&plan, "build:base");
     assert_eq!(base["action"], "run");
     assert_eq!(base["reasons"][0]["kind"], "revoked");
     assert_eq!(base["reasons"][0]["back_to"], "1.0.0");
     assert!(reason_kinds(&plan, "build:web").contains(&"revoked".to_string()));
     for env in ["staging", "production"] {
         let id = format!("deliver:web@{env}");
-        assert_eq!(node(&plan, &id)["action"], "run", "{id}");
+        assert_eq!(plan_node(&plan, &id)["action"], "run", "{id}");
         assert!(
             reason_kinds(&plan, &id).contains(&"revoked".to_string()),
             "{id}"
@@ -325,7 +307,7 @@ fn a_revoked_artifact_is_never_made_again() {
     // Nothing to go back to: the plan rebuilds base, which makes the same bytes.
     let plan = plan_json(&dir, &[]);
     assert_eq!(reason_kinds(&plan, "build:base"), ["revoked"]);
-    assert!(node(&plan, "build:base")["reasons"][0]
+    assert!(plan_node(&plan, "build:base")["reasons"][0]
         .get("back_to")
         .is_none());
     let out = imgraph(&dir).arg("apply").output().expect("apply");

@@ -51,6 +51,13 @@ pub fn endpoint() -> Option<String> {
 }
 
 /// Whether the Packer CLI is installed (required under CI).
+/// The server's endpoint when the packer CLI is installed too (under CI both must be there:
+/// a missing one fails the test; elsewhere the test is skipped with a note).
+pub fn packer_endpoint() -> Option<String> {
+    let url = endpoint()?;
+    packer_available().then_some(url)
+}
+
 pub fn packer_available() -> bool {
     let found = std::process::Command::new("packer")
         .arg("version")

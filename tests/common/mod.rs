@@ -134,6 +134,26 @@ pub fn plan_json(dir: &Path, extra: &[&str]) -> serde_json::Value {
 
 /// Records every `run` node of `plan` as succeeded, as an apply would, through the
 /// library API. Build nodes get an artifact that exists in the local store.
+/// The node `id` of a plan's JSON (`plan --json`); panics naming it when it is absent.
+pub fn plan_node<'a>(plan: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    plan["nodes"]
+        .as_array()
+        .expect("nodes in plan json")
+        .iter()
+        .find(|n| n["id"] == id)
+        .unwrap_or_else(|| panic!("{id} not in plan"))
+}
+
+/// The kinds of the reasons the plan gives for node `id`, in order.
+pub fn reason_kinds(plan: &serde_json::Value, id: &str) -> Vec<String> {
+    plan_node(plan, id)["reasons"]
+        .as_array()
+        .expect("reasons")
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 pub fn seed_success(dir: &Path, plan: &Plan) {
     let ws = Workspace::open(dir).expect("open workspace");
     let store = ws.local_store().expect("local store");
