@@ -4,12 +4,15 @@
 
 use std::path::Path;
 
-use super::{current_build, error_chain, resolve_delivery, ExecContext, ExecError, Fresh};
+use super::record::{NotedBuild, StageOutputs};
+use super::stages::{current_build, resolve_delivery};
+use super::{ExecContext, ExecError, Fresh};
 use crate::config::model::Image;
 use crate::graph::Stage;
 use crate::plan::{BuildOutputs, PlannedNode};
 use crate::provider::{append_log, Built, ProviderError};
 use crate::state::{ImageRecord, ReleaseStatus};
+use crate::text::error_chain;
 
 /// A build that made its image's newest Ready artifact again: the outputs it records
 /// (that version, with a note), or `None` when the artifact is new.
@@ -44,22 +47,20 @@ pub(super) fn reuse_ready(
         built_at_ms: Some(same.built_at),
         tags,
     };
-    let mut json = serde_json::to_value(&outputs).unwrap_or_default();
-    if let serde_json::Value::Object(map) = &mut json {
-        map.insert(
-            "note".into(),
-            format!(
-                "early cutoff: same artifact as {} {}, no new version",
-                image.name, outputs.version
-            )
-            .into(),
-        );
+    let note = format!(
+        "early cutoff: same artifact as {} {}, no new version",
+        image.name, outputs.version
+    );
+    let json = NotedBuild {
+        outputs: &outputs,
+        note: &note,
     }
+    .json();
     if let Ok(mut f) = fresh.lock() {
         f.builds.insert(image.name.clone(), outputs);
         f.cut.insert(node.id.clone());
     }
-    Ok(Some(json.to_string()))
+    Ok(Some(json))
 }
 
 /// The cut-off build a planned cascade waits on, when every upstream node it runs for was
@@ -130,8 +131,9 @@ pub(super) fn cut_off_record(
         detail: error_chain(&e),
     };
     let image = node.image.clone().unwrap_or_default();
-    let mut outputs = match node.stage {
-        // A build's outputs name the version it keeps: its last success's.
+    let outputs = match node.stage {
+        // A build's outputs name the version it keeps: its last success's, as recorded
+        // (whatever it holds), with the note.
         Stage::Build => {
             let last = ctx
                 .state
@@ -141,22 +143,23 @@ pub(super) fn cut_off_record(
                 .last_success
                 .and_then(|s| s.outputs_json)
                 .unwrap_or_default();
-            serde_json::from_str::<serde_json::Value>(&last).unwrap_or_default()
+            let mut outputs = serde_json::from_str::<serde_json::Value>(&last).unwrap_or_default();
+            if let serde_json::Value::Object(map) = &mut outputs {
+                map.insert("note".into(), note.into());
+            }
+            outputs.to_string()
         }
         _ => {
             let built = current_build(ctx, fresh, &image).map_err(failed)?;
-            let mut v =
-                serde_json::json!({"artifact_id": built.artifact_id, "version": built.version});
-            if node.stage == Stage::Publish {
-                v["status"] = "Ready".into();
+            StageOutputs {
+                note: Some(note),
+                status: (node.stage == Stage::Publish).then_some("Ready"),
+                ..StageOutputs::of(&built)
             }
-            v
+            .json()
         }
     };
-    if let serde_json::Value::Object(map) = &mut outputs {
-        map.insert("note".into(), note.into());
-    }
-    Ok((resolve_delivery(ctx, fresh, node), outputs.to_string()))
+    Ok((resolve_delivery(ctx, fresh, node), outputs))
 }
 
 /// Early cutoff: the image's newest Ready version when its artifact is `artifact` (a

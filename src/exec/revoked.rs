@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use super::record::NotedBuild;
 use super::{ExecContext, Fresh};
 use crate::config::model::Image;
 use crate::plan::{BuildOutputs, PlannedNode, Reason};
@@ -58,14 +59,15 @@ pub(super) fn go_back(
         image.name
     );
     append_log(log, &format!("imgraph: {note}"));
-    let mut json = serde_json::to_value(&record).unwrap_or_default();
-    if let serde_json::Value::Object(map) = &mut json {
-        map.insert("note".into(), note.into());
+    let json = NotedBuild {
+        outputs: &record,
+        note: &note,
     }
+    .json();
     if let Ok(mut f) = fresh.lock() {
         f.builds.insert(image.name.clone(), record);
     }
-    Ok(Some(json.to_string()))
+    Ok(Some(json))
 }
 
 /// Refuses an artifact that a revoked version of the image already has: rebuilding the
