@@ -79,7 +79,7 @@ fn bench_hash(c: &mut Criterion) {
     Hasher::new(dir.path(), &seed)
         .manifest(&node)
         .expect("hash tree");
-    let entries: std::collections::HashMap<_, _> = seed.take_updates().into_iter().collect();
+    let entries: imgraph::hash::StatMap = seed.take_updates().into_iter().collect();
     group.bench_function("warm", |b| {
         b.iter(|| {
             let cache = StatCache::new(entries.clone());

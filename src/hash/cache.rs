@@ -46,10 +46,16 @@ pub struct CacheStats {
     pub misses: u64,
 }
 
+/// Project-relative path -> cached entry. Hashed with foldhash: a plan looks up every input
+/// path of the project here (20,000 lookups for a 20,000-file tree), and SipHash was 7 % of
+/// a no-change plan's instructions. The keys are the project's own paths, not input an
+/// attacker picks to collide.
+pub type StatMap = HashMap<String, CachedStat, foldhash::fast::RandomState>;
+
 /// Cached digests from the state file plus the entries this hashing produced.
 #[derive(Debug)]
 pub struct StatCache {
-    entries: HashMap<String, CachedStat>,
+    entries: StatMap,
     now_ns: i128,
     updates: Mutex<Vec<(String, CachedStat)>>,
     hits: AtomicU64,
@@ -80,7 +86,7 @@ impl FileStat {
 
 impl StatCache {
     /// A cache over the entries loaded from the state file; the clock is read now.
-    pub fn new(entries: HashMap<String, CachedStat>) -> Self {
+    pub fn new(entries: StatMap) -> Self {
         StatCache {
             entries,
             now_ns: now_ns(),
@@ -92,7 +98,7 @@ impl StatCache {
 
     /// No cached entries: every file is read.
     pub fn empty() -> Self {
-        Self::new(HashMap::new())
+        Self::new(StatMap::default())
     }
 
     /// The entries hashed since the last call, sorted by path, for the caller to store.

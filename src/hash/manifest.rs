@@ -262,7 +262,7 @@ pub struct Hasher<'a> {
     root: &'a Path,
     project: Project<'a>,
     cache: &'a StatCache,
-    leaves: Mutex<HashMap<String, Leaf>>,
+    leaves: Mutex<HashMap<String, Leaf, foldhash::fast::RandomState>>,
     /// Probe digests by command (two probes running the same command run it once).
     probes: Mutex<HashMap<String, String>>,
     /// The caller's environment, read once for the plan.
@@ -307,7 +307,7 @@ impl<'a> Hasher<'a> {
                     .collect(),
             },
             cache,
-            leaves: Mutex::new(HashMap::new()),
+            leaves: Mutex::new(HashMap::default()),
             probes: Mutex::new(HashMap::new()),
             env: HashMap::new(),
         }

@@ -1,4 +1,3 @@
-use std::collections::HashMap;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -469,7 +468,7 @@ fn stat_cache_reuses_matching_entry_and_rehashes_racy_or_changed_ones() {
     let real = file_digest(dir.path(), "a.txt");
 
     let (path, entry) = entry_for(dir.path(), "a.txt", i128::MAX / 2);
-    let trusted = StatCache::new(HashMap::from([(path.clone(), entry.clone())]));
+    let trusted = StatCache::new(StatMap::from_iter([(path.clone(), entry.clone())]));
     assert_eq!(digest_with(dir.path(), &trusted, "a.txt"), "b3v1:cached");
     assert_eq!(trusted.stats(), CacheStats { hits: 1, misses: 0 });
 
@@ -478,7 +477,7 @@ fn stat_cache_reuses_matching_entry_and_rehashes_racy_or_changed_ones() {
         recorded_at_ns: entry.mtime_ns,
         ..entry.clone()
     };
-    let racy = StatCache::new(HashMap::from([(path.clone(), racy_entry)]));
+    let racy = StatCache::new(StatMap::from_iter([(path.clone(), racy_entry)]));
     assert_eq!(digest_with(dir.path(), &racy, "a.txt"), real);
     assert_eq!(racy.stats(), CacheStats { hits: 0, misses: 1 });
     let updates = racy.take_updates();
@@ -490,13 +489,13 @@ fn stat_cache_reuses_matching_entry_and_rehashes_racy_or_changed_ones() {
         size: entry.size + 1,
         ..entry.clone()
     };
-    let changed = StatCache::new(HashMap::from([(path.clone(), resized)]));
+    let changed = StatCache::new(StatMap::from_iter([(path.clone(), resized)]));
     assert_eq!(digest_with(dir.path(), &changed, "a.txt"), real);
     assert_eq!(changed.stats(), CacheStats { hits: 0, misses: 1 });
 
     // chmod changes the mode: re-hashed.
     fs::set_permissions(dir.path().join("a.txt"), fs::Permissions::from_mode(0o755)).unwrap();
-    let stale = StatCache::new(HashMap::from([(path, entry)]));
+    let stale = StatCache::new(StatMap::from_iter([(path, entry)]));
     assert_ne!(digest_with(dir.path(), &stale, "a.txt"), "b3v1:cached");
     assert_eq!(stale.stats(), CacheStats { hits: 0, misses: 1 });
 }

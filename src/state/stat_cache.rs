@@ -4,14 +4,13 @@
 //! entries. Nanosecond times are stored as decimal text because `i128` does not fit an
 //! SQLite integer; sizes and inodes are stored as the `i64` with the same bits.
 
-use std::collections::HashMap;
-
 use rusqlite::params;
 
 use super::{StatEntry, State, StateError};
+use crate::hash::StatMap;
 
 impl State {
-    pub fn load_stat_cache(&self) -> Result<HashMap<String, StatEntry>, StateError> {
+    pub fn load_stat_cache(&self) -> Result<StatMap, StateError> {
         let context = "load the stat cache";
         let mut stmt = self
             .conn
@@ -27,7 +26,7 @@ impl State {
         // Read column by column without an owned string per time (20,000 rows on every
         // plan of a large tree: the allocations were most of the cost).
         let mut rows = stmt.query([]).map_err(|e| self.sql_err(e, context))?;
-        let mut out = HashMap::new();
+        let mut out = StatMap::default();
         while let Some(row) = rows.next().map_err(|e| self.sql_err(e, context))? {
             let path: String = row.get(0).map_err(|e| self.sql_err(e, context))?;
             let time = |i: usize| -> Result<i128, StateError> {
