@@ -1,13 +1,14 @@
 //! Hashing a project tree: cold (empty stat cache, every file read) against warm (every file
 //! a stat cache hit). The tree has 2,000 small files in 20 folders and 20 files of 1 MiB,
-//! with mtimes an hour in the past so warm entries are not racy.
+//! with mtimes an hour in the past so warm entries are not racy. `hash_files` scales the
+//! count of small files: 1,000, 10,000 and 100,000 (100 to a folder), cold and warm.
 
 use std::fs;
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use imgraph::config::model::{Input, InputKind, Trigger};
 use imgraph::hash::{Hasher, NodeInputs, StatCache};
 
@@ -39,6 +40,23 @@ fn generate(root: &Path) {
     for i in 0..20u8 {
         let content: Vec<u8> = (0..1usize << 20).map(|j| (j as u8) ^ i).collect();
         write_old(&big.join(format!("blob{i:02}.bin")), &content, when);
+    }
+}
+
+/// `count` small files, 100 to a folder.
+fn generate_small(root: &Path, count: usize) {
+    let when = SystemTime::now() - Duration::from_secs(3600);
+    for file in 0..count {
+        let d = root.join(format!("conf/d{:04}", file / 100));
+        if file % 100 == 0 {
+            fs::create_dir_all(&d).expect("create bench folder");
+        }
+        let content = format!("# file {file}\nkey = {}\n", file * 7);
+        write_old(
+            &d.join(format!("f{:03}.conf", file % 100)),
+            content.as_bytes(),
+            when,
+        );
     }
 }
 
@@ -93,5 +111,45 @@ fn bench_hash(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_hash);
+fn bench_hash_files(c: &mut Criterion) {
+    let inputs = inputs();
+    let node = NodeInputs {
+        declared: &inputs,
+        ..NodeInputs::default()
+    };
+    let mut group = c.benchmark_group("hash_files");
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(1));
+    for count in [1_000, 10_000, 100_000] {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        generate_small(dir.path(), count);
+        group.bench_with_input(BenchmarkId::new("cold", count), &count, |b, _| {
+            b.iter(|| {
+                let cache = StatCache::empty();
+                let manifest = Hasher::new(dir.path(), &cache)
+                    .manifest(&node)
+                    .expect("hash tree");
+                black_box(manifest.digest())
+            })
+        });
+        let seed = StatCache::empty();
+        Hasher::new(dir.path(), &seed)
+            .manifest(&node)
+            .expect("hash tree");
+        let entries: imgraph::hash::StatMap = seed.take_updates().into_iter().collect();
+        group.bench_with_input(BenchmarkId::new("warm", count), &count, |b, _| {
+            b.iter(|| {
+                let cache = StatCache::new(entries.clone());
+                let manifest = Hasher::new(dir.path(), &cache)
+                    .manifest(&node)
+                    .expect("hash tree");
+                assert_eq!(cache.stats().misses, 0, "warm run must not read files");
+                black_box(manifest.digest())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_hash, bench_hash_files);
 criterion_main!(benches);

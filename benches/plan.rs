@@ -3,13 +3,16 @@
 //! delivery. "cold" has no state (every file read, every node new); "warm" plans again
 //! after history was recorded (stat cache hits, every node up to date); "one-change" edits
 //! one file of the first image in each chain, giving 10 causes and their cascades.
+//! `plan_images` scales the graph: 100, 1,000 and 10,000 images from one source (one
+//! config file, a build and a test each), planned warm (every node up to date), so the
+//! figure is config loading, graph building and deciding, not hashing.
 
 use std::fs;
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use imgraph::plan::{Action, PlanOptions};
 use imgraph::state::NodeStatus;
 use imgraph::workspace::Workspace;
@@ -55,6 +58,28 @@ fn generate(root: &Path) {
         ));
     }
     kdl.push_str("}\n");
+    fs::write(root.join("imgraph.kdl"), kdl).expect("write config");
+}
+
+/// `images` images from one local source, each copying its own small file.
+fn generate_flat(root: &Path, images: usize) {
+    let old = SystemTime::now() - Duration::from_secs(3600);
+    fs::create_dir_all(root.join("origin/etc")).expect("mkdir");
+    fs::create_dir_all(root.join("files")).expect("mkdir");
+    fs::write(root.join("origin/etc/os-release"), "ID=bench\n").expect("write");
+    let mut kdl = String::from("source \"origin\" { local \"origin\"; }\n");
+    for i in 0..images {
+        let p = root.join(format!("files/f{i:05}.conf"));
+        fs::write(&p, format!("n = {i}\n")).expect("write");
+        fs::File::options()
+            .write(true)
+            .open(&p)
+            .and_then(|h| h.set_modified(old))
+            .expect("mtime");
+        kdl.push_str(&format!(
+            "image \"i{i:05}\" {{\n  from \"origin\"\n  build \"rootfs\" {{ copy \"files/f{i:05}.conf\" to=\"/etc/f.conf\"; }}\n  test \"t\" {{ run \"true\"; }}\n}}\n"
+        ));
+    }
     fs::write(root.join("imgraph.kdl"), kdl).expect("write config");
 }
 
@@ -119,5 +144,24 @@ fn bench_plan(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_plan);
+fn bench_plan_images(c: &mut Criterion) {
+    let mut group = c.benchmark_group("plan_images");
+    group.sample_size(10);
+    for images in [100, 1_000, 10_000] {
+        let warm = tempfile::tempdir().expect("tempdir");
+        generate_flat(warm.path(), images);
+        record_all(warm.path());
+        group.bench_with_input(BenchmarkId::new("warm", images), &images, |b, _| {
+            b.iter(|| {
+                let ws = Workspace::open(warm.path()).expect("open");
+                let plan = ws.plan_blocking(&PlanOptions::default()).expect("plan");
+                assert_eq!(plan.summary.run, 0);
+                black_box(plan)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_plan, bench_plan_images);
 criterion_main!(benches);
