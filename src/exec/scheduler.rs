@@ -24,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 use super::events::{Event, NodeOutcome, NodeReport};
 use super::ExecError;
 
+#[cfg(test)]
+mod tests;
+
 /// A started node's work: runs the node to its end, records that end and says how it went.
 pub(crate) type NodeTask = Pin<Box<dyn Future<Output = Finished> + Send + 'static>>;
 
