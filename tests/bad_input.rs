@@ -157,6 +157,15 @@ const CASES: &[(&str, Setup, &str)] = &[
         "larger than 4 MiB",
     ),
     (
+        "shared-state-not-recorded-yet",
+        |d| {
+            config(d, |t| {
+                format!("{t}\nstate {{ s3 bucket=\"acme-imgraph\" region=\"eu-west-1\"; }}\n")
+            })
+        },
+        "does not record to shared storage yet",
+    ),
+    (
         "config-not-utf8",
         |d| {
             let mut b = fs::read(d.join("imgraph.kdl")).unwrap();

@@ -23,8 +23,11 @@ pub struct Project {
     pub config_path: PathBuf,
     /// The config text, kept for diagnostics raised after validation.
     pub config_text: String,
-    /// State database path, absolute (default `<root>/.imgraph/state.db`).
+    /// State database path, absolute (default `<root>/.imgraph/state.db`). With a shared
+    /// state it is the local cache and mirror.
     pub state_path: PathBuf,
+    /// `state { s3 ...; lease-ttl "60s"; }`: the state shared by every runner of the team.
+    pub shared_state: Option<SharedState>,
     pub providers: Vec<ProviderDef>,
     pub sources: Vec<Source>,
     pub images: Vec<Image>,
@@ -135,6 +138,11 @@ pub struct ProviderDef {
     /// `local` or `aws`.
     pub name: String,
     pub kind: ProviderKind,
+    /// `provider "local" { store { s3 ... } }`: where the local provider's artifacts are
+    /// shared (its store folder is then the cache). Only the local provider has one. Never
+    /// part of a key: moving the artifacts does not change them.
+    #[serde(skip)]
+    pub shared_store: Option<S3Location>,
     #[serde(skip)]
     pub span: Span,
 }
@@ -152,6 +160,41 @@ pub enum ProviderKind {
         profile: Option<String>,
         endpoint: Option<String>,
     },
+}
+
+/// Where on S3 (or an S3-compatible server) a shared state or artifact store lives:
+/// `s3 bucket="acme-imgraph" prefix="platform/" region="eu-west-1" endpoint="http://..."`.
+/// Credentials come from the standard AWS chain (environment, profile, instance role).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    /// Key prefix without leading or trailing `/` (empty: the bucket's root).
+    pub prefix: String,
+    pub region: String,
+    /// Any S3-compatible endpoint (path-style requests; `http://` is allowed for it).
+    pub endpoint: Option<String>,
+}
+
+impl std::fmt::Display for S3Location {
+    /// `s3://bucket/prefix/` (and the endpoint when there is one), for messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3://{}/", self.bucket)?;
+        if !self.prefix.is_empty() {
+            write!(f, "{}/", self.prefix)?;
+        }
+        if let Some(endpoint) = &self.endpoint {
+            write!(f, " at {endpoint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `state { s3 ...; lease-ttl "60s"; }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedState {
+    pub location: S3Location,
+    /// A lease whose heartbeat is older than this may be taken over (default 60 s).
+    pub lease_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]

@@ -527,3 +527,69 @@ fn retain_applies_per_image_with_the_project_default_and_rejects_what_keeps_noth
         render_plain(&err)
     );
 }
+
+#[test]
+fn shared_state_and_store_name_one_kind_of_s3_location() {
+    let project = load_example(
+        r#"
+        state path=".imgraph/cache.db" {
+            s3 bucket="acme-imgraph" prefix="/platform/" region="eu-west-1" endpoint="http://127.0.0.1:5055"
+            lease-ttl "90s"
+        }
+        provider "local" {
+            store ".imgraph/images" { s3 bucket="acme-imgraph" prefix="images" region="eu-west-1"; }
+        }
+        source "debian" { local "bases/debian-12.tar.zst"; }
+        image "base" { from "debian"; build "rootfs"; }
+        "#,
+    );
+    let root = example_dir().canonicalize().expect("fixture exists");
+    assert_eq!(project.state_path, root.join(".imgraph/cache.db"));
+    let shared = project.shared_state.as_ref().expect("shared state");
+    assert_eq!(
+        shared.location,
+        model::S3Location {
+            bucket: "acme-imgraph".into(),
+            prefix: "platform".into(),
+            region: "eu-west-1".into(),
+            endpoint: Some("http://127.0.0.1:5055".into()),
+        }
+    );
+    assert_eq!(shared.lease_ttl, Duration::from_secs(90));
+    assert_eq!(
+        shared.location.to_string(),
+        "s3://acme-imgraph/platform/ at http://127.0.0.1:5055"
+    );
+    let local = project.provider("local").expect("local provider");
+    let store = local.shared_store.as_ref().expect("shared store");
+    assert_eq!(store.prefix, "images");
+    assert_eq!(store.endpoint, None);
+    assert_eq!(
+        local.kind,
+        ProviderKind::Local {
+            store: root.join(".imgraph/images"),
+            sandbox: Sandbox::None
+        }
+    );
+
+    // Defaults: the state file where it always is, a 60 s lease, the default store folder.
+    let project = load_example(
+        r#"
+        state { s3 bucket="acme-imgraph" region="eu-west-1"; }
+        provider "local" { store { s3 bucket="acme-imgraph" prefix="images/" region="eu-west-1"; }; }
+        source "debian" { local "bases/debian-12.tar.zst"; }
+        image "base" { from "debian"; build "rootfs"; }
+        "#,
+    );
+    assert_eq!(project.state_path, root.join(".imgraph/state.db"));
+    let shared = project.shared_state.clone().expect("shared state");
+    assert_eq!(shared.location.prefix, "");
+    assert_eq!(shared.lease_ttl, Duration::from_secs(60));
+    let local = project.provider("local").expect("local provider");
+    assert!(local.shared_store.is_some());
+    assert!(
+        matches!(&local.kind, ProviderKind::Local { store, .. } if *store == root.join(".imgraph/images"))
+    );
+    // Without a `state` block nothing is shared.
+    assert!(load(&example_dir()).expect("loads").shared_state.is_none());
+}

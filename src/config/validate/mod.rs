@@ -11,8 +11,8 @@
 //! [`shape`] holds the checks every stanza shares (unknown names with "did you mean",
 //! missing and extra arguments, wrong value types, repeated nodes) and [`keywords`] the
 //! words of every keyword choice, parsed into the model's enums (never list positions);
-//! [`project`], [`providers`], [`names`], [`sources`], [`images`], [`builds`], [`inputs`]
-//! and [`environments`] check their stanzas; [`cycles`] reports loops among images and
+//! [`project`], [`providers`], [`remote`] (the shared state and store on S3), [`names`],
+//! [`sources`], [`images`], [`builds`], [`inputs`] and [`environments`] check their stanzas; [`cycles`] reports loops among images and
 //! environments.
 
 mod builds;
@@ -24,6 +24,7 @@ mod keywords;
 mod names;
 mod project;
 mod providers;
+mod remote;
 mod retain;
 mod shape;
 mod sources;
@@ -79,11 +80,11 @@ pub(crate) fn project(nodes: &[Node], cx: Context, diags: &mut Diags) -> Option<
     if let Some(node) = v.single(&top, "imgraph", "in this file") {
         v.imgraph(node);
     }
-    let state_path = match v.single(&top, "state", "in this file") {
+    let (state_path, shared_state) = match v.single(&top, "state", "in this file") {
         Some(node) => v.state(node),
-        None => None,
-    }
-    .unwrap_or_else(|| cx.root.join(DEFAULT_STATE));
+        None => (None, None),
+    };
+    let state_path = state_path.unwrap_or_else(|| cx.root.join(DEFAULT_STATE));
 
     let retain = match v.single(&top, "retain", "in this file") {
         Some(node) => v.retain(node),
@@ -120,6 +121,7 @@ pub(crate) fn project(nodes: &[Node], cx: Context, diags: &mut Diags) -> Option<
         config_path: cx.config_path,
         config_text: cx.config_text,
         state_path,
+        shared_state,
         providers,
         sources,
         images: drafts.into_iter().filter_map(|d| d.image).collect(),

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{Str, V};
-use crate::config::model::{ProviderDef, ProviderKind};
+use crate::config::model::{ProviderDef, ProviderKind, SharedState};
 use crate::config::raw::{Node, Scalar};
 
 impl V<'_> {
@@ -110,11 +110,23 @@ impl V<'_> {
         None
     }
 
-    pub(super) fn state(&mut self, node: &Node) -> Option<PathBuf> {
+    /// `state path="..."` and/or `state { s3 ...; lease-ttl "60s"; }`: the local state
+    /// file (the cache and mirror of a shared state) and the shared state.
+    pub(super) fn state(&mut self, node: &Node) -> (Option<PathBuf>, Option<SharedState>) {
         self.props(node, &["path"]);
-        self.no_children(node);
         let usage = "state path=\".imgraph/state.db\"";
         let _ = self.args(node, &[], usage);
+        if node.children().is_empty() {
+            return (self.state_path(node, usage), None);
+        }
+        let path = match node.prop("path") {
+            Some(_) => self.state_path(node, usage),
+            None => None,
+        };
+        (path, self.shared_state(node))
+    }
+
+    fn state_path(&mut self, node: &Node, usage: &str) -> Option<PathBuf> {
         let path = self.required_prop(node, "path", usage)?;
         if Path::new(&path.value).is_absolute() {
             let absolute = PathBuf::from(&path.value);

@@ -53,6 +53,7 @@ impl V<'_> {
                     store: self.paths.root.join(DEFAULT_STORE),
                     sandbox: Sandbox::None,
                 },
+                shared_store: None,
                 span: SourceSpan::new(0.into(), 0),
             });
         }
@@ -62,18 +63,20 @@ impl V<'_> {
     pub(super) fn provider(&mut self, node: &Node) -> Option<ProviderDef> {
         self.props(node, &[]);
         let name = self.arg(node, "a provider name", "provider \"local\" { ... }")?;
-        let kind = match self.choice(&name, "unknown_provider", "provider")? {
+        let (kind, shared_store) = match self.choice(&name, "unknown_provider", "provider")? {
             ProviderType::Local => {
                 let place = "in provider `local`";
                 let kids = self.children(node, &["store", "sandbox"], place);
-                let store = match self.single(&kids, "store", place) {
-                    Some(n) => self
-                        .leaf(n, "a folder", "store \".imgraph/images\"")
-                        .and_then(|s| {
+                let (store, shared_store) = match self.single(&kids, "store", place) {
+                    Some(n) => {
+                        let (folder, shared) = self.local_store(n);
+                        let folder = folder.and_then(|s| {
                             self.paths
                                 .maybe_existing(self.diags, &s.value, s.span, "image store")
-                        }),
-                    None => None,
+                        });
+                        (folder, shared)
+                    }
+                    None => (None, None),
                 };
                 let sandbox = match self.single(&kids, "sandbox", place) {
                     Some(n) => match self.leaf(n, "a sandbox kind", "sandbox \"none\"") {
@@ -95,13 +98,14 @@ impl V<'_> {
                     },
                     None => Sandbox::None,
                 };
-                ProviderKind::Local {
+                let kind = ProviderKind::Local {
                     store: self
                         .paths
                         .root
                         .join(store.as_deref().unwrap_or(DEFAULT_STORE)),
                     sandbox,
-                }
+                };
+                (kind, shared_store)
             }
             ProviderType::Aws => {
                 let place = "in provider `aws`";
@@ -116,22 +120,29 @@ impl V<'_> {
                     Some(n) => self.endpoint(n),
                     None => None,
                 };
-                ProviderKind::Aws {
+                let kind = ProviderKind::Aws {
                     region,
                     profile,
                     endpoint,
-                }
+                };
+                (kind, None)
             }
         };
         Some(ProviderDef {
             name: name.value,
             kind,
+            shared_store,
             span: name.span,
         })
     }
 
     pub(super) fn endpoint(&mut self, node: &Node) -> Option<String> {
         let s = self.leaf(node, "a URL", "endpoint \"http://127.0.0.1:5055\"")?;
+        self.endpoint_value(s, "endpoint \"http://127.0.0.1:5055\"")
+    }
+
+    /// An endpoint URL: `http://` or `https://` (`usage` shows how to write it).
+    pub(super) fn endpoint_value(&mut self, s: Str, usage: &str) -> Option<String> {
         if s.value.starts_with("http://") || s.value.starts_with("https://") {
             return Some(s.value);
         }
@@ -142,7 +153,7 @@ impl V<'_> {
                 format!("endpoint `{}` is not an http(s) URL", s.value),
                 "not a URL",
             )
-            .help("write it as `endpoint \"http://127.0.0.1:5055\"`");
+            .help(format!("write it as `{usage}`"));
         None
     }
 
