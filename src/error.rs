@@ -115,6 +115,8 @@ pub enum Error {
         what: &'static str,
         location: String,
     },
+    #[error("failed to use the shared storage")]
+    Remote(#[from] crate::remote::RemoteError),
     #[error("{0}")]
     Other(String),
 }

@@ -45,7 +45,9 @@
 //!   widening the `CHECK` on `packages.manager`.
 //! - **a state backend**: [`state::State`] is the one (SQLite) backend today and the only
 //!   module with SQL; a second one (shared state for teams) first needs the history and
-//!   the lease behind traits, which is not built yet.
+//!   the lease behind traits, which is not built yet. [`remote`] holds the object-storage
+//!   side it will sit on: the conditional-write check, the lease object, the journal of
+//!   objects and the shared artifact store.
 
 pub mod cli;
 pub mod config;
@@ -63,6 +65,7 @@ pub mod packages;
 pub mod plan;
 pub mod process;
 pub mod provider;
+pub mod remote;
 pub mod report;
 pub mod state;
 pub mod text;
