@@ -46,3 +46,8 @@ export IMGRAPH_TEST_EC2_ENDPOINT="${IMGRAPH_TEST_EC2_ENDPOINT:-http://127.0.0.1:
 
 cargo build --quiet --all-targets
 cargo test --all-targets "$@"
+# Fuzzing (RELIABILITY.md): in CI each target runs for 60 s after the tests; its
+# instrumented build lives in the target folder's fuzz/, apart from the main crate's.
+if [ "${CI:-}" = "true" ] || [ -n "${FUZZ_SECONDS:-}" ]; then
+  bash scripts/fuzz.sh
+fi
