@@ -43,11 +43,14 @@
 //!   `dpkg.rs` and `apk.rs`), a [`packages::Manager`] variant (the compiler then names its
 //!   purl type in `report::sbom`), its file in `provider/local/inspect.rs`, and a migration
 //!   widening the `CHECK` on `packages.manager`.
-//! - **a state backend**: [`state::State`] is the one (SQLite) backend today and the only
-//!   module with SQL; a second one (shared state for teams) first needs the history and
-//!   the lease behind traits, which is not built yet. [`remote`] holds the object-storage
-//!   side it will sit on: the conditional-write check, the lease object, the journal of
-//!   objects and the shared artifact store.
+//! - **a state backend**: implement [`state::Journal`] (conditional appends of
+//!   [`state::Record`] batches, reads since a position) and [`state::LeaseStore`], add an
+//!   arm to [`state::Backend`] and [`state::open`] (the local SQLite file becomes its
+//!   mirror and cache through [`state::State::with_journal`]), and map the project's
+//!   `state { … }` stanza to it in `workspace`. [`state`] stays the only module with SQL.
+//!   [`remote`] holds the object-storage side the shared backend sits on: the
+//!   conditional-write check, the lease object, the journal of objects and the shared
+//!   artifact store.
 
 pub mod cli;
 pub mod config;

@@ -636,7 +636,7 @@ fn state_recover(cli: &Cli) -> Result<i32> {
 
 fn lock_status(cli: &Cli, json: bool) -> Result<i32> {
     let ws = Workspace::open_read_only(&cli.dir)?;
-    let lease = ws.state.lease()?;
+    let lease = ws.leases.status()?;
     let now = crate::state::now_ms();
     if json {
         crate::report::outln(&report::state::lease_json(lease.as_ref(), now));

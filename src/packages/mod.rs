@@ -25,7 +25,7 @@ mod version;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use version::compare_versions;
 
@@ -36,7 +36,7 @@ pub const APK_INSTALLED: &[&str] = &["lib/apk/db/installed", "usr/lib/apk/db/ins
 pub const OS_RELEASE: &[&str] = &["etc/os-release", "usr/lib/os-release"];
 
 /// A package manager whose database imgraph reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Manager {
     Dpkg,
@@ -61,7 +61,7 @@ impl Manager {
 }
 
 /// One installed package.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Package {
     pub manager: Manager,
     pub name: String,
@@ -82,7 +82,7 @@ impl Package {
 }
 
 /// What `etc/os-release` says about the image's distribution.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OsRelease {
     /// `debian`, `ubuntu`, `alpine`, …
     pub id: Option<String>,
@@ -92,7 +92,7 @@ pub struct OsRelease {
 }
 
 /// The packages of one image version, as read from its package databases.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inventory {
     /// The databases found; empty when the image has none that imgraph reads.
     pub managers: Vec<Manager>,

@@ -10,6 +10,8 @@ use std::collections::HashMap;
 
 use rusqlite::{params, OptionalExtension, Row};
 
+use super::journal::Durability;
+use super::record::{NewVersion, Record};
 use super::{now_ms, ImageRecord, ReleaseStatus, RunId, State, StateError};
 
 const IMAGE_COLS: &str =
@@ -106,10 +108,10 @@ impl State {
     /// Records a built version. `(image, version)` is unique: recording it twice is an
     /// error ([`StateError::VersionExists`]). `rec.environments` is ignored.
     pub fn record_image(&self, rec: &ImageRecord) -> Result<(), StateError> {
-        self.durable(|| self.insert_image(rec))
+        self.record_built_image(rec, None)
     }
 
-    pub(super) fn insert_image(&self, rec: &ImageRecord) -> Result<(), StateError> {
+    pub(super) fn insert_image(&self, rec: &NewVersion) -> Result<(), StateError> {
         self.conn
             .execute(
                 &format!(
@@ -123,7 +125,7 @@ impl State {
                     rec.key,
                     rec.status,
                     rec.built_at,
-                    rec.run_id,
+                    rec.run,
                     rec.origin,
                     rec.revoked_reason
                 ],
@@ -143,6 +145,24 @@ impl State {
     }
 
     pub fn set_image_status(
+        &self,
+        image: &str,
+        version: &str,
+        status: ReleaseStatus,
+    ) -> Result<(), StateError> {
+        let record = Record::StatusSet {
+            image: image.to_owned(),
+            version: version.to_owned(),
+            status,
+        };
+        self.record(
+            &format!("mark image {image} {version} {}", status.as_str()),
+            Durability::Normal,
+            || Ok((vec![record], ())),
+        )
+    }
+
+    pub(super) fn update_image_status(
         &self,
         image: &str,
         version: &str,
@@ -177,9 +197,40 @@ impl State {
         reason: &str,
     ) -> Result<Vec<ImageRecord>, StateError> {
         let context = format!("revoke image {image} {version}");
-        let tx = self.write_tx(&context)?;
-        let root = format!("{image}@{version}");
-        let now = now_ms();
+        let revoked = self.record(&context, Durability::Normal, || {
+            let mut revoked = Vec::new();
+            for (img, ver) in self.descendants(image, version, &context)? {
+                let status: ReleaseStatus = self
+                    .conn
+                    .query_row(
+                        "SELECT status FROM images WHERE image = ?1 AND version = ?2",
+                        params![img, ver],
+                        |row| row.get(0),
+                    )
+                    .map_err(|e| self.sql_err(e, &*context))?;
+                if status != ReleaseStatus::Revoked {
+                    revoked.push((img, ver));
+                }
+            }
+            let record = Record::Revoked {
+                image: image.to_owned(),
+                version: version.to_owned(),
+                reason: reason.to_owned(),
+                at: now_ms(),
+            };
+            Ok((vec![record], revoked))
+        })?;
+        self.records_of(&revoked, &context)
+    }
+
+    /// `image` `version` and every version built from it, recursively, the named one
+    /// first. Not found when the named one is not recorded.
+    fn descendants(
+        &self,
+        image: &str,
+        version: &str,
+        context: &str,
+    ) -> Result<Vec<(String, String)>, StateError> {
         let exists: bool = self
             .conn
             .query_row(
@@ -187,46 +238,61 @@ impl State {
                 params![image, version],
                 |row| row.get::<_, i64>(0),
             )
-            .map_err(|e| self.sql_err(e, &*context))?
+            .map_err(|e| self.sql_err(e, context))?
             > 0;
         if !exists {
             return Err(self.not_found(format!("image {image} {version}")));
         }
-        let mut revoked = Vec::new();
+        let mut out: Vec<(String, String)> = Vec::new();
         let mut queue = vec![(image.to_string(), version.to_string())];
         while let Some((img, ver)) = queue.pop() {
+            if out.iter().any(|(i, v)| *i == img && *v == ver) {
+                continue;
+            }
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT image, version FROM images WHERE origin = ?1")
+                .map_err(|e| self.sql_err(e, context))?;
+            let children = stmt
+                .query_map([format!("{img}@{ver}")], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .map_err(|e| self.sql_err(e, context))?
+                .collect::<Result<Vec<(String, String)>, _>>()
+                .map_err(|e| self.sql_err(e, context))?;
+            out.push((img, ver));
+            queue.extend(children);
+        }
+        Ok(out)
+    }
+
+    /// Applies [`Record::Revoked`]: the version and its descendants that are not revoked
+    /// yet become `Revoked`, the descendants naming the version they were revoked through.
+    pub(super) fn apply_revocation(
+        &self,
+        image: &str,
+        version: &str,
+        reason: &str,
+        at: i64,
+    ) -> Result<(), StateError> {
+        let context = format!("revoke image {image} {version}");
+        let root = format!("{image}@{version}");
+        for (img, ver) in self.descendants(image, version, &context)? {
             let via = (img != image || ver != version).then(|| root.clone());
             let why = match &via {
                 None => reason.to_string(),
                 Some(_) => format!("built from revoked {image} {version}: {reason}"),
             };
-            let changed = self
-                .conn
+            self.conn
                 .execute(
                     "UPDATE images SET status_before = status, status = 'Revoked',
                             revoked_reason = ?3, revoked_at = ?4, revoked_via = ?5
                      WHERE image = ?1 AND version = ?2 AND status != 'Revoked'",
-                    params![img, ver, why, now, via],
+                    params![img, ver, why, at, via],
                 )
                 .map_err(|e| self.sql_err(e, &*context))?;
-            if changed > 0 {
-                revoked.push((img.clone(), ver.clone()));
-            }
-            let mut stmt = self
-                .conn
-                .prepare_cached("SELECT image, version FROM images WHERE origin = ?1")
-                .map_err(|e| self.sql_err(e, &*context))?;
-            let children = stmt
-                .query_map([format!("{img}@{ver}")], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })
-                .map_err(|e| self.sql_err(e, &*context))?
-                .collect::<Result<Vec<(String, String)>, _>>()
-                .map_err(|e| self.sql_err(e, &*context))?;
-            queue.extend(children);
         }
-        tx.commit().map_err(|e| self.sql_err(e, &*context))?;
-        self.records_of(&revoked, &context)
+        Ok(())
     }
 
     /// Undoes [`State::revoke`] of `image` `version`: it and the versions revoked because
@@ -234,39 +300,38 @@ impl State {
     /// revoked itself (a version revoked through its origin is restored from there).
     pub fn unrevoke(&self, image: &str, version: &str) -> Result<Vec<ImageRecord>, StateError> {
         let context = format!("undo the revocation of image {image} {version}");
-        let tx = self.write_tx(&context)?;
         let root = format!("{image}@{version}");
-        let row: Option<(ReleaseStatus, Option<String>)> = self
-            .conn
-            .query_row(
-                "SELECT status, revoked_via FROM images WHERE image = ?1 AND version = ?2",
-                params![image, version],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()
-            .map_err(|e| self.sql_err(e, &*context))?;
-        match row {
-            None => return Err(self.not_found(format!("image {image} {version}"))),
-            Some((status, _)) if status != ReleaseStatus::Revoked => {
-                return Err(StateError::NotRevoked {
-                    image: image.into(),
-                    version: version.into(),
-                    detail: "it is not revoked".into(),
-                })
+        let restored = self.record(&context, Durability::Normal, || {
+            let row: Option<(ReleaseStatus, Option<String>)> = self
+                .conn
+                .query_row(
+                    "SELECT status, revoked_via FROM images WHERE image = ?1 AND version = ?2",
+                    params![image, version],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(|e| self.sql_err(e, &*context))?;
+            match row {
+                None => return Err(self.not_found(format!("image {image} {version}"))),
+                Some((status, _)) if status != ReleaseStatus::Revoked => {
+                    return Err(StateError::NotRevoked {
+                        image: image.into(),
+                        version: version.into(),
+                        detail: "it is not revoked".into(),
+                    })
+                }
+                Some((_, Some(via))) => {
+                    return Err(StateError::NotRevoked {
+                        image: image.into(),
+                        version: version.into(),
+                        detail: format!(
+                            "it was revoked because {} was: undo that one",
+                            via.replace('@', " ")
+                        ),
+                    })
+                }
+                Some(_) => {}
             }
-            Some((_, Some(via))) => {
-                return Err(StateError::NotRevoked {
-                    image: image.into(),
-                    version: version.into(),
-                    detail: format!(
-                        "it was revoked because {} was: undo that one",
-                        via.replace('@', " ")
-                    ),
-                })
-            }
-            Some(_) => {}
-        }
-        let restored = {
             let mut stmt = self
                 .conn
                 .prepare_cached(
@@ -274,15 +339,25 @@ impl State {
                      WHERE (image = ?1 AND version = ?2) OR revoked_via = ?3",
                 )
                 .map_err(|e| self.sql_err(e, &*context))?;
-            let rows = stmt
+            let restored = stmt
                 .query_map(params![image, version, root], |row| {
                     Ok((row.get(0)?, row.get(1)?))
                 })
                 .map_err(|e| self.sql_err(e, &*context))?
                 .collect::<Result<Vec<(String, String)>, _>>()
                 .map_err(|e| self.sql_err(e, &*context))?;
-            rows
-        };
+            let record = Record::Unrevoked {
+                image: image.to_owned(),
+                version: version.to_owned(),
+            };
+            Ok((vec![record], restored))
+        })?;
+        self.records_of(&restored, &context)
+    }
+
+    /// Applies [`Record::Unrevoked`].
+    pub(super) fn undo_revocation(&self, image: &str, version: &str) -> Result<(), StateError> {
+        let root = format!("{image}@{version}");
         self.conn
             .execute(
                 "UPDATE images SET status = coalesce(status_before, 'Ready'), status_before = NULL,
@@ -290,19 +365,38 @@ impl State {
                  WHERE (image = ?1 AND version = ?2) OR revoked_via = ?3",
                 params![image, version, root],
             )
-            .map_err(|e| self.sql_err(e, &*context))?;
-        tx.commit().map_err(|e| self.sql_err(e, &*context))?;
-        self.records_of(&restored, &context)
+            .map_err(|e| {
+                self.sql_err(e, format!("undo the revocation of image {image} {version}"))
+            })?;
+        Ok(())
     }
 
     /// Records that `imgraph gc` removed the artifact of `image` `version`: the version
     /// is no longer listed (its row stays, so its number is never given again).
     pub fn mark_removed(&self, image: &str, version: &str) -> Result<(), StateError> {
+        let record = Record::VersionRemoved {
+            image: image.to_owned(),
+            version: version.to_owned(),
+            at: now_ms(),
+        };
+        self.record(
+            &format!("record the removal of image {image} {version}"),
+            Durability::Normal,
+            || Ok((vec![record], ())),
+        )
+    }
+
+    pub(super) fn update_removed(
+        &self,
+        image: &str,
+        version: &str,
+        at: i64,
+    ) -> Result<(), StateError> {
         let changed = self
             .conn
             .execute(
                 "UPDATE images SET removed_at = ?3 WHERE image = ?1 AND version = ?2",
-                params![image, version, now_ms()],
+                params![image, version, at],
             )
             .map_err(|e| {
                 self.sql_err(e, format!("record the removal of image {image} {version}"))
@@ -505,11 +599,34 @@ impl State {
         environment: &str,
         run: RunId,
     ) -> Result<(), StateError> {
+        let context = format!("record the delivery of image {image} {version} to {environment}");
+        self.record(&context, Durability::Normal, || {
+            let record = Record::Delivered {
+                delivery: self.next_id("deliveries")?,
+                image: image.to_owned(),
+                version: version.to_owned(),
+                environment: environment.to_owned(),
+                run,
+                at: now_ms(),
+            };
+            Ok((vec![record], ()))
+        })
+    }
+
+    pub(super) fn insert_delivery(
+        &self,
+        id: i64,
+        image: &str,
+        version: &str,
+        environment: &str,
+        run: RunId,
+        at: i64,
+    ) -> Result<(), StateError> {
         self.conn
             .execute(
-                "INSERT INTO deliveries (image, version, environment, run_id, delivered_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![image, version, environment, run, now_ms()],
+                "INSERT INTO deliveries (id, image, version, environment, run_id, delivered_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![id, image, version, environment, run, at],
             )
             .map_err(|e| {
                 if is_constraint(&e, rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY) {

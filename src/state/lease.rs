@@ -8,32 +8,34 @@
 //! time, because a long apply must not lose its lease; `imgraph lock break` removes a
 //! lease by hand.
 //!
-//! A taken lease is a [`LeaseGuard`]: it is given back when the guard is released or
-//! dropped, so every way out of a command (an error, a panic, a poisoned state mutex)
-//! gives it back. The guard uses a connection of its own, so releasing never waits for
-//! the [`State`] that an apply shares between its tasks.
+//! These are the SQLite lease's own operations; commands use it through
+//! [`super::LeaseStore`] ([`super::SqliteLease`]), which also gives the [`super::LeaseGuard`].
 
-use std::path::PathBuf;
+use rusqlite::{params, OptionalExtension};
 
-use rusqlite::{params, Connection, OptionalExtension};
-
-use super::process::{is_alive, own_host, own_identity};
+use super::lease_store::LeaseHolder;
+use super::process::{is_alive, own_host};
 use super::{now_ms, Lease, LeaseOutcome, Liveness, State, StateError};
 
 impl State {
-    /// Takes the lease for `holder`, or reports who holds it. Taking it again with the
-    /// same holder from the same process succeeds; a different holder, even in this
-    /// process, gets `HeldBy`.
+    /// Takes the lease for `holder` in this process, or reports who holds it (see
+    /// [`State::acquire_lease_as`]).
     pub fn acquire_lease(&self, holder: &str) -> Result<LeaseOutcome, StateError> {
+        self.acquire_lease_as(&LeaseHolder::this_process(holder))
+    }
+
+    /// Takes the lease for `holder`, or reports who holds it. Taking it again as the same
+    /// holder (command, pid and identity) succeeds; a different command, even in the same
+    /// process, gets `HeldBy`.
+    pub fn acquire_lease_as(&self, holder: &LeaseHolder) -> Result<LeaseOutcome, StateError> {
         let context = "take the apply lease";
         let tx = self.write_tx(context)?;
         let current = self.read_lease(&tx, context)?;
-        let own_pid = std::process::id();
         if let Some((lease, identity)) = current {
-            let ours = lease.pid == own_pid
-                && identity.as_deref() == own_identity()
+            let ours = lease.pid == holder.pid
+                && identity == holder.identity
                 && lease.liveness == Liveness::Alive;
-            if ours && lease.holder == holder {
+            if ours && lease.holder == holder.command {
                 return Ok(LeaseOutcome::Acquired);
             }
             if lease.liveness != Liveness::Gone {
@@ -49,7 +51,13 @@ impl State {
         tx.execute(
             "INSERT OR REPLACE INTO lease (id, pid, proc_start, holder, since, host)
              VALUES (1, ?1, ?2, ?3, ?4, ?5)",
-            params![own_pid, own_identity(), holder, now_ms(), own_host()],
+            params![
+                holder.pid,
+                holder.identity,
+                holder.command,
+                now_ms(),
+                holder.host
+            ],
         )
         .map_err(|e| self.sql_err(e, context))?;
         tx.commit().map_err(|e| self.sql_err(e, context))?;
@@ -58,19 +66,18 @@ impl State {
 
     /// Gives the lease up if this process holds it; otherwise does nothing.
     pub fn release_lease(&self) -> Result<(), StateError> {
-        delete_own_lease(&self.conn).map_err(|e| self.sql_err(e, "release the apply lease"))
+        self.release_lease_of(&LeaseHolder::this_process(""))
     }
 
-    /// The guard of a lease this process has just taken ([`State::acquire_lease`] said
-    /// `Acquired`): it gives the lease back when released or dropped.
-    pub fn lease_guard(&self) -> LeaseGuard {
-        // An empty state held in memory (a plan without a state file) has no file to
-        // give the lease back in: it goes with the connection.
-        let on_disk = self.conn.path().is_some_and(|p| !p.is_empty());
-        LeaseGuard {
-            path: on_disk.then(|| self.path.clone()),
-            released: false,
-        }
+    /// Gives the lease up if `holder`'s process holds it; otherwise does nothing.
+    pub fn release_lease_of(&self, holder: &LeaseHolder) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "DELETE FROM lease WHERE id = 1 AND pid = ?1 AND proc_start IS ?2",
+                params![holder.pid, holder.identity],
+            )
+            .map_err(|e| self.sql_err(e, "release the apply lease"))?;
+        Ok(())
     }
 
     /// The lease as it stands, if anyone holds it.
@@ -134,55 +141,5 @@ impl State {
             };
             (lease, identity)
         }))
-    }
-}
-
-fn delete_own_lease(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute(
-        "DELETE FROM lease WHERE id = 1 AND pid = ?1 AND proc_start IS ?2",
-        params![std::process::id(), own_identity()],
-    )?;
-    Ok(())
-}
-
-/// A lease this process holds; see the module doc.
-#[must_use = "dropping the guard gives the lease back at once"]
-#[derive(Debug)]
-pub struct LeaseGuard {
-    /// The state file; `None` for a state held in memory.
-    path: Option<PathBuf>,
-    released: bool,
-}
-
-impl LeaseGuard {
-    /// Gives the lease back, saying so when that fails.
-    pub fn release(mut self) -> Result<(), StateError> {
-        self.released = true;
-        self.delete()
-    }
-
-    fn delete(&self) -> Result<(), StateError> {
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
-        let err = |source| StateError::Sqlite {
-            path: path.clone(),
-            context: "release the apply lease".into(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(super::BUSY_TIMEOUT).map_err(err)?;
-        delete_own_lease(&conn).map_err(err)
-    }
-}
-
-impl Drop for LeaseGuard {
-    fn drop(&mut self) {
-        if self.released {
-            return;
-        }
-        if let Err(e) = self.delete() {
-            tracing::warn!(error = %crate::text::error_chain(&e), "the apply lease was not given back");
-        }
     }
 }

@@ -7,6 +7,11 @@
 //! runs apart. Callers own their serde types: manifests, reasons and outputs cross this
 //! boundary as JSON `String`s, so this module knows nothing about plans or graphs.
 //!
+//! The history changes only through [`Record`]s applied by [`State::apply_record`] (see
+//! `record.rs`), which a [`Journal`] can share between machines (`journal.rs`); the lease
+//! is behind [`LeaseStore`]; [`open`] picks the backend. The stat cache and the ledger
+//! are this machine's own and are written directly.
+//!
 //! How it stays consistent:
 //! - The journal is WAL, so readers (`plan`) never block the writer (`apply`) and a crash
 //!   at any point leaves the last committed state. `busy_timeout` makes a second process
@@ -37,14 +42,24 @@
 //! kept; `imgraph gc` shrinks the manifests no plan reads any more (every node run but
 //! each node's last success and last attempt) and compacts the file.
 
+mod backend;
+pub use backend::{open, Access, Backend};
 mod images;
 pub use images::compare_versions;
+mod journal;
+pub use journal::{Journal, JournalError, Seq};
 mod lease;
+mod lease_store;
+pub use lease_store::{LeaseGuard, LeaseHolder, LeaseStore, SqliteLease};
 mod ledger;
 mod lineage;
 mod nodes;
 mod packages;
 mod process;
+mod record;
+pub use record::{
+    decode_batch, encode_batch, BatchError, NewVersion, NodeFacts, Record, RECORD_FORMAT,
+};
 mod runs;
 mod stat_cache;
 #[cfg(test)]
@@ -53,7 +68,6 @@ mod tests;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use lease::LeaseGuard;
 pub use lineage::Lineage;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
@@ -67,6 +81,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../schema/0004_lineage.sql"),
     include_str!("../../schema/0005_revoked.sql"),
     include_str!("../../schema/0006_packages.sql"),
+    include_str!("../../schema/0007_journal_position.sql"),
 ];
 
 /// How long a call waits for another process's write lock before giving up.
@@ -125,10 +140,38 @@ pub enum StateError {
         version: String,
         detail: String,
     },
+    /// The journal refused or failed an append or a read; a
+    /// [`JournalError::Conflict`] means another writer appended first (sync, decide again).
+    #[error("{context} (journal {journal})")]
+    Journal {
+        journal: String,
+        context: String,
+        source: JournalError,
+    },
+    #[error("{context}: state file {} {detail}", path.display())]
+    JournalMismatch {
+        path: PathBuf,
+        context: String,
+        detail: String,
+    },
+}
+
+impl StateError {
+    /// Whether this is a journal append that lost to another writer's.
+    pub fn is_journal_conflict(&self) -> bool {
+        matches!(
+            self,
+            StateError::Journal {
+                source: JournalError::Conflict { .. },
+                ..
+            }
+        )
+    }
 }
 
 /// The outcome of one stage node in one run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum NodeStatus {
     Running,
     Succeeded,
@@ -164,7 +207,8 @@ impl NodeStatus {
 }
 
 /// The outcome of a whole run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     Running,
     Succeeded,
@@ -197,7 +241,7 @@ impl RunStatus {
 }
 
 /// An image version's `Release_Status` tag, spelled as the tag is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ReleaseStatus {
     Candidate,
     Ready,
@@ -391,6 +435,8 @@ pub struct State {
     conn: Connection,
     path: PathBuf,
     read_only: bool,
+    /// The shared journal the history goes through, if any (see `journal.rs`).
+    journal: Option<journal::Attached>,
 }
 
 impl std::fmt::Debug for State {
@@ -458,6 +504,7 @@ impl State {
             conn,
             path: path.to_path_buf(),
             read_only: false,
+            journal: None,
         };
         state.migrate(MIGRATIONS)?;
         Ok(state)
@@ -475,6 +522,7 @@ impl State {
             conn,
             path: path.to_path_buf(),
             read_only: !mode.contains(OpenFlags::SQLITE_OPEN_READ_WRITE),
+            journal: None,
         })
     }
 
@@ -537,6 +585,7 @@ impl State {
             conn,
             path,
             read_only: false,
+            journal: None,
         };
         state.configure()?;
         state.migrate(migrations)?;

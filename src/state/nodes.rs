@@ -5,6 +5,8 @@ use std::collections::HashMap;
 
 use rusqlite::{params, Params, Row};
 
+use super::journal::Durability;
+use super::record::{NodeFacts, Record};
 use super::{
     now_ms, NodeHistory, NodeRecord, NodeRunId, NodeStart, NodeStatus, RunId, State, StateError,
 };
@@ -40,8 +42,17 @@ impl State {
     /// Records that a node started in `run`; its status is `Running` until
     /// [`State::finish_node`].
     pub fn start_node(&self, run: RunId, start: &NodeStart) -> Result<NodeRunId, StateError> {
-        self.insert_node(run, start, NodeStatus::Running, true, None, None)
-            .map_err(|e| self.sql_err(e, format!("record the start of node {}", start.node_id)))
+        let context = format!("record the start of node {}", start.node_id);
+        self.record(&context, Durability::Normal, || {
+            let node_run = self.next_id("node_runs")?;
+            let record = Record::NodeStarted {
+                node_run,
+                run,
+                node: NodeFacts::from(start),
+                at: now_ms(),
+            };
+            Ok((vec![record], node_run))
+        })
     }
 
     pub fn finish_node(
@@ -51,7 +62,28 @@ impl State {
         outputs_json: Option<&str>,
         error: Option<&str>,
     ) -> Result<(), StateError> {
-        let finished_at = (status != NodeStatus::Running).then(now_ms);
+        let record = Record::NodeFinished {
+            node_run: id,
+            status,
+            outputs_json: outputs_json.map(str::to_owned),
+            error: error.map(str::to_owned),
+            at: (status != NodeStatus::Running).then(now_ms),
+        };
+        self.record(
+            &format!("record the end of node run {id}"),
+            Durability::Normal,
+            || Ok((vec![record], ())),
+        )
+    }
+
+    pub(super) fn update_node(
+        &self,
+        id: NodeRunId,
+        status: NodeStatus,
+        outputs_json: Option<&str>,
+        error: Option<&str>,
+        finished_at: Option<i64>,
+    ) -> Result<(), StateError> {
         let changed = self
             .conn
             .execute(
@@ -69,6 +101,24 @@ impl State {
     /// Replaces the manifest recorded for `node_id` while it runs in `run` (what a build
     /// learned about its own result: see `provider::probes`).
     pub fn set_running_manifest(
+        &self,
+        run: RunId,
+        node_id: &str,
+        manifest_json: &str,
+    ) -> Result<(), StateError> {
+        let record = Record::RunningManifestSet {
+            run,
+            node_id: node_id.to_owned(),
+            manifest_json: manifest_json.to_owned(),
+        };
+        self.record(
+            &format!("record the manifest of node {node_id}"),
+            Durability::Normal,
+            || Ok((vec![record], ())),
+        )
+    }
+
+    pub(super) fn update_running_manifest(
         &self,
         run: RunId,
         node_id: &str,
@@ -98,41 +148,56 @@ impl State {
         status: NodeStatus,
         cause: &str,
     ) -> Result<NodeRunId, StateError> {
-        let now = now_ms();
-        self.insert_node(run, start, status, false, Some(cause), Some(now))
-            .map_err(|e| self.sql_err(e, format!("record that node {} did not run", start.node_id)))
+        let context = format!("record that node {} did not run", start.node_id);
+        self.record(&context, Durability::Normal, || {
+            let node_run = self.next_id("node_runs")?;
+            let record = Record::NodeNotRun {
+                node_run,
+                run,
+                node: NodeFacts::from(start),
+                status,
+                cause: cause.to_owned(),
+                at: now_ms(),
+            };
+            Ok((vec![record], node_run))
+        })
     }
 
-    fn insert_node(
+    /// Inserts node run `id`; `attempted` is whether it started (see [`LAST_ATTEMPT`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn insert_node(
         &self,
+        id: NodeRunId,
         run: RunId,
-        start: &NodeStart,
+        node: &NodeFacts,
         status: NodeStatus,
-        attempted: bool,
         error: Option<&str>,
+        started_at: i64,
         finished_at: Option<i64>,
-    ) -> rusqlite::Result<NodeRunId> {
+    ) -> rusqlite::Result<()> {
+        let attempted = error.is_none();
         let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO node_runs (run_id, node_id, key, manifest_json, stanza, upstream_json,
+            "INSERT INTO node_runs (id, run_id, node_id, key, manifest_json, stanza, upstream_json,
                  reasons_json, status, attempted, error, log_path, started_at, finished_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )?;
         stmt.execute(params![
+            id,
             run,
-            start.node_id,
-            start.key,
-            start.manifest_json,
-            start.stanza,
-            start.upstream_json,
-            start.reasons_json,
+            node.node_id,
+            node.key,
+            node.manifest_json,
+            node.stanza,
+            node.upstream_json,
+            node.reasons_json,
             status,
             attempted,
             error,
-            start.log_path,
-            now_ms(),
+            node.log_path,
+            started_at,
             finished_at,
         ])?;
-        Ok(self.conn.last_insert_rowid())
+        Ok(())
     }
 
     /// The record of `node_id` in `run` (the newest, were it recorded twice).
@@ -247,6 +312,22 @@ impl State {
 
     /// Replaces the manifest of a node run no plan reads any more with a smaller one.
     pub fn replace_manifest(&self, id: NodeRunId, manifest_json: &str) -> Result<(), StateError> {
+        let record = Record::ManifestPruned {
+            node_run: id,
+            manifest_json: manifest_json.to_owned(),
+        };
+        self.record(
+            &format!("prune the manifest of node run {id}"),
+            Durability::Normal,
+            || Ok((vec![record], ())),
+        )
+    }
+
+    pub(super) fn update_manifest(
+        &self,
+        id: NodeRunId,
+        manifest_json: &str,
+    ) -> Result<(), StateError> {
         self.conn
             .execute(
                 "UPDATE node_runs SET manifest_json = ?1 WHERE id = ?2",

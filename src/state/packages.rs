@@ -4,6 +4,8 @@
 
 use rusqlite::{params, OptionalExtension};
 
+use super::journal::Durability;
+use super::record::{NewVersion, Record};
 use super::{now_ms, ImageRecord, State, StateError};
 use crate::packages::{Inventory, Manager, OsRelease, Package};
 
@@ -17,24 +19,32 @@ impl State {
         inventory: Option<&Inventory>,
     ) -> Result<(), StateError> {
         let context = format!("record image {} {}", rec.image, rec.version);
-        // Durable like any new version (see `record_image`).
-        self.durable(|| {
-            let tx = self.write_tx(&context)?;
-            self.insert_image(rec)?;
+        // Durable: a version number is never issued twice, whatever happens next.
+        self.record(&context, Durability::Full, || {
+            let mut records = vec![Record::VersionCreated {
+                version: NewVersion::from(rec),
+            }];
             if let Some(inv) = inventory {
-                self.insert_packages(&rec.image, &rec.version, inv, &context)?;
+                records.push(Record::PackagesStored {
+                    image: rec.image.clone(),
+                    version: rec.version.clone(),
+                    inventory: inv.clone(),
+                    at: now_ms(),
+                });
             }
-            tx.commit().map_err(|e| self.sql_err(e, context.clone()))
+            Ok((records, ()))
         })
     }
 
-    fn insert_packages(
+    pub(super) fn insert_packages(
         &self,
         image: &str,
         version: &str,
         inv: &Inventory,
-        context: &str,
+        at: i64,
     ) -> Result<(), StateError> {
+        let context = format!("record the packages of image {image} {version}");
+        let context = context.as_str();
         let managers: Vec<&str> = inv.managers.iter().map(|m| m.as_str()).collect();
         self.conn
             .execute(
@@ -48,7 +58,7 @@ impl State {
                     inv.os.id,
                     inv.os.version_id,
                     inv.os.pretty_name,
-                    now_ms()
+                    at
                 ],
             )
             .map_err(|e| self.sql_err(e, context))?;

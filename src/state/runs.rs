@@ -2,7 +2,9 @@
 
 use rusqlite::{params, OptionalExtension, Row};
 
+use super::journal::Durability;
 use super::process::{is_alive, own_identity};
+use super::record::Record;
 use super::{now_ms, NodeRecord, RunId, RunRecord, RunStatus, State, StateError};
 
 const RUN_COLS: &str = "id, command, options_json, status, started_at, finished_at, pid";
@@ -22,25 +24,63 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
 impl State {
     /// Records a new run, `Running`, owned by this process.
     pub fn begin_run(&self, command: &str, options_json: &str) -> Result<RunId, StateError> {
-        self.conn
-            .execute(
-                "INSERT INTO runs (command, options_json, status, started_at, pid, proc_start)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    command,
-                    options_json,
-                    RunStatus::Running,
-                    now_ms(),
-                    std::process::id(),
-                    own_identity()
-                ],
-            )
-            .map_err(|e| self.sql_err(e, format!("record the start of `{command}`")))?;
-        Ok(self.conn.last_insert_rowid())
+        let context = format!("record the start of `{command}`");
+        self.record(&context, Durability::Normal, || {
+            let run = self.next_id("runs")?;
+            let record = Record::RunStarted {
+                run,
+                command: command.to_owned(),
+                options_json: options_json.to_owned(),
+                at: now_ms(),
+                pid: std::process::id(),
+                proc_start: own_identity().map(str::to_owned),
+            };
+            Ok((vec![record], run))
+        })
     }
 
     pub fn finish_run(&self, run: RunId, status: RunStatus) -> Result<(), StateError> {
-        let finished_at = (status != RunStatus::Running).then(now_ms);
+        let at = (status != RunStatus::Running).then(now_ms);
+        self.record(
+            &format!("record the end of run {run}"),
+            Durability::Normal,
+            || Ok((vec![Record::RunFinished { run, status, at }], ())),
+        )
+    }
+
+    pub(super) fn insert_run(
+        &self,
+        run: RunId,
+        command: &str,
+        options_json: &str,
+        at: i64,
+        pid: u32,
+        proc_start: Option<&str>,
+    ) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO runs (id, command, options_json, status, started_at, pid, proc_start)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    run,
+                    command,
+                    options_json,
+                    RunStatus::Running,
+                    at,
+                    pid,
+                    proc_start
+                ],
+            )
+            .map_err(|e| self.sql_err(e, format!("record the start of `{command}`")))?;
+        Ok(())
+    }
+
+    pub(super) fn update_run(
+        &self,
+        run: RunId,
+        status: RunStatus,
+        finished_at: Option<i64>,
+    ) -> Result<(), StateError> {
         let changed = self
             .conn
             .execute(
@@ -108,44 +148,57 @@ impl State {
 
     fn abandon_runs(&self, except: Option<RunId>, force: bool) -> Result<Vec<RunId>, StateError> {
         let context = "mark stale runs abandoned";
-        let tx = self.write_tx(context)?;
-        let running: Vec<(RunId, u32, Option<String>)> = {
-            let mut stmt = tx
-                .prepare(
-                    "SELECT id, pid, proc_start FROM runs WHERE status = 'running' ORDER BY id",
-                )
-                .map_err(|e| self.sql_err(e, context))?;
-            let rows = stmt
-                .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-                .map_err(|e| self.sql_err(e, context))?;
-            rows.collect::<Result<_, _>>()
-                .map_err(|e| self.sql_err(e, context))?
-        };
-        let now = now_ms();
-        let mut touched = Vec::new();
-        for (id, pid, identity) in running {
-            if Some(id) == except || (!force && is_alive(pid, identity.as_deref())) {
-                continue;
-            }
-            tx.execute(
+        self.record(context, Durability::Normal, || {
+            let running: Vec<(RunId, u32, Option<String>)> = {
+                let mut stmt = self
+                    .conn
+                    .prepare(
+                        "SELECT id, pid, proc_start FROM runs WHERE status = 'running' ORDER BY id",
+                    )
+                    .map_err(|e| self.sql_err(e, context))?;
+                let rows = stmt
+                    .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                    .map_err(|e| self.sql_err(e, context))?;
+                rows.collect::<Result<_, _>>()
+                    .map_err(|e| self.sql_err(e, context))?
+            };
+            let at = now_ms();
+            let stale: Vec<(RunId, u32)> = running
+                .into_iter()
+                .filter(|(id, pid, identity)| {
+                    Some(*id) != except && (force || !is_alive(*pid, identity.as_deref()))
+                })
+                .map(|(id, pid, _)| (id, pid))
+                .collect();
+            let records = stale
+                .iter()
+                .map(|&(run, pid)| Record::RunAbandoned { run, pid, at })
+                .collect();
+            Ok((records, stale.into_iter().map(|(id, _)| id).collect()))
+        })
+    }
+
+    /// A run whose process is gone, and its running node runs, become `Abandoned`.
+    pub(super) fn mark_abandoned(&self, run: RunId, pid: u32, at: i64) -> Result<(), StateError> {
+        let context = "mark stale runs abandoned";
+        self.conn
+            .execute(
                 "UPDATE runs SET status = 'abandoned', finished_at = ?1 WHERE id = ?2",
-                params![now, id],
+                params![at, run],
             )
             .map_err(|e| self.sql_err(e, context))?;
-            tx.execute(
+        self.conn
+            .execute(
                 "UPDATE node_runs SET status = 'abandoned', finished_at = ?1,
                         error = coalesce(error, ?2)
                  WHERE run_id = ?3 AND status = 'running'",
                 params![
-                    now,
-                    format!("run {id} (pid {pid}) ended without finishing"),
-                    id
+                    at,
+                    format!("run {run} (pid {pid}) ended without finishing"),
+                    run
                 ],
             )
             .map_err(|e| self.sql_err(e, context))?;
-            touched.push(id);
-        }
-        tx.commit().map_err(|e| self.sql_err(e, context))?;
-        Ok(touched)
+        Ok(())
     }
 }

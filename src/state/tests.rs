@@ -642,27 +642,45 @@ fn lease_is_exclusive_and_taken_over_from_dead_holders() {
 #[test]
 fn a_lease_guard_gives_the_lease_back_when_released_or_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let state = open_in(dir.path());
+    let path = dir.path().join("state.db");
+    let (state, leases) = super::open(
+        &super::Backend::Local { path: path.clone() },
+        super::Access::ReadWrite,
+    )
+    .unwrap();
     let other = open_in(dir.path());
-    assert_eq!(
-        state.acquire_lease("apply").unwrap(),
-        LeaseOutcome::Acquired
-    );
-    let guard = state.lease_guard();
+    let me = LeaseHolder::this_process("imgraph apply");
+    assert_eq!(leases.acquire(&me).unwrap(), LeaseOutcome::Acquired);
+    let guard = LeaseGuard::new(leases.clone(), me.clone());
     assert!(matches!(
         other.acquire_lease("gc").unwrap(),
         LeaseOutcome::HeldBy { .. }
     ));
+    let held = leases.status().unwrap().expect("held");
+    assert_eq!((held.pid, held.holder.as_str()), (me.pid, "imgraph apply"));
     drop(guard);
     assert!(state.lease().unwrap().is_none(), "dropped: given back");
 
-    assert_eq!(
-        state.acquire_lease("apply").unwrap(),
-        LeaseOutcome::Acquired
-    );
-    state.lease_guard().release().unwrap();
-    assert!(state.lease().unwrap().is_none(), "released: given back");
+    assert_eq!(leases.acquire(&me).unwrap(), LeaseOutcome::Acquired);
+    LeaseGuard::new(leases.clone(), me).release().unwrap();
+    assert!(leases.status().unwrap().is_none(), "released: given back");
     assert_eq!(other.acquire_lease("gc").unwrap(), LeaseOutcome::Acquired);
+}
+
+#[test]
+fn a_read_only_lease_store_never_creates_the_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let (_state, leases) = super::open(
+        &super::Backend::Local { path: path.clone() },
+        super::Access::ReadOnly,
+    )
+    .unwrap();
+    assert_eq!(leases.status().unwrap(), None);
+    let me = LeaseHolder::this_process("imgraph plan");
+    assert_eq!(leases.acquire(&me).unwrap(), LeaseOutcome::Acquired);
+    assert!(!leases.break_lease().unwrap());
+    assert!(!path.exists(), "nothing created at {}", path.display());
 }
 
 #[test]

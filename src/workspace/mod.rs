@@ -27,7 +27,7 @@ use crate::plan::{self, BuildOutputs, Facts, Plan, PlanOptions};
 use crate::provider::local::LocalProvider;
 use crate::provider::local::Store;
 use crate::provider::Provider;
-use crate::state::{Lease, LeaseGuard, LeaseOutcome, Liveness, State};
+use crate::state::{Lease, LeaseGuard, LeaseHolder, LeaseOutcome, LeaseStore, Liveness, State};
 
 /// How often a command waiting for the state lock tries again.
 const LOCK_POLL: Duration = Duration::from_millis(200);
@@ -36,6 +36,8 @@ pub struct Workspace {
     pub project: Project,
     pub graph: StageGraph,
     pub state: State,
+    /// Where the apply lease is kept (beside the state, by [`crate::state::open`]).
+    pub leases: Arc<dyn LeaseStore>,
 }
 
 /// The providers a project declares, connected and ready.
@@ -55,11 +57,29 @@ impl Workspace {
     pub fn open(path: &Path) -> Result<Workspace> {
         let project = crate::config::load(path)?;
         let graph = StageGraph::build(&project)?;
-        let state = State::open(&project.state_path)?;
-        Ok(Workspace::loaded(project, graph, state))
+        Workspace::with_state(project, graph, crate::state::Access::ReadWrite)
     }
 
-    fn loaded(project: Project, graph: StageGraph, state: State) -> Workspace {
+    /// Opens the project's state (see [`crate::state::open`]). The `state { s3 … }`
+    /// stanza, once the config has it, maps to its backend here.
+    fn with_state(
+        project: Project,
+        graph: StageGraph,
+        access: crate::state::Access,
+    ) -> Result<Workspace> {
+        let backend = crate::state::Backend::Local {
+            path: project.state_path.clone(),
+        };
+        let (state, leases) = crate::state::open(&backend, access)?;
+        Ok(Workspace::loaded(project, graph, state, leases))
+    }
+
+    fn loaded(
+        project: Project,
+        graph: StageGraph,
+        state: State,
+        leases: Arc<dyn LeaseStore>,
+    ) -> Workspace {
         tracing::info!(
             config = %project.config_path.display(),
             state = %project.state_path.display(),
@@ -70,6 +90,7 @@ impl Workspace {
             project,
             graph,
             state,
+            leases,
         }
     }
 
@@ -79,8 +100,7 @@ impl Workspace {
     pub fn open_read_only(path: &Path) -> Result<Workspace> {
         let project = crate::config::load(path)?;
         let graph = StageGraph::build(&project)?;
-        let state = State::open_for_reading(&project.state_path)?;
-        Ok(Workspace::loaded(project, graph, state))
+        Workspace::with_state(project, graph, crate::state::Access::ReadOnly)
     }
 
     /// The local image store, when the project declares (or implies) the local provider.
@@ -577,11 +597,16 @@ impl Workspace {
         wait: Duration,
         cancel: &CancellationToken,
     ) -> Result<LeaseGuard> {
-        let holder = format!("imgraph {command}");
+        let me = LeaseHolder::this_process(&format!("imgraph {command}"));
         let deadline = Instant::now() + wait;
         loop {
-            match self.state.acquire_lease(&holder)? {
-                LeaseOutcome::Acquired => return Ok(self.state.lease_guard()),
+            match self.leases.acquire(&me)? {
+                LeaseOutcome::Acquired => {
+                    let guard = LeaseGuard::new(self.leases.clone(), me);
+                    // What others recorded before we held the lease (a shared state).
+                    self.state.sync()?;
+                    return Ok(guard);
+                }
                 LeaseOutcome::HeldBy {
                     pid,
                     host,
@@ -611,7 +636,7 @@ impl Workspace {
     /// host (or runs on another host, where that cannot be checked); `force` removes it
     /// all the same.
     pub fn break_lock(&self, force: bool) -> Result<Option<Lease>> {
-        let Some(lease) = self.state.lease()? else {
+        let Some(lease) = self.leases.status()? else {
             return Ok(None);
         };
         let why = match lease.liveness {
@@ -631,7 +656,7 @@ impl Workspace {
                 why: why.into(),
             });
         }
-        self.state.break_lease()?;
+        self.leases.break_lease()?;
         Ok(Some(lease))
     }
 
@@ -758,6 +783,7 @@ impl Workspace {
             project,
             graph,
             state,
+            leases: _,
         } = self;
         let state = Arc::new(Mutex::new(state));
         let ctx = ExecContext {

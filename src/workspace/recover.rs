@@ -17,7 +17,9 @@ use crate::error::Result;
 use crate::graph::Stage;
 use crate::plan::{BuildOutputs, Plan, PlanOptions, Reason};
 use crate::provider::RecordedVersion;
-use crate::state::{ImageRecord, LeaseGuard, LeaseOutcome, NodeStatus, RunId, RunStatus};
+use crate::state::{
+    ImageRecord, LeaseGuard, LeaseHolder, LeaseOutcome, NodeStatus, RunId, RunStatus,
+};
 
 use super::{Providers, Workspace};
 
@@ -70,8 +72,11 @@ impl<'w> Recovery<'w> {
         if self.ws.state.is_read_only() {
             return Ok(None);
         }
-        match self.ws.state.acquire_lease("imgraph (recovery)")? {
-            LeaseOutcome::Acquired => self.lease = Some(self.ws.state.lease_guard()),
+        let me = LeaseHolder::this_process("imgraph (recovery)");
+        match self.ws.leases.acquire(&me)? {
+            LeaseOutcome::Acquired => {
+                self.lease = Some(LeaseGuard::new(self.ws.leases.clone(), me));
+            }
             // Inside apply or `state recover`, this process holds it already.
             LeaseOutcome::HeldBy { pid, .. } if pid == std::process::id() => {}
             LeaseOutcome::HeldBy { .. } => return Ok(None),

@@ -112,9 +112,8 @@ pub fn imgraph(dir: &Path) -> Command {
     cmd
 }
 
-/// `imgraph ARGS` in `dir`, which must succeed, its standard output read as JSON
-/// (`images --json`, `history --json`, …).
-pub fn json_of(dir: &Path, args: &[&str]) -> serde_json::Value {
+/// `imgraph ARGS` in `dir`, which must succeed: its standard output.
+pub fn stdout_of(dir: &Path, args: &[&str]) -> Vec<u8> {
     let out = imgraph(dir).args(args).output().expect("run imgraph");
     assert!(
         out.status.success(),
@@ -122,7 +121,13 @@ pub fn json_of(dir: &Path, args: &[&str]) -> serde_json::Value {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("imgraph prints JSON")
+    out.stdout
+}
+
+/// `imgraph ARGS` in `dir`, which must succeed, its standard output read as JSON
+/// (`images --json`, `history --json`, …).
+pub fn json_of(dir: &Path, args: &[&str]) -> serde_json::Value {
+    serde_json::from_slice(&stdout_of(dir, args)).expect("imgraph prints JSON")
 }
 
 /// `imgraph plan --json EXTRA…` in `dir`.

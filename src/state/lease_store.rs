@@ -1,0 +1,182 @@
+//! The lease behind a trait, so a shared state can keep its lease where its journal is.
+//!
+//! [`LeaseStore`] is what `apply`, `gc`, `revoke`, `state recover` and `lock status|break`
+//! use; [`SqliteLease`] keeps it in the state file's `lease` row (see `lease.rs`). A
+//! taken lease is a [`LeaseGuard`], given back when released or dropped, so every way out
+//! of a command (an error, a panic, a poisoned state mutex) gives it back.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::process::{own_host, own_identity};
+use super::{Access, Lease, LeaseOutcome, State, StateError};
+
+/// Who takes a lease: written with it, shown by `imgraph lock status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHolder {
+    /// What holds it, e.g. `imgraph apply`.
+    pub command: String,
+    /// The host it runs on, when it can be read.
+    pub host: Option<String>,
+    pub pid: u32,
+    /// The process's boot id and start time, so a reused pid is not taken for it.
+    pub identity: Option<String>,
+}
+
+impl LeaseHolder {
+    /// This process, running `command`.
+    pub fn this_process(command: &str) -> LeaseHolder {
+        LeaseHolder {
+            command: command.to_owned(),
+            host: own_host().map(str::to_owned),
+            pid: std::process::id(),
+            identity: own_identity().map(str::to_owned),
+        }
+    }
+}
+
+/// Where the apply lease is kept (invariant 5: two applies on one state never interleave).
+///
+/// Contract for implementations:
+/// - `acquire` takes the lease for `holder` or says who holds it; taking it again as the
+///   same holder (same command, pid and identity) succeeds. A holder known to be gone is
+///   taken over: its process is gone from this host, or (for a store with a time to
+///   live) its heartbeat is older than that.
+/// - `renew` is the holder's heartbeat; a store that judges liveness otherwise does
+///   nothing. It fails when `holder` no longer holds the lease.
+/// - `release` gives the lease back if `holder` holds it, and otherwise does nothing.
+/// - `status` reads the lease as it stands; `break_lease` removes it whoever holds it
+///   (the caller decided that is safe) and says whether there was one.
+pub trait LeaseStore: Send + Sync + std::fmt::Debug {
+    fn acquire(&self, holder: &LeaseHolder) -> Result<LeaseOutcome, StateError>;
+
+    fn renew(&self, holder: &LeaseHolder) -> Result<(), StateError>;
+
+    fn release(&self, holder: &LeaseHolder) -> Result<(), StateError>;
+
+    fn status(&self) -> Result<Option<Lease>, StateError>;
+
+    fn break_lease(&self) -> Result<bool, StateError>;
+}
+
+/// The lease in the state file, through a connection of its own: releasing it never waits
+/// for the [`State`] an apply shares between its tasks.
+#[derive(Debug)]
+pub struct SqliteLease {
+    path: PathBuf,
+    access: Access,
+    state: Mutex<Option<State>>,
+}
+
+impl SqliteLease {
+    /// The lease of the state file at `path`, opened when first used. With
+    /// [`Access::ReadOnly`] the file is never created: where there is none, there is no
+    /// lease to read, and taking it excludes nobody (the state is held in memory).
+    pub fn new(path: &Path, access: Access) -> SqliteLease {
+        SqliteLease {
+            path: path.to_path_buf(),
+            access,
+            state: Mutex::new(None),
+        }
+    }
+
+    /// Runs `use_it` on the file's state, or gives `absent()` when the file does not
+    /// exist and may not be created (`create` and read-write access).
+    fn with<T>(
+        &self,
+        create: bool,
+        use_it: impl FnOnce(&State) -> Result<T, StateError>,
+        absent: impl FnOnce() -> T,
+    ) -> Result<T, StateError> {
+        // A poisoned mutex only means a panic elsewhere; the connection is still sound.
+        let mut slot = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            let may_create = create && self.access == Access::ReadWrite;
+            if !may_create && std::fs::symlink_metadata(&self.path).is_err() {
+                return Ok(absent());
+            }
+            *slot = Some(match self.access {
+                Access::ReadWrite => State::open(&self.path)?,
+                Access::ReadOnly => State::open_for_reading(&self.path)?,
+            });
+        }
+        match slot.as_ref() {
+            Some(state) => use_it(state),
+            None => Ok(absent()),
+        }
+    }
+}
+
+impl LeaseStore for SqliteLease {
+    fn acquire(&self, holder: &LeaseHolder) -> Result<LeaseOutcome, StateError> {
+        self.with(
+            true,
+            |s| s.acquire_lease_as(holder),
+            || LeaseOutcome::Acquired,
+        )
+    }
+
+    /// Liveness is the holder's process (pid and identity), so there is no heartbeat.
+    fn renew(&self, _holder: &LeaseHolder) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    fn release(&self, holder: &LeaseHolder) -> Result<(), StateError> {
+        self.with(false, |s| s.release_lease_of(holder), || ())
+    }
+
+    fn status(&self) -> Result<Option<Lease>, StateError> {
+        self.with(false, State::lease, || None)
+    }
+
+    fn break_lease(&self) -> Result<bool, StateError> {
+        self.with(false, State::break_lease, || false)
+    }
+}
+
+/// A lease this process holds; see the module doc.
+#[must_use = "dropping the guard gives the lease back at once"]
+#[derive(Debug)]
+pub struct LeaseGuard {
+    store: Arc<dyn LeaseStore>,
+    holder: LeaseHolder,
+    released: bool,
+}
+
+impl LeaseGuard {
+    /// The guard of a lease `store` has just given `holder`.
+    pub fn new(store: Arc<dyn LeaseStore>, holder: LeaseHolder) -> LeaseGuard {
+        LeaseGuard {
+            store,
+            holder,
+            released: false,
+        }
+    }
+
+    /// Who holds it.
+    pub fn holder(&self) -> &LeaseHolder {
+        &self.holder
+    }
+
+    /// The holder's heartbeat (see [`LeaseStore::renew`]).
+    pub fn renew(&self) -> Result<(), StateError> {
+        self.store.renew(&self.holder)
+    }
+
+    /// Gives the lease back, saying so when that fails.
+    pub fn release(mut self) -> Result<(), StateError> {
+        self.released = true;
+        self.store.release(&self.holder)
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        if let Err(e) = self.store.release(&self.holder) {
+            tracing::warn!(error = %crate::text::error_chain(&e), "the apply lease was not given back");
+        }
+    }
+}
