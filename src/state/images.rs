@@ -459,52 +459,48 @@ impl State {
             rows.collect::<Result<Vec<_>, _>>()
                 .map_err(|e| self.sql_err(e, context))?
         };
+        // One pass over the deliveries, oldest first, gives both what each version went
+        // to (first-delivery order) and what each environment holds now (its latest
+        // delivery of the image).
         let mut delivered: HashMap<(String, String), Vec<String>> = HashMap::new();
+        let mut latest: HashMap<(String, String), (i64, String)> = HashMap::new();
         {
             let mut stmt = self
                 .conn
                 .prepare_cached(
-                    "SELECT image, version, environment FROM deliveries
+                    "SELECT id, image, version, environment FROM deliveries
                      WHERE ?1 IS NULL OR image = ?1 ORDER BY id",
                 )
                 .map_err(|e| self.sql_err(e, context))?;
             let rows = stmt
                 .query_map([image], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?))
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                    ))
                 })
                 .map_err(|e| self.sql_err(e, context))?;
             for row in rows {
-                let (image, version, env): (String, String, String) =
-                    row.map_err(|e| self.sql_err(e, context))?;
-                let envs = delivered.entry((image, version)).or_default();
+                let (id, image, version, env) = row.map_err(|e| self.sql_err(e, context))?;
+                let envs = delivered
+                    .entry((image.clone(), version.clone()))
+                    .or_default();
                 if !envs.contains(&env) {
-                    envs.push(env);
+                    envs.push(env.clone());
                 }
+                latest.insert((image, env), (id, version));
             }
         }
+        let mut held: Vec<(i64, String, String, String)> = latest
+            .into_iter()
+            .map(|((image, env), (id, version))| (id, image, version, env))
+            .collect();
+        held.sort();
         let mut holding: HashMap<(String, String), Vec<String>> = HashMap::new();
-        {
-            // Each environment holds the version of its latest delivery of the image.
-            let mut stmt = self
-                .conn
-                .prepare_cached(
-                    "SELECT d.image, d.version, d.environment FROM deliveries d
-                     WHERE (?1 IS NULL OR d.image = ?1)
-                       AND d.id = (SELECT max(e.id) FROM deliveries e
-                                   WHERE e.image = d.image AND e.environment = d.environment)
-                     ORDER BY d.id",
-                )
-                .map_err(|e| self.sql_err(e, context))?;
-            let rows = stmt
-                .query_map([image], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?))
-                })
-                .map_err(|e| self.sql_err(e, context))?;
-            for row in rows {
-                let (image, version, env): (String, String, String) =
-                    row.map_err(|e| self.sql_err(e, context))?;
-                holding.entry((image, version)).or_default().push(env);
-            }
+        for (_, image, version, env) in held {
+            holding.entry((image, version)).or_default().push(env);
         }
         tx.commit().map_err(|e| self.sql_err(e, context))?;
         for rec in &mut records {
