@@ -18,7 +18,7 @@
 //! node against its history ([`Baseline`]) and settles its action; `keys` makes keys and
 //! stanzas; `diff` compares manifests, package lists and stanzas; `revoked` and `cutoff`
 //! adjust the decisions for revoked versions and plan early cutoffs; `reason` holds the
-//! [`Action`] and [`Reason`] data.
+//! [`Action`] and [`Reason`] data. `tests` runs the planner over hand-built facts.
 
 pub mod retention;
 pub mod saved;
@@ -31,6 +31,8 @@ mod keys;
 mod node;
 mod reason;
 mod revoked;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
