@@ -38,7 +38,10 @@
 //!   [`config::model::ProviderKind`] (its settings, checked in
 //!   `config/validate/providers.rs`), a module under [`provider`] implementing
 //!   [`provider::Provider`] (behind a cargo feature when it pulls a heavy SDK), and its arm
-//!   in [`workspace::Workspace::providers`].
+//!   in the factory [`provider::connect`], the one place that names cargo features. What
+//!   only some providers can do (resolve a source, sweep tagged leftovers, list recorded
+//!   versions, look inside or probe an image) are trait methods with "unsupported" or
+//!   "none" defaults: implement those the provider has.
 //! - **a package manager** (rpm): its database path and reader in [`packages`] (beside
 //!   `dpkg.rs` and `apk.rs`), a [`packages::Manager`] variant (the compiler then names its
 //!   purl type in `report::sbom`), its file in `provider/local/inspect.rs`, and a migration

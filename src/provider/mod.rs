@@ -6,8 +6,11 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+mod connect;
 pub mod local;
 pub mod probes;
+
+pub use connect::{connect, ConnectError, Providers};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -42,6 +45,12 @@ pub enum ProviderError {
     WrongBuilder {
         provider: ProviderType,
         builder: Builder,
+    },
+    /// An optional capability (see [`Provider`]) this provider does not have.
+    #[error("the {provider} provider cannot {capability}")]
+    Unsupported {
+        provider: &'static str,
+        capability: &'static str,
     },
     #[error("{0}")]
     Failed(String),
@@ -286,6 +295,25 @@ pub trait Provider: Send + Sync {
             req.image.name,
             self.name()
         )))
+    }
+    /// The id of the newest image matching a source's owners, name pattern and tags (an
+    /// `aws` source), for providers with an image catalogue.
+    async fn resolve_source(
+        &self,
+        _owners: &[String],
+        _pattern: Option<&str>,
+        _tags: &std::collections::BTreeMap<String, String>,
+    ) -> Result<String, ProviderError> {
+        Err(ProviderError::Unsupported {
+            provider: self.name(),
+            capability: "resolve sources",
+        })
+    }
+    /// Destroys instances tagged for this project that no ledger knows (a lost state
+    /// file) and returns their ids. Providers that create nothing outside the ledger's
+    /// reach have none.
+    async fn sweep_tagged_leftovers(&self) -> Result<Vec<String>, ProviderError> {
+        Ok(Vec::new())
     }
     /// Whether an artifact still exists (a cache hit is never taken for a missing one).
     async fn artifact_exists(&self, artifact_id: &str) -> Result<bool, ProviderError>;

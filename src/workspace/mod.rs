@@ -17,16 +17,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::model::{Build, FromRef, Project, ProviderKind, SourceKind, Step};
+use crate::config::model::{Build, FromRef, Project, ProviderKind, ProviderType, SourceKind, Step};
 use crate::error::{Error, Result};
 use crate::exec::{Event, ExecContext, ExecOptions};
 use crate::graph::{Stage, StageGraph};
 use crate::hash::{Hasher, NodeInputs, StatCache};
 use crate::plan::saved::{SavedPlan, StateStamp};
 use crate::plan::{self, BuildOutputs, Facts, Plan, PlanOptions};
-use crate::provider::local::LocalProvider;
 use crate::provider::local::Store;
-use crate::provider::Provider;
+use crate::provider::ConnectError;
+pub use crate::provider::Providers;
 use crate::state::{Lease, LeaseGuard, LeaseHolder, LeaseOutcome, LeaseStore, Liveness, State};
 
 /// How often a command waiting for the state lock tries again.
@@ -38,17 +38,6 @@ pub struct Workspace {
     pub state: State,
     /// Where the apply lease is kept (beside the state, by [`crate::state::open`]).
     pub leases: Arc<dyn LeaseStore>,
-}
-
-/// The providers a project declares, connected and ready.
-#[derive(Clone, Default)]
-pub struct Providers {
-    /// Provider name → implementation, for the executor.
-    pub all: HashMap<String, Arc<dyn Provider>>,
-    /// The AWS provider again, for what only it can do (source lookups, sweeping tagged
-    /// instances).
-    #[cfg(feature = "aws")]
-    pub aws: Option<Arc<crate::provider::aws::AwsProvider>>,
 }
 
 impl Workspace {
@@ -396,8 +385,7 @@ async fn resolve_aws_source(
     pattern: Option<&str>,
     tags: &std::collections::BTreeMap<String, String>,
 ) -> Result<String> {
-    #[cfg(feature = "aws")]
-    if let Some(aws) = providers.aws.as_ref() {
+    if let Some(aws) = providers.of_type(ProviderType::Aws) {
         return aws
             .resolve_source(owners, pattern, tags)
             .await
@@ -408,7 +396,6 @@ async fn resolve_aws_source(
                 ))
             });
     }
-    let _ = (providers, owners, pattern, tags);
     Err(Error::ProviderUnavailable {
         name: name.to_string(),
         provider: "aws".into(),
@@ -453,59 +440,18 @@ impl Workspace {
 
     /// The providers this project declares, connected and ready to run work.
     pub async fn providers(&self) -> Result<Providers> {
-        let mut out = Providers::default();
-        for p in &self.project.providers {
-            match &p.kind {
-                ProviderKind::Local { store, sandbox } => {
-                    out.all.insert(
-                        p.name.clone(),
-                        Arc::new(LocalProvider::new(Store::new(store.clone()), *sandbox)),
-                    );
-                }
-                #[cfg(feature = "aws")]
-                ProviderKind::Aws {
-                    region,
-                    profile,
-                    endpoint,
-                } => {
-                    // Scopes leftover clean-up to this project: its folder name plus a
-                    // digest of its path, so two checkouts never reap each other's instances.
-                    let folder = self
-                        .project
-                        .root
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_else(|| "imgraph".into());
-                    let path_digest =
-                        blake3::hash(self.project.root.to_string_lossy().as_bytes()).to_hex();
-                    let project_name = format!("{folder}-{}", &path_digest[..8]);
-                    let aws = crate::provider::aws::AwsProvider::connect(
-                        region.as_deref(),
-                        profile.as_deref(),
-                        endpoint.as_deref(),
-                    )
-                    .await
-                    .map_err(|e| {
-                        Error::Other(format!(
-                            "failed to set up the aws provider: {}",
-                            crate::text::error_chain(&e)
-                        ))
-                    })?
-                    .with_project(project_name);
-                    let aws = Arc::new(aws);
-                    out.all.insert(p.name.clone(), aws.clone());
-                    out.aws = Some(aws);
-                }
-                #[cfg(not(feature = "aws"))]
-                ProviderKind::Aws { .. } => {
-                    return Err(Error::ProviderUnavailable {
-                        name: p.name.clone(),
-                        provider: "aws".into(),
-                    })
-                }
-            }
-        }
-        Ok(out)
+        crate::provider::connect(&self.project)
+            .await
+            .map_err(|e| match e {
+                ConnectError::Unavailable { name, provider } => Error::ProviderUnavailable {
+                    name,
+                    provider: provider.to_string(),
+                },
+                ConnectError::Setup { provider, source } => Error::Other(format!(
+                    "failed to set up the {provider} provider: {}",
+                    crate::text::error_chain(&source)
+                )),
+            })
     }
 
     /// Destroys what killed runs left behind (found through the instance ledger) and marks
@@ -566,22 +512,21 @@ impl Workspace {
         }
         // Instances tagged by imgraph whose ledger entry was never written (a crash
         // between the ledger and the cloud call cannot cause this, but a lost state file can).
-        #[cfg(not(feature = "aws"))]
-        let _ = by_tags;
-        #[cfg(feature = "aws")]
-        if let Some(aws) = providers.aws.as_ref().filter(|_| by_tags) {
-            let ids = aws.terminate_tagged_leftovers(None).await.map_err(|e| {
-                Error::Other(format!(
-                    "failed to clean up tagged instances: {}",
-                    crate::text::error_chain(&e)
-                ))
-            })?;
-            for id in ids {
-                events.push(Event::LeftoverDestroyed {
-                    resource: id,
-                    kind: "instance".into(),
-                    node: "a run imgraph has no record of".into(),
-                });
+        if by_tags {
+            for provider in providers.all.values() {
+                let ids = provider.sweep_tagged_leftovers().await.map_err(|e| {
+                    Error::Other(format!(
+                        "failed to clean up tagged instances: {}",
+                        crate::text::error_chain(&e)
+                    ))
+                })?;
+                for id in ids {
+                    events.push(Event::LeftoverDestroyed {
+                        resource: id,
+                        kind: "instance".into(),
+                        node: "a run imgraph has no record of".into(),
+                    });
+                }
             }
         }
         Ok(events)

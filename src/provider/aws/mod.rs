@@ -488,6 +488,19 @@ impl Provider for AwsProvider {
         "aws"
     }
 
+    async fn resolve_source(
+        &self,
+        owners: &[String],
+        pattern: Option<&str>,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<String, ProviderError> {
+        AwsProvider::resolve_source(self, owners, pattern, tags).await
+    }
+
+    async fn sweep_tagged_leftovers(&self) -> Result<Vec<String>, ProviderError> {
+        self.terminate_tagged_leftovers(None).await
+    }
+
     async fn build(&self, req: BuildRequest<'_>) -> Result<Built, ProviderError> {
         match &req.image.build {
             Build::Packer { template, vars } => {

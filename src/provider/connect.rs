@@ -1,0 +1,95 @@
+//! The provider factory: connects the providers a project declares. Which providers this
+//! build of imgraph includes (`cfg(feature = "aws")`) is decided here and in this module's
+//! declarations only; callers see [`Providers`] and the [`Provider`] trait, whose optional
+//! capabilities (resolving a source, sweeping tagged leftovers, recorded versions) answer
+//! "unsupported" or "none" for providers that lack them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::local::{LocalProvider, Store};
+use super::{Provider, ProviderError};
+use crate::config::model::{Project, ProviderKind, ProviderType};
+
+/// The providers a project declares, connected and ready.
+#[derive(Clone, Default)]
+pub struct Providers {
+    /// Provider name → implementation. A project declares each provider at most once, so
+    /// a provider's name is its type's name.
+    pub all: HashMap<String, Arc<dyn Provider>>,
+}
+
+impl Providers {
+    /// The provider of type `provider`, when the project declares it.
+    pub fn of_type(&self, provider: ProviderType) -> Option<&Arc<dyn Provider>> {
+        self.all.get(provider.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The project declares a provider this build of imgraph was compiled without.
+    #[error("provider `{name}` is not part of this build of imgraph")]
+    Unavailable {
+        name: String,
+        provider: ProviderType,
+    },
+    #[error("failed to set up the {provider} provider")]
+    Setup {
+        provider: ProviderType,
+        #[source]
+        source: ProviderError,
+    },
+}
+
+/// Connects every provider `project` declares.
+pub async fn connect(project: &Project) -> Result<Providers, ConnectError> {
+    let mut out = Providers::default();
+    for p in &project.providers {
+        let provider: Arc<dyn Provider> = match &p.kind {
+            ProviderKind::Local { store, sandbox } => {
+                Arc::new(LocalProvider::new(Store::new(store.clone()), *sandbox))
+            }
+            #[cfg(feature = "aws")]
+            ProviderKind::Aws {
+                region,
+                profile,
+                endpoint,
+            } => {
+                let aws = super::aws::AwsProvider::connect(
+                    region.as_deref(),
+                    profile.as_deref(),
+                    endpoint.as_deref(),
+                )
+                .await
+                .map_err(|source| ConnectError::Setup {
+                    provider: ProviderType::Aws,
+                    source,
+                })?;
+                Arc::new(aws.with_project(leftover_scope(project)))
+            }
+            #[cfg(not(feature = "aws"))]
+            ProviderKind::Aws { .. } => {
+                return Err(ConnectError::Unavailable {
+                    name: p.name.clone(),
+                    provider: ProviderType::Aws,
+                })
+            }
+        };
+        out.all.insert(p.name.clone(), provider);
+    }
+    Ok(out)
+}
+
+/// Scopes leftover clean-up to this project: its folder name plus a digest of its path,
+/// so two checkouts never reap each other's instances.
+#[cfg(feature = "aws")]
+fn leftover_scope(project: &Project) -> String {
+    let folder = project
+        .root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "imgraph".into());
+    let path_digest = blake3::hash(project.root.to_string_lossy().as_bytes()).to_hex();
+    format!("{folder}-{}", &path_digest[..8])
+}
