@@ -34,6 +34,10 @@ pub struct Project {
     pub environments: Vec<Environment>,
     /// The project-wide `retain`, for images without their own.
     pub retain: Option<Retain>,
+    /// Image name -> position in `images`, built with the project: a plan looks an image
+    /// up for every node, and a search through the list made planning quadratic in the
+    /// number of images.
+    pub(in crate::config) image_index: std::collections::HashMap<String, usize>,
 }
 
 /// `retain { keep 5; keep-days 30; }`: `imgraph gc` keeps the newest `keep` versions of an
@@ -47,7 +51,7 @@ pub struct Retain {
 
 impl Project {
     pub fn image(&self, name: &str) -> Option<&Image> {
-        self.images.iter().find(|i| i.name == name)
+        self.image_index.get(name).and_then(|&i| self.images.get(i))
     }
     pub fn source(&self, name: &str) -> Option<&Source> {
         self.sources.iter().find(|s| s.name == name)

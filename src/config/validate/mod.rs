@@ -116,6 +116,7 @@ pub(crate) fn project(nodes: &[Node], cx: Context, diags: &mut Diags) -> Option<
     if !v.diags.is_empty() {
         return None;
     }
+    let images: Vec<Image> = drafts.into_iter().filter_map(|d| d.image).collect();
     Some(Project {
         root: cx.root,
         config_path: cx.config_path,
@@ -124,7 +125,12 @@ pub(crate) fn project(nodes: &[Node], cx: Context, diags: &mut Diags) -> Option<
         shared_state,
         providers,
         sources,
-        images: drafts.into_iter().filter_map(|d| d.image).collect(),
+        image_index: images
+            .iter()
+            .enumerate()
+            .map(|(i, image)| (image.name.clone(), i))
+            .collect(),
+        images,
         environments: envs.into_iter().filter_map(|e| e.environment).collect(),
         retain,
     })
