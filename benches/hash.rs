@@ -8,7 +8,11 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+mod common;
+
+use common::scale;
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use imgraph::config::model::{Input, InputKind, Trigger};
 use imgraph::hash::{Hasher, NodeInputs, StatCache};
 
@@ -71,6 +75,34 @@ fn inputs() -> Vec<Input> {
     }]
 }
 
+/// Benches hashing `dir` as `cold{suffix}` (an empty stat cache: every file read) and
+/// `warm{suffix}` (every file a stat-cache hit, checked).
+fn cold_and_warm(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    suffix: &str,
+    dir: &Path,
+    node: &NodeInputs<'_>,
+) {
+    group.bench_function(format!("cold{suffix}"), |b| {
+        b.iter(|| {
+            let cache = StatCache::empty();
+            let manifest = Hasher::new(dir, &cache).manifest(node).expect("hash tree");
+            black_box(manifest.digest())
+        })
+    });
+    let seed = StatCache::empty();
+    Hasher::new(dir, &seed).manifest(node).expect("hash tree");
+    let entries: imgraph::hash::StatMap = seed.take_updates().into_iter().collect();
+    group.bench_function(format!("warm{suffix}"), |b| {
+        b.iter(|| {
+            let cache = StatCache::new(entries.clone());
+            let manifest = Hasher::new(dir, &cache).manifest(node).expect("hash tree");
+            assert_eq!(cache.stats().misses, 0, "warm run must not read files");
+            black_box(manifest.digest())
+        })
+    });
+}
+
 fn bench_hash(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("create temp dir");
     generate(dir.path());
@@ -83,31 +115,7 @@ fn bench_hash(c: &mut Criterion) {
     let mut group = c.benchmark_group("hash_tree_2000_small_20_mib");
     group.sample_size(10);
     group.warm_up_time(Duration::from_secs(1));
-    group.bench_function("cold", |b| {
-        b.iter(|| {
-            let cache = StatCache::empty();
-            let manifest = Hasher::new(dir.path(), &cache)
-                .manifest(&node)
-                .expect("hash tree");
-            black_box(manifest.digest())
-        })
-    });
-
-    let seed = StatCache::empty();
-    Hasher::new(dir.path(), &seed)
-        .manifest(&node)
-        .expect("hash tree");
-    let entries: imgraph::hash::StatMap = seed.take_updates().into_iter().collect();
-    group.bench_function("warm", |b| {
-        b.iter(|| {
-            let cache = StatCache::new(entries.clone());
-            let manifest = Hasher::new(dir.path(), &cache)
-                .manifest(&node)
-                .expect("hash tree");
-            assert_eq!(cache.stats().misses, 0, "warm run must not read files");
-            black_box(manifest.digest())
-        })
-    });
+    cold_and_warm(&mut group, "", dir.path(), &node);
     group.finish();
 }
 
@@ -123,43 +131,9 @@ fn bench_hash_files(c: &mut Criterion) {
     for &count in scale(&[1_000, 10_000, 100_000]) {
         let dir = tempfile::tempdir().expect("create temp dir");
         generate_small(dir.path(), count);
-        group.bench_with_input(BenchmarkId::new("cold", count), &count, |b, _| {
-            b.iter(|| {
-                let cache = StatCache::empty();
-                let manifest = Hasher::new(dir.path(), &cache)
-                    .manifest(&node)
-                    .expect("hash tree");
-                black_box(manifest.digest())
-            })
-        });
-        let seed = StatCache::empty();
-        Hasher::new(dir.path(), &seed)
-            .manifest(&node)
-            .expect("hash tree");
-        let entries: imgraph::hash::StatMap = seed.take_updates().into_iter().collect();
-        group.bench_with_input(BenchmarkId::new("warm", count), &count, |b, _| {
-            b.iter(|| {
-                let cache = StatCache::new(entries.clone());
-                let manifest = Hasher::new(dir.path(), &cache)
-                    .manifest(&node)
-                    .expect("hash tree");
-                assert_eq!(cache.stats().misses, 0, "warm run must not read files");
-                black_box(manifest.digest())
-            })
-        });
+        cold_and_warm(&mut group, &format!("/{count}"), dir.path(), &node);
     }
     group.finish();
-}
-
-/// The sizes to measure: all under `cargo bench`, only the smallest when `cargo test`
-/// runs the bench once as a test (cargo passes `--bench` only to a measuring run), so the
-/// test suite does not build the largest data sets in a debug build.
-fn scale(all: &[usize]) -> &[usize] {
-    if std::env::args().any(|a| a == "--bench") {
-        all
-    } else {
-        &all[..1]
-    }
 }
 
 criterion_group!(benches, bench_hash, bench_hash_files);

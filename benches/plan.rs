@@ -12,6 +12,9 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+mod common;
+
+use common::scale;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use imgraph::plan::{Action, PlanOptions};
 use imgraph::state::NodeStatus;
@@ -161,17 +164,6 @@ fn bench_plan_images(c: &mut Criterion) {
         });
     }
     group.finish();
-}
-
-/// The sizes to measure: all under `cargo bench`, only the smallest when `cargo test`
-/// runs the bench once as a test (cargo passes `--bench` only to a measuring run), so the
-/// test suite does not build the largest data sets in a debug build.
-fn scale(all: &[usize]) -> &[usize] {
-    if std::env::args().any(|a| a == "--bench") {
-        all
-    } else {
-        &all[..1]
-    }
 }
 
 criterion_group!(benches, bench_plan, bench_plan_images);
