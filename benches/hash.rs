@@ -10,20 +10,11 @@ use std::time::{Duration, SystemTime};
 
 mod common;
 
-use common::scale;
+use common::{scale, write_old};
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use imgraph::config::model::{Input, InputKind, Trigger};
 use imgraph::hash::{Hasher, NodeInputs, StatCache};
-
-fn write_old(path: &Path, content: &[u8], when: SystemTime) {
-    fs::write(path, content).expect("write bench file");
-    fs::File::options()
-        .write(true)
-        .open(path)
-        .and_then(|f| f.set_modified(when))
-        .expect("set bench file mtime");
-}
 
 fn generate(root: &Path) {
     let when = SystemTime::now() - Duration::from_secs(3600);

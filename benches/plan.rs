@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 mod common;
 
-use common::scale;
+use common::{scale, write_old};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use imgraph::plan::{Action, PlanOptions};
 use imgraph::state::NodeStatus;
@@ -40,13 +40,8 @@ fn generate(root: &Path) {
             let conf = root.join(format!("conf/{name}"));
             fs::create_dir_all(&conf).expect("mkdir");
             for f in 0..FILES {
-                let p = conf.join(format!("f{f:03}.conf"));
-                fs::write(&p, format!("setting_{f} = {c}-{d}\n")).expect("write");
-                fs::File::options()
-                    .write(true)
-                    .open(&p)
-                    .and_then(|h| h.set_modified(old))
-                    .expect("mtime");
+                let content = format!("setting_{f} = {c}-{d}\n");
+                write_old(&conf.join(format!("f{f:03}.conf")), content.as_bytes(), old);
             }
             kdl.push_str(&format!(
                 "image \"{name}\" {{\n  from \"{from}\"\n  build \"rootfs\" {{ copy \"conf/{name}\" to=\"/etc/{name}\"; }}\n  test \"t\" {{ run \"true\"; }}\n}}\n"
@@ -72,13 +67,12 @@ fn generate_flat(root: &Path, images: usize) {
     fs::write(root.join("origin/etc/os-release"), "ID=bench\n").expect("write");
     let mut kdl = String::from("source \"origin\" { local \"origin\"; }\n");
     for i in 0..images {
-        let p = root.join(format!("files/f{i:05}.conf"));
-        fs::write(&p, format!("n = {i}\n")).expect("write");
-        fs::File::options()
-            .write(true)
-            .open(&p)
-            .and_then(|h| h.set_modified(old))
-            .expect("mtime");
+        let content = format!("n = {i}\n");
+        write_old(
+            &root.join(format!("files/f{i:05}.conf")),
+            content.as_bytes(),
+            old,
+        );
         kdl.push_str(&format!(
             "image \"i{i:05}\" {{\n  from \"origin\"\n  build \"rootfs\" {{ copy \"files/f{i:05}.conf\" to=\"/etc/f.conf\"; }}\n  test \"t\" {{ run \"true\"; }}\n}}\n"
         ));
