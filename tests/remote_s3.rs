@@ -40,6 +40,12 @@ fn raw_store(url: &str, bucket: &str) -> object_store::aws::AmazonS3 {
         .expect("store")
 }
 
+/// The body of the object at `path`, read straight from the store.
+async fn read(store: &object_store::aws::AmazonS3, path: &ObjectPath) -> Vec<u8> {
+    let got = store.get(path).await.expect("get");
+    got.bytes().await.expect("bytes").to_vec()
+}
+
 #[tokio::test]
 async fn moto_honours_if_none_match_and_if_match() {
     let Some(url) = s3::endpoint() else { return };
@@ -60,13 +66,7 @@ async fn moto_honours_if_none_match_and_if_match() {
         matches!(second, Err(object_store::Error::AlreadyExists { .. })),
         "a second create must be refused: {second:?}"
     );
-    let body = store
-        .get(&path)
-        .await
-        .expect("get")
-        .bytes()
-        .await
-        .expect("bytes");
+    let body = read(&store, &path).await;
     assert_eq!(&body[..], b"one", "the refused create changed nothing");
 
     let update = |v: &UpdateVersion| PutOptions {
@@ -87,13 +87,7 @@ async fn moto_honours_if_none_match_and_if_match() {
         matches!(stale, Err(object_store::Error::Precondition { .. })),
         "an update on a stale ETag must be refused: {stale:?}"
     );
-    let body = store
-        .get(&path)
-        .await
-        .expect("get")
-        .bytes()
-        .await
-        .expect("bytes");
+    let body = read(&store, &path).await;
     assert_eq!(&body[..], b"three");
 
     // And imgraph's own check agrees.
