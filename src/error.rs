@@ -115,6 +115,7 @@ pub enum Error {
         what: &'static str,
         location: String,
     },
+    #[cfg(feature = "s3")]
     #[error("failed to use the shared storage")]
     Remote(#[from] crate::remote::RemoteError),
     #[error("{0}")]

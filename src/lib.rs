@@ -71,6 +71,7 @@ pub mod packages;
 pub mod plan;
 pub mod process;
 pub mod provider;
+#[cfg(feature = "s3")]
 pub mod remote;
 pub mod report;
 pub mod state;

@@ -3,7 +3,7 @@
 //! against a scripted proxy in front of it for the faults moto cannot produce.
 //!
 //! Each test uses its own bucket. Under CI a missing server fails the test.
-#![cfg(feature = "aws")]
+#![cfg(all(feature = "aws", feature = "s3"))]
 
 #[path = "common/aws.rs"]
 mod aws;
