@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use miette::Diagnostic;
 
+use crate::provider::ProviderError;
+
 #[derive(Debug, thiserror::Error, Diagnostic)]
 pub enum Error {
     #[error(transparent)]
@@ -118,8 +120,73 @@ pub enum Error {
     #[cfg(feature = "s3")]
     #[error("failed to use the shared storage")]
     Remote(#[from] crate::remote::RemoteError),
-    #[error("{0}")]
-    Other(String),
+    #[error(transparent)]
+    Exec(Box<crate::exec::ExecError>),
+    #[error("failed to set up the {provider} provider")]
+    ProviderSetup {
+        provider: crate::config::model::ProviderType,
+        #[source]
+        source: Box<ProviderError>,
+    },
+    #[error("failed to resolve source `{name}`")]
+    ResolveSource {
+        name: String,
+        #[source]
+        source: Box<ProviderError>,
+    },
+    #[error("failed to check artifact {artifact}")]
+    CheckArtifact {
+        artifact: String,
+        #[source]
+        source: Box<ProviderError>,
+    },
+    #[error("failed to run the probes inside image {image}")]
+    ImageProbes {
+        image: String,
+        #[source]
+        source: Box<ProviderError>,
+    },
+    #[error("failed to destroy {kind} {resource}")]
+    DestroyLeftover {
+        kind: String,
+        resource: String,
+        #[source]
+        source: Box<ProviderError>,
+    },
+    #[error("failed to clean up tagged instances")]
+    SweepTagged(#[source] Box<ProviderError>),
+    #[error("failed to record the revocation of {image} {version} with its provider")]
+    RecordRevocation {
+        image: String,
+        version: String,
+        #[source]
+        source: Box<ProviderError>,
+    },
+    #[error("failed to remove {image} {version}")]
+    RemoveVersion {
+        image: String,
+        version: String,
+        #[source]
+        source: Box<ProviderError>,
+    },
+    #[error("failed to revoke {image}@{version}: the project has no image `{image}`{}", suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default())]
+    RevokeUnknownImage {
+        image: String,
+        version: String,
+        suggestion: Option<String>,
+    },
+    #[error("failed to read `{target}`: name a version as IMAGE@VERSION, e.g. base@1.0.1")]
+    VersionName { target: String },
+    #[error(
+        "failed to save the plan: the state kept changing while planning (is an apply running?)"
+    )]
+    StateKeptChanging,
+}
+
+impl From<crate::exec::ExecError> for Error {
+    fn from(e: crate::exec::ExecError) -> Self {
+        Error::Exec(Box::new(e))
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

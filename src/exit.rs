@@ -94,7 +94,7 @@ mod tests {
             now: 0,
         };
         assert_eq!(code(Ended::Failed(&locked)), LOCKED);
-        let other = Error::Other("anything else".into());
+        let other = Error::StateKeptChanging;
         assert_eq!(code(Ended::Failed(&other)), ERROR);
     }
 }

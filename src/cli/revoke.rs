@@ -25,11 +25,8 @@ pub(super) fn revoke(cli: &Cli, args: &RevokeArgs) -> Result<i32> {
         .target
         .rsplit_once('@')
         .filter(|(i, v)| !i.is_empty() && !v.is_empty())
-        .ok_or_else(|| {
-            Error::Other(format!(
-                "failed to read `{}`: name a version as IMAGE@VERSION, e.g. base@1.0.1",
-                args.target
-            ))
+        .ok_or_else(|| Error::VersionName {
+            target: args.target.clone(),
         })?;
     let ws = Workspace::open(&cli.dir)?;
     let lease = ws.lock("revoke", args.lock.lock_timeout, &Default::default())?;

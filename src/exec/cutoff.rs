@@ -10,9 +10,8 @@ use super::{ExecContext, ExecError, Fresh};
 use crate::config::model::Image;
 use crate::graph::Stage;
 use crate::plan::{BuildOutputs, PlannedNode};
-use crate::provider::{append_log, Built, ProviderError};
+use crate::provider::{append_log, Built};
 use crate::state::{ImageRecord, ReleaseStatus};
-use crate::text::error_chain;
 
 /// A build that made its image's newest Ready artifact again: the outputs it records
 /// (that version, with a note), or `None` when the artifact is new.
@@ -23,7 +22,7 @@ pub(super) fn reuse_ready(
     image: &Image,
     built: &Built,
     log: &Path,
-) -> Result<Option<String>, ProviderError> {
+) -> Result<Option<String>, ExecError> {
     let Some(same) = same_as_ready(ctx, image, &built.artifact_id)? else {
         return Ok(None);
     };
@@ -126,9 +125,9 @@ pub(super) fn cut_off_record(
     node: &PlannedNode,
     note: &str,
 ) -> Result<(PlannedNode, String), ExecError> {
-    let failed = |e: ProviderError| ExecError::CutOff {
+    let failed = |e: ExecError| ExecError::CutOff {
         node: node.id.clone(),
-        detail: error_chain(&e),
+        source: Box::new(e),
     };
     let image = node.image.clone().unwrap_or_default();
     let outputs = match node.stage {
@@ -168,7 +167,7 @@ fn same_as_ready(
     ctx: &ExecContext,
     image: &crate::config::model::Image,
     artifact: &str,
-) -> Result<Option<ImageRecord>, ProviderError> {
+) -> Result<Option<ImageRecord>, ExecError> {
     let newest = ctx
         .lock()?
         .images(Some(&image.name))?

@@ -16,6 +16,7 @@
 //! the scheduler's node runner for a plan.
 
 mod cutoff;
+mod error;
 pub mod events;
 mod record;
 mod revoked;
@@ -31,12 +32,13 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
+pub use error::ExecError;
 pub use events::{Event, NodeOutcome, NodeReport, RunSummary};
 
 use crate::config::model::Project;
 use crate::graph::StageGraph;
 use crate::plan::{Action, BuildOutputs, Plan, PlannedNode};
-use crate::provider::{Provider, ProviderError};
+use crate::provider::Provider;
 use crate::state::{RunId, RunStatus, State};
 
 #[derive(Debug, Clone)]
@@ -73,24 +75,6 @@ pub struct ExecContext {
     pub resolved_sources: Arc<HashMap<String, String>>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ExecError {
-    #[error(transparent)]
-    State(#[from] crate::state::StateError),
-    #[error("the state lock was poisoned by a crashed task")]
-    Poisoned,
-    #[error("failed to record {node} as cut off early: {detail}")]
-    CutOff { node: String, detail: String },
-    #[error("failed to find {node} among the nodes this run was planned with")]
-    NotPlanned { node: String },
-    #[error("failed to create {path}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
 /// What this run made so far, shared by the node tasks.
 #[derive(Default)]
 struct Made {
@@ -104,8 +88,8 @@ struct Made {
 type Fresh = Arc<Mutex<Made>>;
 
 impl ExecContext {
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, ProviderError> {
-        self.state.lock().map_err(|_| ProviderError::Poisoned)
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, ExecError> {
+        self.state.lock().map_err(|_| ExecError::Poisoned)
     }
 
     fn logs_dir(&self, run: RunId) -> PathBuf {

@@ -15,7 +15,6 @@ use super::events::NodeOutcome;
 use super::scheduler::Finished;
 use super::{ExecContext, ExecError};
 use crate::plan::{BuildOutputs, PlannedNode};
-use crate::provider::ProviderError;
 use crate::state::{NodeStart, NodeStatus, RunId};
 use crate::text::error_chain;
 
@@ -160,7 +159,7 @@ pub(super) fn record_crash(ctx: &ExecContext, node_run: i64, error: &str) {
 pub(super) fn finish(
     ctx: &ExecContext,
     node_run: i64,
-    result: Result<Option<String>, ProviderError>,
+    result: Result<Option<String>, ExecError>,
     cancel: &CancellationToken,
 ) -> Finished {
     let (outcome, status, outputs, error) = match result {

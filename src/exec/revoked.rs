@@ -6,10 +6,10 @@
 use std::path::Path;
 
 use super::record::NotedBuild;
-use super::{ExecContext, Fresh};
+use super::{ExecContext, ExecError, Fresh};
 use crate::config::model::Image;
 use crate::plan::{BuildOutputs, PlannedNode, Reason};
-use crate::provider::{append_log, ProviderError};
+use crate::provider::append_log;
 use crate::state::ReleaseStatus;
 
 /// A build planned to go back to the newest good version: its outputs (that version's,
@@ -20,7 +20,7 @@ pub(super) fn go_back(
     node: &PlannedNode,
     image: &Image,
     log: &Path,
-) -> Result<Option<String>, ProviderError> {
+) -> Result<Option<String>, ExecError> {
     let Some((version, back_to)) = node.reasons.iter().find_map(|r| match r {
         Reason::Revoked {
             version,
@@ -36,11 +36,9 @@ pub(super) fn go_back(
         .success_with_version(&node.id, &back_to)?
         .and_then(|r| r.outputs_json)
         .and_then(|o| serde_json::from_str::<BuildOutputs>(&o).ok())
-        .ok_or_else(|| {
-            ProviderError::Failed(format!(
-                "{} {back_to} has no build record to go back to",
-                image.name
-            ))
+        .ok_or_else(|| ExecError::NothingToGoBackTo {
+            image: image.name.clone(),
+            back_to: back_to.clone(),
         })?;
     let status = ctx
         .lock()?
@@ -49,10 +47,11 @@ pub(super) fn go_back(
         .find(|r| r.version == back_to)
         .map(|r| r.status);
     if status != Some(ReleaseStatus::Ready) {
-        return Err(ProviderError::Failed(format!(
-            "{} {back_to} is no longer Ready: nothing to go back to from revoked {version}",
-            image.name
-        )));
+        return Err(ExecError::GoBackNotReady {
+            image: image.name.clone(),
+            back_to,
+            revoked: version,
+        });
     }
     let note = format!(
         "revoked {} {version}: back to {back_to}, its newest good version (no build)",
@@ -76,21 +75,18 @@ pub(super) fn refuse_revoked_artifact(
     ctx: &ExecContext,
     image: &Image,
     artifact: &str,
-) -> Result<(), ProviderError> {
+) -> Result<(), ExecError> {
     let revoked = ctx
         .lock()?
         .images(Some(&image.name))?
         .into_iter()
         .find(|r| r.status == ReleaseStatus::Revoked && r.artifact_id == artifact);
     match revoked {
-        Some(r) => Err(ProviderError::Failed(format!(
-            "the build made the artifact of revoked {} {} again ({}): change its inputs, or `imgraph revoke --undo {}@{}`",
-            r.image,
-            r.version,
-            r.revoked_reason.unwrap_or_default(),
-            r.image,
-            r.version
-        ))),
+        Some(r) => Err(ExecError::RevokedArtifact {
+            image: r.image,
+            version: r.version,
+            reason: r.revoked_reason.unwrap_or_default(),
+        }),
         None => Ok(()),
     }
 }

@@ -14,7 +14,7 @@ use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
 use super::record::{build_json, StageOutputs};
-use super::{cutoff, revoked, ExecContext, Fresh};
+use super::{cutoff, revoked, ExecContext, ExecError, Fresh};
 use crate::config::model::{FromRef, SourceKind};
 use crate::graph::{build_id, Stage};
 use crate::hash::EntryKind;
@@ -23,7 +23,7 @@ use crate::process;
 use crate::provider::append_log;
 use crate::provider::probes::{has_image_probes, measure_image_probes, ProbeSite};
 use crate::provider::{
-    BuildRequest, Ledger, NodeInput, NodeInputKind, Origin, Provider, ProviderError, TestRequest,
+    BuildRequest, Ledger, NodeInput, NodeInputKind, Origin, Provider, TestRequest,
 };
 use crate::state::{ImageRecord, ReleaseStatus, RunId};
 use crate::text::error_chain;
@@ -49,11 +49,12 @@ pub(super) fn resolve_delivery(
 fn image_of<'a>(
     ctx: &'a ExecContext,
     node: &PlannedNode,
-) -> Result<&'a crate::config::model::Image, ProviderError> {
+) -> Result<&'a crate::config::model::Image, ExecError> {
     let name = node.image.as_deref().unwrap_or_default();
-    ctx.project
-        .image(name)
-        .ok_or_else(|| ProviderError::Failed(format!("unknown image `{name}`")))
+    ctx.project.image(name).ok_or_else(|| ExecError::Unknown {
+        what: "image",
+        name: name.into(),
+    })
 }
 
 /// The project files, symlinks and folders a node's commands may read: its manifest's
@@ -107,11 +108,15 @@ pub(super) async fn run_node(
     log: &Path,
     fresh: &Fresh,
     cancel: &CancellationToken,
-) -> Result<Option<String>, ProviderError> {
+) -> Result<Option<String>, ExecError> {
     let image = image_of(ctx, node)?;
-    let provider = ctx.providers.get(&image.provider).cloned().ok_or_else(|| {
-        ProviderError::Failed(format!("provider `{}` is not available", image.provider))
-    })?;
+    let provider =
+        ctx.providers
+            .get(&image.provider)
+            .cloned()
+            .ok_or_else(|| ExecError::NoProvider {
+                provider: image.provider.clone(),
+            })?;
     let ledger = Ledger {
         state: ctx.state.clone(),
         run: Some(run),
@@ -133,30 +138,25 @@ pub(super) async fn run_node(
                     }
                     Some(SourceKind::Aws { .. }) => match ctx.resolved_sources.get(s) {
                         Some(ami) => Origin::Artifact(ami.clone()),
-                        None => {
-                            return Err(ProviderError::Failed(format!(
-                                "source `{s}` was not resolved"
-                            )))
-                        }
+                        None => return Err(ExecError::Unresolved { name: s.clone() }),
                     },
-                    None => return Err(ProviderError::Failed(format!("unknown source `{s}`"))),
+                    None => {
+                        return Err(ExecError::Unknown {
+                            what: "source",
+                            name: s.clone(),
+                        })
+                    }
                 },
                 FromRef::Image(up) => {
                     let built = current_build(ctx, fresh, up)?;
-                    match release_status(ctx, up, &built.version)? {
-                        Some(ReleaseStatus::Ready) => {}
-                        Some(ReleaseStatus::Revoked) => {
-                            return Err(ProviderError::Failed(format!(
-                                "`{}` is built from `{up}` {}, which is revoked: a revoked version is never an origin",
-                                image.name, built.version
-                            )))
-                        }
-                        _ => {
-                            return Err(ProviderError::Failed(format!(
-                                "`{}` is built from `{up}` {}, which is not Ready (its tests have not all passed)",
-                                image.name, built.version
-                            )))
-                        }
+                    let status = release_status(ctx, up, &built.version)?;
+                    if status != Some(ReleaseStatus::Ready) {
+                        return Err(ExecError::OriginNotReady {
+                            image: image.name.clone(),
+                            upstream: up.clone(),
+                            version: built.version,
+                            revoked: status == Some(ReleaseStatus::Revoked),
+                        });
                     }
                     origin_version = Some(format!("{up}@{}", built.version));
                     Origin::Artifact(built.artifact_id)
@@ -247,9 +247,10 @@ pub(super) async fn run_node(
         }
         Stage::Test => {
             let suite_name = node.suite.clone().unwrap_or_default();
-            let suite = image
-                .suite(&suite_name)
-                .ok_or_else(|| ProviderError::Failed(format!("unknown test `{suite_name}`")))?;
+            let suite = image.suite(&suite_name).ok_or_else(|| ExecError::Unknown {
+                what: "test",
+                name: suite_name.clone(),
+            })?;
             let built = current_build(ctx, fresh, &image.name)?;
             let outcome = provider
                 .test(TestRequest {
@@ -275,12 +276,12 @@ pub(super) async fn run_node(
                 let record = image_record(ctx, &image.name, &built.version)?;
                 provider.set_status(&record, ReleaseStatus::Failed).await?;
             }
-            Err(ProviderError::Failed(format!(
-                "test `{suite_name}` {} on {} {}",
-                outcome.describe(),
-                image.name,
-                built.version
-            )))
+            Err(ExecError::TestFailed {
+                suite: suite_name,
+                image: image.name.clone(),
+                version: built.version,
+                outcome,
+            })
         }
         Stage::Publish => {
             let built = current_build(ctx, fresh, &image.name)?;
@@ -312,14 +313,16 @@ async fn update_tags(
     node: &PlannedNode,
     provider: &dyn Provider,
     log: &Path,
-) -> Result<Option<String>, ProviderError> {
+) -> Result<Option<String>, ExecError> {
     let image = image_of(ctx, node)?;
     let success = ctx.lock()?.history(&node.id)?.last_success;
     let finished_at = success.as_ref().and_then(|s| s.finished_at);
     let mut current = success
         .and_then(|s| s.outputs_json)
         .and_then(|o| serde_json::from_str::<BuildOutputs>(&o).ok())
-        .ok_or_else(|| ProviderError::Failed(format!("`{}` has never been built", image.name)))?;
+        .ok_or_else(|| ExecError::NeverBuilt {
+            image: image.name.clone(),
+        })?;
     // max-age keeps counting from the build, not from this record.
     current.built_at_ms = current.built_at_ms.or(finished_at);
     let record = image_record(ctx, &image.name, &current.version)?;
@@ -348,27 +351,31 @@ async fn deliver(
     log: &Path,
     fresh: &Fresh,
     cancel: &CancellationToken,
-) -> Result<Option<String>, ProviderError> {
+) -> Result<Option<String>, ExecError> {
     let image = image_of(ctx, node)?;
     let env_name = node.environment.clone().unwrap_or_default();
     let env = ctx
         .project
         .environment(&env_name)
-        .ok_or_else(|| ProviderError::Failed(format!("unknown environment `{env_name}`")))?;
+        .ok_or_else(|| ExecError::Unknown {
+            what: "environment",
+            name: env_name.clone(),
+        })?;
     let delivery = env
         .deliveries
         .iter()
         .find(|d| d.image == image.name)
-        .ok_or_else(|| {
-            ProviderError::Failed(format!("{env_name} does not deliver {}", image.name))
+        .ok_or_else(|| ExecError::NotDelivered {
+            environment: env_name.clone(),
+            image: image.name.clone(),
         })?;
     let built = current_build(ctx, fresh, &image.name)?;
     {
         if release_status(ctx, &image.name, &built.version)? != Some(ReleaseStatus::Ready) {
-            return Err(ProviderError::Failed(format!(
-                "{} {} is not Ready; only Ready images are delivered",
-                image.name, built.version
-            )));
+            return Err(ExecError::NotReady {
+                image: image.name.clone(),
+                version: built.version,
+            });
         }
         // `after`: this environment only gets what the earlier ones already got.
         for before in &env.after {
@@ -381,12 +388,13 @@ async fn deliver(
             }
             let got = ctx.lock()?.delivered_version(&image.name, before)?;
             if got.as_deref() != Some(built.version.as_str()) {
-                return Err(ProviderError::Failed(format!(
-                    "{env_name} only gets what {before} got first: {before} has {}, this is {} {}",
-                    got.unwrap_or_else(|| "nothing".into()),
-                    image.name,
-                    built.version
-                )));
+                return Err(ExecError::NotDeliveredBefore {
+                    environment: env_name,
+                    before: before.clone(),
+                    held: got,
+                    image: image.name.clone(),
+                    version: built.version,
+                });
             }
         }
     }
@@ -418,12 +426,12 @@ async fn deliver(
     let outcome = process::run(&spec, log, cancel).await?;
     crate::crash::point("deliver: command finished");
     if !outcome.success() {
-        return Err(ProviderError::Failed(format!(
-            "delivery of {} {} to {env_name} {}",
-            image.name,
-            built.version,
-            outcome.describe()
-        )));
+        return Err(ExecError::DeliveryFailed {
+            image: image.name.clone(),
+            version: built.version,
+            environment: env_name,
+            outcome,
+        });
     }
     ctx.lock()?
         .record_delivery(&image.name, &built.version, &env_name, run)?;
@@ -445,7 +453,7 @@ async fn record_probes_of_new_image(
     built: &ImageRecord,
     log: &Path,
     cancel: &CancellationToken,
-) -> Result<(), ProviderError> {
+) -> Result<(), ExecError> {
     let ledger = Ledger {
         state: ctx.state.clone(),
         run: Some(run),
@@ -494,7 +502,7 @@ fn release_status(
     ctx: &ExecContext,
     image: &str,
     version: &str,
-) -> Result<Option<ReleaseStatus>, ProviderError> {
+) -> Result<Option<ReleaseStatus>, ExecError> {
     Ok(find_image_record(ctx, image, version)?.map(|r| r.status))
 }
 
@@ -502,7 +510,7 @@ fn find_image_record(
     ctx: &ExecContext,
     image: &str,
     version: &str,
-) -> Result<Option<ImageRecord>, ProviderError> {
+) -> Result<Option<ImageRecord>, ExecError> {
     Ok(ctx
         .lock()?
         .images(Some(image))?
@@ -511,13 +519,10 @@ fn find_image_record(
 }
 
 /// The registry record of one version, which must exist (it was built).
-fn image_record(
-    ctx: &ExecContext,
-    image: &str,
-    version: &str,
-) -> Result<ImageRecord, ProviderError> {
-    find_image_record(ctx, image, version)?.ok_or_else(|| {
-        ProviderError::Failed(format!("{image} {version} is not in the image registry"))
+fn image_record(ctx: &ExecContext, image: &str, version: &str) -> Result<ImageRecord, ExecError> {
+    find_image_record(ctx, image, version)?.ok_or_else(|| ExecError::NotRegistered {
+        image: image.into(),
+        version: version.into(),
     })
 }
 
@@ -526,7 +531,7 @@ pub(super) fn current_build(
     ctx: &ExecContext,
     fresh: &Fresh,
     image: &str,
-) -> Result<BuildOutputs, ProviderError> {
+) -> Result<BuildOutputs, ExecError> {
     if let Some(b) = fresh.lock().ok().and_then(|f| f.builds.get(image).cloned()) {
         return Ok(b);
     }
@@ -535,5 +540,7 @@ pub(super) fn current_build(
         .last_success
         .and_then(|s| s.outputs_json)
         .and_then(|o| serde_json::from_str::<BuildOutputs>(&o).ok())
-        .ok_or_else(|| ProviderError::Failed(format!("`{image}` has never been built")))
+        .ok_or_else(|| ExecError::NeverBuilt {
+            image: image.into(),
+        })
 }

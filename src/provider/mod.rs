@@ -52,8 +52,49 @@ pub enum ProviderError {
         provider: &'static str,
         capability: &'static str,
     },
-    #[error("{0}")]
-    Failed(String),
+    /// `in="image"` probes on a provider that cannot run commands inside its images.
+    #[error("run probe `{probe}` inside image `{image}`: the {provider} provider cannot run probes inside its images (in=\"image\" needs the local provider)")]
+    NoImageProbes {
+        probe: String,
+        image: String,
+        provider: &'static str,
+    },
+    /// A ledger entry of a kind this provider never writes.
+    #[error("destroy a leftover `{kind}` {resource}: the {provider} provider does not make such resources")]
+    UnknownLeftover {
+        provider: &'static str,
+        kind: String,
+        resource: String,
+    },
+    /// The work failed, and so did destroying what it made (both are kept: the first is
+    /// why the work failed, the second what is left for `imgraph gc`).
+    #[error("{}; and the clean-up failed too (left for `imgraph gc`): {}", crate::text::error_chain(error.as_ref()), crate::text::error_chain(cleanup.as_ref()))]
+    CleanupFailed {
+        error: Box<ProviderError>,
+        cleanup: Box<ProviderError>,
+    },
+    #[error("worker thread failed")]
+    Worker(#[from] tokio::task::JoinError),
+    #[error("build step `{command}` {}", outcome.describe())]
+    StepFailed {
+        command: String,
+        outcome: ProcessOutcome,
+    },
+    /// A probe inside an image that did not succeed; `log_tail` is the end of its log.
+    #[error("run probe `{probe}` inside {image} {version}: it {}: {log_tail}", outcome.describe())]
+    ProbeFailed {
+        probe: String,
+        image: String,
+        version: String,
+        outcome: ProcessOutcome,
+        log_tail: String,
+    },
+    #[error("create the probe log folder {}", path.display())]
+    ProbeLogDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A version as a provider's own records describe it (AMI tags, the local registry).
@@ -289,12 +330,11 @@ pub trait Provider: Send + Sync {
     /// Runs an `in="image"` probe in a fresh instance of `req.artifact_id` (destroyed
     /// afterwards, whatever happens) and returns the digest of its standard output.
     async fn probe(&self, req: ProbeRequest<'_>) -> Result<String, ProviderError> {
-        Err(ProviderError::Failed(format!(
-            "run probe `{}` inside image `{}`: the {} provider cannot run probes inside its images (in=\"image\" needs the local provider)",
-            req.name,
-            req.image.name,
-            self.name()
-        )))
+        Err(ProviderError::NoImageProbes {
+            probe: req.name.into(),
+            image: req.image.name.clone(),
+            provider: self.name(),
+        })
     }
     /// The id of the newest image matching a source's owners, name pattern and tags (an
     /// `aws` source), for providers with an image catalogue.

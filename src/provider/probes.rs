@@ -80,11 +80,9 @@ pub async fn measure_image_probes(
                 })
                 .collect()
         };
-        std::fs::create_dir_all(site.log_dir).map_err(|e| {
-            ProviderError::Failed(format!(
-                "create the probe log folder {}: {e}",
-                site.log_dir.display()
-            ))
+        std::fs::create_dir_all(site.log_dir).map_err(|source| ProviderError::ProbeLogDir {
+            path: site.log_dir.to_path_buf(),
+            source,
         })?;
         let log = site
             .log_dir

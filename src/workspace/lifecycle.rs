@@ -19,12 +19,11 @@ impl Workspace {
     ) -> Result<Vec<ImageRecord>> {
         if self.project.image(image).is_none() {
             let names = self.project.images.iter().map(|i| i.name.as_str());
-            let hint = crate::config::did_you_mean(image, names)
-                .map(|c| format!(" (did you mean `{c}`?)"))
-                .unwrap_or_default();
-            return Err(Error::Other(format!(
-                "failed to revoke {image}@{version}: the project has no image `{image}`{hint}"
-            )));
+            return Err(Error::RevokeUnknownImage {
+                image: image.into(),
+                version: version.into(),
+                suggestion: crate::config::did_you_mean(image, names).map(Into::into),
+            });
         }
         let changed = match reason {
             Some(reason) => self.state.revoke(image, version, reason)?,
@@ -37,14 +36,14 @@ impl Workspace {
                 .and_then(|i| providers.all.get(&i.provider));
             let Some(provider) = provider else { continue };
             let reason = reason.and(rec.revoked_reason.as_deref());
-            provider.set_revoked(rec, reason).await.map_err(|e| {
-                Error::Other(format!(
-                    "failed to record the revocation of {} {} with its provider: {}",
-                    rec.image,
-                    rec.version,
-                    crate::text::error_chain(&e)
-                ))
-            })?;
+            provider
+                .set_revoked(rec, reason)
+                .await
+                .map_err(|e| Error::RecordRevocation {
+                    image: rec.image.clone(),
+                    version: rec.version.clone(),
+                    source: Box::new(e),
+                })?;
         }
         Ok(changed)
     }
@@ -102,12 +101,11 @@ impl Workspace {
                     .and_then(|i| providers.all.get(&i.provider));
                 if let Some(provider) = provider {
                     removed = provider.remove_version(rec, shared).await.map_err(|e| {
-                        Error::Other(format!(
-                            "failed to remove {} {}: {}",
-                            rec.image,
-                            rec.version,
-                            crate::text::error_chain(&e)
-                        ))
+                        Error::RemoveVersion {
+                            image: rec.image.clone(),
+                            version: rec.version.clone(),
+                            source: Box::new(e),
+                        }
                     })?;
                 }
                 self.state.mark_removed(&rec.image, &rec.version)?;

@@ -179,17 +179,17 @@ impl Workspace {
                 .project
                 .image(image)
                 .and_then(|i| providers.all.get(&i.provider));
-            let present = match provider {
-                Some(p) => p.artifact_exists(&out.artifact_id).await.map_err(|e| {
-                    Error::Other(format!(
-                        "failed to check artifact {}: {}",
-                        out.artifact_id,
-                        crate::text::error_chain(&e)
-                    ))
-                })?,
-                // An image or provider no longer declared: its artifact cannot be checked.
-                None => false,
-            };
+            let present =
+                match provider {
+                    Some(p) => p.artifact_exists(&out.artifact_id).await.map_err(|e| {
+                        Error::CheckArtifact {
+                            artifact: out.artifact_id.clone(),
+                            source: Box::new(e),
+                        }
+                    })?,
+                    // An image or provider no longer declared: its artifact cannot be checked.
+                    None => false,
+                };
             checked.insert(out.artifact_id.clone(), present);
             if !present {
                 facts.missing_artifacts.insert(out.artifact_id);
@@ -389,11 +389,9 @@ async fn resolve_aws_source(
         return aws
             .resolve_source(owners, pattern, tags)
             .await
-            .map_err(|e| {
-                Error::Other(format!(
-                    "failed to resolve source `{name}`: {}",
-                    crate::text::error_chain(&e)
-                ))
+            .map_err(|e| Error::ResolveSource {
+                name: name.into(),
+                source: Box::new(e),
             });
     }
     Err(Error::ProviderUnavailable {
@@ -447,10 +445,10 @@ impl Workspace {
                     name,
                     provider: provider.to_string(),
                 },
-                ConnectError::Setup { provider, source } => Error::Other(format!(
-                    "failed to set up the {provider} provider: {}",
-                    crate::text::error_chain(&source)
-                )),
+                ConnectError::Setup { provider, source } => Error::ProviderSetup {
+                    provider,
+                    source: Box::new(source),
+                },
             })
     }
 
@@ -486,14 +484,14 @@ impl Workspace {
             let Some(provider) = providers.all.get(&entry.provider) else {
                 continue;
             };
-            provider.destroy_leftover(&entry).await.map_err(|e| {
-                Error::Other(format!(
-                    "failed to destroy {} {}: {}",
-                    entry.kind,
-                    entry.resource,
-                    crate::text::error_chain(&e)
-                ))
-            })?;
+            provider
+                .destroy_leftover(&entry)
+                .await
+                .map_err(|e| Error::DestroyLeftover {
+                    kind: entry.kind.clone(),
+                    resource: entry.resource.clone(),
+                    source: Box::new(e),
+                })?;
             self.state.ledger_mark_destroyed(entry.id)?;
             events.push(Event::LeftoverDestroyed {
                 resource: entry.resource.clone(),
@@ -514,12 +512,10 @@ impl Workspace {
         // between the ledger and the cloud call cannot cause this, but a lost state file can).
         if by_tags {
             for provider in providers.all.values() {
-                let ids = provider.sweep_tagged_leftovers().await.map_err(|e| {
-                    Error::Other(format!(
-                        "failed to clean up tagged instances: {}",
-                        crate::text::error_chain(&e)
-                    ))
-                })?;
+                let ids = provider
+                    .sweep_tagged_leftovers()
+                    .await
+                    .map_err(|e| Error::SweepTagged(Box::new(e)))?;
                 for id in ids {
                     events.push(Event::LeftoverDestroyed {
                         resource: id,
@@ -655,10 +651,7 @@ impl Workspace {
                 return Ok(SavedPlan::new(plan, after, crate::state::now_ms()));
             }
         }
-        Err(Error::Other(
-            "failed to save the plan: the state kept changing while planning (is an apply running?)"
-                .into(),
-        ))
+        Err(Error::StateKeptChanging)
     }
 
     /// The saved plan, ready to run, if it still describes the project exactly (`facts`
@@ -748,7 +741,7 @@ impl Workspace {
         // Through its own connection: a task that panicked holding the state mutex
         // (poisoning it) does not keep the lease.
         lease.release()?;
-        let summary = summary.map_err(|e| Error::Other(crate::text::error_chain(&e)))?;
+        let summary = summary?;
         Ok(ApplyOutcome { plan, summary })
     }
 }

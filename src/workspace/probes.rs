@@ -31,11 +31,9 @@ impl Workspace {
         if images.is_empty() {
             return Ok(out);
         }
-        let fail = |image: &str, e: &dyn std::error::Error| {
-            Error::Other(format!(
-                "failed to run the probes inside image {image}: {}",
-                crate::text::error_chain(e)
-            ))
+        let fail = |image: &str, e: crate::provider::ProviderError| Error::ImageProbes {
+            image: image.into(),
+            source: Box::new(e),
         };
         // The ledger wants a shared state; WAL makes a second connection cheap.
         let ledger = Ledger {
@@ -68,14 +66,14 @@ impl Workspace {
                 let exists = provider
                     .artifact_exists(&rec.artifact_id)
                     .await
-                    .map_err(|e| fail(&image.name, &e))?;
+                    .map_err(|e| fail(&image.name, e))?;
                 if exists {
                     version = Some((rec.artifact_id.as_str(), rec.version.as_str()));
                 }
             }
             let measured = measure_image_probes(provider.as_ref(), &site, image, version)
                 .await
-                .map_err(|e| fail(&image.name, &e))?;
+                .map_err(|e| fail(&image.name, e))?;
             out.insert(image.name.clone(), measured);
         }
         Ok(out)

@@ -762,9 +762,11 @@ impl Provider for AwsProvider {
                 self.terminate_by_token(token).await?;
                 Ok(())
             }
-            other => Err(ProviderError::Failed(format!(
-                "destroy a leftover `{other}` {resource}: the aws provider does not make such resources"
-            ))),
+            other => Err(ProviderError::UnknownLeftover {
+                provider: self.name(),
+                kind: other.into(),
+                resource: resource.into(),
+            }),
         }
     }
 }
@@ -796,10 +798,10 @@ fn settle<T>(
             crate::provider::append_log(log, &format!("imgraph: failed to clean up: {cleanup}"));
             match result {
                 Ok(_) => Err(cleanup.into()),
-                Err(body) => Err(ProviderError::Failed(format!(
-                    "{}; and the clean-up failed too (left for `imgraph gc`): {cleanup}",
-                    crate::text::error_chain(&body)
-                ))),
+                Err(body) => Err(ProviderError::CleanupFailed {
+                    error: Box::new(body),
+                    cleanup: Box::new(cleanup.into()),
+                }),
             }
         }
     }

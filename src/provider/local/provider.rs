@@ -124,7 +124,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ProviderError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => Ok(r?),
-        Err(e) => Err(ProviderError::Failed(format!("worker thread failed: {e}"))),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -428,10 +428,10 @@ impl LocalProvider {
                     };
                     let outcome = self.run_in(call, spec).await?;
                     if !outcome.success() {
-                        return Err(ProviderError::Failed(format!(
-                            "build step `{command}` {}",
-                            outcome.describe()
-                        )));
+                        return Err(ProviderError::StepFailed {
+                            command: command.clone(),
+                            outcome,
+                        });
                     }
                 }
             }
@@ -533,14 +533,13 @@ impl LocalProvider {
         };
         let outcome = self.run_in(call, spec).await?;
         if !outcome.success() {
-            return Err(ProviderError::Failed(format!(
-                "run probe `{}` inside {} {}: it {}: {}",
-                req.name,
-                req.image.name,
-                req.version,
-                outcome.describe(),
-                process::log_tail(req.log, 10).join("\n")
-            )));
+            return Err(ProviderError::ProbeFailed {
+                probe: req.name.into(),
+                image: req.image.name.clone(),
+                version: req.version.into(),
+                outcome,
+                log_tail: process::log_tail(req.log, 10).join("\n"),
+            });
         }
         blocking(move || {
             let err = |e| local::LocalError::io("read the output of a probe in", &stdout, e);
