@@ -135,6 +135,34 @@ pub fn argv(spec: &CommandSpec) -> Vec<String> {
 }
 
 /// Runs the command to completion, timeout or cancellation; output goes to `log`.
+/// Runs the commands the executor starts itself (a delivery's): [`Host`] in an apply, a
+/// script in the executor's unit tests.
+#[async_trait::async_trait]
+pub trait CommandRunner: Send + Sync {
+    async fn run(
+        &self,
+        spec: &CommandSpec,
+        log: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<ProcessOutcome, ProcessError>;
+}
+
+/// Commands run on this host with [`run`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Host;
+
+#[async_trait::async_trait]
+impl CommandRunner for Host {
+    async fn run(
+        &self,
+        spec: &CommandSpec,
+        log: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<ProcessOutcome, ProcessError> {
+        run(spec, log, cancel).await
+    }
+}
+
 pub async fn run(
     spec: &CommandSpec,
     log: &Path,

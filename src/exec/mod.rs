@@ -73,6 +73,8 @@ pub struct ExecContext {
     pub work_root: PathBuf,
     /// Source name → the id it resolved to for this plan (an AMI id for AWS sources).
     pub resolved_sources: Arc<HashMap<String, String>>,
+    /// Runs the commands the executor starts itself (deliveries): [`crate::process::Host`].
+    pub commands: Arc<dyn crate::process::CommandRunner>,
 }
 
 /// What this run made so far, shared by the node tasks.

@@ -423,7 +423,7 @@ async fn deliver(
         ..Default::default()
     };
     crate::crash::point("deliver: command starts");
-    let outcome = process::run(&spec, log, cancel).await?;
+    let outcome = ctx.commands.run(&spec, log, cancel).await?;
     crate::crash::point("deliver: command finished");
     if !outcome.success() {
         return Err(ExecError::DeliveryFailed {

@@ -736,6 +736,7 @@ impl Workspace {
                     .map(|s| (s.name.clone(), s.id.clone()))
                     .collect(),
             ),
+            commands: Arc::new(crate::process::Host),
         };
         let summary = crate::exec::execute(ctx, &plan, "apply", exec, events, cancel).await;
         // Through its own connection: a task that panicked holding the state mutex
