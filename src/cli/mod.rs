@@ -330,9 +330,9 @@ pub fn run(cli: &Cli) -> Result<i32> {
     }
 }
 
-/// A project that declares shared state or a shared store would be planned and applied
-/// against local state alone, unfenced from other runners: refused until imgraph records
-/// to shared storage. (A config error is left to the command, which reports it.)
+/// A project that declares shared state would be planned and applied against local state
+/// alone, unfenced from other runners: refused until imgraph records to shared storage.
+/// (A config error is left to the command, which reports it.)
 fn refuse_unbuilt_sharing(cli: &Cli) -> Result<()> {
     let Ok(project) = crate::config::load(&cli.dir) else {
         return Ok(());
@@ -341,16 +341,6 @@ fn refuse_unbuilt_sharing(cli: &Cli) -> Result<()> {
         return Err(crate::error::Error::SharingNotBuilt {
             what: "state",
             location: shared.location.to_string(),
-        });
-    }
-    if let Some(store) = project
-        .providers
-        .iter()
-        .find_map(|p| p.shared_store.as_ref())
-    {
-        return Err(crate::error::Error::SharingNotBuilt {
-            what: "image store",
-            location: store.to_string(),
         });
     }
     Ok(())

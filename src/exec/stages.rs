@@ -398,6 +398,8 @@ async fn deliver(
             }
         }
     }
+    // A delivery command may read the artifact (the local store's `<hex>.tar.zst`).
+    provider.fetch_artifact(&built.artifact_id, log).await?;
     let spec = process::CommandSpec {
         command: delivery.command.clone(),
         cwd: ctx.project.root.clone(),

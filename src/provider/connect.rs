@@ -1,15 +1,17 @@
 //! The provider factory: connects the providers a project declares. Which providers this
-//! build of imgraph includes (`cfg(feature = "aws")`) is decided here and in this module's
+//! build of imgraph includes (`cfg(feature = "aws")`) and whether it can share artifacts
+//! on object storage (`cfg(feature = "s3")`) is decided here and in this module's
 //! declarations only; callers see [`Providers`] and the [`Provider`] trait, whose optional
 //! capabilities (resolving a source, sweeping tagged leftovers, recorded versions) answer
-//! "unsupported" or "none" for providers that lack them.
+//! "unsupported" or "none" for providers that lack them, and the local provider sees a
+//! shared store only as [`SharedArtifacts`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::local::{LocalProvider, Store};
+use super::local::{LocalProvider, OwnArtifacts, SharedStores, Store};
 use super::{Provider, ProviderError};
-use crate::config::model::{Project, ProviderKind, ProviderType};
+use crate::config::model::{Project, ProviderKind, ProviderType, S3Location};
 
 /// The providers a project declares, connected and ready.
 #[derive(Clone, Default)]
@@ -48,7 +50,20 @@ pub async fn connect(project: &Project) -> Result<Providers, ConnectError> {
     for p in &project.providers {
         let provider: Arc<dyn Provider> = match &p.kind {
             ProviderKind::Local { store, sandbox } => {
-                Arc::new(LocalProvider::new(Store::new(store.clone()), *sandbox))
+                let shared = SharedStores {
+                    own: p
+                        .shared_store
+                        .as_ref()
+                        .map(|place| {
+                            let state = project.shared_state.as_ref().map(|s| &s.location);
+                            shared_store(place, state)
+                        })
+                        .transpose()?,
+                    upstream: Vec::new(),
+                };
+                Arc::new(
+                    LocalProvider::new(Store::new(store.clone()), *sandbox).with_shared(shared),
+                )
             }
             #[cfg(feature = "aws")]
             ProviderKind::Aws {
@@ -92,4 +107,38 @@ fn leftover_scope(project: &Project) -> String {
         .unwrap_or_else(|| "imgraph".into());
     let path_digest = blake3::hash(project.root.to_string_lossy().as_bytes()).to_hex();
     format!("{folder}-{}", &path_digest[..8])
+}
+
+/// The project's own shared artifact store at `place`, on S3, announced in the project's
+/// shared state's place when it has one (see `provider::s3`).
+#[cfg(feature = "s3")]
+fn shared_store(
+    place: &S3Location,
+    state: Option<&S3Location>,
+) -> Result<Arc<dyn OwnArtifacts>, ConnectError> {
+    let own = super::s3::OwnStore::connect(place, state).map_err(|e| ConnectError::Setup {
+        provider: ProviderType::Local,
+        source: ProviderError::Local(super::local::LocalError::Shared {
+            op: "connect to",
+            subject: "the store".into(),
+            store: place.to_string(),
+            source: Box::new(super::local::SharedError::Store(Box::new(e))),
+        }),
+    })?;
+    Ok(Arc::new(own))
+}
+
+/// Without the `s3` feature a shared store cannot be used: refused rather than ignored,
+/// so that nobody believes artifacts are shared when they are not.
+#[cfg(not(feature = "s3"))]
+fn shared_store(
+    place: &S3Location,
+    _state: Option<&S3Location>,
+) -> Result<Arc<dyn OwnArtifacts>, ConnectError> {
+    Err(ConnectError::Setup {
+        provider: ProviderType::Local,
+        source: ProviderError::Failed(format!(
+            "use the shared store {place}: this build of imgraph has no `s3` feature (build it with the default features or `--features s3`)"
+        )),
+    })
 }

@@ -9,6 +9,8 @@ pub mod aws;
 mod connect;
 pub mod local;
 pub mod probes;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 pub use connect::{connect, ConnectError, Providers};
 
@@ -357,6 +359,17 @@ pub trait Provider: Send + Sync {
     }
     /// Whether an artifact still exists (a cache hit is never taken for a missing one).
     async fn artifact_exists(&self, artifact_id: &str) -> Result<bool, ProviderError>;
+    /// What must hold before an apply records anything (a shared artifact store honours
+    /// conditional writes); nothing for providers without such a store.
+    async fn check_before_apply(&self) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    /// Makes an artifact readable on this machine before a command that may read it runs
+    /// (a delivery): the local provider fetches one its store lacks from its shared store,
+    /// noting it in `log`. Nothing for providers whose artifacts live elsewhere (AMIs).
+    async fn fetch_artifact(&self, _artifact_id: &str, _log: &Path) -> Result<(), ProviderError> {
+        Ok(())
+    }
     /// Destroys a resource a killed run left behind.
     async fn destroy_leftover(&self, entry: &LedgerEntry) -> Result<(), ProviderError>;
 }

@@ -23,7 +23,8 @@
 //!
 //! Layout: [`pack`] writes archives, `unpack` reads them safely, [`inspect`] reads package
 //! databases and file lists out of stored images, [`origin`] recognises
-//! origin formats, [`tree`] copies and removes folder trees, [`store`] is the store, and
+//! origin formats, [`tree`] copies and removes folder trees, [`store`] is the store,
+//! [`shared`] publishes to and fetches from a shared store with the store as its cache, and
 //! [`provider`] runs builds and test instances on top of them.
 
 pub mod inspect;
@@ -34,6 +35,7 @@ pub mod provider;
 pub mod registry;
 pub mod sandbox;
 pub mod seccomp;
+pub mod shared;
 pub mod store;
 pub mod tree;
 mod unpack;
@@ -50,6 +52,7 @@ pub use origin::{check_origin, unpack_origin};
 pub use pack::pack_deterministic;
 pub use provider::LocalProvider;
 pub use registry::VersionMeta;
+pub use shared::{OwnArtifacts, SharedArtifacts, SharedError, SharedStores};
 pub use store::Store;
 pub use tree::{copy_into, remove_tree, resolve_in_image};
 
@@ -93,6 +96,21 @@ pub enum LocalError {
     /// The run was cancelled while this operation was under way.
     #[error("finish: the run was cancelled")]
     Cancelled,
+    /// A shared artifact store failed (see [`shared`]).
+    #[error("{op} {subject} (shared store {store})")]
+    Shared {
+        op: &'static str,
+        subject: String,
+        store: String,
+        #[source]
+        source: Box<SharedError>,
+    },
+    /// An object of a shared artifact store does not hold the bytes its name promises.
+    #[error(
+        "fetch `{}` from the shared store {}: its bytes hash to {}, not to the {} its name promises, so it was not used and nothing was written to the local store; delete that object (e.g. `aws s3 rm {}`) and run `imgraph apply` again, which builds and publishes the image again",
+        .0.object, .0.store, .0.actual, .0.expected, .0.object
+    )]
+    SharedCorrupt(Box<shared::CorruptObject>),
     /// The image's package database could not be parsed.
     #[error("list the packages of `{}`", path.display())]
     PackageDatabase {

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::model::{Build, Network, ProviderType, Sandbox, Step};
 use crate::process::{self, CommandSpec, Place, ProcessOutcome};
 use crate::provider::local::sandbox::{self, SandboxSpec, PROJECT_MOUNT};
-use crate::provider::local::{self, Store, VersionMeta};
+use crate::provider::local::{self, SharedStores, Store, VersionMeta};
 use crate::provider::{
     append_log, BuildRequest, Built, Ledger, NodeInput, Origin, ProbeRequest, Provider,
     ProviderError, RecordedVersion, TestRequest,
@@ -22,6 +22,9 @@ use crate::state::{ImageRecord, LedgerEntry, ReleaseStatus};
 pub struct LocalProvider {
     pub store: Store,
     pub sandbox: Sandbox,
+    /// Where artifacts are shared with other runners and read from other projects; the
+    /// store is then their cache (see `shared.rs`).
+    pub(super) shared: SharedStores,
     counter: AtomicU64,
 }
 
@@ -30,8 +33,15 @@ impl LocalProvider {
         LocalProvider {
             store,
             sandbox,
+            shared: SharedStores::default(),
             counter: AtomicU64::new(0),
         }
+    }
+
+    /// The provider publishing to and fetching from `shared`.
+    pub fn with_shared(mut self, shared: SharedStores) -> Self {
+        self.shared = shared;
+        self
     }
 
     /// The image root as a command sees it: the host path, or `/` inside a sandbox.
@@ -335,7 +345,15 @@ impl Provider for LocalProvider {
     }
 
     async fn artifact_exists(&self, artifact_id: &str) -> Result<bool, ProviderError> {
-        Ok(self.store.contains(artifact_id))
+        self.artifact_anywhere(artifact_id).await
+    }
+
+    async fn check_before_apply(&self) -> Result<(), ProviderError> {
+        self.check_shared().await
+    }
+
+    async fn fetch_artifact(&self, artifact_id: &str, log: &Path) -> Result<(), ProviderError> {
+        self.ensure_local(artifact_id, log).await
     }
 
     async fn remove_version(
@@ -376,6 +394,9 @@ impl LocalProvider {
     ) -> Result<Built, ProviderError> {
         local::tree::create_private_dir(staging)?;
         let root = staging.join("root");
+        if let Origin::Artifact(a) = &req.origin {
+            self.ensure_local(a, req.log).await?;
+        }
         let origin = req.origin.clone();
         let store = self.store.clone();
         let dest = root.clone();
@@ -458,6 +479,8 @@ impl LocalProvider {
             &format!("imgraph: packed {artifact_id} ({size} bytes)"),
         );
         crate::crash::point("build: packed");
+        // Other runners test and build on it: it is shared before the version exists.
+        self.publish_shared(&artifact_id, req.log).await?;
         // The registry entry of this version, with its tags, as AWS tags a new AMI.
         let mut meta = VersionMeta::new(
             &req.image.name,
@@ -480,8 +503,10 @@ impl LocalProvider {
         &self,
         artifact_id: &str,
         instance: &Path,
+        log: &Path,
         cancel: &CancellationToken,
     ) -> Result<PathBuf, ProviderError> {
+        self.ensure_local(artifact_id, log).await?;
         local::tree::create_private_dir(instance)?;
         let root = instance.join("root");
         let (store, artifact, dest, cancel) = (
@@ -501,7 +526,7 @@ impl LocalProvider {
         instance: &Path,
     ) -> Result<String, ProviderError> {
         let root = self
-            .unpack_instance(req.artifact_id, instance, req.cancel)
+            .unpack_instance(req.artifact_id, instance, req.log, req.cancel)
             .await?;
         let stdout = instance.join("stdout");
         let spec = CommandSpec {
@@ -567,7 +592,7 @@ impl LocalProvider {
         instance_id: &str,
     ) -> Result<ProcessOutcome, ProviderError> {
         let root = self
-            .unpack_instance(req.artifact_id, instance, req.cancel)
+            .unpack_instance(req.artifact_id, instance, req.log, req.cancel)
             .await?;
         append_log(
             req.log,
