@@ -128,6 +128,12 @@ pub enum Error {
         #[source]
         source: Box<ProviderError>,
     },
+    #[error("failed to prepare the {provider} provider for the apply")]
+    PrepareProvider {
+        provider: &'static str,
+        #[source]
+        source: Box<ProviderError>,
+    },
     #[error("failed to resolve source `{name}`")]
     ResolveSource {
         name: String,

@@ -132,13 +132,14 @@ fn shared_store(
 /// so that nobody believes artifacts are shared when they are not.
 #[cfg(not(feature = "s3"))]
 fn shared_store(
-    place: &S3Location,
+    _place: &S3Location,
     _state: Option<&S3Location>,
 ) -> Result<Arc<dyn OwnArtifacts>, ConnectError> {
     Err(ConnectError::Setup {
         provider: ProviderType::Local,
-        source: ProviderError::Failed(format!(
-            "use the shared store {place}: this build of imgraph has no `s3` feature (build it with the default features or `--features s3`)"
-        )),
+        source: ProviderError::Unsupported {
+            provider: "local",
+            capability: "share artifacts on S3 in this build of imgraph (it was built without the `s3` feature)",
+        },
     })
 }

@@ -692,13 +692,13 @@ impl Workspace {
         let first = plan::decide(&self.project, &self.graph, &facts, options)?;
         check_origins(&self.project, Some(&first), &cancel)?;
         for provider in providers.all.values() {
-            provider.check_before_apply().await.map_err(|e| {
-                Error::Other(format!(
-                    "failed to prepare the {} provider: {}",
-                    provider.name(),
-                    crate::text::error_chain(&e)
-                ))
-            })?;
+            provider
+                .check_before_apply()
+                .await
+                .map_err(|source| Error::PrepareProvider {
+                    provider: provider.name(),
+                    source: Box::new(source),
+                })?;
         }
         // Every way out of here, a panic included, gives the lease back (the guard).
         let lease = self.lock("apply", exec.lock_wait, &cancel)?;
