@@ -23,6 +23,8 @@ mod revoked;
 mod runner;
 mod scheduler;
 mod stages;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

@@ -7,6 +7,8 @@
 #[cfg(feature = "aws")]
 pub mod aws;
 mod connect;
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod local;
 pub mod probes;
 #[cfg(feature = "s3")]
