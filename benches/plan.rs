@@ -89,7 +89,7 @@ fn record_all(dir: &Path) {
         let plan = ws.plan_blocking(&PlanOptions::default()).expect("plan");
         let run = ws.state.begin_run("bench", "{}").expect("run");
         for n in plan.nodes.iter().filter(|n| n.action == Action::Run) {
-            n.record_finished(&ws.state, run, NodeStatus::Succeeded, None, None)
+            imgraph::exec::record_finished(&ws.state, run, n, NodeStatus::Succeeded, None, None)
                 .expect("record");
         }
     }

@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ExecError;
 pub use events::{Event, NodeOutcome, NodeReport, RunSummary};
+pub use record::record_finished;
 
 use crate::config::model::Project;
 use crate::graph::StageGraph;

@@ -15,7 +15,7 @@ use super::events::NodeOutcome;
 use super::scheduler::Finished;
 use super::{ExecContext, ExecError};
 use crate::plan::{BuildOutputs, PlannedNode};
-use crate::state::{NodeStart, NodeStatus, RunId};
+use crate::state::{NodeRunId, NodeStart, NodeStatus, RunId, State, StateError};
 use crate::text::error_chain;
 
 /// The options a run is recorded with. Fields are in name order, as the records have
@@ -144,8 +144,25 @@ pub(super) fn record_cut_off(
     outputs: &str,
 ) -> Result<(), ExecError> {
     let st = ctx.state.lock().map_err(|_| ExecError::Poisoned)?;
-    node.record_finished(&st, run, NodeStatus::Succeeded, Some(outputs), None)?;
+    record_finished(&st, run, node, NodeStatus::Succeeded, Some(outputs), None)?;
     Ok(())
+}
+
+/// Records `node` as started and at once finished with `status`, as an apply records it:
+/// for a node that did not run (an early cutoff), for versions recovered from a
+/// provider's records, and for history seeded by tests and benches.
+pub fn record_finished(
+    state: &State,
+    run: RunId,
+    node: &PlannedNode,
+    status: NodeStatus,
+    outputs: Option<&str>,
+    error: Option<&str>,
+) -> Result<NodeRunId, StateError> {
+    let (m, u, r) = node.record_fields();
+    let id = state.start_node(run, &node_start(node, &m, &u, &r, None))?;
+    state.finish_node(id, status, outputs, error)?;
+    Ok(id)
 }
 
 /// Records a node whose task panicked as failed (best effort).

@@ -10,9 +10,9 @@
 //! The decision compares the node with its last success (or, when it never succeeded, its
 //! last failure) and explains the difference as [`Reason`]s, file by file. Rollup inputs
 //! that changed alone make a node `deferred` until a `--rollup` run or `max-age`. Nothing
-//! here touches the disk, the network or the clock: the caller gathers [`Facts`]. (The
-//! one exception is [`PlannedNode::record_finished`], a helper that writes a node's
-//! record for the executor and recovery; it belongs with the state's record types.)
+//! here touches the disk, the network or the clock: the caller gathers [`Facts`], and
+//! the executor records what ran ([`crate::exec::record_finished`] writes a node's record
+//! without running it, for early cutoffs, recovery and seeded history).
 //!
 //! By job: `decide` walks the graph in topological order and sums up; `node` decides one
 //! node against its history ([`Baseline`]) and settles its action; `keys` makes keys and
@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::graph::Stage;
 use crate::hash::Manifest;
-use crate::state::{NodeHistory, NodeRecord, NodeStatus};
+use crate::state::{NodeHistory, NodeRecord};
 
 pub use decide::decide;
 pub use diff::{diff_fields, diff_manifests, package_changes, EntryDiff};
@@ -132,33 +132,6 @@ impl PlannedNode {
             node.key = node_key(&node.id, &node.manifest, &node.stanza, &node.upstream);
         }
         node
-    }
-
-    /// Records this node as started and at once finished with `status`: what an apply
-    /// records, for recovery from tags, seeding history in tests and benches.
-    pub fn record_finished(
-        &self,
-        state: &crate::state::State,
-        run: crate::state::RunId,
-        status: NodeStatus,
-        outputs: Option<&str>,
-        error: Option<&str>,
-    ) -> Result<crate::state::NodeRunId, crate::state::StateError> {
-        let (manifest, upstream, reasons) = self.record_fields();
-        let id = state.start_node(
-            run,
-            &crate::state::NodeStart {
-                node_id: &self.id,
-                key: &self.key,
-                manifest_json: &manifest,
-                stanza: &self.stanza,
-                upstream_json: &upstream,
-                reasons_json: &reasons,
-                log_path: None,
-            },
-        )?;
-        state.finish_node(id, status, outputs, error)?;
-        Ok(id)
     }
 
     /// The manifest, upstream keys and reasons as the state records them (JSON text).

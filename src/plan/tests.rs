@@ -12,6 +12,7 @@ use super::*;
 use crate::config::model::{Project, Trigger};
 use crate::graph::StageGraph;
 use crate::hash::{EntryKind, ManifestEntry, Via};
+use crate::state::NodeStatus;
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 

@@ -220,9 +220,10 @@ impl Workspace {
         });
         for m in nodes {
             // Build, tests, publish and deliveries all stand for this artifact.
-            m.for_artifact(&built).record_finished(
+            crate::exec::record_finished(
                 &self.state,
                 run,
+                &m.for_artifact(&built),
                 NodeStatus::Succeeded,
                 Some(&outputs),
                 None,

@@ -213,8 +213,15 @@ pub fn seed_success(dir: &Path, plan: &Plan) {
             Some(b) => n.for_artifact(b),
             None => n.clone(),
         };
-        n.record_finished(state, run, NodeStatus::Succeeded, outputs.as_deref(), None)
-            .expect("record node");
+        imgraph::exec::record_finished(
+            state,
+            run,
+            &n,
+            NodeStatus::Succeeded,
+            outputs.as_deref(),
+            None,
+        )
+        .expect("record node");
     }
     state
         .finish_run(run, imgraph::state::RunStatus::Succeeded)
@@ -226,7 +233,7 @@ pub fn seed_failure(dir: &Path, plan: &Plan, node_id: &str, error: &str) {
     let ws = Workspace::open(dir).expect("open workspace");
     let n = plan.node(node_id).expect("node in plan");
     let run = ws.state.begin_run("seed", "{}").expect("begin run");
-    n.record_finished(&ws.state, run, NodeStatus::Failed, None, Some(error))
+    imgraph::exec::record_finished(&ws.state, run, n, NodeStatus::Failed, None, Some(error))
         .expect("record node");
 }
 
