@@ -471,6 +471,21 @@ impl Build {
             Build::Packer { template, .. } => vec![template.clone()],
         }
     }
+    /// The build's commands that run with the project folder at hand, whose words may
+    /// name project files (implicit inputs): `rootfs` steps. `ec2` steps run on the
+    /// instance, and Packer reads only its template.
+    pub fn project_commands(&self) -> Vec<&str> {
+        match self {
+            Build::Rootfs { steps } => steps
+                .iter()
+                .filter_map(|s| match s {
+                    Step::Run { command } => Some(command.as_str()),
+                    Step::Copy { .. } => None,
+                })
+                .collect(),
+            Build::Packer { .. } | Build::Ec2 { .. } => Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

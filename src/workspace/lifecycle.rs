@@ -59,17 +59,21 @@ impl Workspace {
         dry_run: bool,
     ) -> Result<Vec<crate::plan::retention::GcVersion>> {
         let records = self.state.images(None)?;
-        let current: std::collections::HashMap<String, String> = self
-            .state
-            .snapshot()?
+        // Each registered image's current version: its build's last success.
+        let history = self.state.snapshot()?;
+        let images: std::collections::BTreeSet<&str> =
+            records.iter().map(|r| r.image.as_str()).collect();
+        let current: std::collections::HashMap<String, String> = images
             .into_iter()
-            .filter_map(|(id, h)| {
-                let image = id.strip_prefix("build:")?.to_string();
-                let out = h
-                    .last_success?
+            .filter_map(|image| {
+                let out = history
+                    .get(&crate::graph::build_id(image))?
+                    .last_success
+                    .as_ref()?
                     .outputs_json
-                    .and_then(|o| serde_json::from_str::<crate::plan::BuildOutputs>(&o).ok())?;
-                Some((image, out.version))
+                    .as_deref()
+                    .and_then(|o| serde_json::from_str::<crate::plan::BuildOutputs>(o).ok())?;
+                Some((image.to_string(), out.version))
             })
             .collect();
         let decisions = crate::plan::retention::decide(

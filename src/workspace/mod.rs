@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::model::{Build, FromRef, Project, ProviderKind, ProviderType, SourceKind, Step};
+use crate::config::model::{FromRef, Project, ProviderKind, ProviderType, SourceKind};
 use crate::error::{Error, Result};
 use crate::exec::{Event, ExecContext, ExecOptions};
 use crate::graph::{Stage, StageGraph};
@@ -156,16 +156,14 @@ impl Workspace {
         let updates = cache.take_updates();
         facts.history = self.state.snapshot()?;
         self.gather_revocations(&mut facts)?;
-        // Every recorded build artifact is checked with the provider of its image
+        // Every image's recorded build artifact is checked with the image's provider
         // (invariant 4: never a cache hit on an artifact that is gone).
         let mut checked: HashMap<String, bool> = HashMap::new();
-        for (id, h) in &facts.history {
-            let Some(image) = id.strip_prefix("build:") else {
-                continue;
-            };
-            let Some(out) = h
-                .last_success
-                .as_ref()
+        for image in &self.project.images {
+            let Some(out) = facts
+                .history
+                .get(&crate::graph::build_id(&image.name))
+                .and_then(|h| h.last_success.as_ref())
                 .and_then(|s| s.outputs_json.as_deref())
                 .and_then(|o| serde_json::from_str::<BuildOutputs>(o).ok())
                 .filter(|o| !o.artifact_id.is_empty())
@@ -175,10 +173,7 @@ impl Workspace {
             if checked.contains_key(&out.artifact_id) {
                 continue;
             }
-            let provider = self
-                .project
-                .image(image)
-                .and_then(|i| providers.all.get(&i.provider));
+            let provider = providers.all.get(&image.provider);
             let present =
                 match provider {
                     Some(p) => p.artifact_exists(&out.artifact_id).await.map_err(|e| {
@@ -187,7 +182,7 @@ impl Workspace {
                             source: Box::new(e),
                         }
                     })?,
-                    // An image or provider no longer declared: its artifact cannot be checked.
+                    // A provider this build of imgraph lacks: the artifact cannot be checked.
                     None => false,
                 };
             checked.insert(out.artifact_id.clone(), present);
@@ -294,17 +289,7 @@ fn node_inputs<'a>(project: &'a Project, node: &crate::graph::StageNode) -> Opti
                 },
                 FromRef::Image(_) => None,
             };
-            // Only rootfs steps run in the project folder; ec2 steps run on the instance.
-            let commands = match &image.build {
-                Build::Rootfs { steps } => steps
-                    .iter()
-                    .filter_map(|s| match s {
-                        Step::Run { command } => Some(command.as_str()),
-                        Step::Copy { .. } => None,
-                    })
-                    .collect(),
-                Build::Packer { .. } | Build::Ec2 { .. } => Vec::new(),
-            };
+            let commands = image.build.project_commands();
             Some(NodeInputs {
                 declared: &image.inputs,
                 builder_reads: image.build.referenced_paths(),
