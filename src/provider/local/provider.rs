@@ -173,11 +173,15 @@ impl Provider for LocalProvider {
     }
 
     async fn build(&self, req: BuildRequest<'_>) -> Result<Built, ProviderError> {
-        let Build::Rootfs { steps } = &req.image.build else {
-            return Err(ProviderError::WrongBuilder {
-                provider: ProviderType::Local,
-                builder: req.image.build.builder(),
-            });
+        // Every builder is named, so a new one is a compile error here until it is placed.
+        let steps = match &req.image.build {
+            Build::Rootfs { steps } => steps,
+            Build::Packer { .. } | Build::Ec2 { .. } => {
+                return Err(ProviderError::WrongBuilder {
+                    provider: ProviderType::Local,
+                    builder: req.image.build.builder(),
+                })
+            }
         };
         let staging = self.fresh_dir(req.work_dir, "staging", req.node_id);
         let work = self.build_in(&req, steps, &staging);
