@@ -36,8 +36,8 @@ pub(super) fn reuse_ready(
     // Tags are known only when the build's last record is of this version.
     let last = ctx.lock()?.history(&node.id)?.last_success;
     let tags = last
-        .and_then(|s| s.outputs_json)
-        .and_then(|o| serde_json::from_str::<BuildOutputs>(&o).ok())
+        .as_ref()
+        .and_then(BuildOutputs::of)
         .filter(|o| o.version == same.version)
         .and_then(|o| o.tags);
     let outputs = BuildOutputs {
@@ -106,15 +106,8 @@ pub(super) fn saw_current_version(
     let Ok(current) = current_build(ctx, fresh, &image) else {
         return Ok(false);
     };
-    let last = ctx
-        .state
-        .lock()
-        .map_err(|_| ExecError::Poisoned)?
-        .history(&node.id)?
-        .last_success
-        .and_then(|s| s.outputs_json)
-        .and_then(|o| serde_json::from_str::<BuildOutputs>(&o).ok());
-    Ok(last.is_some_and(|l| l.same_version(&current)))
+    let history = ctx.lock()?.history(&node.id)?;
+    Ok(BuildOutputs::last(&history).is_some_and(|l| l.same_version(&current)))
 }
 
 /// What a cut-off node is recorded with: the node (a delivery with the artifact its

@@ -34,8 +34,8 @@ pub(super) fn go_back(
     let record = ctx
         .lock()?
         .success_with_version(&node.id, &back_to)?
-        .and_then(|r| r.outputs_json)
-        .and_then(|o| serde_json::from_str::<BuildOutputs>(&o).ok())
+        .as_ref()
+        .and_then(BuildOutputs::of)
         .ok_or_else(|| ExecError::NothingToGoBackTo {
             image: image.name.clone(),
             back_to: back_to.clone(),

@@ -317,12 +317,13 @@ async fn update_tags(
     let image = image_of(ctx, node)?;
     let success = ctx.lock()?.history(&node.id)?.last_success;
     let finished_at = success.as_ref().and_then(|s| s.finished_at);
-    let mut current = success
-        .and_then(|s| s.outputs_json)
-        .and_then(|o| serde_json::from_str::<BuildOutputs>(&o).ok())
-        .ok_or_else(|| ExecError::NeverBuilt {
-            image: image.name.clone(),
-        })?;
+    let mut current =
+        success
+            .as_ref()
+            .and_then(BuildOutputs::of)
+            .ok_or_else(|| ExecError::NeverBuilt {
+                image: image.name.clone(),
+            })?;
     // max-age keeps counting from the build, not from this record.
     current.built_at_ms = current.built_at_ms.or(finished_at);
     let record = image_record(ctx, &image.name, &current.version)?;
@@ -538,11 +539,7 @@ pub(super) fn current_build(
         return Ok(b);
     }
     let history = ctx.lock()?.history(&build_id(image))?;
-    history
-        .last_success
-        .and_then(|s| s.outputs_json)
-        .and_then(|o| serde_json::from_str::<BuildOutputs>(&o).ok())
-        .ok_or_else(|| ExecError::NeverBuilt {
-            image: image.into(),
-        })
+    BuildOutputs::last(&history).ok_or_else(|| ExecError::NeverBuilt {
+        image: image.into(),
+    })
 }

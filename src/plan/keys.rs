@@ -24,14 +24,7 @@ pub(super) const PENDING: &str = "pending:";
 
 /// The image's current build as the history records it: its last successful build.
 pub(super) fn current_build(facts: &Facts, image: &str) -> Option<BuildOutputs> {
-    facts
-        .history
-        .get(&crate::graph::build_id(image))?
-        .last_success
-        .as_ref()?
-        .outputs_json
-        .as_deref()
-        .and_then(|o| serde_json::from_str(o).ok())
+    BuildOutputs::last(facts.history.get(&crate::graph::build_id(image))?)
 }
 
 /// The version part of a [`DELIVERED`] value, when it names one.

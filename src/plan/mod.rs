@@ -218,6 +218,17 @@ pub struct BuildOutputs {
 }
 
 impl BuildOutputs {
+    /// What a build node's record says it made: `None` when the record has no outputs
+    /// or they are not a build's.
+    pub fn of(record: &NodeRecord) -> Option<BuildOutputs> {
+        serde_json::from_str(record.outputs_json.as_deref()?).ok()
+    }
+
+    /// What a build node last made: its last success's outputs.
+    pub fn last(history: &NodeHistory) -> Option<BuildOutputs> {
+        Self::of(history.last_success.as_ref()?)
+    }
+
     /// The same version of the same artifact (tags and times aside).
     pub fn same_version(&self, other: &BuildOutputs) -> bool {
         self.artifact_id == other.artifact_id && self.version == other.version

@@ -326,15 +326,10 @@ impl DecideCtx<'_> {
         if same_key_failure.is_some_and(|f| f.id > build_success.id) {
             return;
         }
-        let current = build_success
-            .outputs_json
-            .as_deref()
-            .and_then(|o| serde_json::from_str::<BuildOutputs>(o).ok());
-        let Some(current) = current else { return };
-        let seen = success
-            .outputs_json
-            .as_deref()
-            .and_then(|o| serde_json::from_str::<BuildOutputs>(o).ok());
+        let Some(current) = BuildOutputs::of(build_success) else {
+            return;
+        };
+        let seen = BuildOutputs::of(success);
         let already = reasons
             .iter()
             .any(|r| matches!(r, Reason::UpstreamChanged { node } if *node == build));
@@ -354,10 +349,7 @@ impl DecideCtx<'_> {
             return;
         }
         let image = n.image.as_deref().and_then(|i| self.project.image(i));
-        let outputs = success
-            .outputs_json
-            .as_deref()
-            .and_then(|o| serde_json::from_str::<BuildOutputs>(o).ok());
+        let outputs = BuildOutputs::of(success);
         let built_at = outputs
             .as_ref()
             .and_then(|o| o.built_at_ms)

@@ -19,9 +19,7 @@ pub(super) fn apply_revocations(facts: &Facts, n: &mut PlannedNode) {
         Stage::Deliver => facts
             .history
             .get(&n.id)
-            .and_then(|h| h.last_success.as_ref())
-            .and_then(|s| s.outputs_json.as_deref())
-            .and_then(|o| serde_json::from_str::<BuildOutputs>(o).ok())
+            .and_then(BuildOutputs::last)
             .map(|o| o.version),
         _ => None,
     };
@@ -37,11 +35,7 @@ pub(super) fn apply_revocations(facts: &Facts, n: &mut PlannedNode) {
     if n.stage == Stage::Build {
         if let Some(fallback) = facts.fallback.get(&image) {
             // Planned as that version's build record: its key, manifest and upstream.
-            let back_to = fallback
-                .outputs_json
-                .as_deref()
-                .and_then(|o| serde_json::from_str::<BuildOutputs>(o).ok())
-                .map(|o| o.version);
+            let back_to = BuildOutputs::of(fallback).map(|o| o.version);
             if let Reason::Revoked { back_to: b, .. } = &mut reason {
                 *b = back_to;
             }

@@ -66,13 +66,8 @@ impl Workspace {
         let current: std::collections::HashMap<String, String> = images
             .into_iter()
             .filter_map(|image| {
-                let out = history
-                    .get(&crate::graph::build_id(image))?
-                    .last_success
-                    .as_ref()?
-                    .outputs_json
-                    .as_deref()
-                    .and_then(|o| serde_json::from_str::<crate::plan::BuildOutputs>(o).ok())?;
+                let out =
+                    crate::plan::BuildOutputs::last(history.get(&crate::graph::build_id(image))?)?;
                 Some((image.to_string(), out.version))
             })
             .collect();

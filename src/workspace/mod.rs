@@ -163,9 +163,7 @@ impl Workspace {
             let Some(out) = facts
                 .history
                 .get(&crate::graph::build_id(&image.name))
-                .and_then(|h| h.last_success.as_ref())
-                .and_then(|s| s.outputs_json.as_deref())
-                .and_then(|o| serde_json::from_str::<BuildOutputs>(o).ok())
+                .and_then(BuildOutputs::last)
                 .filter(|o| !o.artifact_id.is_empty())
             else {
                 continue;
@@ -207,12 +205,7 @@ impl Workspace {
         }
         for (image, revoked) in &facts.revoked {
             let build = crate::graph::build_id(image);
-            let current = facts
-                .history
-                .get(&build)
-                .and_then(|h| h.last_success.as_ref())
-                .and_then(|s| s.outputs_json.as_deref())
-                .and_then(|o| serde_json::from_str::<BuildOutputs>(o).ok());
+            let current = facts.history.get(&build).and_then(BuildOutputs::last);
             let Some(current) = current.filter(|c| revoked.contains_key(&c.version)) else {
                 continue;
             };

@@ -60,10 +60,7 @@ impl Workspace {
                 if !node.starts_with(&crate::graph::build_id("")) {
                     continue;
                 }
-                let built = history
-                    .last_success
-                    .and_then(|s| s.outputs_json)
-                    .and_then(|o| serde_json::from_str::<BuildOutputs>(&o).ok());
+                let built = BuildOutputs::last(&history);
                 if let Some(b) = built {
                     keep.insert(b.artifact_id);
                 }
