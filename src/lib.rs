@@ -29,8 +29,9 @@
 //!   settings); the compiler's exhaustive matches then name every other place: the
 //!   builder's arm in `config/validate/builds.rs`, its keyword in
 //!   `config/validate/keywords.rs`, [`config::model::Build::referenced_paths`] (files it
-//!   reads are hashed), the commands `workspace` hashes, and the provider's `build`. Add a
-//!   broken fixture under `tests/fixtures/broken/` for its diagnostics.
+//!   reads are hashed), [`config::model::Build::project_commands`] (commands whose words
+//!   may name project files), and the provider's `build` (each provider matches every
+//!   builder). Add a broken fixture under `tests/fixtures/broken/` for its diagnostics.
 //! - **a reason kind**: a variant of [`plan::Reason`] (serde writes its `kind`), its
 //!   sentence in the one renderer `report::plan::reason_text`, its entry in
 //!   `schema/plan.schema.json`, and the decision in [`plan`] that produces it.
