@@ -2,8 +2,8 @@
 //! ([`crate::provider::fake`]) and a scripted host for delivery commands: build → test →
 //! Ready → deliver, version numbers, status tags, what a failure skips, fail-fast, Ctrl-C
 //! in the middle of a stage, a panicking provider call and the parallelism limit. The
-//! plan is the planner's, from hand-made facts; the state is a real SQLite file in a
-//! temporary folder. No process runs, no image is made.
+//! plan is the planner's, from hand-made facts; the state is SQLite in memory, and logs
+//! go to a temporary folder. No process runs, no image is made.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -113,7 +113,9 @@ impl Apply {
             .unwrap_or_else(|e| panic!("{}", crate::config::render_plain(&e)));
         let graph = StageGraph::build(&project).expect("the project has no cycle");
         let dir = tempfile::tempdir().expect("a temporary folder");
-        let state = State::open(&dir.path().join("state.db")).expect("a new state file");
+        // A state file that does not exist opens as an empty state in memory: the same
+        // SQL and migrations, without a file to sync.
+        let state = State::open_for_reading(&dir.path().join("state.db")).expect("an empty state");
         Apply {
             work_root: dir.path().join("work"),
             _dir: dir,
