@@ -109,14 +109,6 @@ pub enum Error {
     },
     #[error("failed to {0}")]
     Sbom(#[from] crate::report::sbom::SbomError),
-    #[error("failed to use the shared {what} at {location}: this imgraph checks the `s3` block but does not record to shared storage yet")]
-    #[diagnostic(help(
-        "remove the `s3` block to work with the local state and store; `imgraph validate` checks the block"
-    ))]
-    SharingNotBuilt {
-        what: &'static str,
-        location: String,
-    },
     #[cfg(feature = "s3")]
     #[error("failed to use the shared storage")]
     Remote(#[from] crate::remote::RemoteError),

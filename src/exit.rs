@@ -12,7 +12,8 @@ pub const ERROR: i32 = 1;
 pub const CHANGES_PENDING: i32 = 2;
 /// `apply` ran, and at least one node failed (or was skipped because of a failure).
 pub const APPLY_FAILED: i32 = 3;
-/// Another `apply` holds the state lease.
+/// Another `apply` holds the state lease (or, on a shared state, took it over from this
+/// one).
 pub const LOCKED: i32 = 4;
 /// Interrupted by Ctrl-C (SIGINT), SIGTERM or SIGHUP.
 pub const INTERRUPTED: i32 = 130;
@@ -51,7 +52,11 @@ pub fn code(ended: Ended<'_>) -> i32 {
             succeeded: true, ..
         } => OK,
         Ended::Applied { .. } => APPLY_FAILED,
-        Ended::Failed(Error::Locked { .. } | Error::LockHolderAlive { .. }) => LOCKED,
+        Ended::Failed(
+            Error::Locked { .. }
+            | Error::LockHolderAlive { .. }
+            | Error::State(crate::state::StateError::LeaseLost { .. }),
+        ) => LOCKED,
         Ended::Failed(Error::Interrupted(_)) => INTERRUPTED,
         Ended::Failed(_) => ERROR,
     }
@@ -94,6 +99,11 @@ mod tests {
             now: 0,
         };
         assert_eq!(code(Ended::Failed(&locked)), LOCKED);
+        let lost = Error::State(crate::state::StateError::LeaseLost {
+            lease: "s3://team/".into(),
+            detail: "the shared lease was taken over".into(),
+        });
+        assert_eq!(code(Ended::Failed(&lost)), LOCKED);
         let other = Error::StateKeptChanging;
         assert_eq!(code(Ended::Failed(&other)), ERROR);
     }

@@ -52,9 +52,10 @@
 //!   arm to [`state::Backend`] and [`state::open`] (the local SQLite file becomes its
 //!   mirror and cache through [`state::State::with_journal`]), and map the project's
 //!   `state { … }` stanza to it in `workspace`. [`state`] stays the only module with SQL.
-//!   [`remote`] holds the object-storage side the shared backend sits on: the
-//!   conditional-write check, the lease object, the journal of objects and the shared
-//!   artifact store.
+//!   The shared state on S3 (`state/s3.rs`) is such a backend, over [`remote`]: the
+//!   object-storage side (the conditional-write check, the lease object, the journal of
+//!   objects and the shared artifact store), which knows nothing of `state`. [`host`] is
+//!   the leaf both take the host name and the clock from.
 
 pub mod cli;
 pub mod config;
@@ -66,6 +67,7 @@ pub mod exec;
 pub mod exit;
 pub mod graph;
 pub mod hash;
+pub mod host;
 pub mod init;
 pub mod overview;
 pub mod packages;

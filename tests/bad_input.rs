@@ -157,13 +157,13 @@ const CASES: &[(&str, Setup, &str)] = &[
         "larger than 4 MiB",
     ),
     (
-        "shared-state-not-recorded-yet",
+        "shared-state-over-local-history",
         |d| {
             config(d, |t| {
                 format!("{t}\nstate {{ s3 bucket=\"acme-imgraph\" region=\"eu-west-1\"; }}\n")
             })
         },
-        "does not record to shared storage yet",
+        "imgraph state push",
     ),
     (
         "config-not-utf8",

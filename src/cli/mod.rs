@@ -287,16 +287,6 @@ pub fn main() -> i32 {
 }
 
 pub fn run(cli: &Cli) -> Result<i32> {
-    if !matches!(
-        cli.command,
-        Command::Validate
-            | Command::Graph(_)
-            | Command::Init { .. }
-            | Command::Completions { .. }
-            | Command::Man { .. }
-    ) {
-        refuse_unbuilt_sharing(cli)?;
-    }
     match &cli.command {
         Command::Validate => validate(cli),
         Command::Plan(args) => plan(cli, args),
@@ -328,22 +318,6 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::Completions { shell } => tools::completions(*shell),
         Command::Man { out_dir } => tools::man(out_dir.as_deref()),
     }
-}
-
-/// A project that declares shared state would be planned and applied against local state
-/// alone, unfenced from other runners: refused until imgraph records to shared storage.
-/// (A config error is left to the command, which reports it.)
-fn refuse_unbuilt_sharing(cli: &Cli) -> Result<()> {
-    let Ok(project) = crate::config::load(&cli.dir) else {
-        return Ok(());
-    };
-    if let Some(shared) = &project.shared_state {
-        return Err(crate::error::Error::SharingNotBuilt {
-            what: "state",
-            location: shared.location.to_string(),
-        });
-    }
-    Ok(())
 }
 
 fn validate(cli: &Cli) -> Result<i32> {

@@ -252,7 +252,7 @@ impl ObjectLease {
     }
 }
 
-/// The state's clock ([`crate::state::now_ms`]) as the lease records it.
+/// The clock ([`crate::host::now_ms`]) as the lease records it.
 pub(crate) fn now_ms() -> u64 {
-    u64::try_from(crate::state::now_ms()).unwrap_or(0)
+    u64::try_from(crate::host::now_ms()).unwrap_or(0)
 }

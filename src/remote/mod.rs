@@ -439,9 +439,7 @@ fn outcome_unknown(e: &object_store::Error) -> bool {
 
 /// This machine's name, for lease holders and writer tokens.
 pub fn host() -> String {
-    crate::state::host_name()
-        .unwrap_or("unknown-host")
-        .to_owned()
+    crate::host::name().unwrap_or("unknown-host").to_owned()
 }
 
 /// A token no other writer uses: host, process id and the time it was made, so that a

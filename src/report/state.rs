@@ -231,11 +231,23 @@ pub fn lease_text(lease: Option<&Lease>, now: i64) -> String {
         Liveness::Gone => "the process is gone: the next apply takes the lock over",
         Liveness::OtherHost => "it runs on another host, where imgraph cannot check it",
     };
-    format!(
+    let mut text = format!(
         "locked: {} holds the state lock ({}); {alive}\n",
         l.holder,
         lease_holder(l.pid, l.host.as_deref(), l.since, now)
-    )
+    );
+    if let Some(beat) = l.heartbeat {
+        text.push_str(&format!("  last heartbeat: {} ago\n", age_text(now - beat)));
+    }
+    if let Some(command) = &l.command {
+        text.push_str(&format!("  command: {}\n", super::plan::escape(command)));
+    }
+    text
+}
+
+fn age_text(ms: i64) -> String {
+    let age = std::time::Duration::from_secs(u64::try_from(ms / 1000).unwrap_or(0));
+    humantime::format_duration(age).to_string()
 }
 
 /// `imgraph lock status --json`.
@@ -249,6 +261,9 @@ pub fn lease_json(lease: Option<&Lease>, now: i64) -> String {
             "host": l.host,
             "since": super::timestamp(l.since),
             "age_ms": now - l.since,
+            "command": l.command,
+            "heartbeat": l.heartbeat.map(super::timestamp),
+            "heartbeat_age_ms": l.heartbeat.map(|beat| now - beat),
             "liveness": match l.liveness {
                 Liveness::Alive => "alive",
                 Liveness::Gone => "gone",

@@ -1,25 +1,34 @@
 //! Where a project's state lives, and the one place that opens it.
 //!
 //! A backend is a [`State`] (SQLite: the query engine, the stat cache and the ledger,
-//! with or without a [`super::Journal`] for the history) and a [`LeaseStore`]. Today
-//! there is one arm, the local file. To add a backend: implement `Journal` and
+//! with or without a [`super::Journal`] for the history) and a [`LeaseStore`]: the local
+//! file alone, or a shared state on object storage (`s3.rs`, cargo feature `s3`) with the
+//! local file as its mirror and cache. To add a backend: implement `Journal` and
 //! `LeaseStore` for it, add its arm to [`Backend`] and to [`open`] (attach the journal
 //! with [`State::with_journal`] on the local file, which becomes its mirror and cache),
-//! and map the project's `state { … }` stanza to it in `workspace`.
+//! and map the project's `state { … }` stanza to it in `workspace`. This file is the one
+//! place in `state` that names a cargo feature.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::lease_store::{LeaseStore, SqliteLease};
-use super::{State, StateError};
+use super::{Journal, State, StateError};
+use crate::config::model::SharedState;
+
+#[cfg(feature = "s3")]
+#[path = "s3.rs"]
+mod s3;
 
 /// Where the state is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
     /// One SQLite file holds everything (the default, `state path="…"`).
     Local { path: PathBuf },
-    // The `s3` arm goes here (`state { s3 bucket=… prefix=… }`): the same local file as
-    // mirror and cache, a journal of records and a lease on object storage.
+    /// `state { s3 bucket=… prefix=…; lease-ttl … }`: the history in a journal of objects
+    /// and the lease in one object, both fenced by conditional writes; the file at `path`
+    /// is the mirror and cache (stat cache and ledger stay in it alone).
+    S3 { path: PathBuf, shared: SharedState },
 }
 
 /// What the command does with the state.
@@ -43,5 +52,28 @@ pub fn open(backend: &Backend, access: Access) -> Result<(State, Arc<dyn LeaseSt
             let lease: Arc<dyn LeaseStore> = Arc::new(SqliteLease::new(path, access));
             Ok((state, lease))
         }
+        #[cfg(feature = "s3")]
+        Backend::S3 { path, shared } => s3::open(path, shared, access),
+        #[cfg(not(feature = "s3"))]
+        Backend::S3 { shared, .. } => Err(StateError::NoSharing {
+            location: shared.location.to_string(),
+        }),
+    }
+}
+
+/// A shared backend's journal and lease.
+pub type SharedParts = (Arc<dyn Journal>, Arc<dyn LeaseStore>);
+
+/// The journal and lease of a shared backend alone, without a local mirror (`imgraph
+/// state push` writes a local history into it); `None` for the local file.
+pub fn connect_shared(backend: &Backend) -> Result<Option<SharedParts>, StateError> {
+    match backend {
+        Backend::Local { .. } => Ok(None),
+        #[cfg(feature = "s3")]
+        Backend::S3 { shared, .. } => s3::connect(shared, Access::ReadWrite).map(Some),
+        #[cfg(not(feature = "s3"))]
+        Backend::S3 { shared, .. } => Err(StateError::NoSharing {
+            location: shared.location.to_string(),
+        }),
     }
 }

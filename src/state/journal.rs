@@ -31,6 +31,10 @@ pub enum JournalError {
         "append after position {after}: the journal is at {current}, another writer appended first"
     )]
     Conflict { after: Seq, current: Seq },
+    /// This runner may not append any more: its lease was lost, or not renewed for too
+    /// long (another runner may hold it now).
+    #[error("append to the journal: {reason}; nothing more is recorded by this runner")]
+    Fenced { reason: String },
     /// The store failed (network, permissions, a damaged object); the backend's error is
     /// the source.
     #[error("{context}")]
@@ -101,9 +105,12 @@ impl State {
                 })?
             }
             Some((attached, _)) => {
-                return Err(
-                    self.journal_err(&context, format!("it mirrors another journal, {attached}"))
-                )
+                return Err(self.journal_err(
+                    &context,
+                    format!(
+                        "mirrors another journal, {attached}: it is only its cache, move it away"
+                    ),
+                ))
             }
             None => {
                 let runs: i64 = self
@@ -113,7 +120,7 @@ impl State {
                 if runs > 0 {
                     return Err(self.journal_err(
                         &context,
-                        "it holds history that is not in the journal (push it there first)".into(),
+                        "holds history that is not in the journal: upload it with `imgraph state push` first, or move the file away".into(),
                     ));
                 }
                 0

@@ -138,6 +138,8 @@ impl State {
                 holder,
                 since,
                 liveness,
+                command: None,
+                heartbeat: None,
             };
             (lease, identity)
         }))

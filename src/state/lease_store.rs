@@ -57,6 +57,20 @@ pub trait LeaseStore: Send + Sync + std::fmt::Debug {
     fn status(&self) -> Result<Option<Lease>, StateError>;
 
     fn break_lease(&self) -> Result<bool, StateError>;
+
+    /// Whether `holder` still holds the lease as far as this process knows, without
+    /// asking the store: a store with a heartbeat fails with [`StateError::LeaseLost`]
+    /// once a renewal was refused or none got through for its time to live. An apply
+    /// checks this while it runs and stops when it fails.
+    fn check(&self, _holder: &LeaseHolder) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    /// The time to live of a lease with a heartbeat (`None`: the holder's process
+    /// decides, as for the state file's lease).
+    fn time_to_live(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// The lease in the state file, through a connection of its own: releasing it never waits
@@ -163,10 +177,41 @@ impl LeaseGuard {
         self.store.renew(&self.holder)
     }
 
+    /// Whether the lease is still held (see [`LeaseStore::check`]).
+    pub fn check(&self) -> Result<(), StateError> {
+        self.store.check(&self.holder)
+    }
+
+    /// The store's time to live (see [`LeaseStore::time_to_live`]).
+    pub fn time_to_live(&self) -> Option<std::time::Duration> {
+        self.store.time_to_live()
+    }
+
+    /// A handle that checks this lease from another task (see [`LeaseStore::check`]).
+    pub fn watch(&self) -> LeaseWatch {
+        LeaseWatch {
+            store: self.store.clone(),
+            holder: self.holder.clone(),
+        }
+    }
+
     /// Gives the lease back, saying so when that fails.
     pub fn release(mut self) -> Result<(), StateError> {
         self.released = true;
         self.store.release(&self.holder)
+    }
+}
+
+/// Checks a held lease from elsewhere (an apply's watcher task), see [`LeaseGuard::watch`].
+#[derive(Debug, Clone)]
+pub struct LeaseWatch {
+    store: Arc<dyn LeaseStore>,
+    holder: LeaseHolder,
+}
+
+impl LeaseWatch {
+    pub fn check(&self) -> Result<(), StateError> {
+        self.store.check(&self.holder)
     }
 }
 

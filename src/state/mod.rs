@@ -43,14 +43,14 @@
 //! each node's last success and last attempt) and compacts the file.
 
 mod backend;
-pub use backend::{open, Access, Backend};
+pub use backend::{connect_shared, open, Access, Backend, SharedParts};
 mod images;
 pub use images::compare_versions;
 mod journal;
 pub use journal::{Journal, JournalError, Seq};
 mod lease;
 mod lease_store;
-pub use lease_store::{LeaseGuard, LeaseHolder, LeaseStore, SqliteLease};
+pub use lease_store::{LeaseGuard, LeaseHolder, LeaseStore, LeaseWatch, SqliteLease};
 mod ledger;
 mod lineage;
 mod nodes;
@@ -148,6 +148,20 @@ pub enum StateError {
         context: String,
         source: JournalError,
     },
+    /// The shared state's store failed or refused (connecting, the conditional-write
+    /// check, the lease); the remote error is the source.
+    #[error("{context} {location}")]
+    SharedStore {
+        location: String,
+        context: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("open the shared state {location}: this imgraph was built without shared state (cargo feature `s3`)")]
+    NoSharing { location: String },
+    /// Another runner took the lease over (this one's heartbeat was older than
+    /// `lease-ttl`), or it could not be renewed for that long.
+    #[error("hold the lease of {lease}: {detail}")]
+    LeaseLost { lease: String, detail: String },
     #[error("{context}: state file {} {detail}", path.display())]
     JournalMismatch {
         path: PathBuf,
@@ -417,6 +431,10 @@ pub struct Lease {
     pub holder: String,
     pub since: i64,
     pub liveness: Liveness,
+    /// The holder's command line, where the lease keeps it (the shared lease).
+    pub command: Option<String>,
+    /// When the holder last renewed it (ms since the epoch), for a lease with a heartbeat.
+    pub heartbeat: Option<i64>,
 }
 
 /// Whether the holder of a lease still runs.
@@ -767,13 +785,7 @@ impl State {
     }
 }
 
-/// Milliseconds since the Unix epoch (negative if the clock is set before 1970).
-pub fn now_ms() -> i64 {
-    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-        Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
-    }
-}
+pub use crate::host::now_ms;
 
 /// Whether a process is alive and, when its recorded identity is known, still the same one.
 pub fn process_is_alive(pid: u32, identity: Option<&str>) -> bool {

@@ -15,28 +15,9 @@ pub(crate) fn own_identity() -> Option<&'static str> {
     OWN.get_or_init(|| identity(std::process::id())).as_deref()
 }
 
-/// This machine's host name, read once (`None` if it cannot be read).
+/// This machine's host name (see [`crate::host::name`]).
 pub(crate) fn own_host() -> Option<&'static str> {
-    static HOST: OnceLock<Option<String>> = OnceLock::new();
-    HOST.get_or_init(host_name).as_deref()
-}
-
-#[cfg(unix)]
-fn host_name() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer we own.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return None;
-    }
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    let name = String::from_utf8_lossy(&buf[..len]).into_owned();
-    (!name.is_empty()).then_some(name)
-}
-
-#[cfg(not(unix))]
-fn host_name() -> Option<String> {
-    None
+    crate::host::name()
 }
 
 /// Whether `pid` is a live process and, when `recorded` is known, the same one.

@@ -3,6 +3,7 @@
 //! pure planner decides.
 
 mod lifecycle;
+mod lock;
 mod probes;
 mod prune;
 mod recover;
@@ -12,7 +13,6 @@ pub use recover::Recovered;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
@@ -27,10 +27,7 @@ use crate::plan::{self, BuildOutputs, Facts, Plan, PlanOptions};
 use crate::provider::local::Store;
 use crate::provider::ConnectError;
 pub use crate::provider::Providers;
-use crate::state::{Lease, LeaseGuard, LeaseHolder, LeaseOutcome, LeaseStore, Liveness, State};
-
-/// How often a command waiting for the state lock tries again.
-const LOCK_POLL: Duration = Duration::from_millis(200);
+use crate::state::{LeaseStore, State};
 
 pub struct Workspace {
     pub project: Project,
@@ -49,17 +46,14 @@ impl Workspace {
         Workspace::with_state(project, graph, crate::state::Access::ReadWrite)
     }
 
-    /// Opens the project's state (see [`crate::state::open`]). The `state { s3 … }`
-    /// stanza, once the config has it, maps to its backend here.
+    /// Opens the project's state (see [`crate::state::open`]): the local file, or with
+    /// `state { s3 … }` the shared state with the local file as its mirror.
     fn with_state(
         project: Project,
         graph: StageGraph,
         access: crate::state::Access,
     ) -> Result<Workspace> {
-        let backend = crate::state::Backend::Local {
-            path: project.state_path.clone(),
-        };
-        let (state, leases) = crate::state::open(&backend, access)?;
+        let (state, leases) = crate::state::open(&backend_of(&project), access)?;
         Ok(Workspace::loaded(project, graph, state, leases))
     }
 
@@ -264,6 +258,18 @@ impl Workspace {
             let providers = self.providers().await?;
             self.gather(&providers).await
         })
+    }
+}
+
+/// Where `project` keeps its state.
+pub fn backend_of(project: &Project) -> crate::state::Backend {
+    let path = project.state_path.clone();
+    match &project.shared_state {
+        None => crate::state::Backend::Local { path },
+        Some(shared) => crate::state::Backend::S3 {
+            path,
+            shared: shared.clone(),
+        },
     }
 }
 
@@ -506,79 +512,6 @@ impl Workspace {
         Ok(events)
     }
 
-    /// Takes the state's lease for `command` (invariant 5: one writer at a time),
-    /// waiting up to `wait` for its holder to finish, or says who holds it (holder,
-    /// host, pid, age). The lease is given back when the returned guard is released or
-    /// dropped. Cancelling `cancel` stops the wait with [`Error::Interrupted`].
-    pub fn lock(
-        &self,
-        command: &str,
-        wait: Duration,
-        cancel: &CancellationToken,
-    ) -> Result<LeaseGuard> {
-        let me = LeaseHolder::this_process(&format!("imgraph {command}"));
-        let deadline = Instant::now() + wait;
-        loop {
-            match self.leases.acquire(&me)? {
-                LeaseOutcome::Acquired => {
-                    let guard = LeaseGuard::new(self.leases.clone(), me);
-                    // What others recorded before we held the lease (a shared state).
-                    self.state.sync()?;
-                    return Ok(guard);
-                }
-                LeaseOutcome::HeldBy {
-                    pid,
-                    host,
-                    holder,
-                    since,
-                } => {
-                    if cancel.is_cancelled() {
-                        return Err(Error::Interrupted("waiting for the state lock".into()));
-                    }
-                    if Instant::now() >= deadline {
-                        return Err(Error::Locked {
-                            pid,
-                            host,
-                            holder,
-                            since,
-                            now: crate::state::now_ms(),
-                        });
-                    }
-                }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            std::thread::sleep(left.min(LOCK_POLL));
-        }
-    }
-
-    /// `imgraph lock break`: removes the state lock unless its holder still runs on this
-    /// host (or runs on another host, where that cannot be checked); `force` removes it
-    /// all the same.
-    pub fn break_lock(&self, force: bool) -> Result<Option<Lease>> {
-        let Some(lease) = self.leases.status()? else {
-            return Ok(None);
-        };
-        let why = match lease.liveness {
-            Liveness::Gone => None,
-            Liveness::Alive => Some("and that process is still running"),
-            Liveness::OtherHost => {
-                Some("on another host, where imgraph cannot check that it is gone")
-            }
-        };
-        if let (Some(why), false) = (why, force) {
-            return Err(Error::LockHolderAlive {
-                pid: lease.pid,
-                host: lease.host,
-                holder: lease.holder,
-                since: lease.since,
-                now: crate::state::now_ms(),
-                why: why.into(),
-            });
-        }
-        self.leases.break_lease()?;
-        Ok(Some(lease))
-    }
-
     /// `imgraph why NODE`: plans (writing nothing) and explains one node, or says it
     /// is no stage node of this project. `node` may be an image name (its build).
     pub async fn why(
@@ -725,10 +658,26 @@ impl Workspace {
             ),
             commands: Arc::new(crate::process::Host),
         };
-        let summary = crate::exec::execute(ctx, &plan, "apply", exec, events, cancel).await;
+        // A lease with a heartbeat can be lost (another runner took it over): the run
+        // then stops as if interrupted, and the apply fails with that.
+        let run_cancel = cancel.child_token();
+        let watcher = lease
+            .time_to_live()
+            .map(|ttl| lock::watch_lease(lease.watch(), ttl, run_cancel.clone()));
+        let summary = crate::exec::execute(ctx, &plan, "apply", exec, events, run_cancel).await;
+        let lost = match watcher {
+            Some(w) => {
+                w.stop.cancel();
+                w.task.await.ok().flatten()
+            }
+            None => None,
+        };
         // Through its own connection: a task that panicked holding the state mutex
         // (poisoning it) does not keep the lease.
         lease.release()?;
+        if let Some(lost) = lost {
+            return Err(lost.into());
+        }
         let summary = summary?;
         Ok(ApplyOutcome { plan, summary })
     }
