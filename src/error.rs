@@ -109,6 +109,13 @@ pub enum Error {
     },
     #[error("failed to {0}")]
     Sbom(#[from] crate::report::sbom::SbomError),
+    #[error("failed to use the shared state: {} declares no `state {{ s3 … }}`", config.display())]
+    #[diagnostic(help(
+        "add `state {{ s3 bucket=\"…\" region=\"…\" }}` to the config first (README: Shared state)"
+    ))]
+    NotShared { config: PathBuf },
+    #[error("failed to push the state: there is no state file at {}", path.display())]
+    NothingToPush { path: PathBuf },
     #[cfg(feature = "s3")]
     #[error("failed to use the shared storage")]
     Remote(#[from] crate::remote::RemoteError),

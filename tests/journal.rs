@@ -411,3 +411,54 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn a_pushed_local_history_replays_into_the_same_rows_and_is_pushed_once() {
+    let (_ta, a) = copy_project("examples/quickstart");
+    stdout_of(&a, &["apply", "-q"]);
+    let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::default());
+    let pushed = State::open(&state_path(&a))
+        .unwrap()
+        .push(journal.as_ref())
+        .unwrap();
+    assert_eq!(pushed.rows[0], ("runs", 1));
+    assert_eq!(pushed.rows[1], ("node_runs", 8));
+
+    // Replayed into an empty file, the journal gives the pushed file's rows.
+    let (_tb, b) = copy_project("examples/quickstart");
+    let replica = State::open(&state_path(&b))
+        .and_then(|s| s.with_journal(journal.clone()))
+        .unwrap();
+    assert!(replica.sync().unwrap() > 0);
+    drop(replica);
+    let rows = |p: &Path| {
+        history_rows(p)
+            .into_iter()
+            .filter(|l| !l.starts_with("serial"))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        rows(&state_path(&a)).len() >= 13,
+        "1 run, 8 node runs, 2 versions, 2 deliveries"
+    );
+    assert_eq!(rows(&state_path(&b)), rows(&state_path(&a)));
+
+    // The pushed file mirrors the journal now, and nothing is pushed twice.
+    let err = State::open(&state_path(&a))
+        .unwrap()
+        .push(journal.as_ref())
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("already mirrors memory://team"),
+        "{err}"
+    );
+    let (_tc, c) = copy_project("examples/quickstart");
+    stdout_of(&c, &["apply", "-q"]);
+    let before = history_rows(&state_path(&c));
+    let err = State::open(&state_path(&c))
+        .unwrap()
+        .push(journal.as_ref())
+        .unwrap_err();
+    assert!(err.to_string().contains("already holds history"), "{err}");
+    assert_eq!(history_rows(&state_path(&c)), before, "C unchanged");
+}

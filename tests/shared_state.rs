@@ -30,6 +30,13 @@ use proxy::{Fault, Rule};
 /// A runner folder: a copy of the quickstart whose builds write markers (and whose web
 /// build sleeps `$SHARED_TEST_SLOW` seconds), sharing its state at `endpoint`.
 fn runner(endpoint: &str, bucket: &str, lease_ttl: &str) -> (tempfile::TempDir, PathBuf) {
+    let (tmp, dir) = local_runner();
+    share(&dir, endpoint, bucket, lease_ttl);
+    (tmp, dir)
+}
+
+/// The same folder without shared state: its history stays in its own state file.
+fn local_runner() -> (tempfile::TempDir, PathBuf) {
     let (tmp, dir) = copy_project("examples/quickstart");
     for (script, slow) in [
         ("scripts/provision-base.sh", ""),
@@ -60,11 +67,18 @@ fn runner(endpoint: &str, bucket: &str, lease_ttl: &str) -> (tempfile::TempDir, 
             1,
         );
     }
+    std::fs::write(&config, kdl).expect("write imgraph.kdl");
+    (tmp, dir)
+}
+
+/// Declares the shared state in `dir`'s config.
+fn share(dir: &Path, endpoint: &str, bucket: &str, lease_ttl: &str) {
+    let config = dir.join("imgraph.kdl");
+    let mut kdl = std::fs::read_to_string(&config).expect("read imgraph.kdl");
     kdl.push_str(&format!(
         "\nstate {{\n    s3 bucket=\"{bucket}\" prefix=\"platform/\" region=\"us-east-1\" endpoint=\"{endpoint}\"\n    lease-ttl \"{lease_ttl}\"\n}}\n"
     ));
     std::fs::write(&config, kdl).expect("write imgraph.kdl");
-    (tmp, dir)
 }
 
 /// The markers file the runners of one test share.
@@ -296,8 +310,8 @@ fn a_killed_runner_is_taken_over_after_lease_ttl_and_only_its_running_node_rerun
     };
     let bucket = s3::fresh_bucket(&endpoint, "shared-kill");
     let markers = Markers::new();
-    let (_ta, a) = runner(&endpoint, &bucket, "2s");
-    let (_tb, b) = runner(&endpoint, &bucket, "2s");
+    let (_ta, a) = runner(&endpoint, &bucket, "5s");
+    let (_tb, b) = runner(&endpoint, &bucket, "5s");
 
     let mut runner_a = spawn(&a, &markers, 120, &["apply", "-q"]);
     let step = markers.wait_for_start("web", &mut runner_a);
@@ -361,8 +375,8 @@ fn an_apply_whose_lease_is_broken_stops_and_records_nothing_more() {
     };
     let bucket = s3::fresh_bucket(&endpoint, "shared-broken");
     let markers = Markers::new();
-    let (_ta, a) = runner(&endpoint, &bucket, "3s");
-    let (_tb, b) = runner(&endpoint, &bucket, "3s");
+    let (_ta, a) = runner(&endpoint, &bucket, "5s");
+    let (_tb, b) = runner(&endpoint, &bucket, "5s");
 
     let runner_a = {
         let mut child = spawn(&a, &markers, 120, &["apply", "-q"]);
@@ -459,4 +473,100 @@ fn state_writes_survive_a_503_and_a_lost_answer() {
     let history = json_of(&c, &["history", "--json"]);
     assert_eq!(history, json_of(&a, &["history", "--json"]));
     assert_eq!(history["runs"][0]["status"], "succeeded", "{history}");
+}
+
+#[test]
+fn a_local_history_is_pushed_once_and_pulled_by_another_runner() {
+    let Some(endpoint) = s3::endpoint() else {
+        return;
+    };
+    let bucket = s3::fresh_bucket(&endpoint, "shared-push");
+    let markers = Markers::new();
+    let (_ta, a) = local_runner();
+    assert_code(&run(&a, &markers, &["apply", "-q"]), 0, "a local apply");
+    let local_images = json_of(&a, &["images", "--json"]);
+
+    // Declared shared, the file's own history is refused until it is pushed.
+    share(&a, &endpoint, &bucket, "60s");
+    let refused = run(&a, &markers, &["plan"]);
+    assert_code(&refused, 1, "plan over a local history");
+    assert!(
+        text(&refused.stderr).contains("imgraph state push"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let pushed = run(&a, &markers, &["state", "push"]);
+    assert_code(&pushed, 0, "state push");
+    assert!(
+        text(&pushed.stdout).contains("1 runs, 8 node runs, 2 images"),
+        "{}",
+        text(&pushed.stdout)
+    );
+    assert_eq!(json_of(&a, &["images", "--json"]), local_images);
+    let again = run(&a, &markers, &["state", "push"]);
+    assert_code(&again, 1, "a second push");
+    assert!(
+        text(&again.stderr).contains("already mirrors"),
+        "{}",
+        text(&again.stderr)
+    );
+
+    // Another runner pulls it: the same history, nothing to run.
+    let (_tb, b) = runner(&endpoint, &bucket, "60s");
+    copy_artifacts(&a, &b);
+    let pulled = run(&b, &markers, &["state", "pull"]);
+    assert_code(&pulled, 0, "state pull");
+    assert!(
+        text(&pulled.stdout).contains("up to journal entry 1 (1 runs, 2 image versions)"),
+        "{}",
+        text(&pulled.stdout)
+    );
+    assert!(b.join(".imgraph/state.db").is_file());
+    assert_eq!(
+        json_of(&b, &["history", "--json"]),
+        json_of(&a, &["history", "--json"])
+    );
+    assert_code(
+        &run(&b, &markers, &["plan", "--detailed-exitcode"]),
+        0,
+        "plan after the pull",
+    );
+    assert_code(
+        &run(&b, &markers, &["apply", "-q"]),
+        0,
+        "apply after the pull",
+    );
+    assert_eq!((markers.starts("base"), markers.starts("web")), (1, 1));
+
+    // A history of its own is never pushed on top of the shared one.
+    let (_tc, c) = local_runner();
+    assert_code(
+        &run(&c, &markers, &["apply", "-q"]),
+        0,
+        "another local apply",
+    );
+    share(&c, &endpoint, &bucket, "60s");
+    let over = run(&c, &markers, &["state", "push"]);
+    assert_code(&over, 1, "a push onto a shared history");
+    assert!(
+        text(&over.stderr).contains("already holds history"),
+        "{}",
+        text(&over.stderr)
+    );
+    assert_eq!(
+        json_of(&b, &["history", "--json"])["runs"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+
+    // Without `state { s3 … }` there is nothing to push to.
+    let (_td, d) = local_runner();
+    let unshared = run(&d, &markers, &["state", "pull"]);
+    assert_code(&unshared, 1, "state pull without shared state");
+    assert!(
+        text(&unshared.stderr).contains("declares no"),
+        "{}",
+        text(&unshared.stderr)
+    );
 }

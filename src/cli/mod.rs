@@ -192,6 +192,11 @@ pub enum StateCommand {
     /// Rebuild the image registry from cloud tags (imgraph:image, imgraph:version,
     /// imgraph:key, Release_Status), e.g. after the state file was lost.
     Recover,
+    /// Upload the local state file's history to the shared state of `state { s3 … }`,
+    /// which must be empty; the local file becomes its mirror.
+    Push,
+    /// Make or bring up to date the local mirror of the shared state (`state { s3 … }`).
+    Pull,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -312,6 +317,8 @@ pub fn run(cli: &Cli) -> Result<i32> {
         } => gc(cli, *dry_run, *json, lock),
         Command::Revoke(args) => revoke::revoke(cli, args),
         Command::State(StateCommand::Recover) => state_recover(cli),
+        Command::State(StateCommand::Push) => state_push(cli),
+        Command::State(StateCommand::Pull) => state_pull(cli),
         Command::Lock(LockCommand::Status { json }) => lock_status(cli, *json),
         Command::Lock(LockCommand::Break { force }) => lock_break(cli, *force),
         Command::Init { aws } => tools::init(cli, *aws),
@@ -567,6 +574,35 @@ fn gc(cli: &Cli, dry_run: bool, json: bool, lock: &LockWait) -> Result<i32> {
             crate::report::out(&report::state::pruned_text(p));
         }
     }
+    Ok(exit::OK)
+}
+
+fn state_push(cli: &Cli) -> Result<i32> {
+    let pushed = crate::workspace::push_state(&cli.dir)?;
+    let rows: Vec<String> = pushed
+        .rows
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(table, n)| format!("{n} {}", table.replace('_', " ")))
+        .collect();
+    crate::report::outln(&format!(
+        "state push: uploaded the local history to {} ({}); the local state file is its mirror now",
+        pushed.journal,
+        rows.join(", ")
+    ));
+    Ok(exit::OK)
+}
+
+fn state_pull(cli: &Cli) -> Result<i32> {
+    let pulled = crate::workspace::pull_state(&cli.dir)?;
+    crate::report::outln(&format!(
+        "state pull: {} mirrors {} up to journal entry {} ({} runs, {} image versions)",
+        pulled.path.display(),
+        pulled.journal,
+        pulled.position,
+        pulled.runs,
+        pulled.versions
+    ));
     Ok(exit::OK)
 }
 

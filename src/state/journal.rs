@@ -211,7 +211,12 @@ impl State {
         }
     }
 
-    fn set_position(&self, journal: &str, seq: Seq, context: &str) -> Result<(), StateError> {
+    pub(super) fn set_position(
+        &self,
+        journal: &str,
+        seq: Seq,
+        context: &str,
+    ) -> Result<(), StateError> {
         self.conn
             .execute(
                 "INSERT OR REPLACE INTO journal_position (id, journal, seq) VALUES (1, ?1, ?2)",

@@ -45,7 +45,9 @@
 mod backend;
 pub use backend::{connect_shared, open, Access, Backend, SharedParts};
 mod images;
+mod import;
 pub use images::compare_versions;
+pub use import::{HistoryTable, Pushed};
 mod journal;
 pub use journal::{Journal, JournalError, Seq};
 mod lease;

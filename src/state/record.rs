@@ -15,6 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::import::HistoryTable;
 use super::{NodeRunId, NodeStatus, ReleaseStatus, RunId, RunStatus, State, StateError};
 use crate::packages::Inventory;
 
@@ -118,6 +119,13 @@ pub enum Record {
         image: String,
         version: String,
         at: i64,
+    },
+    /// `imgraph state push`: one table of a local history, its rows copied as they are
+    /// (see `import.rs`).
+    HistoryImported {
+        table: HistoryTable,
+        columns: Vec<String>,
+        rows: Vec<Vec<serde_json::Value>>,
     },
 }
 
@@ -314,6 +322,11 @@ impl State {
             Record::VersionRemoved { image, version, at } => {
                 self.update_removed(image, version, *at)
             }
+            Record::HistoryImported {
+                table,
+                columns,
+                rows,
+            } => self.import_rows(*table, columns, rows),
         }
     }
 

@@ -493,7 +493,6 @@ impl LeaseStore for S3Lease {
     }
 
     fn release(&self, holder: &LeaseHolder) -> Result<(), StateError> {
-        self.guard.stop_heartbeat();
         let (guard, lease) = (self.guard.clone(), self.lease.clone());
         let who = holder.clone();
         self.run("release the shared lease", async move {
@@ -501,6 +500,7 @@ impl LeaseStore for S3Lease {
             let Some(current) = held.take_if(|c| same_holder(&c.record, &who)) else {
                 return Ok(());
             };
+            guard.stop_heartbeat();
             guard.fence().beat = None;
             if !lease.release(current).await? {
                 tracing::warn!("the shared lease had been taken over before it was released");

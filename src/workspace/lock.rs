@@ -1,13 +1,14 @@
 //! The state lease as commands take it: waiting for it, breaking it, and watching a lease
 //! with a heartbeat while an apply runs.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::state::{
-    Lease, LeaseGuard, LeaseHolder, LeaseOutcome, LeaseWatch, Liveness, StateError,
+    Lease, LeaseGuard, LeaseHolder, LeaseOutcome, LeaseStore, LeaseWatch, Liveness, StateError,
 };
 
 use super::Workspace;
@@ -29,32 +30,17 @@ impl Workspace {
         let me = LeaseHolder::this_process(&format!("imgraph {command}"));
         let deadline = Instant::now() + wait;
         loop {
-            match self.leases.acquire(&me)? {
-                LeaseOutcome::Acquired => {
-                    let guard = LeaseGuard::new(self.leases.clone(), me);
+            match take(&self.leases, &me)? {
+                Ok(guard) => {
                     // What others recorded before we held the lease (a shared state).
                     self.state.sync()?;
                     return Ok(guard);
                 }
-                LeaseOutcome::HeldBy {
-                    pid,
-                    host,
-                    holder,
-                    since,
-                } => {
-                    if cancel.is_cancelled() {
-                        return Err(Error::Interrupted("waiting for the state lock".into()));
-                    }
-                    if Instant::now() >= deadline {
-                        return Err(Error::Locked {
-                            pid,
-                            host,
-                            holder,
-                            since,
-                            now: crate::state::now_ms(),
-                        });
-                    }
+                Err(_) if cancel.is_cancelled() => {
+                    return Err(Error::Interrupted("waiting for the state lock".into()));
                 }
+                Err(locked) if Instant::now() >= deadline => return Err(locked),
+                Err(_) => {}
             }
             let left = deadline.saturating_duration_since(Instant::now());
             std::thread::sleep(left.min(LOCK_POLL));
@@ -118,4 +104,26 @@ pub(super) fn watch_lease(
         }
     });
     LeaseWatcher { stop, task }
+}
+
+/// Asks `leases` once for `me`: the guard, or [`Error::Locked`] naming the holder.
+pub(super) fn take(
+    leases: &Arc<dyn LeaseStore>,
+    me: &LeaseHolder,
+) -> Result<std::result::Result<LeaseGuard, Error>> {
+    Ok(match leases.acquire(me)? {
+        LeaseOutcome::Acquired => Ok(LeaseGuard::new(leases.clone(), me.clone())),
+        LeaseOutcome::HeldBy {
+            pid,
+            host,
+            holder,
+            since,
+        } => Err(Error::Locked {
+            pid,
+            host,
+            holder,
+            since,
+            now: crate::state::now_ms(),
+        }),
+    })
 }

@@ -7,8 +7,10 @@ mod lock;
 mod probes;
 mod prune;
 mod recover;
+mod share;
 
 pub use recover::Recovered;
+pub use share::{pull_state, push_state, Pulled};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
