@@ -232,6 +232,15 @@ pub enum SourceKind {
         /// Tag filters, sorted by key.
         tags: BTreeMap<String, String>,
     },
+    /// The newest Ready version of an image another project builds with the local
+    /// provider, read from that project's shared state:
+    /// `imgraph image="base" { s3 bucket=… prefix=… region=… }`.
+    Imgraph {
+        image: String,
+        /// Where the other project's shared state is (its `state { s3 … }`).
+        #[serde(skip)]
+        state: S3Location,
+    },
 }
 
 /// A path relative to the project root, checked to stay inside it. Always uses `/`.

@@ -593,3 +593,30 @@ fn shared_state_and_store_name_one_kind_of_s3_location() {
     // Without a `state` block nothing is shared.
     assert!(load(&example_dir()).expect("loads").shared_state.is_none());
 }
+
+#[test]
+fn an_imgraph_source_names_an_image_and_the_other_projects_shared_state() {
+    let project = load_example(
+        r#"
+        source "platform-base" {
+            imgraph image="base" { s3 bucket="acme-imgraph" prefix="platform/" region="eu-west-1"; }
+        }
+        image "web" { from "platform-base"; build "rootfs"; }
+        "#,
+    );
+    let source = project.source("platform-base").expect("the source");
+    assert_eq!(
+        source.kind,
+        SourceKind::Imgraph {
+            image: "base".into(),
+            state: model::S3Location {
+                bucket: "acme-imgraph".into(),
+                prefix: "platform".into(),
+                region: "eu-west-1".into(),
+                endpoint: None,
+            },
+        }
+    );
+    let web = project.image("web").expect("web");
+    assert_eq!(web.from, FromRef::Source("platform-base".into()));
+}

@@ -71,7 +71,7 @@ fn node_inputs(ctx: &ExecContext, node: &PlannedNode) -> Vec<NodeInput> {
         })
         .and_then(|s| match &s.kind {
             SourceKind::Local { path } => Some(path.as_str()),
-            SourceKind::Aws { .. } => None,
+            SourceKind::Aws { .. } | SourceKind::Imgraph { .. } => None,
         });
     let in_origin = |path: &str| {
         origin.is_some_and(|o| {
@@ -136,10 +136,13 @@ pub(super) async fn run_node(
                     Some(SourceKind::Local { path }) => {
                         Origin::LocalPath(ctx.project.root.join(path.as_str()))
                     }
-                    Some(SourceKind::Aws { .. }) => match ctx.resolved_sources.get(s) {
-                        Some(ami) => Origin::Artifact(ami.clone()),
-                        None => return Err(ExecError::Unresolved { name: s.clone() }),
-                    },
+                    Some(SourceKind::Aws { .. } | SourceKind::Imgraph { .. }) => {
+                        match ctx.resolved_sources.get(s) {
+                            // An AMI id, or another project's local artifact id.
+                            Some(id) => Origin::Artifact(id.clone()),
+                            None => return Err(ExecError::Unresolved { name: s.clone() }),
+                        }
+                    }
                     None => {
                         return Err(ExecError::Unknown {
                             what: "source",

@@ -9,9 +9,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::local::{LocalProvider, OwnArtifacts, SharedStores, Store};
+use super::local::{LocalProvider, OwnArtifacts, SharedArtifacts, SharedStores, Store};
+use super::upstream::Upstream;
 use super::{Provider, ProviderError};
-use crate::config::model::{Project, ProviderKind, ProviderType, S3Location};
+use crate::config::model::{Project, ProviderKind, ProviderType, S3Location, SourceKind};
 
 /// The providers a project declares, connected and ready.
 #[derive(Clone, Default)]
@@ -19,6 +20,8 @@ pub struct Providers {
     /// Provider name → implementation. A project declares each provider at most once, so
     /// a provider's name is its type's name.
     pub all: HashMap<String, Arc<dyn Provider>>,
+    /// Source name → the other project an `imgraph` source reads.
+    pub upstream: HashMap<String, Arc<dyn Upstream>>,
 }
 
 impl Providers {
@@ -47,6 +50,16 @@ pub enum ConnectError {
 /// Connects every provider `project` declares.
 pub async fn connect(project: &Project) -> Result<Providers, ConnectError> {
     let mut out = Providers::default();
+    // Other projects' images: their state is read to resolve the source, their store to
+    // fetch its artifact (by the local provider, which builds from it).
+    let mut upstream_stores = Vec::new();
+    for source in &project.sources {
+        if let SourceKind::Imgraph { state, .. } = &source.kind {
+            let (upstream, store) = producer(state)?;
+            out.upstream.insert(source.name.clone(), upstream);
+            upstream_stores.push(store);
+        }
+    }
     for p in &project.providers {
         let provider: Arc<dyn Provider> = match &p.kind {
             ProviderKind::Local { store, sandbox } => {
@@ -59,7 +72,7 @@ pub async fn connect(project: &Project) -> Result<Providers, ConnectError> {
                             shared_store(place, state)
                         })
                         .transpose()?,
-                    upstream: Vec::new(),
+                    upstream: upstream_stores.clone(),
                 };
                 Arc::new(
                     LocalProvider::new(Store::new(store.clone()), *sandbox).with_shared(shared),
@@ -140,6 +153,33 @@ fn shared_store(
         source: ProviderError::Unsupported {
             provider: "local",
             capability: "share artifacts on S3 in this build of imgraph (it was built without the `s3` feature)",
+        },
+    })
+}
+
+/// Another project an `imgraph` source reads: its history, and its store to fetch from.
+type Producer = (Arc<dyn Upstream>, Arc<dyn SharedArtifacts>);
+
+/// The other project at `state` (an `imgraph` source): its history and its store.
+#[cfg(feature = "s3")]
+fn producer(state: &S3Location) -> Result<Producer, ConnectError> {
+    let producer = super::s3::Producer::connect(state).map_err(|e| ConnectError::Setup {
+        provider: ProviderType::Local,
+        source: ProviderError::Upstream(Box::new(e)),
+    })?;
+    let producer = Arc::new(producer);
+    let store = Arc::new(super::s3::ProducerStore(producer.clone()));
+    Ok((producer, store))
+}
+
+/// Without the `s3` feature another project's shared state cannot be read.
+#[cfg(not(feature = "s3"))]
+fn producer(_state: &S3Location) -> Result<Producer, ConnectError> {
+    Err(ConnectError::Setup {
+        provider: ProviderType::Local,
+        source: ProviderError::Unsupported {
+            provider: "local",
+            capability: "read other projects' shared state in this build of imgraph (it was built without the `s3` feature)",
         },
     })
 }

@@ -13,6 +13,7 @@ pub mod local;
 pub mod probes;
 #[cfg(feature = "s3")]
 pub mod s3;
+pub mod upstream;
 
 pub use connect::{connect, ConnectError, Providers};
 
@@ -77,6 +78,12 @@ pub enum ProviderError {
         error: Box<ProviderError>,
         cleanup: Box<ProviderError>,
     },
+    /// Another project's shared state could not be read (an `imgraph` source).
+    #[error(transparent)]
+    Upstream(Box<dyn std::error::Error + Send + Sync>),
+    /// An `imgraph` source whose image has no Ready version in the other project.
+    #[error("find image `{image}` in the project at {place}: it has no Ready version (yet)")]
+    NoReadyUpstream { image: String, place: String },
     #[error("worker thread failed")]
     Worker(#[from] tokio::task::JoinError),
     #[error("build step `{command}` {}", outcome.describe())]

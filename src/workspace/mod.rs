@@ -145,6 +145,9 @@ impl Workspace {
                     resolve_aws_source(providers, &source.name, owners, name.as_deref(), tags)
                         .await?
                 }
+                SourceKind::Imgraph { image, .. } => {
+                    resolve_imgraph_source(providers, &source.name, image).await?
+                }
             };
             facts.sources.insert(source.name.clone(), id);
         }
@@ -384,6 +387,30 @@ async fn resolve_aws_source(
         name: name.to_string(),
         provider: "aws".into(),
     })
+}
+
+/// The artifact id of the newest Ready version of `image` in the other project an
+/// `imgraph` source names (see `provider::upstream`).
+async fn resolve_imgraph_source(providers: &Providers, name: &str, image: &str) -> Result<String> {
+    let resolve_err = |source| Error::ResolveSource {
+        name: name.into(),
+        source: Box::new(source),
+    };
+    let Some(upstream) = providers.upstream.get(name) else {
+        return Err(resolve_err(crate::provider::ProviderError::Unsupported {
+            provider: "local",
+            capability: "read other projects' shared state in this build of imgraph",
+        }));
+    };
+    match upstream.newest_ready(image).await.map_err(resolve_err)? {
+        Some(ready) => Ok(ready.artifact_id),
+        None => Err(resolve_err(
+            crate::provider::ProviderError::NoReadyUpstream {
+                image: image.into(),
+                place: upstream.name(),
+            },
+        )),
+    }
 }
 
 /// Where an apply's plan comes from.

@@ -105,6 +105,7 @@ pub(crate) fn project(nodes: &[Node], cx: Context, diags: &mut Diags) -> Option<
         }
     }
     v.image_cycles(&drafts);
+    v.imgraph_sources_build_locally(&sources, &drafts);
 
     let mut envs = Vec::new();
     for node in top.iter().filter(|n| n.name == "environment") {

@@ -1,9 +1,10 @@
-//! `source` stanzas: a local tarball or folder, or an AWS image filter.
+//! `source` stanzas: a local tarball or folder, an AWS image filter, or another imgraph
+//! project's image (read from its shared state).
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::V;
-use crate::config::model::{Source, SourceKind};
+use super::{ImageDraft, V};
+use crate::config::model::{FromRef, Source, SourceKind};
 use crate::config::paths::Expect;
 use crate::config::raw::Node;
 
@@ -18,14 +19,14 @@ impl V<'_> {
             None => "this source".to_owned(),
         };
         let place = format!("in {owner}");
-        let kids = self.children(node, &["local", "aws"], &place);
+        let kids = self.children(node, &["local", "aws", "imgraph"], &place);
         let (origin, extra) = match kids.as_slice() {
             [] => {
                 self.missing_child(
                     node,
                     &owner,
-                    "local` or `aws",
-                    "add `local \"bases/debian-12.tar.zst\"` (a tarball or folder in the project) or `aws owner=\"amazon\" name=\"PATTERN\"`".to_owned(),
+                    "local`, `aws` or `imgraph",
+                    "add `local \"bases/debian-12.tar.zst\"` (a tarball or folder in the project), `aws owner=\"amazon\" name=\"PATTERN\"` or `imgraph image=\"NAME\" { s3 … }`".to_owned(),
                 );
                 return None;
             }
@@ -40,10 +41,13 @@ impl V<'_> {
                     "second origin",
                 )
                 .label(origin.name_span, "first origin")
-                .help("a source is either one `local` path or one `aws` image filter");
+                .help(
+                    "a source is one `local` path, one `aws` image filter or one `imgraph` image",
+                );
         }
         let kind = match origin.name.as_str() {
             "local" => self.local_source(origin),
+            "imgraph" => self.imgraph_source(origin, &owner),
             _ => self.aws_source(origin, &owner),
         }?;
         let name = name?;
@@ -136,5 +140,71 @@ impl V<'_> {
             return None;
         }
         Some(SourceKind::Aws { owners, name, tags })
+    }
+}
+
+const IMGRAPH_USAGE: &str =
+    "imgraph image=\"base\" { s3 bucket=\"acme-imgraph\" prefix=\"platform/\" region=\"eu-west-1\"; }";
+
+impl V<'_> {
+    /// `imgraph image="NAME" { s3 … }`: the image's name in the other project and where
+    /// that project's shared state is.
+    pub(super) fn imgraph_source(&mut self, node: &Node, owner: &str) -> Option<SourceKind> {
+        self.props(node, &["image"]);
+        let _ = self.args(node, &[], IMGRAPH_USAGE);
+        let image = self.required_prop(node, "image", IMGRAPH_USAGE);
+        let place = format!("in the imgraph source of {owner}");
+        let kids = self.children(node, &["s3"], &place);
+        let state = match self.single(&kids, "s3", &place) {
+            Some(s3) => self.s3_location(s3),
+            None => {
+                self.missing_child(
+                    node,
+                    &format!("the imgraph source of {owner}"),
+                    "s3",
+                    format!(
+                        "name where the other project's shared state is (its `state {{ s3 … }}`), e.g. `{IMGRAPH_USAGE}`"
+                    ),
+                );
+                None
+            }
+        };
+        Some(SourceKind::Imgraph {
+            image: image?.value,
+            state: state?,
+        })
+    }
+}
+
+impl V<'_> {
+    /// An `imgraph` source is another project's local artifact (`local:<hex>`): only the
+    /// local provider can build from it.
+    pub(super) fn imgraph_sources_build_locally(
+        &mut self,
+        sources: &[Source],
+        drafts: &[ImageDraft],
+    ) {
+        for image in drafts.iter().filter_map(|d| d.image.as_ref()) {
+            let FromRef::Source(name) = &image.from else {
+                continue;
+            };
+            let Some(source) = sources.iter().find(|s| s.name == *name) else {
+                continue;
+            };
+            if matches!(source.kind, SourceKind::Imgraph { .. }) && image.provider != "local" {
+                self.diags
+                    .error(
+                        "provider_mismatch",
+                        image.span,
+                        format!(
+                            "image `{}` is built from `{name}`, another project's local image, with the {} provider",
+                            image.name, image.provider
+                        ),
+                        "needs the local provider",
+                    )
+                    .label(source.span, "another project's local image")
+                    .help("an `imgraph` source is a root file system from another project's local store: build from it with `provider \"local\"` and a `rootfs` build");
+            }
+        }
     }
 }

@@ -212,7 +212,7 @@ impl LocalProvider {
                 append_log(
                     log,
                     &format!(
-                        "imgraph: fetched {artifact_id} ({size} bytes) from {} in {:.1}s, verified",
+                        "imgraph: fetched {artifact_id} ({size} bytes) from {} in {:.2}s, verified",
                         shared.name(),
                         started.elapsed().as_secs_f64()
                     ),
@@ -249,7 +249,7 @@ impl LocalProvider {
         let line = if written {
             let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
             format!(
-                "imgraph: published {artifact_id} ({size} bytes) to {} in {:.1}s",
+                "imgraph: published {artifact_id} ({size} bytes) to {} in {:.2}s",
                 own.name(),
                 started.elapsed().as_secs_f64()
             )
