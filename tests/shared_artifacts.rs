@@ -5,7 +5,8 @@
 //! again; a corrupted object is refused by name; a store that ignores conditional writes
 //! is refused before anything runs.
 //!
-//! Runner B gets A's history by a copy of A's state file (shared state is tested apart).
+//! Runner B gets A's history by a copy of A's state file, or, in the last test, through the
+//! shared state (`state { s3 … }`), as two CI runners do.
 //! Each test uses its own bucket. Under CI a missing server fails the test.
 #![cfg(all(feature = "aws", feature = "s3"))]
 
@@ -328,4 +329,55 @@ async fn a_store_ignoring_conditional_writes_is_refused_before_anything_runs() {
     assert!(stderr.contains(&bucket), "{stderr}");
     assert!(!dir.join(".imgraph/images").exists(), "nothing was built");
     assert!(objects(&url, &bucket).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_shared_state_runner_b_is_up_to_date_and_tests_on_the_artifact_a_stored() {
+    let Some(url) = s3::endpoint() else { return };
+    let bucket = s3::fresh_bucket(&url, "art-2runners");
+    let (_a_tmp, a) = shared_quickstart(&url, &bucket);
+    let config = a.join("imgraph.kdl");
+    let text = std::fs::read_to_string(&config).expect("read imgraph.kdl");
+    write(
+        &config,
+        &text.replace(
+            "imgraph version=1\n",
+            &format!("imgraph version=1\nstate {{ s3 bucket=\"{bucket}\" prefix=\"platform/\" region=\"us-east-1\" endpoint=\"{url}\"; }}\n"),
+        ),
+    );
+    stdout_of(&a, &["apply", "-q"]);
+    let base = artifact_of(&a, "base");
+
+    // Runner B: a separate checkout, nothing local (no state file, no store).
+    let b_tmp = tempfile::tempdir().expect("tempdir");
+    let b = b_tmp.path().join("runner-b");
+    copy_dir(&a, &b);
+    assert!(!b.join(".imgraph").exists());
+    let out = imgraph(&b)
+        .args(["plan", "--detailed-exitcode"])
+        .output()
+        .expect("run imgraph");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "B sees A's work as up to date: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    append(
+        &b.join("tests/base/smoke.sh"),
+        "\n# checked again on runner B\n",
+    );
+    let (code, events) = apply_events(&b, &[]);
+    assert_eq!(code, 0, "{events:#?}");
+    // The changed test and the publish it cascades to; nothing is built again.
+    assert_eq!(started(&events), vec!["test:base/smoke", "publish:base"]);
+    let log = log_of(finished(&events, "test:base/smoke"));
+    assert!(
+        log.contains(&format!("imgraph: fetched {base}")) && log.contains(&format!("from {base}")),
+        "B's test ran on the artifact A stored:\n{log}"
+    );
+    // A sees B's outcome in the shared history.
+    let history = String::from_utf8_lossy(&stdout_of(&a, &["history", "--json"])).into_owned();
+    assert!(history.matches("test:base/smoke").count() >= 2, "{history}");
 }
