@@ -186,3 +186,66 @@ fn a_closed_pipe_is_not_a_crash() {
         "the apply finished although nobody read its output"
     );
 }
+
+/// The parse cache (`.imgraph/config.cache`) is keyed by the config's bytes: an edit that
+/// keeps the file's size is seen at once, so is going back to the first text, a bad edit is
+/// reported and not cached, and a damaged cache entry is only a miss.
+#[test]
+fn an_edited_config_is_seen_through_the_parse_cache() {
+    let (_t, dir) = copy_project("examples/quickstart");
+    let cache = dir.join(imgraph::config::CACHE_FILE);
+    let config = dir.join("imgraph.kdl");
+    let first = std::fs::read_to_string(&config).unwrap();
+    let (code, _) = stdout_of(&dir, &["apply", "-q"]);
+    assert_eq!(code, Some(0));
+    let (code, _) = stdout_of(&dir, &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        cache.is_file(),
+        "a clean load into an existing .imgraph writes the cache"
+    );
+
+    // Same length, same second: only the bytes tell the texts apart.
+    let edited = first.replacen("timeout \"1m\"", "timeout \"9m\"", 1);
+    assert_eq!(edited.len(), first.len());
+    std::fs::write(&config, &edited).unwrap();
+    let plan = plan_json(&dir, &[]);
+    assert_eq!(
+        reason_kinds(&plan, "test:base/smoke"),
+        vec!["config-changed".to_string()]
+    );
+    std::fs::write(&config, &first).unwrap();
+    let (code, _) = stdout_of(&dir, &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, Some(0), "going back to the first text is seen too");
+
+    let cached = std::fs::read(&cache).unwrap();
+    std::fs::write(
+        &config,
+        first.replacen("timeout \"1m\"", "timeout \"1x\"", 1),
+    )
+    .unwrap();
+    let (code, _) = stdout_of(&dir, &["plan"]);
+    assert_eq!(
+        code,
+        Some(1),
+        "a bad edit is reported, not hidden by the cache"
+    );
+    assert_eq!(
+        std::fs::read(&cache).unwrap(),
+        cached,
+        "a bad config is not cached"
+    );
+
+    std::fs::write(&config, &first).unwrap();
+    let mut damaged = cached.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0xff;
+    std::fs::write(&cache, &damaged).unwrap();
+    let (code, _) = stdout_of(&dir, &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, Some(0), "a damaged entry is a miss, parsed again");
+    assert_eq!(
+        std::fs::read(&cache).unwrap(),
+        cached,
+        "and written again whole"
+    );
+}

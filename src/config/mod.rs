@@ -13,10 +13,15 @@
 //! to produce follow-on errors: names are collected before bodies are checked, and
 //! references resolve against names, not against stanzas that validated cleanly.
 //!
+//! The first step is cached for projects read from disk: the raw tree of a text that loaded
+//! cleanly is kept in `.imgraph/config.cache`, keyed by the text's digest (see [`cache`]),
+//! so an unchanged config is not parsed again. Validation always runs.
+//!
 //! Paths are checked when the config is loaded, so a missing file is a config error with a
 //! span rather than a hashing error later. Globs are checked to match at least one file;
 //! that walk starts at the glob's literal folder and stops at the first match.
 
+mod cache;
 mod diag;
 pub mod model;
 mod paths;
@@ -28,6 +33,7 @@ use std::sync::Arc;
 
 use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme};
 
+pub use cache::CACHE_FILE;
 pub use diag::{did_you_mean, ConfigDiagnostic};
 pub use validate::cycles::{cycle_names, find_cycles};
 
@@ -103,7 +109,13 @@ pub fn load(path: &Path) -> Result<model::Project, ConfigError> {
     };
     let root = canonical(&folder)?;
     let config_path = root.join(file.file_name().unwrap_or(CONFIG_FILE.as_ref()));
-    load_text(root, config_path, &display_name(&file), text)
+    load_text(
+        root,
+        config_path,
+        &display_name(&file),
+        text,
+        Cache::Project,
+    )
 }
 
 /// The largest config file imgraph reads. Real ones are a few kilobytes; this keeps a
@@ -176,7 +188,16 @@ pub fn load_str(root: &Path, file_name: &str, text: &str) -> Result<model::Proje
     } else {
         root.join(named.file_name().unwrap_or(CONFIG_FILE.as_ref()))
     };
-    load_text(root, config_path, file_name, text.to_owned())
+    load_text(root, config_path, file_name, text.to_owned(), Cache::None)
+}
+
+/// Whether a load uses the parse cache (see [`cache`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cache {
+    /// The project's `.imgraph/config.cache`: a config read from a project folder.
+    Project,
+    /// No cache: a text given by the caller.
+    None,
 }
 
 fn load_text(
@@ -184,19 +205,33 @@ fn load_text(
     config_path: PathBuf,
     file_name: &str,
     text: String,
+    cache: Cache,
 ) -> Result<model::Project, ConfigError> {
     let shared = Arc::new(text);
     let mut diags = diag::Diags::new(file_name, Arc::clone(&shared));
-    let project = raw::parse(&shared, &mut diags).and_then(|nodes| {
+    let cached = match cache {
+        Cache::Project => cache::read(&root, &shared),
+        Cache::None => None,
+    };
+    let hit = cached.is_some();
+    let nodes = cached.or_else(|| raw::parse(&shared, &mut diags));
+    let cache_root = root.clone();
+    let project = nodes.as_ref().and_then(|nodes| {
         let cx = validate::Context {
             root,
             config_path,
             config_text: shared.as_ref().clone(),
         };
-        validate::project(&nodes, cx, &mut diags)
+        validate::project(nodes, cx, &mut diags)
     });
-    match project {
-        Some(project) if diags.is_empty() => Ok(project),
+    match (project, nodes) {
+        (Some(project), Some(nodes)) if diags.is_empty() => {
+            // Only a config that loaded cleanly is kept: a bad one changes nothing.
+            if cache == Cache::Project && !hit {
+                cache::write(&cache_root, &shared, &nodes);
+            }
+            Ok(project)
+        }
         _ => Err(ConfigError::Invalid {
             file: file_name.to_owned(),
             diagnostics: diags.into_sorted(),
