@@ -1,12 +1,20 @@
 //! Recording: what the executor writes to the state for each node (its start, its end, a
 //! node that did not run) and the typed outputs a node leaves in its record.
 //!
-//! Each record is its own transaction, written as it happens, so a crash at any point
-//! leaves a consistent history. Outputs are JSON read back by the planner and by later
-//! stages: a build's [`BuildOutputs`], and a test's, publish's or delivery's
-//! [`StageOutputs`] (the version it worked on).
+//! Records are written as they happen, so a crash at any point leaves a consistent
+//! history. Nodes that become ready together are recorded as started in one transaction,
+//! and nodes whose work returned together as ended in one: a group costs one write (and,
+//! with a journal, one append) instead of one per node. Neither weakens what a crash
+//! keeps: a node's end is committed before any node that needs it starts (the scheduler
+//! records a group before it looks for what became ready), and a run killed before a
+//! group's commit loses only the records of nodes that were still running as far as the
+//! state knows, as a kill during a single record always could.
+//!
+//! Outputs are JSON read back by the planner and by later stages: a build's
+//! [`BuildOutputs`], and a test's, publish's or delivery's [`StageOutputs`] (the version
+//! it worked on).
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +23,7 @@ use super::events::NodeOutcome;
 use super::scheduler::Finished;
 use super::{ExecContext, ExecError};
 use crate::plan::{BuildOutputs, PlannedNode};
-use crate::state::{NodeRunId, NodeStart, NodeStatus, RunId, State, StateError};
+use crate::state::{NodeEnd, NodeRunId, NodeStart, NodeStatus, RunId, State, StateError};
 use crate::text::error_chain;
 
 /// The options a run is recorded with. Fields are in name order, as the records have
@@ -105,17 +113,23 @@ fn node_start<'a>(
     }
 }
 
-/// Records that `node` starts, with its log; returns its node run id.
-pub(super) fn start_node(
+/// Records that `nodes` (each with its log) start, in one transaction; returns their node
+/// run ids in order.
+pub(super) fn start_nodes(
     ctx: &ExecContext,
     run: RunId,
-    node: &PlannedNode,
-    log: &Path,
-) -> Result<i64, ExecError> {
-    let (m, u, r) = node.record_fields();
-    let log_s = log.to_string_lossy();
+    nodes: &[(PlannedNode, PathBuf)],
+) -> Result<Vec<i64>, ExecError> {
+    let fields: Vec<_> = nodes.iter().map(|(n, _)| n.record_fields()).collect();
+    let logs: Vec<_> = nodes.iter().map(|(_, l)| l.to_string_lossy()).collect();
+    let starts: Vec<NodeStart> = nodes
+        .iter()
+        .zip(&fields)
+        .zip(&logs)
+        .map(|(((node, _), (m, u, r)), log)| node_start(node, m, u, r, Some(log)))
+        .collect();
     let st = ctx.state.lock().map_err(|_| ExecError::Poisoned)?;
-    Ok(st.start_node(run, &node_start(node, &m, &u, &r, Some(&log_s)))?)
+    Ok(st.start_nodes(run, &starts)?)
 }
 
 /// Records a node that will not run (skipped or cancelled) with its cause.
@@ -172,13 +186,22 @@ pub(super) fn record_crash(ctx: &ExecContext, node_run: i64, error: &str) {
     }
 }
 
-/// Records the node's end in the state and says how it ended.
-pub(super) fn finish(
-    ctx: &ExecContext,
+/// How a node's work ended, waiting to be recorded with the others that ended with it.
+pub(crate) struct Ended {
+    node_run: i64,
+    outcome: NodeOutcome,
+    status: NodeStatus,
+    outputs: Option<String>,
+    error: Option<String>,
+}
+
+/// What the work of node run `node_run` returned, as it will be recorded: cancelled when
+/// it failed after `cancel` was cancelled.
+pub(super) fn ended(
     node_run: i64,
     result: Result<Option<String>, ExecError>,
     cancel: &CancellationToken,
-) -> Finished {
+) -> Ended {
     let (outcome, status, outputs, error) = match result {
         Ok(outputs) => (NodeOutcome::Succeeded, NodeStatus::Succeeded, outputs, None),
         Err(e) if cancel.is_cancelled() => (
@@ -194,14 +217,44 @@ pub(super) fn finish(
             Some(error_chain(&e)),
         ),
     };
-    let recorded = ctx.lock().and_then(|st| {
-        Ok(st.finish_node(node_run, status, outputs.as_deref(), error.as_deref())?)
-    });
-    match recorded {
-        Ok(()) => Finished { outcome, error },
-        Err(e) => Finished {
-            outcome: NodeOutcome::Failed,
-            error: Some(format!("failed to record the outcome: {}", error_chain(&e))),
-        },
+    Ended {
+        node_run,
+        outcome,
+        status,
+        outputs,
+        error,
+    }
+}
+
+/// Records the ends of nodes whose work returned together, in one transaction, and says
+/// how each ended, in order. When the record fails, each of them failed.
+pub(super) fn finish(ctx: &ExecContext, ended: Vec<Ended>) -> Vec<Finished> {
+    let ends: Vec<NodeEnd> = ended
+        .iter()
+        .map(|e| NodeEnd {
+            id: e.node_run,
+            status: e.status,
+            outputs_json: e.outputs.as_deref(),
+            error: e.error.as_deref(),
+        })
+        .collect();
+    match ctx.lock().and_then(|st| Ok(st.finish_nodes(&ends)?)) {
+        Ok(()) => ended
+            .into_iter()
+            .map(|e| Finished {
+                outcome: e.outcome,
+                error: e.error,
+            })
+            .collect(),
+        Err(e) => {
+            let error = format!("failed to record the outcome: {}", error_chain(&e));
+            ended
+                .iter()
+                .map(|_| Finished {
+                    outcome: NodeOutcome::Failed,
+                    error: Some(error.clone()),
+                })
+                .collect()
+        }
     }
 }

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use super::events::NodeOutcome;
-use super::scheduler::{NodeRunner, Started};
+use super::record::Ended;
+use super::scheduler::{Finished, NodeRunner, Started};
 use super::{cutoff, record, sanitize, stages, ExecContext, ExecError, Fresh, Made};
 use crate::plan::PlannedNode;
 use crate::state::RunId;
@@ -42,6 +43,8 @@ impl<'a> PlanRunner<'a> {
 }
 
 impl NodeRunner for PlanRunner<'_> {
+    type Done = Ended;
+
     /// Early cutoff: records a cascade whose upstream builds all produced what their
     /// image already had as up to date (a success with the key it was planned with, the
     /// outputs of the version it would have made again, and a note), without running it.
@@ -59,27 +62,42 @@ impl NodeRunner for PlanRunner<'_> {
         Ok(Some(note))
     }
 
-    fn start(&mut self, id: &str, stop: &CancellationToken) -> Result<Started, ExecError> {
+    fn start(
+        &mut self,
+        ids: &[&str],
+        stop: &CancellationToken,
+    ) -> Result<Vec<Started<Ended>>, ExecError> {
         let (ctx, run_id) = (self.ctx, self.run_id);
-        let node = self.node(id)?;
-        let log = ctx
-            .logs_dir(run_id)
-            .join(format!("{}.log", sanitize(&node.id)));
-        // A delivery is recorded with the artifact it delivers, known only now when its
-        // image was built in this run.
-        let n = stages::resolve_delivery(ctx, &self.fresh, node);
-        let node_run = record::start_node(ctx, run_id, &n, &log)?;
-        tracing::debug!(node = %node.id, key = %n.key, log = %log.display(), "node started");
-        self.node_runs.insert(node.id.clone(), node_run);
-        let (c, f, tok, l) = (ctx.clone(), self.fresh.clone(), stop.clone(), log.clone());
-        let task = Box::pin(async move {
-            let result = stages::run_node(&c, run_id, &n, &l, &f, &tok).await;
-            record::finish(&c, node_run, result, &tok)
-        });
-        Ok(Started {
-            log_path: log,
-            task,
-        })
+        let mut nodes = Vec::with_capacity(ids.len());
+        for id in ids {
+            let node = self.node(id)?;
+            let log = ctx
+                .logs_dir(run_id)
+                .join(format!("{}.log", sanitize(&node.id)));
+            // A delivery is recorded with the artifact it delivers, known only now when its
+            // image was built in this run.
+            nodes.push((stages::resolve_delivery(ctx, &self.fresh, node), log));
+        }
+        let node_runs = record::start_nodes(ctx, run_id, &nodes)?;
+        let mut started = Vec::with_capacity(nodes.len());
+        for ((n, log), node_run) in nodes.into_iter().zip(node_runs) {
+            tracing::debug!(node = %n.id, key = %n.key, log = %log.display(), "node started");
+            self.node_runs.insert(n.id.clone(), node_run);
+            let (c, f, tok, l) = (ctx.clone(), self.fresh.clone(), stop.clone(), log.clone());
+            let task = Box::pin(async move {
+                let result = stages::run_node(&c, run_id, &n, &l, &f, &tok).await;
+                record::ended(node_run, result, &tok)
+            });
+            started.push(Started {
+                log_path: log,
+                task,
+            });
+        }
+        Ok(started)
+    }
+
+    fn finish(&mut self, done: Vec<(String, Ended)>) -> Vec<Finished> {
+        record::finish(self.ctx, done.into_iter().map(|(_, e)| e).collect())
     }
 
     fn not_run(&mut self, id: &str, outcome: NodeOutcome, cause: &str) -> Result<(), ExecError> {

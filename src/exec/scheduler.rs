@@ -10,6 +10,12 @@
 //!   running ones see `stop` and are awaited, never abandoned;
 //! - a node task that panics is a failed node, and the run still ends normally;
 //! - an error of the runner's own records stops the run, after the running tasks ended.
+//!
+//! Nodes that become ready together are handed to the runner together, and so are nodes
+//! whose tasks ended together (every task that has ended when the scheduler wakes up), so
+//! the runner can record each group in one write. A group's ends are recorded before the
+//! scheduler looks for what became ready, so a node never starts before the end of a node
+//! it needs is recorded.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -27,8 +33,9 @@ use super::ExecError;
 #[cfg(test)]
 mod tests;
 
-/// A started node's work: runs the node to its end, records that end and says how it went.
-pub(crate) type NodeTask = Pin<Box<dyn Future<Output = Finished> + Send + 'static>>;
+/// A started node's work: runs the node to its end and returns what the runner records
+/// (see [`NodeRunner::finish`]).
+pub(crate) type NodeTask<D> = Pin<Box<dyn Future<Output = D> + Send + 'static>>;
 
 /// How a node task ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,22 +45,33 @@ pub(crate) struct Finished {
 }
 
 /// A node that was recorded as started, with its log and its work.
-pub(crate) struct Started {
+pub(crate) struct Started<D> {
     pub log_path: PathBuf,
-    pub task: NodeTask,
+    pub task: NodeTask<D>,
 }
 
 /// Records and runs nodes for the scheduler. Nodes are named by id.
 pub(crate) trait NodeRunner {
+    /// What a node's task returns: how its work ended, not yet recorded.
+    type Done: Send + 'static;
+
     /// A ready node that need not run (early cutoff): records it as up to date and returns
     /// the note that says why; `None` when it must run.
     fn cut_off(&mut self, _node: &str) -> Result<Option<String>, ExecError> {
         Ok(None)
     }
 
-    /// Records that `node` starts and returns its work. The work watches `stop`: when it
-    /// is cancelled the node ends as soon as it has cleaned up.
-    fn start(&mut self, node: &str, stop: &CancellationToken) -> Result<Started, ExecError>;
+    /// Records that `nodes` (ready together) start and returns their work, in order. The
+    /// work watches `stop`: when it is cancelled the node ends as soon as it has cleaned up.
+    fn start(
+        &mut self,
+        nodes: &[&str],
+        stop: &CancellationToken,
+    ) -> Result<Vec<Started<Self::Done>>, ExecError>;
+
+    /// Records the ends of nodes whose tasks ended together and says how each ended, one
+    /// [`Finished`] per node, in order. A record that fails makes its nodes failed.
+    fn finish(&mut self, done: Vec<(String, Self::Done)>) -> Vec<Finished>;
 
     /// Records a node that will not run (`Skipped` or `Cancelled`) with its cause.
     fn not_run(&mut self, node: &str, outcome: NodeOutcome, cause: &str) -> Result<(), ExecError>;
@@ -96,22 +114,25 @@ pub(crate) async fn schedule<R: NodeRunner>(
         Err(e) => {
             // Never leave a node task behind: each one cleans up its instance or staging
             // folder before it returns, so stop them and wait.
+            // Their ends are still recorded.
             stop.cancel();
-            while sched.tasks.join_next().await.is_some() {}
+            while let Some(joined) = sched.tasks.join_next_with_id().await {
+                sched.ended(vec![joined], stop);
+            }
             Err(e)
         }
     }
 }
 
 /// The scheduler's bookkeeping for one run.
-struct Scheduler<'a, R> {
+struct Scheduler<'a, R: NodeRunner> {
     runner: &'a mut R,
     events: &'a UnboundedSender<Event>,
     limits: Limits,
     status: HashMap<String, NodeOutcome>,
     reports: BTreeMap<String, NodeReport>,
     log_paths: HashMap<String, PathBuf>,
-    tasks: JoinSet<Finished>,
+    tasks: JoinSet<R::Done>,
     /// Task → the node it runs and when it started.
     running: HashMap<tokio::task::Id, (String, Instant)>,
 }
@@ -127,8 +148,9 @@ impl<R: NodeRunner> Scheduler<'_, R> {
         let mut pending: Vec<&str> = nodes.iter().map(String::as_str).collect();
         loop {
             let stopping = stop.is_cancelled();
-            // Skip whatever waits on a failure; start whatever is ready.
+            // Skip whatever waits on a failure; start whatever is ready, together.
             let mut still = Vec::new();
+            let mut ready_now = Vec::new();
             let mut cut_any = false;
             for node in pending.drain(..) {
                 let my_deps = deps.get(node).map(Vec::as_slice).unwrap_or_default();
@@ -149,13 +171,14 @@ impl<R: NodeRunner> Scheduler<'_, R> {
                         continue;
                     }
                 }
-                if ready && !stopping && self.tasks.len() < parallelism {
-                    self.start(node, stop)?;
+                if ready && !stopping && self.tasks.len() + ready_now.len() < parallelism {
+                    ready_now.push(node);
                 } else {
                     still.push(node);
                 }
             }
             pending = still;
+            self.start(&ready_now, stop)?;
             if cut_any {
                 // What waited on a cut-off node may be ready (or cut off) now.
                 continue;
@@ -188,10 +211,31 @@ impl<R: NodeRunner> Scheduler<'_, R> {
                 _ = stop.cancelled(), if !stopping => continue,
             };
             let Some(joined) = joined else { continue };
-            let (node, started, finished) = match joined {
-                Ok((id, finished)) => {
+            // Every other task that has ended too: their ends are recorded together.
+            let mut group = vec![joined];
+            while let Some(more) = self.tasks.try_join_next_with_id() {
+                group.push(more);
+            }
+            self.ended(group, stop);
+        }
+    }
+
+    /// Records the tasks that ended together (one record for those that returned; a task
+    /// that panicked is a failed node) and reports each.
+    fn ended(
+        &mut self,
+        group: Vec<Result<(tokio::task::Id, R::Done), tokio::task::JoinError>>,
+        stop: &CancellationToken,
+    ) {
+        let mut returned = Vec::new();
+        let mut done = Vec::new();
+        let mut crashed = Vec::new();
+        for joined in group {
+            match joined {
+                Ok((id, outcome)) => {
                     let (node, started) = self.running.remove(&id).unwrap_or_else(unknown_task);
-                    (node, started, finished)
+                    returned.push((node.clone(), started));
+                    done.push((node, outcome));
                 }
                 Err(e) => {
                     // A node task panicked: record the node as failed, never lose it.
@@ -202,9 +246,25 @@ impl<R: NodeRunner> Scheduler<'_, R> {
                         outcome: NodeOutcome::Failed,
                         error: Some(error),
                     };
-                    (node, started, finished)
+                    crashed.push((node, started, finished));
                 }
-            };
+            }
+        }
+        let mut recorded = if done.is_empty() {
+            Vec::new()
+        } else {
+            self.runner.finish(done)
+        }
+        .into_iter();
+        let ends = returned.into_iter().map(|(node, started)| {
+            // The runner answers for every node; one it left out is not lost either.
+            let finished = recorded.next().unwrap_or_else(|| Finished {
+                outcome: NodeOutcome::Failed,
+                error: Some("failed to record the outcome: the runner gave none".into()),
+            });
+            (node, started, finished)
+        });
+        for (node, started, finished) in ends.collect::<Vec<_>>().into_iter().chain(crashed) {
             if finished.outcome == NodeOutcome::Failed && self.limits.fail_fast {
                 stop.cancel();
             }
@@ -223,17 +283,23 @@ impl<R: NodeRunner> Scheduler<'_, R> {
         })
     }
 
-    fn start(&mut self, node: &str, stop: &CancellationToken) -> Result<(), ExecError> {
-        let started = self.runner.start(node, stop)?;
-        let _ = self.events.send(Event::NodeStarted {
-            node: node.to_string(),
-            log_path: started.log_path.clone(),
-        });
-        self.log_paths.insert(node.to_string(), started.log_path);
-        self.status.insert(node.to_string(), NodeOutcome::Running);
-        let handle = self.tasks.spawn(started.task);
-        self.running
-            .insert(handle.id(), (node.to_string(), Instant::now()));
+    /// Starts `nodes`, which became ready together: one call to the runner for all.
+    fn start(&mut self, nodes: &[&str], stop: &CancellationToken) -> Result<(), ExecError> {
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let started = self.runner.start(nodes, stop)?;
+        for (node, started) in nodes.iter().zip(started) {
+            let _ = self.events.send(Event::NodeStarted {
+                node: node.to_string(),
+                log_path: started.log_path.clone(),
+            });
+            self.log_paths.insert(node.to_string(), started.log_path);
+            self.status.insert(node.to_string(), NodeOutcome::Running);
+            let handle = self.tasks.spawn(started.task);
+            self.running
+                .insert(handle.id(), (node.to_string(), Instant::now()));
+        }
         Ok(())
     }
 

@@ -331,6 +331,15 @@ pub struct NodeStart<'a> {
     pub log_path: Option<&'a str>,
 }
 
+/// How a node run ended, for [`State::finish_nodes`].
+#[derive(Debug, Clone, Copy)]
+pub struct NodeEnd<'a> {
+    pub id: NodeRunId,
+    pub status: NodeStatus,
+    pub outputs_json: Option<&'a str>,
+    pub error: Option<&'a str>,
+}
+
 #[derive(Debug, Clone)]
 pub struct NodeRecord {
     pub id: NodeRunId,

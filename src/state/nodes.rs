@@ -8,7 +8,8 @@ use rusqlite::{params, Params, Row};
 use super::journal::Durability;
 use super::record::{NodeFacts, Record};
 use super::{
-    now_ms, NodeHistory, NodeRecord, NodeRunId, NodeStart, NodeStatus, RunId, State, StateError,
+    now_ms, NodeEnd, NodeHistory, NodeRecord, NodeRunId, NodeStart, NodeStatus, RunId, State,
+    StateError,
 };
 
 const NODE_COLS: &str = "id, run_id, node_id, key, manifest_json, stanza, upstream_json, \
@@ -42,16 +43,39 @@ impl State {
     /// Records that a node started in `run`; its status is `Running` until
     /// [`State::finish_node`].
     pub fn start_node(&self, run: RunId, start: &NodeStart) -> Result<NodeRunId, StateError> {
-        let context = format!("record the start of node {}", start.node_id);
+        let ids = self.start_nodes(run, std::slice::from_ref(start))?;
+        // One start, one id.
+        Ok(ids[0])
+    }
+
+    /// Records that `starts` (nodes that became ready together) started in `run`, in one
+    /// transaction: one write, and one journal append, for the group. Returns their node
+    /// run ids, in order.
+    pub fn start_nodes(
+        &self,
+        run: RunId,
+        starts: &[NodeStart],
+    ) -> Result<Vec<NodeRunId>, StateError> {
+        let names: Vec<&str> = starts.iter().map(|s| s.node_id).collect();
+        let context = match names.as_slice() {
+            [one] => format!("record the start of node {one}"),
+            many => format!("record the start of nodes {}", many.join(", ")),
+        };
         self.record(&context, Durability::Normal, || {
-            let node_run = self.next_id("node_runs")?;
-            let record = Record::NodeStarted {
-                node_run,
-                run,
-                node: NodeFacts::from(start),
-                at: now_ms(),
-            };
-            Ok((vec![record], node_run))
+            let first = self.next_id("node_runs")?;
+            let at = now_ms();
+            let ids: Vec<NodeRunId> = (first..).take(starts.len()).collect();
+            let records = starts
+                .iter()
+                .zip(&ids)
+                .map(|(start, node_run)| Record::NodeStarted {
+                    node_run: *node_run,
+                    run,
+                    node: NodeFacts::from(start),
+                    at,
+                })
+                .collect();
+            Ok((records, ids))
         })
     }
 
@@ -62,18 +86,34 @@ impl State {
         outputs_json: Option<&str>,
         error: Option<&str>,
     ) -> Result<(), StateError> {
-        let record = Record::NodeFinished {
-            node_run: id,
+        self.finish_nodes(&[NodeEnd {
+            id,
             status,
-            outputs_json: outputs_json.map(str::to_owned),
-            error: error.map(str::to_owned),
-            at: (status != NodeStatus::Running).then(now_ms),
+            outputs_json,
+            error,
+        }])
+    }
+
+    /// Records the ends of node runs whose work returned together, in one transaction:
+    /// one write, and one journal append, for the group.
+    pub fn finish_nodes(&self, ends: &[NodeEnd]) -> Result<(), StateError> {
+        let ids: Vec<String> = ends.iter().map(|e| e.id.to_string()).collect();
+        let context = match ids.as_slice() {
+            [one] => format!("record the end of node run {one}"),
+            many => format!("record the end of node runs {}", many.join(", ")),
         };
-        self.record(
-            &format!("record the end of node run {id}"),
-            Durability::Normal,
-            || Ok((vec![record], ())),
-        )
+        let at = now_ms();
+        let records = ends
+            .iter()
+            .map(|e| Record::NodeFinished {
+                node_run: e.id,
+                status: e.status,
+                outputs_json: e.outputs_json.map(str::to_owned),
+                error: e.error.map(str::to_owned),
+                at: (e.status != NodeStatus::Running).then_some(at),
+            })
+            .collect();
+        self.record(&context, Durability::Normal, || Ok((records, ())))
     }
 
     pub(super) fn update_node(

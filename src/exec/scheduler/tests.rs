@@ -33,8 +33,12 @@ enum Script {
 /// Everything the scheduler asked of the runner, in order.
 #[derive(Debug, Default)]
 struct Calls {
-    /// `start X`, `end X`, `not-run X`, `cut-off X`, `crashed X`.
+    /// `start X`, `end X` (its task ended), `finish X` (its end recorded), `not-run X`,
+    /// `cut-off X`, `crashed X`.
     log: Vec<String>,
+    /// The nodes of each call to `start` and to `finish`: what was recorded together.
+    start_groups: Vec<Vec<String>>,
+    finish_groups: Vec<Vec<String>>,
     not_run: HashMap<String, (NodeOutcome, String)>,
     running: usize,
     most_running: usize,
@@ -53,22 +57,9 @@ impl FakeRunner {
     fn note(&self, line: String) {
         self.calls.lock().unwrap().log.push(line);
     }
-}
 
-impl NodeRunner for FakeRunner {
-    fn cut_off(&mut self, node: &str) -> Result<Option<String>, ExecError> {
-        if self.script[node] != Script::CutOff {
-            return Ok(None);
-        }
-        self.note(format!("cut-off {node}"));
-        Ok(Some(format!("{node}: same artifact")))
-    }
-
-    fn start(&mut self, node: &str, stop: &CancellationToken) -> Result<Started, ExecError> {
+    fn start_one(&self, node: &str, stop: &CancellationToken) -> Started<Finished> {
         let script = self.script[node];
-        if script == Script::StartFails {
-            return Err(ExecError::NotPlanned { node: node.into() });
-        }
         self.note(format!("start {node}"));
         let log_path = format!("{node}.log").into();
         let (calls, stop, ctrl_c, node) = (
@@ -113,7 +104,51 @@ impl NodeRunner for FakeRunner {
                 error: (outcome != NodeOutcome::Succeeded).then(|| format!("{node} scripted")),
             }
         });
-        Ok(Started { log_path, task })
+        Started { log_path, task }
+    }
+}
+
+impl NodeRunner for FakeRunner {
+    type Done = Finished;
+
+    fn cut_off(&mut self, node: &str) -> Result<Option<String>, ExecError> {
+        if self.script[node] != Script::CutOff {
+            return Ok(None);
+        }
+        self.note(format!("cut-off {node}"));
+        Ok(Some(format!("{node}: same artifact")))
+    }
+
+    fn start(
+        &mut self,
+        nodes: &[&str],
+        stop: &CancellationToken,
+    ) -> Result<Vec<Started<Finished>>, ExecError> {
+        // One record for the group: when it fails, none of them starts.
+        if let Some(bad) = nodes
+            .iter()
+            .find(|n| self.script[**n] == Script::StartFails)
+        {
+            return Err(ExecError::NotPlanned {
+                node: bad.to_string(),
+            });
+        }
+        self.calls
+            .lock()
+            .unwrap()
+            .start_groups
+            .push(nodes.iter().map(|n| n.to_string()).collect());
+        Ok(nodes.iter().map(|n| self.start_one(n, stop)).collect())
+    }
+
+    fn finish(&mut self, done: Vec<(String, Finished)>) -> Vec<Finished> {
+        let mut c = self.calls.lock().unwrap();
+        c.finish_groups
+            .push(done.iter().map(|(n, _)| n.clone()).collect());
+        for (node, _) in &done {
+            c.log.push(format!("finish {node}"));
+        }
+        done.into_iter().map(|(_, f)| f).collect()
     }
 
     fn not_run(&mut self, node: &str, outcome: NodeOutcome, cause: &str) -> Result<(), ExecError> {
@@ -353,9 +388,10 @@ async fn a_node_starts_only_after_every_node_it_needs_succeeded() {
     let ran = run(nodes, 4, false).await;
     for (node, _, deps) in nodes {
         for dep in *deps {
+            // Its end recorded, not only its task ended.
             let done = match ran.outcome(dep) {
                 NodeOutcome::UpToDate => format!("cut-off {dep}"),
-                _ => format!("end {dep}"),
+                _ => format!("finish {dep}"),
             };
             let first = match ran.outcome(node) {
                 NodeOutcome::UpToDate => format!("cut-off {node}"),
@@ -377,9 +413,14 @@ async fn a_node_starts_only_after_every_node_it_needs_succeeded() {
 
 #[tokio::test]
 async fn a_record_error_ends_the_run_after_the_running_nodes_ended() {
+    // b becomes ready while a runs (after c), and its start cannot be recorded.
     let ran = run(
-        &[("a", RunUntilStopped, &[]), ("b", StartFails, &[])],
-        2,
+        &[
+            ("a", RunUntilStopped, &[]),
+            ("c", Succeed, &[]),
+            ("b", StartFails, &["c"]),
+        ],
+        3,
         false,
     )
     .await;
@@ -390,4 +431,47 @@ async fn a_record_error_ends_the_run_after_the_running_nodes_ended() {
         ran.calls.log.contains(&"end a".to_string()),
         "a was awaited"
     );
+    assert!(
+        ran.calls.log.contains(&"finish a".to_string()),
+        "and its end recorded"
+    );
+    assert!(!ran.started().contains(&"b"));
+}
+
+#[tokio::test]
+async fn nodes_ready_together_start_in_one_record_and_ends_are_recorded_in_groups() {
+    let ran = run(
+        &[
+            ("a", Succeed, &[]),
+            ("b", Succeed, &[]),
+            ("c", Fail, &[]),
+            ("d", Succeed, &["a", "b"]),
+            ("e", Succeed, &["a"]),
+        ],
+        4,
+        false,
+    )
+    .await;
+    // a, b and c were ready at once: one record of their starts.
+    assert_eq!(ran.calls.start_groups[0], ["a", "b", "c"]);
+    // Every task that had ended when the scheduler woke was recorded with the others;
+    // each node exactly once, whatever the grouping.
+    let mut recorded: Vec<&str> = ran
+        .calls
+        .finish_groups
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    recorded.sort_unstable();
+    assert_eq!(recorded, ["a", "b", "c", "d", "e"]);
+    assert!(
+        ran.calls.finish_groups.len() < 5,
+        "tasks that end together share a record: {:?}",
+        ran.calls.finish_groups
+    );
+    assert_eq!(ran.outcome("c"), NodeOutcome::Failed);
+    // d and e became ready with the same group of ends: one record of their starts.
+    assert_eq!(ran.calls.start_groups[1..], [vec!["d", "e"]]);
+    assert_eq!(ran.outcome("d"), NodeOutcome::Succeeded);
 }
