@@ -150,12 +150,19 @@ impl Ledger {
         resource: &str,
         purpose: &str,
     ) -> Result<i64, ProviderError> {
-        let st = self.state.lock().map_err(|_| ProviderError::Poisoned)?;
-        Ok(st.ledger_add(self.run, node, provider, kind, resource, purpose)?)
+        let added = {
+            let st = self.state.lock().map_err(|_| ProviderError::Poisoned)?;
+            st.ledger_add(self.run, node, provider, kind, resource, purpose)?
+        };
+        // On disk before the resource exists, synced without holding the state.
+        Ok(added.sync()?)
     }
     pub fn set_resource(&self, id: i64, resource: &str) -> Result<(), ProviderError> {
-        let st = self.state.lock().map_err(|_| ProviderError::Poisoned)?;
-        Ok(st.ledger_set_resource(id, resource)?)
+        let set = {
+            let st = self.state.lock().map_err(|_| ProviderError::Poisoned)?;
+            st.ledger_set_resource(id, resource)?
+        };
+        Ok(set.sync()?)
     }
     pub fn destroyed(&self, id: i64) -> Result<(), ProviderError> {
         let st = self.state.lock().map_err(|_| ProviderError::Poisoned)?;

@@ -5,7 +5,7 @@
 
 use rusqlite::{params, Row};
 
-use super::{now_ms, LedgerEntry, RunId, State, StateError};
+use super::{now_ms, Durable, LedgerEntry, RunId, State, StateError};
 
 fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<LedgerEntry> {
     Ok(LedgerEntry {
@@ -22,6 +22,7 @@ fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<LedgerEntry> {
 }
 
 impl State {
+    /// Adds a ledger row; [`Durable::sync`] it before the resource is created.
     pub fn ledger_add(
         &self,
         run: Option<RunId>,
@@ -30,8 +31,9 @@ impl State {
         kind: &str,
         resource: &str,
         purpose: &str,
-    ) -> Result<i64, StateError> {
-        self.durable(|| self.ledger_insert(run, node_id, provider, kind, resource, purpose))
+    ) -> Result<Durable<i64>, StateError> {
+        let id = self.ledger_insert(run, node_id, provider, kind, resource, purpose)?;
+        Ok(self.unsynced(id))
     }
 
     fn ledger_insert(
@@ -55,9 +57,11 @@ impl State {
         Ok(self.conn.last_insert_rowid())
     }
 
-    /// Replaces the resource of a ledger entry (e.g. with the instance id once known).
-    pub fn ledger_set_resource(&self, id: i64, resource: &str) -> Result<(), StateError> {
-        self.durable(|| self.ledger_update_resource(id, resource))
+    /// Replaces the resource of a ledger entry (e.g. with the instance id once known);
+    /// [`Durable::sync`] it before going on.
+    pub fn ledger_set_resource(&self, id: i64, resource: &str) -> Result<Durable<()>, StateError> {
+        self.ledger_update_resource(id, resource)?;
+        Ok(self.unsynced(()))
     }
 
     fn ledger_update_resource(&self, id: i64, resource: &str) -> Result<(), StateError> {

@@ -30,9 +30,11 @@
 //! - Durability: `synchronous=NORMAL`, so a commit is safe against a killed process (the
 //!   WAL holds it) without an fsync of its own; only a power loss or kernel crash can take
 //!   back the last commits, and then a node merely runs again. What must outlive even that
-//!   is written through [`State::durable`] (`synchronous=FULL` for that commit, which also
-//!   syncs every commit before it): ledger rows, written before the resource they name is
-//!   created, and image versions, so a number is never issued twice.
+//!   is synced before the caller goes on, which also syncs every commit before it: image
+//!   versions (through [`State::durable`], `synchronous=FULL` for that commit), so a number
+//!   is never issued twice, and ledger rows, written before the resource they name is
+//!   created, which come back as a [`Durable`] the caller syncs after it let go of the
+//!   state, so other nodes' records never wait behind that fsync.
 //!
 //! - Commands that only read (`plan`, `images`, `history`) open it with
 //!   [`State::open_for_reading`]: never created, and usable on a read-only folder.
@@ -164,6 +166,11 @@ pub enum StateError {
     /// `lease-ttl`), or it could not be renewed for that long.
     #[error("hold the lease of {lease}: {detail}")]
     LeaseLost { lease: String, detail: String },
+    #[error("sync {} to disk", path.display())]
+    Sync {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{context}: state file {} {detail}", path.display())]
     JournalMismatch {
         path: PathBuf,
@@ -319,6 +326,43 @@ macro_rules! sql_text_enum {
 sql_text_enum!(NodeStatus, "node");
 sql_text_enum!(RunStatus, "run");
 sql_text_enum!(ReleaseStatus, "release");
+
+/// A committed write that already survives a killed process, and survives a power loss
+/// (with every commit before it) once [`Durable::sync`] returned. `sync` needs no access
+/// to the [`State`]: a caller that shares the state behind a lock lets go of it first, so
+/// other writers never wait behind the fsync.
+#[must_use = "the write survives a power loss only after sync()"]
+#[derive(Debug)]
+pub struct Durable<T> {
+    value: T,
+    /// The state file (its write-ahead log beside it, in WAL mode); `None` in memory.
+    file: Option<PathBuf>,
+}
+
+impl<T> Durable<T> {
+    /// Syncs the write-ahead log (or, without one, the state file) and gives the value.
+    pub fn sync(self) -> Result<T, StateError> {
+        if let Some(file) = &self.file {
+            let mut wal = file.clone().into_os_string();
+            wal.push("-wal");
+            let wal = PathBuf::from(wal);
+            // No log: everything was checkpointed into the file (and synced there).
+            let synced = sync_data(&wal).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => sync_data(file),
+                _ => Err(e),
+            });
+            synced.map_err(|source| StateError::Sync {
+                path: file.clone(),
+                source,
+            })?;
+        }
+        Ok(self.value)
+    }
+}
+
+fn sync_data(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_data()
+}
 
 /// What a node run was started with.
 pub struct NodeStart<'a> {
@@ -652,6 +696,14 @@ impl State {
         self.conn
             .pragma_update(None, "synchronous", level)
             .map_err(|e| self.sql_err(e, format!("set synchronous={level}")))
+    }
+
+    /// `value`, committed with `synchronous=NORMAL`, for the caller to sync.
+    fn unsynced<T>(&self, value: T) -> Durable<T> {
+        Durable {
+            value,
+            file: (self.conn.path().is_some_and(|p| !p.is_empty())).then(|| self.path.clone()),
+        }
     }
 
     /// Runs `write` (one or more commits) with `synchronous=FULL`: when it returns, what it

@@ -171,9 +171,14 @@ fn commits_skip_fsync_except_ledger_rows_and_versions() {
         Some(2),
         "durable writes run with synchronous=FULL"
     );
-    state
+    // A ledger row is committed like any other, and synced by its caller, outside the
+    // state: the sync names the state file (its write-ahead log is what gets synced).
+    let row = state
         .ledger_add(None, "build:web", "local", "staging", "/x", "build")
         .unwrap();
+    assert_eq!(row.file.as_deref(), Some(state.path()));
+    assert_eq!(level(&state), NORMAL);
+    row.sync().unwrap();
     state
         .record_image(&image("web", "1.0.0", "a", "k", 1))
         .unwrap();
@@ -537,6 +542,7 @@ fn ledger_lists_only_entries_not_destroyed() {
             "pending",
             "smoke test",
         )
+        .and_then(Durable::sync)
         .unwrap();
     let b = state
         .ledger_add(
@@ -547,8 +553,12 @@ fn ledger_lists_only_entries_not_destroyed() {
             "/tmp/x",
             "build root",
         )
+        .and_then(Durable::sync)
         .unwrap();
-    state.ledger_set_resource(a, "i-0123").unwrap();
+    state
+        .ledger_set_resource(a, "i-0123")
+        .and_then(Durable::sync)
+        .unwrap();
     state.ledger_mark_destroyed(b).unwrap();
     state.ledger_mark_destroyed(b).unwrap();
 
@@ -794,6 +804,7 @@ fn the_serial_counts_history_writes_and_the_lineage_stays() {
     state.release_lease().unwrap();
     let l = state
         .ledger_add(None, "build:a", "local", "staging", "/tmp/x", "build")
+        .and_then(Durable::sync)
         .unwrap();
     state.ledger_mark_destroyed(l).unwrap();
     assert_eq!(state.lineage().unwrap(), first);
