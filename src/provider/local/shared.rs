@@ -16,13 +16,13 @@
 //! interrupted by a kill leaves its parts to the bucket's rule for incomplete multipart
 //! uploads rather than to the ledger.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
 
-use super::store::ID_PREFIX;
+use super::store::{hex_of, Store};
 use super::{LocalError, LocalProvider};
 use crate::provider::{append_log, ProviderError};
 
@@ -133,10 +133,10 @@ fn shared_err(
     }
 }
 
-/// `<hex>` of a well-formed local artifact id.
-fn hex_of(artifact_id: &str) -> Result<&str, LocalError> {
-    match artifact_id.strip_prefix(ID_PREFIX) {
-        Some(hex) if hex.len() == 64 => Ok(hex),
+/// The `<hex>` of a well-formed local artifact id and its file in this runner's store.
+fn located<'a>(store: &Store, artifact_id: &'a str) -> Result<(&'a str, PathBuf), LocalError> {
+    match (hex_of(artifact_id), store.path_of(artifact_id)) {
+        (Some(hex), Some(path)) => Ok((hex, path)),
         _ => Err(LocalError::InvalidArtifactId {
             id: artifact_id.to_owned(),
         }),
@@ -162,7 +162,7 @@ impl LocalProvider {
             return Ok(true);
         }
         // Not a local artifact id: nothing to find (as for the store alone).
-        let Ok(hex) = hex_of(artifact_id) else {
+        let Some(hex) = hex_of(artifact_id) else {
             return Ok(false);
         };
         for shared in self.shared.all() {
@@ -189,13 +189,7 @@ impl LocalProvider {
         if self.store.contains(artifact_id) || self.shared.is_empty() {
             return Ok(());
         }
-        let hex = hex_of(artifact_id)?;
-        let Some(dest) = self.store.path_of(artifact_id) else {
-            return Err(LocalError::InvalidArtifactId {
-                id: artifact_id.to_owned(),
-            }
-            .into());
-        };
+        let (hex, dest) = located(&self.store, artifact_id)?;
         for shared in self.shared.all() {
             let started = Instant::now();
             append_log(
@@ -233,13 +227,7 @@ impl LocalProvider {
         let Some(own) = &self.shared.own else {
             return Ok(());
         };
-        let hex = hex_of(artifact_id)?;
-        let Some(file) = self.store.path_of(artifact_id) else {
-            return Err(LocalError::InvalidArtifactId {
-                id: artifact_id.to_owned(),
-            }
-            .into());
-        };
+        let (hex, file) = located(&self.store, artifact_id)?;
         let started = Instant::now();
         let written = own.publish(hex, &file).await.map_err(shared_err(
             "publish",

@@ -29,6 +29,16 @@ use super::{io_err, unless_cancelled, Cancellable, LocalError};
 /// The prefix of every artifact id this store hands out.
 pub const ID_PREFIX: &str = "local:";
 
+/// The `<hex>` of an id `local:<64 lowercase hex>`; `None` for any other id.
+pub fn hex_of(artifact_id: &str) -> Option<&str> {
+    let hex = artifact_id.strip_prefix(ID_PREFIX)?;
+    let valid = hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    valid.then_some(hex)
+}
+
 /// The store folder's mode: artifacts are whole root file systems (an image's
 /// `/etc/shadow`, host keys), so only the user running imgraph may list or read them.
 pub const STORE_MODE: u32 = 0o700;
@@ -59,12 +69,7 @@ impl Store {
 
     /// Where the artifact lives; `None` for ids that are not `local:<64 lowercase hex>`.
     pub fn path_of(&self, artifact_id: &str) -> Option<PathBuf> {
-        let hex = artifact_id.strip_prefix(ID_PREFIX)?;
-        let valid = hex.len() == 64
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        valid.then(|| self.root.join(format!("{hex}.tar.zst")))
+        hex_of(artifact_id).map(|hex| self.root.join(format!("{hex}.tar.zst")))
     }
 
     /// Whether the artifact is in the store (it is not read or verified).
