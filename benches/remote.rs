@@ -99,7 +99,7 @@ fn remote(c: &mut Criterion) {
 
     group.bench_function("conditional-write-check", |b| {
         b.iter(|| {
-            rt.block_on(client.check_conditional_writes())
+            rt.block_on(client.probe_conditional_writes())
                 .expect("check")
         })
     });

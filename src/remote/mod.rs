@@ -24,7 +24,8 @@ pub mod artifacts;
 pub mod journal;
 pub mod lease;
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -368,7 +369,24 @@ impl ObjectClient {
     /// `check/`, and removes it: a second create must be refused, an update with a stale
     /// version must be refused, one with the current version must succeed. Without this a
     /// store that ignores the headers would let two runners both "win" the lease.
+    ///
+    /// It is a property of the store (endpoint and bucket), not of a prefix: a process
+    /// proves it once per store, so a shared state and a shared store in one bucket cost
+    /// one probe at start, not two.
     pub async fn check_conditional_writes(&self) -> Result<(), RemoteError> {
+        static PROVEN: Mutex<BTreeSet<(Option<String>, String)>> = Mutex::new(BTreeSet::new());
+        let proven = || PROVEN.lock().unwrap_or_else(PoisonError::into_inner);
+        let store = (self.location.endpoint.clone(), self.location.bucket.clone());
+        if proven().contains(&store) {
+            return Ok(());
+        }
+        self.probe_conditional_writes().await?;
+        proven().insert(store);
+        Ok(())
+    }
+
+    /// The probe behind [`Self::check_conditional_writes`], run every time it is called.
+    pub async fn probe_conditional_writes(&self) -> Result<(), RemoteError> {
         let name = format!("check/{}.json", writer_token());
         let refuse = |detail: &str| RemoteError::NoConditionalWrites {
             location: self.location.to_string(),
