@@ -12,7 +12,30 @@ use rusqlite::{params, OptionalExtension, Row};
 
 use super::journal::Durability;
 use super::record::{NewVersion, Record};
-use super::{now_ms, ImageRecord, ReleaseStatus, RunId, State, StateError};
+use super::{now_ms, ReleaseStatus, RunId, State, StateError};
+
+#[derive(Debug, Clone)]
+pub struct ImageRecord {
+    pub image: String,
+    pub version: String,
+    pub artifact_id: String,
+    pub provider: String,
+    pub key: String,
+    pub status: ReleaseStatus,
+    pub built_at: i64,
+    pub run_id: Option<RunId>,
+    /// Environments this version was delivered to, in first-delivery order. Filled when
+    /// reading; ignored by `record_image` (use `record_delivery`).
+    pub environments: Vec<String>,
+    /// Environments whose latest delivery of this image is this version: what they hold
+    /// now. Filled by [`State::images`] only.
+    pub holding: Vec<String>,
+    /// `IMAGE@VERSION` this version was built from, when built from another image (and
+    /// recorded since schema 5).
+    pub origin: Option<String>,
+    /// Why it was revoked, when it is.
+    pub revoked_reason: Option<String>,
+}
 
 const IMAGE_COLS: &str =
     "image, version, artifact_id, provider, key, status, built_at, run_id, origin, revoked_reason";

@@ -9,7 +9,45 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::process::{own_host, own_identity};
-use super::{Access, Lease, LeaseOutcome, State, StateError};
+use super::{Access, State, StateError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    Acquired,
+    HeldBy {
+        pid: u32,
+        /// The host the holder runs on (`None` in leases written before hosts were kept).
+        host: Option<String>,
+        holder: String,
+        since: i64,
+    },
+}
+
+/// The lease as it stands, for `imgraph lock status` and `imgraph lock break`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub pid: u32,
+    pub host: Option<String>,
+    /// What holds it, e.g. `imgraph apply`.
+    pub holder: String,
+    pub since: i64,
+    pub liveness: Liveness,
+    /// The holder's command line, where the lease keeps it (the shared lease).
+    pub command: Option<String>,
+    /// When the holder last renewed it (ms since the epoch), for a lease with a heartbeat.
+    pub heartbeat: Option<i64>,
+}
+
+/// Whether the holder of a lease still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Running on this host.
+    Alive,
+    /// Gone from this host (the next apply takes the lease over).
+    Gone,
+    /// Runs on another host, where this process cannot look.
+    OtherHost,
+}
 
 /// Who takes a lease: written with it, shown by `imgraph lock status`.
 #[derive(Debug, Clone, PartialEq, Eq)]

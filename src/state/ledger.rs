@@ -5,7 +5,21 @@
 
 use rusqlite::{params, Row};
 
-use super::{now_ms, Durable, LedgerEntry, RunId, State, StateError};
+use super::{now_ms, Durable, RunId, State, StateError};
+
+/// A temporary resource (instance, staging folder, volume, ...) recorded before it exists.
+#[derive(Debug, Clone)]
+pub struct LedgerEntry {
+    pub id: i64,
+    pub run_id: Option<RunId>,
+    pub node_id: String,
+    pub provider: String,
+    pub kind: String,
+    pub resource: String,
+    pub purpose: String,
+    pub created_at: i64,
+    pub destroyed_at: Option<i64>,
+}
 
 fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<LedgerEntry> {
     Ok(LedgerEntry {

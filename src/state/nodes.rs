@@ -7,10 +7,56 @@ use rusqlite::{params, Params, Row};
 
 use super::journal::Durability;
 use super::record::{NodeFacts, Record};
-use super::{
-    now_ms, NodeEnd, NodeHistory, NodeRecord, NodeRunId, NodeStart, NodeStatus, RunId, State,
-    StateError,
-};
+use super::{now_ms, NodeRunId, NodeStatus, RunId, State, StateError};
+
+/// What a node run was started with.
+pub struct NodeStart<'a> {
+    pub node_id: &'a str,
+    pub key: &'a str,
+    pub manifest_json: &'a str,
+    pub stanza: &'a str,
+    pub upstream_json: &'a str,
+    pub reasons_json: &'a str,
+    pub log_path: Option<&'a str>,
+}
+
+/// How a node run ended, for [`State::finish_nodes`].
+#[derive(Debug, Clone, Copy)]
+pub struct NodeEnd<'a> {
+    pub id: NodeRunId,
+    pub status: NodeStatus,
+    pub outputs_json: Option<&'a str>,
+    pub error: Option<&'a str>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeRecord {
+    pub id: NodeRunId,
+    pub run_id: RunId,
+    pub node_id: String,
+    pub key: String,
+    pub manifest_json: String,
+    pub stanza: String,
+    pub upstream_json: String,
+    pub reasons_json: String,
+    pub status: NodeStatus,
+    pub outputs_json: Option<String>,
+    pub error: Option<String>,
+    pub log_path: Option<String>,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+/// What `plan` needs to know about one node's past.
+#[derive(Debug, Clone, Default)]
+pub struct NodeHistory {
+    /// The newest record that succeeded, even if later attempts failed.
+    pub last_success: Option<NodeRecord>,
+    /// The newest record of a node that actually started (whatever its status, including
+    /// `Running`/`Abandoned`); records of nodes that never started (`record_not_run`) are
+    /// left out so a skip does not hide the failure that came before it.
+    pub last_attempt: Option<NodeRecord>,
+}
 
 const NODE_COLS: &str = "id, run_id, node_id, key, manifest_json, stanza, upstream_json, \
      reasons_json, status, outputs_json, error, log_path, started_at, finished_at";

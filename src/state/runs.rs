@@ -5,7 +5,18 @@ use rusqlite::{params, OptionalExtension, Row};
 use super::journal::Durability;
 use super::process::{is_alive, own_identity};
 use super::record::Record;
-use super::{now_ms, NodeRecord, RunId, RunRecord, RunStatus, State, StateError};
+use super::{now_ms, NodeRecord, RunId, RunStatus, State, StateError};
+
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub command: String,
+    pub options_json: String,
+    pub status: RunStatus,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub pid: u32,
+}
 
 const RUN_COLS: &str = "id, command, options_json, status, started_at, finished_at, pid";
 
