@@ -9,12 +9,13 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use imgraph::graph::NodeId;
 use imgraph::state::{Durable, NodeEnd, NodeStart, NodeStatus, State};
 
 const NODES: usize = 64;
 
 /// A node's start with fields of a realistic size (a manifest of a few entries).
-fn starts<'a>(manifest: &'a str, names: &'a [String]) -> Vec<NodeStart<'a>> {
+fn starts<'a>(manifest: &'a str, names: &'a [NodeId]) -> Vec<NodeStart<'a>> {
     names
         .iter()
         .map(|n| NodeStart {
@@ -45,7 +46,9 @@ fn state_writes(c: &mut Criterion) {
             .collect::<Vec<_>>()
             .join(",")
     );
-    let names: Vec<String> = (0..NODES).map(|i| format!("build:img{i:03}")).collect();
+    let names: Vec<NodeId> = (0..NODES)
+        .map(|i| NodeId::build(&format!("img{i:03}")))
+        .collect();
     let all = starts(&manifest, &names);
 
     let mut group = c.benchmark_group("state_writes");

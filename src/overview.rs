@@ -124,7 +124,7 @@ impl Workspace {
         };
         let node = self
             .state
-            .node_in_run(run, &crate::graph::build_id(image))?;
+            .node_in_run(run, &crate::graph::NodeId::build(image))?;
         Ok(node
             .filter(|n| n.status == NodeStatus::Succeeded)
             .and_then(|n| serde_json::from_str(&n.manifest_json).ok()))

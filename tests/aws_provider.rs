@@ -81,7 +81,7 @@ impl Lib {
         aws.build(BuildRequest {
             project: &self.project,
             image: img,
-            node_id: &format!("build:{image}"),
+            node_id: &imgraph::graph::NodeId::build(image),
             version: "1.0.0",
             key: "k-lib",
             origin: Origin::Artifact(origin.to_string()),
@@ -107,7 +107,7 @@ impl Lib {
             project: &self.project,
             image: img,
             suite: &img.tests[0],
-            node_id: &format!("test:{image}/{}", img.tests[0].name),
+            node_id: &imgraph::graph::NodeId::test(image, &img.tests[0].name),
             artifact_id: ami,
             version: "1.0.0",
             inputs: &[],

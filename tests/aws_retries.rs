@@ -452,7 +452,7 @@ async fn run_test(
         project: &f.project,
         image,
         suite: &image.tests[0],
-        node_id: "test:web/smoke",
+        node_id: &imgraph::graph::NodeId::test("web", "smoke"),
         artifact_id: "ami-123",
         version: "1.0.0",
         inputs: &[],

@@ -124,7 +124,7 @@ fn a_runner_that_syncs_sees_the_images_and_history_another_runner_recorded() {
     assert_eq!(b_state.next_version("base", "1.0").unwrap(), "1.0.1");
 }
 
-fn node<'a>(node_id: &'a str) -> NodeStart<'a> {
+fn node<'a>(node_id: &'a imgraph::graph::NodeId) -> NodeStart<'a> {
     NodeStart {
         node_id,
         key: "k1",
@@ -184,7 +184,8 @@ fn an_append_after_someone_elses_fails_as_a_conflict_and_changes_nothing() {
         .unwrap();
 
     let run = a.begin_run("apply", "{}").unwrap();
-    a.start_node(run, &node("build:base")).unwrap();
+    a.start_node(run, &node(&imgraph::graph::NodeId::build("base")))
+        .unwrap();
     let before = history_rows(&dir.path().join("b.db"));
 
     let err = b.begin_run("apply", "{}").unwrap_err();
@@ -295,7 +296,8 @@ fn play(state: &State, steps: &[Step]) {
             Step::StartNode(n) => {
                 if let Some(&run) = runs.last() {
                     let id = ["build:base", "test:base/smoke", "build:web"][*n as usize % 3];
-                    nodes.extend(state.start_node(run, &node(id)).ok());
+                    let id = id.parse().unwrap();
+                    nodes.extend(state.start_node(run, &node(&id)).ok());
                 }
             }
             Step::FinishNode(n, ok) => {
@@ -311,7 +313,8 @@ fn play(state: &State, steps: &[Step]) {
             Step::NotRun(n) => {
                 if let Some(&run) = runs.last() {
                     let id = ["publish:base", "deliver:web@staging"][*n as usize % 2];
-                    let _ = state.record_not_run(run, &node(id), NodeStatus::Skipped, "upstream");
+                    let id = id.parse().unwrap();
+                    let _ = state.record_not_run(run, &node(&id), NodeStatus::Skipped, "upstream");
                 }
             }
             Step::Build(n) => {

@@ -25,8 +25,13 @@ fn seeded() -> (tempfile::TempDir, std::path::PathBuf) {
     (tmp, dir)
 }
 
+/// A node id written out in a test.
+fn node_id(text: &str) -> imgraph::graph::NodeId {
+    text.parse().expect("a node id")
+}
+
 fn action(plan: &imgraph::plan::Plan, id: &str) -> Action {
-    plan.node(id)
+    plan.node(&node_id(id))
         .unwrap_or_else(|| panic!("{id} not in plan"))
         .action
 }
@@ -59,7 +64,7 @@ fn editing_a_config_file_rebuilds_base_and_cascades_everything_downstream() {
     let (_t, dir) = seeded();
     append(&dir.join("config/base/motd"), "one more line\n");
     let plan = plan_of(&dir, &PlanOptions::default());
-    let base = plan.node("build:base").unwrap();
+    let base = plan.node(&node_id("build:base")).unwrap();
     assert_eq!(base.action, Action::Run);
     assert_eq!(
         base.reasons,
@@ -74,7 +79,7 @@ fn editing_a_config_file_rebuilds_base_and_cascades_everything_downstream() {
     );
     assert!(!base.cascade);
     for id in &ALL[1..] {
-        let n = plan.node(id).unwrap();
+        let n = plan.node(&node_id(id)).unwrap();
         assert_eq!(n.action, Action::Run, "{id}");
         assert!(n.cascade, "{id} should be a cascade: {:?}", n.reasons);
         assert!(n
@@ -111,7 +116,7 @@ fn a_package_list_change_waits_for_a_rollup() {
     let (_t, dir) = seeded();
     append(&dir.join("packages/base.txt"), "htop\n");
     let plan = plan_of(&dir, &PlanOptions::default());
-    let base = plan.node("build:base").unwrap();
+    let base = plan.node(&node_id("build:base")).unwrap();
     assert_eq!(base.action, Action::Deferred);
     assert_eq!(
         base.reasons,
@@ -142,7 +147,7 @@ fn a_package_list_change_waits_for_a_rollup() {
             ..Default::default()
         },
     );
-    let base = rollup.node("build:base").unwrap();
+    let base = rollup.node(&node_id("build:base")).unwrap();
     assert_eq!(base.action, Action::Run);
     assert_eq!(
         base.reasons,
@@ -166,7 +171,7 @@ fn changing_a_test_input_reruns_that_test_and_its_publish_only() {
     append(&dir.join("tests/base/smoke.sh"), "# one more check\n");
     let plan = plan_of(&dir, &PlanOptions::default());
     assert_eq!(action(&plan, "build:base"), Action::UpToDate);
-    let t = plan.node("test:base/smoke").unwrap();
+    let t = plan.node(&node_id("test:base/smoke")).unwrap();
     assert_eq!(t.action, Action::Run);
     assert_eq!(
         t.reasons,
@@ -199,7 +204,7 @@ fn a_changed_origin_folder_names_its_files_and_the_source_its_old_id() {
     let plan = plan_of(&dir, &PlanOptions::default());
     let after = plan.sources[0].id.clone();
     assert_ne!(before, after);
-    let base = plan.node("build:base").unwrap();
+    let base = plan.node(&node_id("build:base")).unwrap();
     assert_eq!(
         base.reasons,
         vec![Reason::InputChanged {
@@ -230,7 +235,7 @@ fn a_changed_build_step_is_a_config_change() {
         ),
     );
     let plan = plan_of(&dir, &PlanOptions::default());
-    let web = plan.node("build:web").unwrap();
+    let web = plan.node(&node_id("build:web")).unwrap();
     assert_eq!(web.action, Action::Run);
     assert!(
         matches!(&web.reasons[0], Reason::ConfigChanged { fields } if fields.iter().any(|f| f.starts_with("build"))),
@@ -268,7 +273,7 @@ fn a_missing_artifact_is_never_a_cache_hit() {
     }
     drop((ws, store));
     let plan = plan_of(&dir, &PlanOptions::default());
-    let base = plan.node("build:base").unwrap();
+    let base = plan.node(&node_id("build:base")).unwrap();
     assert_eq!(base.action, Action::Run);
     assert!(
         matches!(base.reasons[0], Reason::ArtifactMissing { .. }),
@@ -292,7 +297,7 @@ fn a_failed_run_with_the_same_key_is_retried() {
         "test `http` exited with status 1",
     );
     let again = plan_of(&dir, &PlanOptions::default());
-    let t = again.node("test:web/http").unwrap();
+    let t = again.node(&node_id("test:web/http")).unwrap();
     assert_eq!(t.action, Action::Run);
     assert!(
         t.reasons.iter().any(
@@ -311,7 +316,7 @@ fn max_age_rebuilds_an_old_image() {
     facts.now_ms += 31 * 24 * 3600 * 1000;
     let plan =
         imgraph::plan::decide(&ws.project, &ws.graph, &facts, &PlanOptions::default()).unwrap();
-    let base = plan.node("build:base").unwrap();
+    let base = plan.node(&node_id("build:base")).unwrap();
     assert_eq!(base.action, Action::Run);
     assert!(
         matches!(base.reasons[0], Reason::MaxAge { max_age_secs, .. } if max_age_secs == 30 * 24 * 3600)
@@ -332,7 +337,7 @@ fn force_and_target_select_what_runs() {
     );
     assert_eq!(action(&plan, "build:base"), Action::UpToDate);
     assert_eq!(
-        plan.node("build:web").unwrap().reasons,
+        plan.node(&node_id("build:web")).unwrap().reasons,
         vec![Reason::Forced]
     );
     assert_eq!(action(&plan, "deliver:web@staging"), Action::Run);
@@ -368,7 +373,7 @@ fn a_rebuilt_artifact_whose_tests_never_finished_is_tested_before_anything_else(
     // and its tests were interrupted; the new artifact must not pass as tested.
     let (_t, dir) = seeded();
     let plan = plan_of(&dir, &PlanOptions::default());
-    let build = plan.node("build:base").unwrap();
+    let build = plan.node(&node_id("build:base")).unwrap();
     let ws = imgraph::workspace::Workspace::open(&dir).unwrap();
     let (m, u, r) = build.record_fields();
     let run = ws.state.begin_run("seed", "{}").unwrap();
@@ -407,12 +412,12 @@ fn a_rebuilt_artifact_whose_tests_never_finished_is_tested_before_anything_else(
 
     let plan = plan_of(&dir, &PlanOptions::default());
     assert_eq!(action(&plan, "build:base"), Action::UpToDate);
-    let t = plan.node("test:base/smoke").unwrap();
+    let t = plan.node(&node_id("test:base/smoke")).unwrap();
     assert_eq!(t.action, Action::Run, "{:?}", t.reasons);
     assert_eq!(
         t.reasons,
         vec![Reason::UpstreamChanged {
-            node: "build:base".into()
+            node: node_id("build:base")
         }]
     );
     assert_eq!(action(&plan, "publish:base"), Action::Run);
@@ -425,7 +430,7 @@ fn an_image_that_never_built_is_not_deferred_by_a_rollup_change() {
     seed_failure(&dir, &plan, "build:base", "build step failed");
     append(&dir.join("packages/base.txt"), "htop\n");
     let plan = plan_of(&dir, &PlanOptions::default());
-    let base = plan.node("build:base").unwrap();
+    let base = plan.node(&node_id("build:base")).unwrap();
     assert_eq!(base.action, Action::Run, "{:?}", base.reasons);
     assert!(base.reasons.contains(&Reason::New));
 }
@@ -440,7 +445,7 @@ fn a_package_list_change_names_the_packages_and_ignores_comments() {
         &format!("{}\nhtop  # for debugging\n", text.replace("curl\n", "")),
     );
     let plan = plan_of(&dir, &PlanOptions::default());
-    let base = plan.node("build:base").unwrap();
+    let base = plan.node(&node_id("build:base")).unwrap();
     assert!(
         matches!(
             &base.reasons[0],
@@ -465,7 +470,7 @@ fn records_of_an_older_hash_format_rerun_once_with_one_reason() {
     .unwrap();
     drop(db);
     let plan = plan_of(&dir, &PlanOptions::default());
-    let base = plan.node("build:base").unwrap();
+    let base = plan.node(&node_id("build:base")).unwrap();
     assert_eq!(base.action, Action::Run);
     assert_eq!(
         base.reasons,

@@ -468,7 +468,11 @@ fn a_corrupt_artifact_is_set_aside_and_rebuilt_by_the_next_apply() {
 /// The manifest a node run recorded, as JSON.
 fn recorded_manifest(dir: &Path, run: i64, node: &str) -> Value {
     let ws = imgraph::workspace::Workspace::open(dir).unwrap();
-    let rec = ws.state.node_in_run(run, node).unwrap().unwrap();
+    let rec = ws
+        .state
+        .node_in_run(run, &node.parse().unwrap())
+        .unwrap()
+        .unwrap();
     serde_json::from_str(&rec.manifest_json).unwrap()
 }
 

@@ -88,7 +88,7 @@ fn stage_ids(dir: &Path) -> Vec<String> {
     graph
         .topo_order()
         .iter()
-        .map(|&i| graph.node(i).id.clone())
+        .map(|&i| graph.node(i).id.to_string())
         .collect()
 }
 
@@ -223,7 +223,11 @@ fn seed_versions(dir: &Path) {
     seed_success(dir, &plan);
     let ws = Workspace::open(dir).unwrap();
     let run = ws.state.begin_run("seed-registry", "{}").unwrap();
-    for n in plan.nodes.iter().filter(|n| n.id.starts_with("build:")) {
+    for n in plan
+        .nodes
+        .iter()
+        .filter(|n| n.id.as_str().starts_with("build:"))
+    {
         let image = n.image.clone().unwrap();
         ws.state
             .record_image(&ImageRecord {

@@ -377,7 +377,10 @@ fn attack_the_state_file_is_unreachable() {
     assert_eq!(code, 3, "{out}");
     // The state still reads and records the failed build.
     let ws = imgraph::workspace::Workspace::open(&dir).unwrap();
-    let history = ws.state.history("build:box").unwrap();
+    let history = ws
+        .state
+        .history(&imgraph::graph::NodeId::build("box"))
+        .unwrap();
     assert!(history.last_success.is_none());
     let bytes = std::fs::read(dir.join(".imgraph/state.db")).unwrap();
     assert!(!bytes.windows(5).any(|w| w == b"PWNED"));

@@ -8,7 +8,7 @@ use super::record::{NotedBuild, StageOutputs};
 use super::stages::{current_build, resolve_delivery};
 use super::{ExecContext, ExecError, Fresh};
 use crate::config::model::Image;
-use crate::graph::Stage;
+use crate::graph::{NodeId, Stage};
 use crate::plan::{BuildOutputs, PlannedNode};
 use crate::provider::{append_log, Built};
 use crate::state::{ImageRecord, ReleaseStatus};
@@ -69,7 +69,7 @@ pub(super) fn cut_off_cause(
     ctx: &ExecContext,
     node: &PlannedNode,
     fresh: &Fresh,
-) -> Result<Option<String>, ExecError> {
+) -> Result<Option<NodeId>, ExecError> {
     if node.cut_off_by.is_empty() {
         return Ok(None);
     }

@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+use crate::graph::NodeId;
 use crate::process::{ProcessError, ProcessOutcome};
 use crate::provider::ProviderError;
 use crate::state::StateError;
@@ -23,12 +24,12 @@ pub enum ExecError {
     Poisoned,
     #[error("failed to record {node} as cut off early")]
     CutOff {
-        node: String,
+        node: NodeId,
         #[source]
         source: Box<ExecError>,
     },
     #[error("failed to find {node} among the nodes this run was planned with")]
-    NotPlanned { node: String },
+    NotPlanned { node: NodeId },
     #[error("failed to create {path}")]
     Io {
         path: PathBuf,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::graph::NodeId;
 use crate::state::{RunId, RunStatus};
 
 pub const EVENT_FORMAT_VERSION: u32 = 1;
@@ -34,19 +35,21 @@ impl NodeOutcome {
     }
 }
 
+/// How one node ended. Nodes are named by [`NodeId`]; the scheduler's own tests name them
+/// otherwise (`N`).
 #[derive(Debug, Clone, Serialize)]
-pub struct NodeReport {
-    pub id: String,
+pub struct NodeReport<N = NodeId> {
+    pub id: N,
     pub outcome: NodeOutcome,
     pub duration_ms: Option<u64>,
     pub error: Option<String>,
     pub log_path: Option<PathBuf>,
 }
 
-impl NodeReport {
-    pub fn not_run(id: &str, outcome: NodeOutcome, cause: &str) -> Self {
+impl<N: Clone> NodeReport<N> {
+    pub fn not_run(id: &N, outcome: NodeOutcome, cause: &str) -> Self {
         NodeReport {
-            id: id.to_string(),
+            id: id.clone(),
             outcome,
             duration_ms: None,
             error: Some(cause.to_string()),
@@ -56,16 +59,16 @@ impl NodeReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct RunSummary {
+pub struct RunSummary<N = NodeId> {
     pub run_id: RunId,
     #[serde(serialize_with = "run_status")]
     pub status: RunStatus,
-    pub nodes: Vec<NodeReport>,
+    pub nodes: Vec<NodeReport<N>>,
     pub duration_ms: u64,
     pub interrupted: bool,
 }
 
-impl RunSummary {
+impl<N> RunSummary<N> {
     pub fn count(&self, outcome: NodeOutcome) -> usize {
         self.nodes.iter().filter(|n| n.outcome == outcome).count()
     }
@@ -75,45 +78,48 @@ fn run_status<S: serde::Serializer>(s: &RunStatus, ser: S) -> Result<S::Ok, S::E
     ser.serialize_str(s.as_str())
 }
 
+/// One event. Nodes are named by [`NodeId`]; the scheduler's own tests name them
+/// otherwise (`N`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
-pub enum Event {
+pub enum Event<N = NodeId> {
     RunStarted {
         /// 0 ([`super::NO_RUN`]) when nothing runs: no run is recorded then.
         run_id: RunId,
-        nodes: Vec<String>,
+        nodes: Vec<N>,
         parallelism: usize,
         /// The plan's counts, as `plan` prints them.
         summary: crate::plan::Summary,
     },
     NodeStarted {
-        node: String,
+        node: N,
         log_path: PathBuf,
     },
     NodeFinished {
-        node: String,
+        node: N,
         outcome: NodeOutcome,
         duration_ms: u64,
         error: Option<String>,
         log_path: Option<PathBuf>,
     },
     NodeSkipped {
-        node: String,
+        node: N,
         cause: String,
     },
     /// A planned cascade not run: the builds it depended on produced the artifacts their
     /// images already had (early cutoff). Recorded up to date.
     NodeCutOff {
-        node: String,
+        node: N,
         note: String,
     },
-    /// Leftovers of a killed run found in the ledger and destroyed.
+    /// Leftovers of a killed run found in the ledger and destroyed. `node` is the ledger's
+    /// holder as recorded: a stage node's id, or `probe:IMAGE/NAME` for an image probe.
     LeftoverDestroyed {
         resource: String,
         kind: String,
         node: String,
     },
-    RunFinished(RunSummary),
+    RunFinished(RunSummary<N>),
 }
 
 /// One NDJSON line: `{"v":1,"ts_ms":…,"event":"node-started",…}`.

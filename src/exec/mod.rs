@@ -39,7 +39,7 @@ pub use events::{Event, NodeOutcome, NodeReport, RunSummary};
 pub use record::record_finished;
 
 use crate::config::model::Project;
-use crate::graph::StageGraph;
+use crate::graph::{NodeId, StageGraph};
 use crate::plan::{Action, BuildOutputs, Plan, PlannedNode};
 use crate::provider::Provider;
 use crate::state::{RunId, RunStatus, State};
@@ -87,7 +87,7 @@ struct Made {
     builds: HashMap<String, BuildOutputs>,
     /// Early cutoff: builds that produced their image's newest Ready artifact again, and
     /// the cascades skipped because of them.
-    cut: HashSet<String>,
+    cut: HashSet<NodeId>,
 }
 
 type Fresh = Arc<Mutex<Made>>;
@@ -124,7 +124,7 @@ pub async fn execute(
         .iter()
         .filter(|n| matches!(n.action, Action::Run | Action::UpdateTags))
         .collect();
-    let by_id: HashMap<&str, &PlannedNode> = to_run.iter().map(|n| (n.id.as_str(), *n)).collect();
+    let by_id: HashMap<&NodeId, &PlannedNode> = to_run.iter().map(|n| (&n.id, *n)).collect();
     let deps = run_dependencies(&ctx.graph, &by_id);
 
     if to_run.is_empty() {
@@ -172,7 +172,7 @@ pub async fn execute(
     // Ctrl-C cancels `cancel`; --fail-fast cancels only `stop`, its child, so the two
     // can be told apart (interrupted → exit 130; fail-fast → an ordinary failure).
     let stop = cancel.child_token();
-    let ids: Vec<String> = to_run.iter().map(|n| n.id.clone()).collect();
+    let ids: Vec<NodeId> = to_run.iter().map(|n| n.id.clone()).collect();
     let mut runner = runner::PlanRunner::new(&ctx, run_id, &to_run);
     let limits = scheduler::Limits {
         parallelism: options.parallelism,
@@ -214,8 +214,8 @@ pub async fn execute(
 /// do not run (those are satisfied by earlier runs).
 fn run_dependencies(
     graph: &StageGraph,
-    run: &HashMap<&str, &PlannedNode>,
-) -> HashMap<String, Vec<String>> {
+    run: &HashMap<&NodeId, &PlannedNode>,
+) -> HashMap<NodeId, Vec<NodeId>> {
     let mut out = HashMap::new();
     for id in run.keys() {
         let Some(idx) = graph.index_of(id) else {
@@ -229,14 +229,14 @@ fn run_dependencies(
                 continue;
             }
             let uid = &graph.node(u).id;
-            if run.contains_key(uid.as_str()) {
+            if run.contains_key(uid) {
                 found.push(uid.clone());
             } else {
                 stack.extend(graph.upstream(u));
             }
         }
         found.sort();
-        out.insert(id.to_string(), found);
+        out.insert((*id).clone(), found);
     }
     out
 }

@@ -11,16 +11,17 @@ use super::events::NodeOutcome;
 use super::record::Ended;
 use super::scheduler::{Finished, NodeRunner, Started};
 use super::{cutoff, record, sanitize, stages, ExecContext, ExecError, Fresh, Made};
+use crate::graph::NodeId;
 use crate::plan::PlannedNode;
 use crate::state::RunId;
 
 pub(super) struct PlanRunner<'a> {
     ctx: &'a ExecContext,
     run_id: RunId,
-    nodes: HashMap<&'a str, &'a PlannedNode>,
+    nodes: HashMap<&'a NodeId, &'a PlannedNode>,
     fresh: Fresh,
     /// Node → its node run, for a task that panics.
-    node_runs: HashMap<String, i64>,
+    node_runs: HashMap<NodeId, i64>,
 }
 
 impl<'a> PlanRunner<'a> {
@@ -28,27 +29,28 @@ impl<'a> PlanRunner<'a> {
         PlanRunner {
             ctx,
             run_id,
-            nodes: nodes.iter().map(|n| (n.id.as_str(), *n)).collect(),
+            nodes: nodes.iter().map(|n| (&n.id, *n)).collect(),
             fresh: Arc::new(Mutex::new(Made::default())),
             node_runs: HashMap::new(),
         }
     }
 
-    fn node(&self, id: &str) -> Result<&'a PlannedNode, ExecError> {
+    fn node(&self, id: &NodeId) -> Result<&'a PlannedNode, ExecError> {
         self.nodes
             .get(id)
             .copied()
-            .ok_or_else(|| ExecError::NotPlanned { node: id.into() })
+            .ok_or_else(|| ExecError::NotPlanned { node: id.clone() })
     }
 }
 
 impl NodeRunner for PlanRunner<'_> {
+    type Id = NodeId;
     type Done = Ended;
 
     /// Early cutoff: records a cascade whose upstream builds all produced what their
     /// image already had as up to date (a success with the key it was planned with, the
     /// outputs of the version it would have made again, and a note), without running it.
-    fn cut_off(&mut self, id: &str) -> Result<Option<String>, ExecError> {
+    fn cut_off(&mut self, id: &NodeId) -> Result<Option<String>, ExecError> {
         let node = self.node(id)?;
         let Some(by) = cutoff::cut_off_cause(self.ctx, node, &self.fresh)? else {
             return Ok(None);
@@ -64,7 +66,7 @@ impl NodeRunner for PlanRunner<'_> {
 
     fn start(
         &mut self,
-        ids: &[&str],
+        ids: &[&NodeId],
         stop: &CancellationToken,
     ) -> Result<Vec<Started<Ended>>, ExecError> {
         let (ctx, run_id) = (self.ctx, self.run_id);
@@ -73,7 +75,7 @@ impl NodeRunner for PlanRunner<'_> {
             let node = self.node(id)?;
             let log = ctx
                 .logs_dir(run_id)
-                .join(format!("{}.log", sanitize(&node.id)));
+                .join(format!("{}.log", sanitize(node.id.as_str())));
             // A delivery is recorded with the artifact it delivers, known only now when its
             // image was built in this run.
             nodes.push((stages::resolve_delivery(ctx, &self.fresh, node), log));
@@ -96,16 +98,16 @@ impl NodeRunner for PlanRunner<'_> {
         Ok(started)
     }
 
-    fn finish(&mut self, done: Vec<(String, Ended)>) -> Vec<Finished> {
+    fn finish(&mut self, done: Vec<(NodeId, Ended)>) -> Vec<Finished> {
         record::finish(self.ctx, done.into_iter().map(|(_, e)| e).collect())
     }
 
-    fn not_run(&mut self, id: &str, outcome: NodeOutcome, cause: &str) -> Result<(), ExecError> {
+    fn not_run(&mut self, id: &NodeId, outcome: NodeOutcome, cause: &str) -> Result<(), ExecError> {
         let node = self.node(id)?;
         record::record_not_run(self.ctx, self.run_id, node, outcome, cause)
     }
 
-    fn crashed(&mut self, id: &str, error: &str) {
+    fn crashed(&mut self, id: &NodeId, error: &str) {
         // Unknown only if the task never started, and then there is no record to end.
         if let Some(node_run) = self.node_runs.get(id) {
             record::record_crash(self.ctx, *node_run, error);

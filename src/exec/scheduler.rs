@@ -18,7 +18,9 @@
 //! it needs is recorded.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::{Debug, Display};
 use std::future::Future;
+use std::hash::Hash;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Instant;
@@ -50,14 +52,23 @@ pub(crate) struct Started<D> {
     pub task: NodeTask<D>,
 }
 
-/// Records and runs nodes for the scheduler. Nodes are named by id.
+/// What the scheduler needs of a node's name: the executor names nodes by
+/// [`crate::graph::NodeId`]; the scheduler only compares, orders and prints them.
+pub(crate) trait NodeName: Clone + Eq + Hash + Ord + Display + Debug {}
+
+impl<T: Clone + Eq + Hash + Ord + Display + Debug> NodeName for T {}
+
+/// Records and runs nodes for the scheduler. Nodes are named by [`NodeRunner::Id`].
 pub(crate) trait NodeRunner {
+    /// How nodes are named.
+    type Id: NodeName;
+
     /// What a node's task returns: how its work ended, not yet recorded.
     type Done: Send + 'static;
 
     /// A ready node that need not run (early cutoff): records it as up to date and returns
     /// the note that says why; `None` when it must run.
-    fn cut_off(&mut self, _node: &str) -> Result<Option<String>, ExecError> {
+    fn cut_off(&mut self, _node: &Self::Id) -> Result<Option<String>, ExecError> {
         Ok(None)
     }
 
@@ -65,20 +76,25 @@ pub(crate) trait NodeRunner {
     /// work watches `stop`: when it is cancelled the node ends as soon as it has cleaned up.
     fn start(
         &mut self,
-        nodes: &[&str],
+        nodes: &[&Self::Id],
         stop: &CancellationToken,
     ) -> Result<Vec<Started<Self::Done>>, ExecError>;
 
     /// Records the ends of nodes whose tasks ended together and says how each ended, one
     /// [`Finished`] per node, in order. A record that fails makes its nodes failed.
-    fn finish(&mut self, done: Vec<(String, Self::Done)>) -> Vec<Finished>;
+    fn finish(&mut self, done: Vec<(Self::Id, Self::Done)>) -> Vec<Finished>;
 
     /// Records a node that will not run (`Skipped` or `Cancelled`) with its cause.
-    fn not_run(&mut self, node: &str, outcome: NodeOutcome, cause: &str) -> Result<(), ExecError>;
+    fn not_run(
+        &mut self,
+        node: &Self::Id,
+        outcome: NodeOutcome,
+        cause: &str,
+    ) -> Result<(), ExecError>;
 
     /// Records a node whose task panicked as failed with `error` (best effort: the run
     /// goes on and reports the node failed either way).
-    fn crashed(&mut self, node: &str, error: &str);
+    fn crashed(&mut self, node: &Self::Id, error: &str);
 }
 
 /// How much runs at once, and whether the first failure stops the run.
@@ -93,12 +109,12 @@ pub(crate) struct Limits {
 /// skipped, cut off or cancelled. `fail_fast` cancels `stop` at the first failure.
 pub(crate) async fn schedule<R: NodeRunner>(
     runner: &mut R,
-    nodes: &[String],
-    deps: &HashMap<String, Vec<String>>,
+    nodes: &[R::Id],
+    deps: &HashMap<R::Id, Vec<R::Id>>,
     limits: Limits,
     stop: &CancellationToken,
-    events: &UnboundedSender<Event>,
-) -> Result<BTreeMap<String, NodeReport>, ExecError> {
+    events: &UnboundedSender<Event<R::Id>>,
+) -> Result<BTreeMap<R::Id, NodeReport<R::Id>>, ExecError> {
     let mut sched = Scheduler {
         runner,
         events,
@@ -127,25 +143,25 @@ pub(crate) async fn schedule<R: NodeRunner>(
 /// The scheduler's bookkeeping for one run.
 struct Scheduler<'a, R: NodeRunner> {
     runner: &'a mut R,
-    events: &'a UnboundedSender<Event>,
+    events: &'a UnboundedSender<Event<R::Id>>,
     limits: Limits,
-    status: HashMap<String, NodeOutcome>,
-    reports: BTreeMap<String, NodeReport>,
-    log_paths: HashMap<String, PathBuf>,
+    status: HashMap<R::Id, NodeOutcome>,
+    reports: BTreeMap<R::Id, NodeReport<R::Id>>,
+    log_paths: HashMap<R::Id, PathBuf>,
     tasks: JoinSet<R::Done>,
     /// Task → the node it runs and when it started.
-    running: HashMap<tokio::task::Id, (String, Instant)>,
+    running: HashMap<tokio::task::Id, (R::Id, Instant)>,
 }
 
 impl<R: NodeRunner> Scheduler<'_, R> {
     async fn run(
         &mut self,
-        nodes: &[String],
-        deps: &HashMap<String, Vec<String>>,
+        nodes: &[R::Id],
+        deps: &HashMap<R::Id, Vec<R::Id>>,
         stop: &CancellationToken,
     ) -> Result<(), ExecError> {
         let parallelism = self.limits.parallelism.max(1);
-        let mut pending: Vec<&str> = nodes.iter().map(String::as_str).collect();
+        let mut pending: Vec<&R::Id> = nodes.iter().collect();
         loop {
             let stopping = stop.is_cancelled();
             // Skip whatever waits on a failure; start whatever is ready, together.
@@ -233,13 +249,18 @@ impl<R: NodeRunner> Scheduler<'_, R> {
         for joined in group {
             match joined {
                 Ok((id, outcome)) => {
-                    let (node, started) = self.running.remove(&id).unwrap_or_else(unknown_task);
+                    // Every task was started by `start`, which names it.
+                    let Some((node, started)) = self.running.remove(&id) else {
+                        continue;
+                    };
                     returned.push((node.clone(), started));
                     done.push((node, outcome));
                 }
                 Err(e) => {
                     // A node task panicked: record the node as failed, never lose it.
-                    let (node, started) = self.running.remove(&e.id()).unwrap_or_else(unknown_task);
+                    let Some((node, started)) = self.running.remove(&e.id()) else {
+                        continue;
+                    };
                     let error = format!("imgraph crashed while running this node: {e}");
                     self.runner.crashed(&node, &error);
                     let finished = Finished {
@@ -273,7 +294,7 @@ impl<R: NodeRunner> Scheduler<'_, R> {
     }
 
     /// The first dependency that did not succeed, and what that makes of the node.
-    fn failed_dependency(&self, deps: &[String]) -> Option<(String, NodeOutcome)> {
+    fn failed_dependency(&self, deps: &[R::Id]) -> Option<(R::Id, NodeOutcome)> {
         deps.iter().find_map(|d| match self.status.get(d) {
             Some(NodeOutcome::Cancelled) => Some((d.clone(), NodeOutcome::Cancelled)),
             Some(NodeOutcome::Failed | NodeOutcome::Skipped) => {
@@ -284,21 +305,21 @@ impl<R: NodeRunner> Scheduler<'_, R> {
     }
 
     /// Starts `nodes`, which became ready together: one call to the runner for all.
-    fn start(&mut self, nodes: &[&str], stop: &CancellationToken) -> Result<(), ExecError> {
+    fn start(&mut self, nodes: &[&R::Id], stop: &CancellationToken) -> Result<(), ExecError> {
         if nodes.is_empty() {
             return Ok(());
         }
         let started = self.runner.start(nodes, stop)?;
         for (node, started) in nodes.iter().zip(started) {
+            let node = (*node).clone();
             let _ = self.events.send(Event::NodeStarted {
-                node: node.to_string(),
+                node: node.clone(),
                 log_path: started.log_path.clone(),
             });
-            self.log_paths.insert(node.to_string(), started.log_path);
-            self.status.insert(node.to_string(), NodeOutcome::Running);
+            self.log_paths.insert(node.clone(), started.log_path);
+            self.status.insert(node.clone(), NodeOutcome::Running);
             let handle = self.tasks.spawn(started.task);
-            self.running
-                .insert(handle.id(), (node.to_string(), Instant::now()));
+            self.running.insert(handle.id(), (node, Instant::now()));
         }
         Ok(())
     }
@@ -306,36 +327,36 @@ impl<R: NodeRunner> Scheduler<'_, R> {
     /// Records a node that will not run (skipped or cancelled) everywhere at once.
     fn not_run(
         &mut self,
-        node: &str,
+        node: &R::Id,
         outcome: NodeOutcome,
         cause: String,
     ) -> Result<(), ExecError> {
         self.runner.not_run(node, outcome, &cause)?;
-        self.status.insert(node.to_string(), outcome);
+        self.status.insert(node.clone(), outcome);
         self.reports
-            .insert(node.to_string(), NodeReport::not_run(node, outcome, &cause));
+            .insert(node.clone(), NodeReport::not_run(node, outcome, &cause));
         let _ = self.events.send(Event::NodeSkipped {
-            node: node.to_string(),
+            node: node.clone(),
             cause,
         });
         Ok(())
     }
 
     /// A node the runner recorded as up to date instead of running it.
-    fn cut_off(&mut self, node: &str, note: String) {
-        self.status.insert(node.to_string(), NodeOutcome::UpToDate);
+    fn cut_off(&mut self, node: &R::Id, note: String) {
+        self.status.insert(node.clone(), NodeOutcome::UpToDate);
         self.reports.insert(
-            node.to_string(),
+            node.clone(),
             NodeReport::not_run(node, NodeOutcome::UpToDate, &note),
         );
         let _ = self.events.send(Event::NodeCutOff {
-            node: node.to_string(),
+            node: node.clone(),
             note,
         });
     }
 
     /// Records a finished node task.
-    fn finished(&mut self, node: String, started: Instant, finished: Finished) {
+    fn finished(&mut self, node: R::Id, started: Instant, finished: Finished) {
         let duration_ms = started.elapsed().as_millis() as u64;
         let log_path = self.log_paths.get(&node).cloned();
         self.status.insert(node.clone(), finished.outcome);
@@ -357,10 +378,4 @@ impl<R: NodeRunner> Scheduler<'_, R> {
             },
         );
     }
-}
-
-/// What the scheduler knows of a task it did not start (never happens: every task is
-/// started by [`Scheduler::start`]).
-fn unknown_task() -> (String, Instant) {
-    (String::new(), Instant::now())
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::record::{build_json, StageOutputs};
 use super::{cutoff, revoked, ExecContext, ExecError, Fresh};
 use crate::config::model::{FromRef, SourceKind};
-use crate::graph::{build_id, Stage};
+use crate::graph::{NodeId, Stage};
 use crate::hash::EntryKind;
 use crate::plan::{Action, BuildOutputs, PlannedNode};
 use crate::process;
@@ -424,7 +424,7 @@ async fn deliver(
                 state: ctx.state.clone(),
                 run: Some(run),
             }
-            .processes_of(&node.id),
+            .processes_of(node.id.as_str()),
         ),
         ..Default::default()
     };
@@ -541,7 +541,7 @@ pub(super) fn current_build(
     if let Some(b) = fresh.lock().ok().and_then(|f| f.builds.get(image).cloned()) {
         return Ok(b);
     }
-    let history = ctx.lock()?.history(&build_id(image))?;
+    let history = ctx.lock()?.history(&NodeId::build(image))?;
     BuildOutputs::last(&history).ok_or_else(|| ExecError::NeverBuilt {
         image: image.into(),
     })

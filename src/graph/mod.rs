@@ -6,9 +6,12 @@
 //!                                         └─────► deliver:I@E ─► deliver:I@F (F after E)
 //! ```
 //!
-//! Node ids are stable strings (`build:web`, `test:web/http`, `deliver:web@staging`) used
-//! as keys in the state file, so they never depend on the order of the config file. Node
-//! indices are assigned in sorted-id order, which makes every traversal deterministic.
+//! Node ids ([`NodeId`], see [`id`]) read `build:web`, `test:web/http`,
+//! `deliver:web@staging` and are the keys in the state file, so they never depend on the
+//! order of the config file. Node indices are assigned in sorted-id order, which makes
+//! every traversal deterministic.
+
+pub mod id;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -18,6 +21,8 @@ use petgraph::Direction;
 use serde::Serialize;
 
 use crate::config::model::{FromRef, Project};
+
+pub use id::{NodeId, NodeIdError, NodeIdProblem, NodeKind};
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
@@ -32,6 +37,15 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Every stage, in pipeline order.
+    pub const ALL: [Stage; 5] = [
+        Stage::Source,
+        Stage::Build,
+        Stage::Test,
+        Stage::Publish,
+        Stage::Deliver,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Source => "source",
@@ -43,9 +57,10 @@ impl Stage {
     }
 }
 
+/// One stage node: its id and, for convenience, the names its id is made of.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StageNode {
-    pub id: String,
+    pub id: NodeId,
     pub stage: Stage,
     /// The image this stage belongs to (none for sources).
     pub image: Option<String>,
@@ -57,65 +72,30 @@ pub struct StageNode {
     pub source: Option<String>,
 }
 
-impl StageNode {
-    fn new(stage: Stage) -> Self {
-        StageNode {
-            id: String::new(),
-            stage,
-            image: None,
+impl From<NodeId> for StageNode {
+    fn from(id: NodeId) -> Self {
+        let mut n = StageNode {
+            id: id.clone(),
+            stage: id.stage(),
+            image: id.image().map(str::to_owned),
             suite: None,
             environment: None,
             source: None,
+        };
+        match id.kind() {
+            NodeKind::Source { name } => n.source = Some(name.to_owned()),
+            NodeKind::Test { suite, .. } => n.suite = Some(suite.to_owned()),
+            NodeKind::Deliver { environment, .. } => n.environment = Some(environment.to_owned()),
+            NodeKind::Build { .. } | NodeKind::Publish { .. } => {}
         }
-    }
-    pub fn source(name: &str) -> Self {
-        let mut n = Self::new(Stage::Source);
-        n.id = format!("source:{name}");
-        n.source = Some(name.to_string());
         n
     }
-    pub fn build(image: &str) -> Self {
-        let mut n = Self::new(Stage::Build);
-        n.id = build_id(image);
-        n.image = Some(image.to_string());
-        n
-    }
-    pub fn test(image: &str, suite: &str) -> Self {
-        let mut n = Self::new(Stage::Test);
-        n.id = format!("test:{image}/{suite}");
-        n.image = Some(image.to_string());
-        n.suite = Some(suite.to_string());
-        n
-    }
-    pub fn publish(image: &str) -> Self {
-        let mut n = Self::new(Stage::Publish);
-        n.id = publish_id(image);
-        n.image = Some(image.to_string());
-        n
-    }
-    pub fn deliver(image: &str, env: &str) -> Self {
-        let mut n = Self::new(Stage::Deliver);
-        n.id = deliver_id(image, env);
-        n.image = Some(image.to_string());
-        n.environment = Some(env.to_string());
-        n
-    }
-}
-
-pub fn build_id(image: &str) -> String {
-    format!("build:{image}")
-}
-pub fn publish_id(image: &str) -> String {
-    format!("publish:{image}")
-}
-pub fn deliver_id(image: &str, env: &str) -> String {
-    format!("deliver:{image}@{env}")
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
-    #[error("stages form a cycle: {}", .0.join(" -> "))]
-    Cycle(Vec<String>),
+    #[error("stages form a cycle: {}", .0.iter().map(NodeId::as_str).collect::<Vec<_>>().join(" -> "))]
+    Cycle(Vec<NodeId>),
     /// A `--target` that names no image or node; the second field is what to say instead.
     #[error("unknown target `{0}`: {1}")]
     UnknownTarget(String, String),
@@ -126,12 +106,12 @@ pub enum GraphError {
 /// this from one.
 #[derive(Debug, Clone, Default)]
 pub struct Paint {
-    pub classes: BTreeMap<String, &'static str>,
+    pub classes: BTreeMap<NodeId, &'static str>,
     pub fills: Vec<(&'static str, &'static str)>,
 }
 
 impl Paint {
-    pub fn class_of(&self, id: &str) -> Option<&'static str> {
+    pub fn class_of(&self, id: &NodeId) -> Option<&'static str> {
         self.classes.get(id).copied()
     }
 
@@ -147,7 +127,7 @@ impl Paint {
 #[derive(Debug, Clone)]
 pub struct StageGraph {
     pub graph: DiGraph<StageNode, ()>,
-    index: HashMap<String, NodeIndex>,
+    index: HashMap<NodeId, NodeIndex>,
     order: Vec<NodeIndex>,
 }
 
@@ -155,41 +135,40 @@ impl StageGraph {
     /// Builds the graph from a validated project. Config validation already rejects
     /// cycles among images and environments; a cycle here is still reported, never looped on.
     pub fn build(project: &Project) -> Result<StageGraph, GraphError> {
-        let mut nodes: BTreeMap<String, StageNode> = BTreeMap::new();
-        let mut edges: BTreeSet<(String, String)> = BTreeSet::new();
-        let mut add = |n: StageNode| {
-            let id = n.id.clone();
-            nodes.entry(id.clone()).or_insert(n);
+        let mut nodes: BTreeMap<NodeId, StageNode> = BTreeMap::new();
+        let mut edges: BTreeSet<(NodeId, NodeId)> = BTreeSet::new();
+        let mut add = |id: NodeId| {
+            nodes.entry(id.clone()).or_insert_with(|| id.clone().into());
             id
         };
         for s in &project.sources {
-            add(StageNode::source(&s.name));
+            add(NodeId::source(&s.name));
         }
         for img in &project.images {
-            let b = add(StageNode::build(&img.name));
+            let b = add(NodeId::build(&img.name));
             let upstream = match &img.from {
-                FromRef::Source(s) => format!("source:{s}"),
-                FromRef::Image(i) => publish_id(i),
+                FromRef::Source(s) => NodeId::source(s),
+                FromRef::Image(i) => NodeId::publish(i),
             };
             edges.insert((upstream, b.clone()));
-            let p = add(StageNode::publish(&img.name));
+            let p = add(NodeId::publish(&img.name));
             edges.insert((b.clone(), p.clone()));
             for t in &img.tests {
-                let t = add(StageNode::test(&img.name, &t.name));
+                let t = add(NodeId::test(&img.name, &t.name));
                 edges.insert((b.clone(), t.clone()));
                 edges.insert((t, p.clone()));
             }
         }
         for env in &project.environments {
             for d in &env.deliveries {
-                let id = add(StageNode::deliver(&d.image, &env.name));
-                edges.insert((publish_id(&d.image), id.clone()));
+                let id = add(NodeId::deliver(&d.image, &env.name));
+                edges.insert((NodeId::publish(&d.image), id.clone()));
                 for before in &env.after {
                     let delivers_too = project
                         .environment(before)
                         .is_some_and(|e| e.deliveries.iter().any(|x| x.image == d.image));
                     if delivers_too {
-                        edges.insert((deliver_id(&d.image, before), id.clone()));
+                        edges.insert((NodeId::deliver(&d.image, before), id.clone()));
                     }
                 }
             }
@@ -221,7 +200,7 @@ impl StageGraph {
         &self.order
     }
 
-    pub fn index_of(&self, id: &str) -> Option<NodeIndex> {
+    pub fn index_of(&self, id: &NodeId) -> Option<NodeIndex> {
         self.index.get(id).copied()
     }
 
@@ -229,7 +208,7 @@ impl StageGraph {
         &self.graph[idx]
     }
 
-    pub fn get(&self, id: &str) -> Option<&StageNode> {
+    pub fn get(&self, id: &NodeId) -> Option<&StageNode> {
         self.index_of(id).map(|i| &self.graph[i])
     }
 
@@ -262,7 +241,8 @@ impl StageGraph {
     pub fn select(&self, targets: &[String]) -> Result<BTreeSet<NodeIndex>, GraphError> {
         let mut wanted = Vec::new();
         for t in targets {
-            if let Some(idx) = self.index_of(t) {
+            // A node id first (image names may look like one), then an image name.
+            if let Some(idx) = NodeId::parse(t).ok().and_then(|id| self.index_of(&id)) {
                 wanted.push(idx);
                 continue;
             }
@@ -353,11 +333,11 @@ impl StageGraph {
     /// [`StageGraph::to_mermaid`] with a `classDef` per class of `paint` and each node put
     /// in its class.
     pub fn to_mermaid_painted(&self, paint: &Paint) -> String {
-        let ids: HashMap<&str, String> = self
+        let ids: HashMap<&NodeId, String> = self
             .order
             .iter()
             .enumerate()
-            .map(|(k, &i)| (self.graph[i].id.as_str(), format!("n{k}")))
+            .map(|(k, &i)| (&self.graph[i].id, format!("n{k}")))
             .collect();
         let mut out = String::from("flowchart LR\n");
         for &i in &self.order {
@@ -367,22 +347,16 @@ impl StageGraph {
                 Stage::Deliver => ("[/", "/]"),
                 _ => ("[", "]"),
             };
-            out.push_str(&format!(
-                "  {}{}\"{}\"{}\n",
-                ids[n.id.as_str()],
-                open,
-                n.id,
-                close
-            ));
+            out.push_str(&format!("  {}{}\"{}\"{}\n", ids[&n.id], open, n.id, close));
         }
         for (a, b) in self.sorted_edges() {
-            out.push_str(&format!("  {} --> {}\n", ids[a.as_str()], ids[b.as_str()]));
+            out.push_str(&format!("  {} --> {}\n", ids[a], ids[b]));
         }
         for (class, fill) in &paint.fills {
             let members: Vec<&str> = self
                 .order
                 .iter()
-                .map(|&i| self.graph[i].id.as_str())
+                .map(|&i| &self.graph[i].id)
                 .filter(|id| paint.class_of(id) == Some(*class))
                 .map(|id| ids[id].as_str())
                 .collect();
@@ -397,16 +371,11 @@ impl StageGraph {
         out
     }
 
-    fn sorted_edges(&self) -> Vec<(String, String)> {
-        let mut v: Vec<(String, String)> = self
+    fn sorted_edges(&self) -> Vec<(&NodeId, &NodeId)> {
+        let mut v: Vec<(&NodeId, &NodeId)> = self
             .graph
             .edge_references()
-            .map(|e| {
-                (
-                    self.graph[e.source()].id.clone(),
-                    self.graph[e.target()].id.clone(),
-                )
-            })
+            .map(|e| (&self.graph[e.source()].id, &self.graph[e.target()].id))
             .collect();
         v.sort();
         v
@@ -414,7 +383,7 @@ impl StageGraph {
 }
 
 /// Names every stage on the first cycle of `graph`, in order, the first again at the end.
-fn describe_cycle(graph: &DiGraph<StageNode, ()>) -> Vec<String> {
+fn describe_cycle(graph: &DiGraph<StageNode, ()>) -> Vec<NodeId> {
     let edges: Vec<(usize, usize)> = graph
         .edge_references()
         .map(|e| (e.source().index(), e.target().index()))
@@ -423,7 +392,8 @@ fn describe_cycle(graph: &DiGraph<StageNode, ()>) -> Vec<String> {
     match crate::config::find_cycles(names.len(), &edges).first() {
         Some(cycle) => crate::config::cycle_names(&names, &edges, cycle)
             .into_iter()
-            .map(str::to_owned)
+            .filter_map(|name| graph.node_weights().find(|n| n.id == name))
+            .map(|n| n.id.clone())
             .collect(),
         None => Vec::new(),
     }

@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::config::model::{self, Project};
-use crate::graph::Stage;
+use crate::graph::{NodeId, Stage};
 
 use super::{Action, PlannedNode, Reason};
 
@@ -29,7 +29,7 @@ pub(super) fn mark_cutoffs(project: &Project, nodes: &mut [PlannedNode]) {
                 .is_some_and(|p| matches!(p.kind, model::ProviderKind::Local { .. }))
     };
     // Nodes come in topological order: what a node needs is decided before it.
-    let mut roots: HashMap<String, BTreeSet<String>> = HashMap::new();
+    let mut roots: HashMap<NodeId, BTreeSet<NodeId>> = HashMap::new();
     for n in nodes.iter_mut() {
         if n.action != Action::Run {
             continue;

@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use petgraph::graph::NodeIndex;
 
 use crate::config::model::{Project, Trigger};
-use crate::graph::{Stage, StageGraph};
+use crate::graph::{NodeId, Stage, StageGraph};
 
 use super::cutoff::mark_cutoffs;
-use super::keys::{current_build, node_key, stanza_of, DELIVERED, PENDING};
+use super::keys::{current_build, node_key, stanza_of, UpstreamEntry, UpstreamKeys, PENDING};
 use super::node::{tags_change, DecideCtx};
 use super::revoked::apply_revocations;
 use super::{
@@ -207,14 +207,14 @@ impl Walk<'_> {
     }
 
     /// Upstream node id → output key, as hashed into the node's key. A delivery has one
-    /// entry instead, the artifact it delivers ([`DELIVERED`]).
-    fn upstream_keys(&self, idx: NodeIndex) -> BTreeMap<String, String> {
+    /// entry instead, the artifact it delivers ([`UpstreamEntry::Delivered`]).
+    fn upstream_keys(&self, idx: NodeIndex) -> UpstreamKeys {
         let node = self.graph.node(idx);
         if node.stage == Stage::Deliver {
             let image = node.image.as_deref().unwrap_or_default();
             let build = self
                 .graph
-                .index_of(&crate::graph::build_id(image))
+                .index_of(&NodeId::build(image))
                 .and_then(|b| self.position.get(&b))
                 .map(|&at| &self.nodes[at]);
             let value = match build {
@@ -223,14 +223,14 @@ impl Walk<'_> {
                     .map(|o| o.identity())
                     .unwrap_or_default(),
             };
-            return BTreeMap::from([(DELIVERED.to_string(), value)]);
+            return BTreeMap::from([(UpstreamEntry::Delivered, value)]);
         }
         self.graph
             .upstream(idx)
             .into_iter()
             .map(|u| {
                 let k = self.output_keys.get(&u).cloned().unwrap_or_default();
-                (self.graph.node(u).id.clone(), k)
+                (UpstreamEntry::Node(self.graph.node(u).id.clone()), k)
             })
             .collect()
     }
@@ -258,7 +258,7 @@ impl Walk<'_> {
             .image
             .as_deref()
             .filter(|_| planned.stage == Stage::Publish)
-            .and_then(|i| self.graph.index_of(&crate::graph::build_id(i)));
+            .and_then(|i| self.graph.index_of(&NodeId::build(i)));
         let output = build
             .and_then(|b| self.output_keys.get(&b).cloned())
             .unwrap_or_else(|| planned.effective_key.clone());

@@ -1,12 +1,16 @@
 //! Keys and stanzas: what a node's key is made of (see the module docs of
 //! [`crate::plan`]), and the one upstream entry of a delivery.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use petgraph::graph::NodeIndex;
 
 use crate::config::model::{self, Project};
-use crate::graph::{Stage, StageGraph};
+use crate::graph::{NodeId, Stage, StageGraph};
 use crate::hash::{digest_parts, Manifest};
 
 use super::{BuildOutputs, Facts};
@@ -22,9 +26,66 @@ use super::{BuildOutputs, Facts};
 pub const DELIVERED: &str = "artifact";
 pub(super) const PENDING: &str = "pending:";
 
+/// One entry of a node's upstream keys: an upstream node, or a delivery's one entry, the
+/// artifact it delivers ([`DELIVERED`]). It is written as its text (the node id, or
+/// `artifact`) in the keys, the state's records and saved plans, and sorts by it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum UpstreamEntry {
+    Node(NodeId),
+    Delivered,
+}
+
+impl UpstreamEntry {
+    pub fn as_str(&self) -> &str {
+        match self {
+            UpstreamEntry::Node(id) => id.as_str(),
+            UpstreamEntry::Delivered => DELIVERED,
+        }
+    }
+}
+
+impl fmt::Display for UpstreamEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl PartialOrd for UpstreamEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for UpstreamEntry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl Serialize for UpstreamEntry {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text == DELIVERED {
+            return Ok(UpstreamEntry::Delivered);
+        }
+        NodeId::parse(&text)
+            .map(UpstreamEntry::Node)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Upstream entry → output key, as hashed into a node's key.
+pub type UpstreamKeys = BTreeMap<UpstreamEntry, String>;
+
 /// The image's current build as the history records it: its last successful build.
 pub(super) fn current_build(facts: &Facts, image: &str) -> Option<BuildOutputs> {
-    BuildOutputs::last(facts.history.get(&crate::graph::build_id(image))?)
+    BuildOutputs::last(facts.history.get(&NodeId::build(image))?)
 }
 
 /// The version part of a [`DELIVERED`] value, when it names one.
@@ -66,12 +127,7 @@ pub fn stanza_of(project: &Project, graph: &StageGraph, idx: NodeIndex) -> Strin
 }
 
 /// The key of a node: see the module docs for what goes in.
-pub fn node_key(
-    id: &str,
-    manifest: &Manifest,
-    stanza: &str,
-    upstream: &BTreeMap<String, String>,
-) -> String {
+pub fn node_key(id: &NodeId, manifest: &Manifest, stanza: &str, upstream: &UpstreamKeys) -> String {
     let manifest_digest = manifest.digest();
     let mut parts: Vec<String> = vec![id.to_string(), manifest_digest, stanza.to_string()];
     parts.extend(upstream.iter().map(|(k, v)| format!("{k}={v}")));

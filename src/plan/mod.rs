@@ -38,13 +38,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::graph::Stage;
+use crate::graph::{NodeId, Stage};
 use crate::hash::Manifest;
 use crate::state::{NodeHistory, NodeRecord};
 
 pub use decide::decide;
 pub use diff::{diff_fields, diff_manifests, package_changes, EntryDiff};
-pub use keys::{node_key, stanza_of, DELIVERED};
+pub use keys::{node_key, stanza_of, UpstreamEntry, UpstreamKeys, DELIVERED};
 pub use node::Baseline;
 pub use reason::{Action, Change, ModeChange, PackageChange, Reason};
 
@@ -52,7 +52,7 @@ pub const FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlannedNode {
-    pub id: String,
+    pub id: NodeId,
     pub stage: Stage,
     pub image: Option<String>,
     pub suite: Option<String>,
@@ -67,15 +67,15 @@ pub struct PlannedNode {
     /// artifact as their image's newest Ready version would let this cascade be skipped
     /// (recorded up to date). Empty for nodes that run for a reason of their own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cut_off_by: Vec<String>,
+    pub cut_off_by: Vec<NodeId>,
     /// What the executor records when it runs this node.
     #[serde(skip)]
     pub manifest: Manifest,
     #[serde(skip)]
     pub stanza: String,
-    /// Upstream node id → output key, as hashed into `key`.
+    /// Upstream node → output key, as hashed into `key`.
     #[serde(skip)]
-    pub upstream: BTreeMap<String, String>,
+    pub upstream: UpstreamKeys,
     /// The key downstream nodes see after this apply.
     #[serde(skip)]
     pub effective_key: String,
@@ -128,7 +128,7 @@ impl PlannedNode {
     pub fn for_artifact(&self, built: &BuildOutputs) -> PlannedNode {
         let mut node = self.clone();
         if node.stage == Stage::Deliver {
-            node.upstream = BTreeMap::from([(DELIVERED.to_string(), built.identity())]);
+            node.upstream = BTreeMap::from([(UpstreamEntry::Delivered, built.identity())]);
             node.key = node_key(&node.id, &node.manifest, &node.stanza, &node.upstream);
         }
         node
@@ -148,8 +148,8 @@ impl Plan {
     pub fn has_changes(&self) -> bool {
         self.summary.run > 0 || self.summary.update_tags > 0
     }
-    pub fn node(&self, id: &str) -> Option<&PlannedNode> {
-        self.nodes.iter().find(|n| n.id == id)
+    pub fn node(&self, id: &NodeId) -> Option<&PlannedNode> {
+        self.nodes.iter().find(|n| n.id == *id)
     }
 }
 
@@ -164,11 +164,11 @@ pub struct PlanOptions {
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
     /// Manifests of `build:` and `test:` nodes, by node id (others have none).
-    pub manifests: HashMap<String, Manifest>,
+    pub manifests: HashMap<NodeId, Manifest>,
     /// Source name → resolved id.
     pub sources: BTreeMap<String, String>,
     /// Node id → last success / last attempt.
-    pub history: HashMap<String, NodeHistory>,
+    pub history: HashMap<NodeId, NodeHistory>,
     /// Artifact ids that were recorded but no longer exist.
     pub missing_artifacts: HashSet<String>,
     /// Revoked versions: image → version → reason.
@@ -195,7 +195,7 @@ pub enum PlanError {
         "failed to read the recorded {what} of `{node}` (run {run}): the state file is damaged"
     )]
     CorruptRecord {
-        node: String,
+        node: NodeId,
         run: crate::state::RunId,
         what: &'static str,
         #[source]

@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 
 use crate::config::model::{Project, Trigger};
-use crate::graph::Stage;
+use crate::graph::{NodeId, NodeKind, Stage};
 use crate::hash::{Manifest, Via};
 use crate::state::{NodeHistory, NodeRecord, NodeStatus};
 
 use super::diff::{diff_fields, diff_manifests, package_change};
-use super::keys::{current_build, delivered_version, DELIVERED};
+use super::keys::{current_build, delivered_version, UpstreamEntry};
 use super::reason::as_rollup;
 use super::{Action, BuildOutputs, Facts, PlanError, PlanOptions, PlannedNode, Reason, SourceView};
 
@@ -88,7 +88,7 @@ pub(super) struct DecideCtx<'a> {
     pub(super) options: &'a PlanOptions,
     pub(super) forced: bool,
     /// Upstream nodes that run this apply and yield a new result.
-    pub(super) upstream_news: Vec<String>,
+    pub(super) upstream_news: Vec<NodeId>,
 }
 
 /// A recorded manifest or upstream-key list of `base` that does not parse.
@@ -206,44 +206,52 @@ impl DecideCtx<'_> {
         let old_upstream: BTreeMap<String, String> = serde_json::from_str(&base.upstream_json)
             .map_err(|e| corrupt_record(n, base, "upstream keys", e))?;
         for (up, key) in &n.upstream {
-            if up == DELIVERED {
-                let old = old_upstream.get(up);
-                if old == Some(key) {
-                    continue;
-                }
-                let image = n.image.clone().unwrap_or_default();
-                reasons.push(match delivered_version(key) {
-                    Some(version) => Reason::NewVersion {
-                        previous: old.and_then(|o| delivered_version(o)),
-                        image,
-                        version,
-                    },
-                    // The build runs in this apply: a cascade from its publish.
-                    None => Reason::UpstreamChanged {
-                        node: crate::graph::publish_id(&image),
-                    },
-                });
-                continue;
-            }
-            if let Some(source) = up.strip_prefix("source:") {
-                let old = old_upstream.get(up);
-                if old != Some(key) {
-                    if let Some(v) = sources.iter_mut().find(|s| s.name == source) {
-                        v.previous_id = old.cloned();
-                    }
-                    if origin_listed && old.is_some() {
+            let old = old_upstream.get(up.as_str());
+            let up = match up {
+                UpstreamEntry::Delivered => {
+                    if old == Some(key) {
                         continue;
                     }
-                    reasons.push(Reason::SourceChanged {
-                        source: source.to_string(),
-                        old: old.cloned().unwrap_or_default(),
-                        new: key.clone(),
+                    let image = n.image.clone().unwrap_or_default();
+                    reasons.push(match delivered_version(key) {
+                        Some(version) => Reason::NewVersion {
+                            previous: old.and_then(|o| delivered_version(o)),
+                            image,
+                            version,
+                        },
+                        // The build runs in this apply: a cascade from its publish.
+                        None => Reason::UpstreamChanged {
+                            node: NodeId::publish(&image),
+                        },
                     });
+                    continue;
                 }
-                continue;
-            }
-            if old_upstream.get(up) != Some(key) || self.upstream_news.contains(up) {
-                reasons.push(Reason::UpstreamChanged { node: up.clone() });
+                UpstreamEntry::Node(up) => up,
+            };
+            match up.kind() {
+                NodeKind::Source { name: source } => {
+                    if old != Some(key) {
+                        if let Some(v) = sources.iter_mut().find(|s| s.name == source) {
+                            v.previous_id = old.cloned();
+                        }
+                        if origin_listed && old.is_some() {
+                            continue;
+                        }
+                        reasons.push(Reason::SourceChanged {
+                            source: source.to_string(),
+                            old: old.cloned().unwrap_or_default(),
+                            new: key.clone(),
+                        });
+                    }
+                }
+                NodeKind::Build { .. }
+                | NodeKind::Test { .. }
+                | NodeKind::Publish { .. }
+                | NodeKind::Deliver { .. } => {
+                    if old != Some(key) || self.upstream_news.contains(up) {
+                        reasons.push(Reason::UpstreamChanged { node: up.clone() });
+                    }
+                }
             }
         }
         Ok(())
@@ -314,7 +322,7 @@ impl DecideCtx<'_> {
         let Some(image) = n.image.as_deref() else {
             return;
         };
-        let build = crate::graph::build_id(image);
+        let build = NodeId::build(image);
         let Some(build_success) = self
             .facts
             .history

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::model::Trigger;
+use crate::graph::NodeId;
 use crate::hash::Via;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,7 +92,7 @@ pub enum Reason {
         new: String,
     },
     /// A node this one needs runs or now yields a different result.
-    UpstreamChanged { node: String },
+    UpstreamChanged { node: NodeId },
     /// The last build is older than the image's `max-age`.
     MaxAge { built_at_ms: i64, max_age_secs: u64 },
     /// A rollup input changed and this is a roll-up run.

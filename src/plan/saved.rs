@@ -17,7 +17,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{diff_manifests, Action, Change, Facts, ModeChange, Plan, PlanOptions, Reason};
+use super::{
+    diff_manifests, Action, Change, Facts, ModeChange, Plan, PlanOptions, Reason, UpstreamKeys,
+};
+use crate::graph::NodeId;
 use crate::hash::{Manifest, Via};
 
 pub const SAVED_FORMAT_VERSION: u32 = 1;
@@ -35,7 +38,7 @@ pub struct SavedPlan {
     /// The plan document, as `plan --json` prints it.
     pub plan: Plan,
     /// What the plan document leaves out and the executor needs, by node id.
-    pub nodes: BTreeMap<String, SavedNode>,
+    pub nodes: BTreeMap<NodeId, SavedNode>,
 }
 
 /// The state file a plan was made against.
@@ -49,7 +52,7 @@ pub struct StateStamp {
 pub struct SavedNode {
     pub manifest: Manifest,
     pub stanza: String,
-    pub upstream: BTreeMap<String, String>,
+    pub upstream: UpstreamKeys,
     pub effective_key: String,
 }
 
@@ -170,23 +173,23 @@ pub enum Drift {
         mode: Option<ModeChange>,
         planned: Option<String>,
         now: Option<String>,
-        nodes: Vec<String>,
+        nodes: Vec<NodeId>,
     },
     /// The node's canonical config stanza differs.
     ConfigChanged {
-        node: String,
+        node: NodeId,
     },
     /// The config now has a stage the plan does not know, or lost one it planned.
     NodeAdded {
-        node: String,
+        node: NodeId,
     },
     NodeRemoved {
-        node: String,
+        node: NodeId,
     },
     /// Nothing above moved, and yet the node now gets another decision (a `max-age` that
     /// passed, an artifact that vanished).
     DecisionChanged {
-        node: String,
+        node: NodeId,
         planned: Action,
         now: Action,
         reasons: Vec<Reason>,
@@ -247,16 +250,16 @@ pub fn drift(saved: &SavedPlan, now: &StateStamp, facts: &Facts, fresh: &Plan) -
         }
     }
     out.extend(inputs.into_values());
-    let planned_ids: BTreeSet<&str> = saved.plan.nodes.iter().map(|n| n.id.as_str()).collect();
-    let fresh_ids: BTreeSet<&str> = fresh.nodes.iter().map(|n| n.id.as_str()).collect();
+    let planned_ids: BTreeSet<&NodeId> = saved.plan.nodes.iter().map(|n| &n.id).collect();
+    let fresh_ids: BTreeSet<&NodeId> = fresh.nodes.iter().map(|n| &n.id).collect();
     for id in fresh_ids.difference(&planned_ids) {
         out.push(Drift::NodeAdded {
-            node: (*id).to_string(),
+            node: (*id).clone(),
         });
     }
     for id in planned_ids.difference(&fresh_ids) {
         out.push(Drift::NodeRemoved {
-            node: (*id).to_string(),
+            node: (*id).clone(),
         });
     }
     if !out.is_empty() {

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use super::*;
 use crate::config::model::{Project, Trigger};
-use crate::graph::StageGraph;
+use crate::graph::{NodeId, StageGraph};
 use crate::hash::{EntryKind, ManifestEntry, Via};
 use crate::state::NodeStatus;
 
@@ -82,7 +82,7 @@ impl World {
         };
         facts.sources.insert("debian".into(), "sha-debian-1".into());
         facts.manifests.insert(
-            "build:base".into(),
+            id("build:base"),
             Manifest {
                 entries: vec![
                     file(PACKAGES, "b3v1:packages-1", Trigger::Rollup),
@@ -110,7 +110,11 @@ impl World {
 
     /// Changes the digest of one input of `node`.
     fn edit(&mut self, node: &str, path: &str, digest: &str) {
-        let manifest = self.facts.manifests.get_mut(node).expect("node has inputs");
+        let manifest = self
+            .facts
+            .manifests
+            .get_mut(&id(node))
+            .expect("node has inputs");
         let entry = manifest
             .entries
             .iter_mut()
@@ -155,7 +159,7 @@ impl World {
     }
 
     /// How many builds of `node` succeeded so far.
-    fn version_count(&self, node: &str) -> usize {
+    fn version_count(&self, node: &NodeId) -> usize {
         self.facts
             .history
             .get(node)
@@ -168,7 +172,7 @@ impl World {
     }
 
     fn current_build(&self, image: &str) -> BuildOutputs {
-        let outputs = self.facts.history[&crate::graph::build_id(image)]
+        let outputs = self.facts.history[&NodeId::build(image)]
             .last_success
             .as_ref()
             .and_then(|s| s.outputs_json.clone())
@@ -219,9 +223,14 @@ impl World {
     }
 }
 
-fn node<'p>(plan: &'p Plan, id: &str) -> &'p PlannedNode {
-    plan.node(id)
-        .unwrap_or_else(|| panic!("`{id}` is not in the plan"))
+fn node<'p>(plan: &'p Plan, text: &str) -> &'p PlannedNode {
+    plan.node(&id(text))
+        .unwrap_or_else(|| panic!("`{text}` is not in the plan"))
+}
+
+/// A node id written out in a test.
+fn id(text: &str) -> NodeId {
+    text.parse().expect("a node id")
 }
 
 fn kinds(n: &PlannedNode) -> Vec<&'static str> {
@@ -300,7 +309,7 @@ fn a_changed_immediate_input_is_one_cause_naming_the_path_and_cascades() {
         assert!(n.cascade, "{id}: {:?}", n.reasons);
         assert!(kinds(n).iter().all(|k| *k == "upstream-changed"), "{id}");
     }
-    let upstream = |node: &str| Reason::UpstreamChanged { node: node.into() };
+    let upstream = |node: &str| Reason::UpstreamChanged { node: id(node) };
     assert_eq!(
         node(&plan, "publish:base").reasons,
         [upstream("build:base"), upstream("test:base/smoke")]
@@ -308,14 +317,14 @@ fn a_changed_immediate_input_is_one_cause_naming_the_path_and_cascades() {
     assert_eq!(
         node(&plan, "test:base/smoke").reasons,
         [Reason::UpstreamChanged {
-            node: "build:base".into()
+            node: id("build:base")
         }]
     );
     // A delivery follows the artifact, which is not made yet.
     assert_eq!(
         node(&plan, "deliver:web@staging").reasons,
         [Reason::UpstreamChanged {
-            node: "publish:web".into()
+            node: id("publish:web")
         }]
     );
     assert_eq!((plan.summary.causes, plan.summary.cascades), (1, 5));
@@ -550,7 +559,7 @@ fn a_revoked_current_version_is_rebuilt_and_its_delivery_redone() {
 #[test]
 fn a_revoked_version_goes_back_to_the_newest_good_one() {
     let mut world = World::built();
-    let good = world.facts.history["build:web"]
+    let good = world.facts.history[&id("build:web")]
         .last_success
         .clone()
         .expect("web was built");
@@ -620,7 +629,7 @@ fn a_build_with_no_earlier_version_cuts_nothing_off() {
     let mut world = World::built();
     world.edit("build:base", PROVISION, "b3v1:provision-2");
     // `web` was never built: there is no earlier version its build could equal.
-    world.facts.history.remove("build:web");
+    world.facts.history.remove(&id("build:web"));
     let plan = world.plan();
     let web = node(&plan, "build:web");
     assert_eq!(kinds(web), ["new"]);
@@ -636,7 +645,7 @@ fn a_recorded_manifest_that_does_not_parse_is_an_error_naming_the_node() {
     let record = world
         .facts
         .history
-        .get_mut("build:base")
+        .get_mut(&id("build:base"))
         .and_then(|h| h.last_success.as_mut())
         .expect("base was built");
     record.manifest_json = "{not json".into();
@@ -684,4 +693,24 @@ fn an_unresolved_source_is_an_error() {
     )
     .expect_err("the source has no id");
     assert_eq!(err.to_string(), "source `debian` was not resolved");
+}
+
+#[test]
+fn upstream_keys_are_written_as_todays_text_and_read_back_checked() {
+    let keys: UpstreamKeys = BTreeMap::from([
+        (
+            UpstreamEntry::Node(id("source:debian")),
+            "sha-1".to_string(),
+        ),
+        (UpstreamEntry::Node(id("publish:base")), "k2".to_string()),
+    ]);
+    let json = serde_json::to_string(&keys).unwrap();
+    assert_eq!(json, r#"{"publish:base":"k2","source:debian":"sha-1"}"#);
+    assert_eq!(serde_json::from_str::<UpstreamKeys>(&json).unwrap(), keys);
+    let delivered: UpstreamKeys = serde_json::from_str(r#"{"artifact":"a@1.0.0"}"#).unwrap();
+    assert_eq!(
+        delivered.keys().collect::<Vec<_>>(),
+        [&UpstreamEntry::Delivered]
+    );
+    assert!(serde_json::from_str::<UpstreamKeys>(r#"{"publish":"k"}"#).is_err());
 }

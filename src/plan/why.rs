@@ -15,6 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 use serde::Serialize;
 
 use super::{Action, Baseline, Plan, PlannedNode, Reason};
+use crate::graph::NodeId;
 use crate::hash::{Manifest, ENV_PREFIX};
 use crate::state::{NodeHistory, NodeRecord};
 
@@ -23,7 +24,7 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Why one node gets its action.
 #[derive(Debug, Clone, Serialize)]
 pub struct Explanation {
-    pub node: String,
+    pub node: NodeId,
     pub action: Action,
     pub key: String,
     pub previous_key: Option<String>,
@@ -88,9 +89,9 @@ pub enum DiffOp {
 /// The explanation of `node` in `plan`, or `None` when the plan has no such node.
 pub fn explain(
     plan: &Plan,
-    history: &HashMap<String, NodeHistory>,
+    history: &HashMap<NodeId, NodeHistory>,
     now_ms: i64,
-    node: &str,
+    node: &NodeId,
 ) -> Option<Explanation> {
     let mut seen = BTreeSet::new();
     explain_node(plan, history, now_ms, node, &mut seen)
@@ -98,13 +99,13 @@ pub fn explain(
 
 fn explain_node(
     plan: &Plan,
-    history: &HashMap<String, NodeHistory>,
+    history: &HashMap<NodeId, NodeHistory>,
     now_ms: i64,
-    id: &str,
-    seen: &mut BTreeSet<String>,
+    id: &NodeId,
+    seen: &mut BTreeSet<NodeId>,
 ) -> Option<Explanation> {
     let n = plan.node(id)?;
-    seen.insert(id.to_string());
+    seen.insert(id.clone());
     let baseline = Baseline::of(history.get(id), &n.key);
     let base = baseline.base;
     let old_manifest: Manifest = base

@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::model::{Builder, Image, Project, ProviderType, TestSuite};
+use crate::graph::NodeId;
 use crate::process::{ProcessError, ProcessOutcome, ProcessRecorder};
 use crate::state::{ImageRecord, LedgerEntry, ReleaseStatus, RunId, State, StateError};
 
@@ -225,7 +226,7 @@ pub struct NodeInput {
 pub struct BuildRequest<'a> {
     pub project: &'a Project,
     pub image: &'a Image,
-    pub node_id: &'a str,
+    pub node_id: &'a NodeId,
     pub version: &'a str,
     pub key: &'a str,
     pub origin: Origin,
@@ -248,7 +249,7 @@ pub struct TestRequest<'a> {
     pub project: &'a Project,
     pub image: &'a Image,
     pub suite: &'a TestSuite,
-    pub node_id: &'a str,
+    pub node_id: &'a NodeId,
     pub artifact_id: &'a str,
     pub version: &'a str,
     /// The test node's inputs (its manifest's files and symlinks).

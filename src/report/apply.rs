@@ -15,6 +15,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{timestamp, Palette};
 use crate::exec::{Event, NodeOutcome, RunSummary};
+use crate::graph::NodeId;
 use crate::process::log_tail;
 
 /// How many log lines a failure summary shows.
@@ -25,7 +26,7 @@ pub struct Human {
     /// `-q`: no progress lines, only failures and the summary.
     quiet: bool,
     live: Option<MultiProgress>,
-    bars: HashMap<String, ProgressBar>,
+    bars: HashMap<NodeId, ProgressBar>,
 }
 
 impl Human {
@@ -94,7 +95,7 @@ impl Human {
                         ProgressStyle::with_template("{spinner} {msg} {elapsed}")
                             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                     );
-                    bar.set_message(node.clone());
+                    bar.set_message(node.to_string());
                     bar.enable_steady_tick(Duration::from_millis(120));
                     self.bars.insert(node.clone(), bar);
                 } else {
@@ -158,7 +159,12 @@ pub fn render_summary(summary: &RunSummary, p: Palette) -> String {
         let _ = writeln!(out, "\nNothing to run: every selected node is up to date.");
         return out;
     }
-    let width = summary.nodes.iter().map(|n| n.id.len()).max().unwrap_or(10);
+    let width = summary
+        .nodes
+        .iter()
+        .map(|n| n.id.as_str().len())
+        .max()
+        .unwrap_or(10);
     let _ = writeln!(out, "\n{:width$}  {:10}  {:>8}", "NODE", "OUTCOME", "TIME");
     for n in &summary.nodes {
         let outcome = match n.outcome {

@@ -18,7 +18,7 @@ use layout::std_shapes::shapes::{Arrow, Element, ShapeKind};
 use layout::topo::layout::VisualGraph;
 use serde::Serialize;
 
-use crate::graph::{Paint, Stage, StageGraph};
+use crate::graph::{NodeId, Paint, Stage, StageGraph};
 use crate::plan::{Action, Plan, PlannedNode};
 use crate::state::{NodeHistory, NodeStatus};
 
@@ -83,7 +83,7 @@ pub fn mark_of(node: &PlannedNode, history: Option<&NodeHistory>) -> Mark {
 }
 
 /// The paint of a whole plan: every planned node's mark as its class.
-pub fn paint(plan: &Plan, history: &HashMap<String, NodeHistory>) -> Paint {
+pub fn paint(plan: &Plan, history: &HashMap<NodeId, NodeHistory>) -> Paint {
     Paint {
         classes: plan
             .nodes
@@ -120,12 +120,12 @@ pub fn svg(graph: &StageGraph, paint: &Paint) -> Svg {
             if node.stage == Stage::Source { 14 } else { 4 },
             FONT_SIZE,
         );
-        let shape = ShapeKind::new_box(&node.id);
-        let size = box_size(&node.id);
+        let shape = ShapeKind::new_box(node.id.as_str());
+        let size = box_size(node.id.as_str());
         let props = format!(
             "class=\"node {}\" data-node=\"{}\" data-stage=\"{}\"",
             class.unwrap_or("none"),
-            super::html::escape(&node.id),
+            super::html::escape(node.id.as_str()),
             node.stage.as_str()
         );
         let mut element =
@@ -305,7 +305,7 @@ mod tests {
         NodeRecord {
             id,
             run_id: 1,
-            node_id: "build:a".into(),
+            node_id: NodeId::build("a"),
             key: "k".into(),
             manifest_json: "{}".into(),
             stanza: String::new(),
@@ -322,7 +322,7 @@ mod tests {
 
     fn planned(action: Action) -> PlannedNode {
         PlannedNode {
-            id: "build:a".into(),
+            id: NodeId::build("a"),
             stage: Stage::Build,
             image: Some("a".into()),
             suite: None,

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use super::graph::Mark;
 use super::{short_id, timestamp};
-use crate::graph::{Paint, StageGraph};
+use crate::graph::{NodeId, Paint, StageGraph};
 use crate::plan::{Action, PackageChange, Plan};
 use crate::state::{ImageRecord, NodeRecord, NodeStatus, ReleaseStatus, RunRecord, RunStatus};
 
@@ -218,7 +218,7 @@ fn graph_section(out: &mut String, graph: &StageGraph, o: &Overview) {
     );
 }
 
-fn mark_badge(o: &Overview, id: &str) -> String {
+fn mark_badge(o: &Overview, id: &NodeId) -> String {
     match o.paint.class_of(id) {
         Some(class) => format!(
             "<span class=\"badge\" style=\"background:{}\">{}</span>",
@@ -277,8 +277,8 @@ fn plan_section(out: &mut String, plan: &Plan, o: &Overview) {
         let _ = write!(
             out,
             "<tr data-node=\"{}\"><td><code>{}</code></td><td>{} <span class=\"muted\">{kind}</span></td><td><ul class=\"reasons\">",
-            escape(&n.id),
-            escape(&n.id),
+            escape(n.id.as_str()),
+            escape(n.id.as_str()),
             mark_badge(o, &n.id),
         );
         for line in super::plan::reason_lines(n) {
@@ -433,7 +433,7 @@ fn runs_section(out: &mut String, runs: &[RunOverview]) {
                 let _ = write!(
                     out,
                     "<tr><td><code>{}</code></td><td><span class=\"badge {}\">{}</span></td><td>{d}</td><td>{}</td></tr>",
-                    escape(&n.node_id),
+                    escape(n.node_id.as_str()),
                     node_status_class(n.status),
                     n.status.as_str(),
                     escape(n.error.as_deref().unwrap_or("")),

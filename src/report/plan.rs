@@ -124,7 +124,7 @@ pub fn reason_text(r: &Reason) -> String {
                 )
             }
         }
-        Reason::UpstreamChanged { node } => format!("cascade from {}", escape(node)),
+        Reason::UpstreamChanged { node } => format!("cascade from {}", escape(node.as_str())),
         Reason::MaxAge {
             built_at_ms,
             max_age_secs,
@@ -214,7 +214,7 @@ pub fn render_text(plan: &Plan, p: Palette) -> String {
     let width = plan
         .nodes
         .iter()
-        .map(|n| escape(&n.id).chars().count())
+        .map(|n| escape(n.id.as_str()).chars().count())
         .max()
         .unwrap_or(10)
         .max(10);
@@ -248,7 +248,7 @@ pub fn render_text(plan: &Plan, p: Palette) -> String {
     if !runs.is_empty() {
         let _ = writeln!(out, "{}", p.bold("Will run"));
         for n in &runs {
-            let id = escape(&n.id);
+            let id = escape(n.id.as_str());
             let (mark, id) = if n.cascade {
                 ("~", p.dim(&id))
             } else {
@@ -262,7 +262,7 @@ pub fn render_text(plan: &Plan, p: Palette) -> String {
     if !retag.is_empty() {
         let _ = writeln!(out, "{}", p.bold("Will update tags in place (no rebuild)"));
         for n in &retag {
-            write_node(&mut out, "*", &p.green(&escape(&n.id)), n, width, p);
+            write_node(&mut out, "*", &p.green(&escape(n.id.as_str())), n, width, p);
         }
         out.push('\n');
     }
@@ -274,7 +274,14 @@ pub fn render_text(plan: &Plan, p: Palette) -> String {
             p.bold("Deferred until a roll-up run (imgraph apply --rollup) or max-age")
         );
         for n in &deferred {
-            write_node(&mut out, "…", &p.yellow(&escape(&n.id)), n, width, p);
+            write_node(
+                &mut out,
+                "…",
+                &p.yellow(&escape(n.id.as_str())),
+                n,
+                width,
+                p,
+            );
         }
         out.push('\n');
     }
@@ -283,7 +290,7 @@ pub fn render_text(plan: &Plan, p: Palette) -> String {
         let _ = writeln!(out, "{}", p.bold("Up to date"));
         for n in &fresh {
             let key = n.previous_key.as_deref().map(short_id).unwrap_or_default();
-            let id = escape(&n.id);
+            let id = escape(n.id.as_str());
             let _ = writeln!(
                 out,
                 "  = {}  {}",
@@ -340,7 +347,7 @@ pub fn reason_lines(n: &PlannedNode) -> Vec<String> {
         .reasons
         .iter()
         .filter_map(|r| match r {
-            Reason::UpstreamChanged { node } => Some(escape(node)),
+            Reason::UpstreamChanged { node } => Some(escape(node.as_str())),
             _ => None,
         })
         .collect();
@@ -399,7 +406,11 @@ fn write_node_with(
 ) {
     let mut lines = reason_lines(n).into_iter().chain(extra);
     let first = lines.next().unwrap_or_default();
-    let _ = writeln!(out, "  {mark} {}  {first}", pad(id, &escape(&n.id), width));
+    let _ = writeln!(
+        out,
+        "  {mark} {}  {first}",
+        pad(id, &escape(n.id.as_str()), width)
+    );
     for line in lines {
         let _ = writeln!(out, "    {:width$}  {}", "", p.dim(&line));
     }

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use super::plan::{input_text, reason_text, render_text};
 use super::{short_id, timestamp, Palette};
+use crate::graph::NodeId;
 use crate::plan::saved::{Drift, SavedPlan};
 
 /// One line per difference, naming what moved and, where it helps, old → new.
@@ -54,7 +55,7 @@ pub fn drift_text(d: &Drift) -> String {
             format!(
                 "{}{digests} (an input of {})",
                 input_text(path, *change, *via, mode.as_ref(), None),
-                nodes.join(", ")
+                nodes.iter().map(NodeId::as_str).collect::<Vec<_>>().join(", ")
             )
         }
         Drift::ConfigChanged { node } => format!("the config of {node} changed"),

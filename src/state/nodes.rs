@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{params, Params, Row};
+
+use crate::graph::NodeId;
 
 use super::journal::Durability;
 use super::record::{NodeFacts, Record};
@@ -11,7 +14,7 @@ use super::{now_ms, NodeRunId, NodeStatus, RunId, State, StateError};
 
 /// What a node run was started with.
 pub struct NodeStart<'a> {
-    pub node_id: &'a str,
+    pub node_id: &'a NodeId,
     pub key: &'a str,
     pub manifest_json: &'a str,
     pub stanza: &'a str,
@@ -33,7 +36,7 @@ pub struct NodeEnd<'a> {
 pub struct NodeRecord {
     pub id: NodeRunId,
     pub run_id: RunId,
-    pub node_id: String,
+    pub node_id: NodeId,
     pub key: String,
     pub manifest_json: String,
     pub stanza: String,
@@ -80,6 +83,20 @@ fn node_from_row(row: &Row<'_>) -> rusqlite::Result<NodeRecord> {
     })
 }
 
+/// Node ids are stored as their text; one read back is checked ([`NodeId::parse`]), so a
+/// row changed outside imgraph is an error naming it, not a node no config has.
+impl ToSql for NodeId {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for NodeId {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        NodeId::parse(value.as_str()?).map_err(|e| FromSqlError::Other(Box::new(e)))
+    }
+}
+
 /// Selects the newest succeeded record of each node.
 const LAST_SUCCESS: &str = "status = 'succeeded'";
 /// Selects the newest record of each node that actually started.
@@ -102,7 +119,7 @@ impl State {
         run: RunId,
         starts: &[NodeStart],
     ) -> Result<Vec<NodeRunId>, StateError> {
-        let names: Vec<&str> = starts.iter().map(|s| s.node_id).collect();
+        let names: Vec<&str> = starts.iter().map(|s| s.node_id.as_str()).collect();
         let context = match names.as_slice() {
             [one] => format!("record the start of node {one}"),
             many => format!("record the start of nodes {}", many.join(", ")),
@@ -189,12 +206,12 @@ impl State {
     pub fn set_running_manifest(
         &self,
         run: RunId,
-        node_id: &str,
+        node_id: &NodeId,
         manifest_json: &str,
     ) -> Result<(), StateError> {
         let record = Record::RunningManifestSet {
             run,
-            node_id: node_id.to_owned(),
+            node_id: node_id.clone(),
             manifest_json: manifest_json.to_owned(),
         };
         self.record(
@@ -207,7 +224,7 @@ impl State {
     pub(super) fn update_running_manifest(
         &self,
         run: RunId,
-        node_id: &str,
+        node_id: &NodeId,
         manifest_json: &str,
     ) -> Result<(), StateError> {
         let changed = self
@@ -287,7 +304,11 @@ impl State {
     }
 
     /// The record of `node_id` in `run` (the newest, were it recorded twice).
-    pub fn node_in_run(&self, run: RunId, node_id: &str) -> Result<Option<NodeRecord>, StateError> {
+    pub fn node_in_run(
+        &self,
+        run: RunId,
+        node_id: &NodeId,
+    ) -> Result<Option<NodeRecord>, StateError> {
         self.query_nodes(
             "WHERE run_id = ?1 AND node_id = ?2 ORDER BY id DESC LIMIT 1",
             params![run, node_id],
@@ -300,7 +321,7 @@ impl State {
     /// one version of its image).
     pub fn success_with_version(
         &self,
-        node_id: &str,
+        node_id: &NodeId,
         version: &str,
     ) -> Result<Option<NodeRecord>, StateError> {
         self.query_nodes(
@@ -314,7 +335,7 @@ impl State {
     }
 
     /// One node's last success and last attempt.
-    pub fn history(&self, node_id: &str) -> Result<NodeHistory, StateError> {
+    pub fn history(&self, node_id: &NodeId) -> Result<NodeHistory, StateError> {
         let context = format!("read the history of node {node_id}");
         let tx = self.read_tx(&context)?;
         let newest = |filter: &str| {
@@ -334,7 +355,7 @@ impl State {
     }
 
     /// Every node's history, read in one snapshot with two queries.
-    pub fn snapshot(&self) -> Result<HashMap<String, NodeHistory>, StateError> {
+    pub fn snapshot(&self) -> Result<HashMap<NodeId, NodeHistory>, StateError> {
         let context = "read the history of every node";
         let tx = self.read_tx(context)?;
         let newest_each = |filter: &str| {
@@ -346,7 +367,7 @@ impl State {
                 context,
             )
         };
-        let mut out: HashMap<String, NodeHistory> = HashMap::new();
+        let mut out: HashMap<NodeId, NodeHistory> = HashMap::new();
         for rec in newest_each(LAST_SUCCESS)? {
             let node_id = rec.node_id.clone();
             out.entry(node_id).or_default().last_success = Some(rec);

@@ -13,6 +13,7 @@
 //! The stat cache, the ledger of temporary resources and the lease are not history: they
 //! belong to one machine and are written directly.
 
+use crate::graph::NodeId;
 use serde::{Deserialize, Serialize};
 
 use super::import::HistoryTable;
@@ -72,7 +73,7 @@ pub enum Record {
     /// What a running build learned about its own result replaces its manifest.
     RunningManifestSet {
         run: RunId,
-        node_id: String,
+        node_id: NodeId,
         manifest_json: String,
     },
     /// A manifest no plan reads any more, cut down by `imgraph gc`.
@@ -132,7 +133,7 @@ pub enum Record {
 /// What a node run was started with, owned (see [`super::NodeStart`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeFacts {
-    pub node_id: String,
+    pub node_id: NodeId,
     pub key: String,
     pub manifest_json: String,
     pub stanza: String,
@@ -144,7 +145,7 @@ pub struct NodeFacts {
 impl From<&super::NodeStart<'_>> for NodeFacts {
     fn from(s: &super::NodeStart<'_>) -> Self {
         NodeFacts {
-            node_id: s.node_id.to_owned(),
+            node_id: s.node_id.clone(),
             key: s.key.to_owned(),
             manifest_json: s.manifest_json.to_owned(),
             stanza: s.stanza.to_owned(),

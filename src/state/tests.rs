@@ -3,12 +3,18 @@ use std::path::Path;
 use rusqlite::params;
 
 use super::*;
+use crate::graph::NodeId;
 
 fn open_in(dir: &Path) -> State {
     State::open(&dir.join("state.db")).expect("open state")
 }
 
-fn start<'a>(node_id: &'a str, key: &'a str) -> NodeStart<'a> {
+/// A node id written out in a test.
+fn id(text: &str) -> NodeId {
+    text.parse().expect("a node id")
+}
+
+fn start<'a>(node_id: &'a NodeId, key: &'a str) -> NodeStart<'a> {
     NodeStart {
         node_id,
         key,
@@ -145,7 +151,9 @@ fn journal_is_wal_and_foreign_keys_are_on() {
         .unwrap();
     assert_eq!(mode, "wal");
     // A node run of a run that does not exist is refused.
-    assert!(state.start_node(12345, &start("build:base", "k")).is_err());
+    assert!(state
+        .start_node(12345, &start(&id("build:base"), "k"))
+        .is_err());
 }
 
 #[test]
@@ -240,7 +248,9 @@ fn history_keeps_last_success_behind_a_later_failure() {
     let dir = tempfile::tempdir().unwrap();
     let state = open_in(dir.path());
     let run1 = state.begin_run("apply", "{}").unwrap();
-    let ok = state.start_node(run1, &start("build:base", "k1")).unwrap();
+    let ok = state
+        .start_node(run1, &start(&id("build:base"), "k1"))
+        .unwrap();
     state
         .finish_node(
             ok,
@@ -249,14 +259,18 @@ fn history_keeps_last_success_behind_a_later_failure() {
             None,
         )
         .unwrap();
-    let other = state.start_node(run1, &start("build:web", "w1")).unwrap();
+    let other = state
+        .start_node(run1, &start(&id("build:web"), "w1"))
+        .unwrap();
     state
         .finish_node(other, NodeStatus::Succeeded, None, None)
         .unwrap();
     state.finish_run(run1, RunStatus::Succeeded).unwrap();
 
     let run2 = state.begin_run("apply", "{}").unwrap();
-    let bad = state.start_node(run2, &start("build:base", "k2")).unwrap();
+    let bad = state
+        .start_node(run2, &start(&id("build:base"), "k2"))
+        .unwrap();
     state
         .finish_node(bad, NodeStatus::Failed, None, Some("exit status 1"))
         .unwrap();
@@ -264,14 +278,14 @@ fn history_keeps_last_success_behind_a_later_failure() {
     let skipped = state
         .record_not_run(
             run2,
-            &start("build:web", "w2"),
+            &start(&id("build:web"), "w2"),
             NodeStatus::Skipped,
             "build:base failed",
         )
         .unwrap();
     state.finish_run(run2, RunStatus::Failed).unwrap();
 
-    let base = state.history("build:base").unwrap();
+    let base = state.history(&id("build:base")).unwrap();
     let success = base.last_success.expect("last success");
     assert_eq!(success.id, ok);
     assert_eq!(success.key, "k1");
@@ -284,26 +298,26 @@ fn history_keeps_last_success_behind_a_later_failure() {
     assert_eq!((attempt.id, attempt.status), (bad, NodeStatus::Failed));
     assert_eq!(attempt.error.as_deref(), Some("exit status 1"));
 
-    let web = state.history("build:web").unwrap();
+    let web = state.history(&id("build:web")).unwrap();
     assert_eq!(web.last_success.as_ref().map(|r| r.id), Some(other));
     assert_eq!(web.last_attempt.as_ref().map(|r| r.id), Some(other));
 
     let snap = state.snapshot().unwrap();
     assert_eq!(snap.len(), 2);
     assert_eq!(
-        snap["build:base"].last_success.as_ref().map(|r| r.id),
+        snap[&id("build:base")].last_success.as_ref().map(|r| r.id),
         Some(ok)
     );
     assert_eq!(
-        snap["build:base"].last_attempt.as_ref().map(|r| r.id),
+        snap[&id("build:base")].last_attempt.as_ref().map(|r| r.id),
         Some(bad)
     );
     assert_eq!(
-        snap["build:web"].last_attempt.as_ref().map(|r| r.id),
+        snap[&id("build:web")].last_attempt.as_ref().map(|r| r.id),
         Some(other)
     );
     assert!(state
-        .history("test:base/smoke")
+        .history(&id("test:base/smoke"))
         .unwrap()
         .last_attempt
         .is_none());
@@ -733,8 +747,12 @@ fn abandon_stale_runs_marks_only_runs_whose_process_is_gone() {
     let mine = state.begin_run("apply", "{}").unwrap();
     let alive = insert_run(&state, 1, None);
     let dead = insert_run(&state, dead_pid(), None);
-    let node = state.start_node(dead, &start("build:base", "k")).unwrap();
-    let done = state.start_node(dead, &start("build:web", "k")).unwrap();
+    let node = state
+        .start_node(dead, &start(&id("build:base"), "k"))
+        .unwrap();
+    let done = state
+        .start_node(dead, &start(&id("build:web"), "k"))
+        .unwrap();
     state
         .finish_node(done, NodeStatus::Succeeded, None, None)
         .unwrap();
@@ -813,7 +831,7 @@ fn the_serial_counts_history_writes_and_the_lineage_stays() {
     let run = state.begin_run("apply", "{}").unwrap();
     let after_run = state.lineage().unwrap().serial;
     assert!(after_run > 0);
-    let node = state.start_node(run, &start("build:a", "k")).unwrap();
+    let node = state.start_node(run, &start(&id("build:a"), "k")).unwrap();
     state
         .finish_node(node, NodeStatus::Succeeded, None, None)
         .unwrap();

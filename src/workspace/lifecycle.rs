@@ -66,8 +66,9 @@ impl Workspace {
         let current: std::collections::HashMap<String, String> = images
             .into_iter()
             .filter_map(|image| {
-                let out =
-                    crate::plan::BuildOutputs::last(history.get(&crate::graph::build_id(image))?)?;
+                let out = crate::plan::BuildOutputs::last(
+                    history.get(&crate::graph::NodeId::build(image))?,
+                )?;
                 Some((image.to_string(), out.version))
             })
             .collect();

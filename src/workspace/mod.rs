@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::model::{FromRef, Project, ProviderKind, ProviderType, SourceKind};
 use crate::error::{Error, Result};
 use crate::exec::{Event, ExecContext, ExecOptions};
-use crate::graph::{Stage, StageGraph};
+use crate::graph::{NodeId, Stage, StageGraph};
 use crate::hash::{Hasher, NodeInputs, StatCache};
 use crate::plan::saved::{SavedPlan, StateStamp};
 use crate::plan::{self, BuildOutputs, Facts, Plan, PlanOptions};
@@ -161,7 +161,7 @@ impl Workspace {
         for image in &self.project.images {
             let Some(out) = facts
                 .history
-                .get(&crate::graph::build_id(&image.name))
+                .get(&NodeId::build(&image.name))
                 .and_then(BuildOutputs::last)
                 .filter(|o| !o.artifact_id.is_empty())
             else {
@@ -203,7 +203,7 @@ impl Workspace {
             }
         }
         for (image, revoked) in &facts.revoked {
-            let build = crate::graph::build_id(image);
+            let build = NodeId::build(image);
             let current = facts.history.get(&build).and_then(BuildOutputs::last);
             let Some(current) = current.filter(|c| revoked.contains_key(&c.version)) else {
                 continue;
@@ -342,7 +342,7 @@ pub fn check_origins(
             continue;
         };
         let runs = plan.is_none_or(|p| {
-            p.node(&crate::graph::build_id(&image.name))
+            p.node(&NodeId::build(&image.name))
                 .is_some_and(|n| n.action == plan::Action::Run)
         });
         if runs {
@@ -551,12 +551,15 @@ impl Workspace {
     ) -> Result<plan::why::Explanation> {
         let (facts, _) = self.gather_unrecorded(providers).await?;
         let plan = plan::decide(&self.project, &self.graph, &facts, options)?;
-        let id = if self.graph.get(node).is_none() && self.project.image(node).is_some() {
-            crate::graph::build_id(node)
-        } else {
-            node.to_string()
+        // A node id first (image names may look like one), then an image name.
+        let id = match NodeId::parse(node) {
+            Ok(id) if self.graph.get(&id).is_some() => Some(id),
+            _ if self.project.image(node).is_some() => Some(NodeId::build(node)),
+            parsed => parsed.ok(),
         };
-        plan::why::explain(&plan, &facts.history, facts.now_ms, &id).ok_or_else(|| {
+        let explained =
+            id.and_then(|id| plan::why::explain(&plan, &facts.history, facts.now_ms, &id));
+        explained.ok_or_else(|| {
             let ids = plan.nodes.iter().map(|n| n.id.as_str());
             Error::UnknownNode {
                 node: node.to_string(),

@@ -14,6 +14,7 @@
 use std::collections::HashSet;
 
 use crate::error::Result;
+use crate::graph::Stage;
 use crate::hash::Manifest;
 use crate::plan::BuildOutputs;
 use crate::report::state::Pruned;
@@ -57,7 +58,7 @@ impl Workspace {
                     .map(|m| m.artifact_id),
             );
             for (node, history) in self.state.snapshot()? {
-                if !node.starts_with(&crate::graph::build_id("")) {
+                if node.stage() != Stage::Build {
                     continue;
                 }
                 let built = BuildOutputs::last(&history);

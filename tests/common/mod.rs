@@ -170,11 +170,13 @@ pub fn seed_success(dir: &Path, plan: &Plan) {
         let image_build = n.image.as_deref().map(|i| format!("build:{i}"));
         let outputs = if let Some(seen) = image_build
             .as_ref()
-            .filter(|_| !n.id.starts_with("build:") && !n.id.starts_with("deliver:"))
+            .filter(|_| {
+                !n.id.as_str().starts_with("build:") && !n.id.as_str().starts_with("deliver:")
+            })
             .and_then(|b| built.get(b))
         {
             Some(seen.clone())
-        } else if n.id.starts_with("build:") {
+        } else if n.id.as_str().starts_with("build:") {
             let hex = blake3::hash(n.key.as_bytes()).to_hex().to_string();
             let artifact_id = format!("local:{hex}");
             let path = store.path_of(&artifact_id).expect("artifact path");
@@ -197,16 +199,16 @@ pub fn seed_success(dir: &Path, plan: &Plan) {
         } else {
             None
         };
-        if n.id.starts_with("build:") {
+        if n.id.as_str().starts_with("build:") {
             if let Some(o) = &outputs {
-                built.insert(n.id.clone(), o.clone());
+                built.insert(n.id.to_string(), o.clone());
             }
         }
         // A delivery is recorded with the artifact it delivered, as the executor does.
         let delivered = n
             .image
             .as_ref()
-            .filter(|_| n.id.starts_with("deliver:"))
+            .filter(|_| n.id.as_str().starts_with("deliver:"))
             .and_then(|i| built.get(&format!("build:{i}")))
             .and_then(|o| serde_json::from_str::<BuildOutputs>(o).ok());
         let n = match &delivered {
@@ -231,7 +233,8 @@ pub fn seed_success(dir: &Path, plan: &Plan) {
 /// Records one failed attempt of `node_id` with the key the current plan gives it.
 pub fn seed_failure(dir: &Path, plan: &Plan, node_id: &str, error: &str) {
     let ws = Workspace::open(dir).expect("open workspace");
-    let n = plan.node(node_id).expect("node in plan");
+    let id = node_id.parse().expect("a node id");
+    let n = plan.node(&id).expect("node in plan");
     let run = ws.state.begin_run("seed", "{}").expect("begin run");
     imgraph::exec::record_finished(&ws.state, run, n, NodeStatus::Failed, None, Some(error))
         .expect("record node");
@@ -248,7 +251,7 @@ pub fn actions(plan: &Plan) -> Vec<(String, &'static str, Vec<&'static str>)> {
         .iter()
         .map(|n| {
             (
-                n.id.clone(),
+                n.id.to_string(),
                 n.action.as_str(),
                 n.reasons.iter().map(|r| r.kind()).collect(),
             )

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::{schedule, Finished, Limits, NodeRunner, Started};
 use crate::exec::events::{Event, NodeOutcome, NodeReport};
 use crate::exec::ExecError;
+use crate::graph::NodeId;
 
 /// What a node's task does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,9 +110,10 @@ impl FakeRunner {
 }
 
 impl NodeRunner for FakeRunner {
+    type Id = String;
     type Done = Finished;
 
-    fn cut_off(&mut self, node: &str) -> Result<Option<String>, ExecError> {
+    fn cut_off(&mut self, node: &String) -> Result<Option<String>, ExecError> {
         if self.script[node] != Script::CutOff {
             return Ok(None);
         }
@@ -121,7 +123,7 @@ impl NodeRunner for FakeRunner {
 
     fn start(
         &mut self,
-        nodes: &[&str],
+        nodes: &[&String],
         stop: &CancellationToken,
     ) -> Result<Vec<Started<Finished>>, ExecError> {
         // One record for the group: when it fails, none of them starts.
@@ -130,7 +132,7 @@ impl NodeRunner for FakeRunner {
             .find(|n| self.script[**n] == Script::StartFails)
         {
             return Err(ExecError::NotPlanned {
-                node: bad.to_string(),
+                node: NodeId::build(bad),
             });
         }
         self.calls
@@ -151,7 +153,12 @@ impl NodeRunner for FakeRunner {
         done.into_iter().map(|(_, f)| f).collect()
     }
 
-    fn not_run(&mut self, node: &str, outcome: NodeOutcome, cause: &str) -> Result<(), ExecError> {
+    fn not_run(
+        &mut self,
+        node: &String,
+        outcome: NodeOutcome,
+        cause: &str,
+    ) -> Result<(), ExecError> {
         let mut c = self.calls.lock().unwrap();
         c.log.push(format!("not-run {node}"));
         c.not_run
@@ -159,16 +166,16 @@ impl NodeRunner for FakeRunner {
         Ok(())
     }
 
-    fn crashed(&mut self, node: &str, _error: &str) {
+    fn crashed(&mut self, node: &String, _error: &str) {
         self.note(format!("crashed {node}"));
     }
 }
 
 /// What one scripted run left behind.
 struct Ran {
-    result: Result<HashMap<String, NodeReport>, ExecError>,
+    result: Result<HashMap<String, NodeReport<String>>, ExecError>,
     calls: Calls,
-    events: Vec<Event>,
+    events: Vec<Event<String>>,
     stopped: bool,
 }
 
@@ -424,7 +431,7 @@ async fn a_record_error_ends_the_run_after_the_running_nodes_ended() {
         false,
     )
     .await;
-    assert!(matches!(ran.result, Err(ExecError::NotPlanned { ref node }) if node == "b"));
+    assert!(matches!(ran.result, Err(ExecError::NotPlanned { ref node }) if *node == "build:b"));
     assert!(ran.stopped);
     assert!(ran.calls.told.contains("a"));
     assert!(

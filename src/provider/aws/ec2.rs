@@ -450,7 +450,7 @@ impl AwsProvider {
             }
             .into());
         };
-        let tags = self.instance_tags(req.ledger.run, "build", image, req.node_id, token);
+        let tags = self.instance_tags(req.ledger.run, "build", image, req.node_id.as_str(), token);
         let id = self
             .launch(Launch {
                 image_id: origin,
@@ -535,7 +535,13 @@ impl AwsProvider {
         entry: i64,
         launched: &Launched,
     ) -> Result<ProcessOutcome, ProviderError> {
-        let tags = self.instance_tags(req.ledger.run, "test", &req.image.name, req.node_id, token);
+        let tags = self.instance_tags(
+            req.ledger.run,
+            "test",
+            &req.image.name,
+            req.node_id.as_str(),
+            token,
+        );
         let id = self
             .launch(Launch {
                 image_id: req.artifact_id,
@@ -602,7 +608,7 @@ impl AwsProvider {
                 ],
             ),
             timeout: Some(req.suite.timeout),
-            recorder: Some(req.ledger.processes_of(req.node_id)),
+            recorder: Some(req.ledger.processes_of(req.node_id.as_str())),
             ..Default::default()
         };
         Ok(process::run(&spec, req.log, req.cancel).await?)

@@ -112,7 +112,7 @@ impl Provider for AwsProvider {
             Build::Packer { template, vars } => {
                 let token = self.new_token(req.ledger.run);
                 let entry = req.ledger.add(
-                    req.node_id,
+                    req.node_id.as_str(),
                     "aws",
                     "packer",
                     &format!("token:{token}"),
@@ -128,7 +128,7 @@ impl Provider for AwsProvider {
                 let script = ec2::user_data_script(&req.image.name, steps, req.version, req.key)?;
                 let token = self.new_token(req.ledger.run);
                 let entry = req.ledger.add(
-                    req.node_id,
+                    req.node_id.as_str(),
                     "aws",
                     "instance",
                     &format!("pending:{token}"),
@@ -151,7 +151,7 @@ impl Provider for AwsProvider {
     async fn test(&self, req: TestRequest<'_>) -> Result<ProcessOutcome, ProviderError> {
         let token = self.new_token(req.ledger.run);
         let entry = req.ledger.add(
-            req.node_id,
+            req.node_id.as_str(),
             "aws",
             "instance",
             &format!("pending:{token}"),

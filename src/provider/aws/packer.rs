@@ -173,7 +173,7 @@ impl AwsProvider {
             // Packer cleans up (key pairs, security groups, instances) on SIGINT.
             stop_signal: Some(libc::SIGINT),
             grace: Some(PACKER_GRACE),
-            recorder: Some(req.ledger.processes_of(req.node_id)),
+            recorder: Some(req.ledger.processes_of(req.node_id.as_str())),
             ..Default::default()
         };
         let offset = log_len(req.log);

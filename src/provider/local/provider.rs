@@ -183,11 +183,11 @@ impl Provider for LocalProvider {
                 })
             }
         };
-        let staging = self.fresh_dir(req.work_dir, "staging", req.node_id);
+        let staging = self.fresh_dir(req.work_dir, "staging", req.node_id.as_str());
         let work = self.build_in(&req, steps, &staging);
         in_ledgered_dir(
             req.ledger,
-            req.node_id,
+            req.node_id.as_str(),
             "staging",
             "build",
             staging.clone(),
@@ -197,7 +197,7 @@ impl Provider for LocalProvider {
     }
 
     async fn test(&self, req: TestRequest<'_>) -> Result<ProcessOutcome, ProviderError> {
-        let instance = self.fresh_dir(req.work_dir, "instance", req.node_id);
+        let instance = self.fresh_dir(req.work_dir, "instance", req.node_id.as_str());
         let instance_id = instance
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -205,7 +205,7 @@ impl Provider for LocalProvider {
         let work = self.test_in(&req, &instance, &instance_id);
         in_ledgered_dir(
             req.ledger,
-            req.node_id,
+            req.node_id.as_str(),
             "instance",
             "test",
             instance.clone(),
@@ -441,7 +441,7 @@ impl LocalProvider {
                             ],
                         ),
                         timeout: None,
-                        recorder: Some(req.ledger.processes_of(req.node_id)),
+                        recorder: Some(req.ledger.processes_of(req.node_id.as_str())),
                         ..Default::default()
                     };
                     let call = RunIn {
@@ -620,7 +620,7 @@ impl LocalProvider {
                 ],
             ),
             timeout: Some(req.suite.timeout),
-            recorder: Some(req.ledger.processes_of(req.node_id)),
+            recorder: Some(req.ledger.processes_of(req.node_id.as_str())),
             ..Default::default()
         };
         let call = RunIn {
