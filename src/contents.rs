@@ -18,7 +18,7 @@ pub use crate::report::packages::{VersionContents, VersionDiff};
 pub fn find_version(ws: &Workspace, image: &str, version: Option<&str>) -> Result<ImageRecord> {
     let records = ws.state.images(Some(image))?;
     let found = match version {
-        Some(v) => records.iter().find(|r| r.version == v).cloned(),
+        Some(v) => records.iter().find(|r| r.version.version == v).cloned(),
         None => ws.state.current_version(image)?,
     };
     found.ok_or_else(|| Error::UnknownVersion {
@@ -31,7 +31,7 @@ pub fn find_version(ws: &Workspace, image: &str, version: Option<&str>) -> Resul
                 "its versions are {}",
                 records
                     .iter()
-                    .map(|r| r.version.as_str())
+                    .map(|r| r.version.version.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
             )
@@ -48,11 +48,11 @@ pub fn version_contents(
     let record = find_version(ws, image, version)?;
     let inventory = ws
         .state
-        .packages_of(&record.image, &record.version)?
+        .packages_of(&record.version.image, &record.version.version)?
         .ok_or_else(|| Error::NoPackageList {
-            image: record.image.clone(),
-            version: record.version.clone(),
-            provider: record.provider.clone(),
+            image: record.version.image.clone(),
+            version: record.version.version.clone(),
+            provider: record.version.provider.clone(),
         })?;
     Ok(VersionContents { record, inventory })
 }
@@ -83,21 +83,21 @@ fn count_file_changes(
 ) -> Result<std::result::Result<FileChanges, String>> {
     let mut indexes: Vec<BTreeMap<String, FileFacts>> = Vec::with_capacity(2);
     for rec in [from, to] {
-        if rec.provider != "local" {
+        if rec.version.provider != "local" {
             return Ok(Err(format!(
                 "{} {} is an image of the {} provider, whose files imgraph does not read",
-                rec.image, rec.version, rec.provider
+                rec.version.image, rec.version.version, rec.version.provider
             )));
         }
-        if !store.contains(&rec.artifact_id) {
+        if !store.contains(&rec.version.artifact_id) {
             return Ok(Err(format!(
                 "the artifact of {} {} ({}) is no longer in the store",
-                rec.image, rec.version, rec.artifact_id
+                rec.version.image, rec.version.version, rec.version.artifact_id
             )));
         }
         indexes.push(inspect::file_index(
             store,
-            &rec.artifact_id,
+            &rec.version.artifact_id,
             &tokio_util::sync::CancellationToken::new(),
         )?);
     }

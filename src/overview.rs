@@ -59,7 +59,10 @@ impl Workspace {
             .map(|i| (i.name.clone(), Vec::new()))
             .collect();
         for rec in self.state.images(None)? {
-            by_image.entry(rec.image.clone()).or_default().push(rec);
+            by_image
+                .entry(rec.version.image.clone())
+                .or_default()
+                .push(rec);
         }
         let mut out = Vec::new();
         for (name, records) in by_image {
@@ -97,7 +100,7 @@ impl Workspace {
                         None => Packages::Unknown,
                     };
                     VersionOverview {
-                        held_by: held.remove(&record.version).unwrap_or_default(),
+                        held_by: held.remove(&record.version.version).unwrap_or_default(),
                         record,
                         packages,
                     }
@@ -119,7 +122,7 @@ impl Workspace {
 
     /// The manifest the build of one version recorded, when the state has it.
     fn build_manifest(&self, image: &str, rec: &ImageRecord) -> Result<Option<Manifest>> {
-        let Some(run) = rec.run_id else {
+        let Some(run) = rec.version.run else {
             return Ok(None);
         };
         let node = self

@@ -182,7 +182,7 @@ async fn provider_packer_build_test_status_and_recovery_against_moto() {
     );
     assert_no_live_instances(&client, &image).await;
 
-    let record = imgraph::state::ImageRecord {
+    let record = imgraph::state::ImageVersion {
         image: image.clone(),
         version: "1.0.0".into(),
         artifact_id: ami.clone(),
@@ -190,9 +190,7 @@ async fn provider_packer_build_test_status_and_recovery_against_moto() {
         key: "k-lib".into(),
         status: ReleaseStatus::Candidate,
         built_at: 0,
-        run_id: None,
-        environments: Vec::new(),
-        holding: Vec::new(),
+        run: None,
         origin: None,
         revoked_reason: None,
     };

@@ -371,7 +371,7 @@ async fn an_authorisation_failure_on_tagging_names_the_action_and_the_ami() {
     let aws = provider(&serve(script.clone()).await, 5);
     let err = aws
         .set_status(
-            &imgraph::state::ImageRecord {
+            &imgraph::state::ImageVersion {
                 image: "web".into(),
                 version: "1.0.0".into(),
                 artifact_id: "ami-9".into(),
@@ -379,9 +379,7 @@ async fn an_authorisation_failure_on_tagging_names_the_action_and_the_ami() {
                 key: "k".into(),
                 status: imgraph::state::ReleaseStatus::Candidate,
                 built_at: 0,
-                run_id: None,
-                environments: Vec::new(),
-                holding: Vec::new(),
+                run: None,
                 origin: None,
                 revoked_reason: None,
             },

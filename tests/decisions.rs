@@ -87,13 +87,13 @@ fn artifact_entries(dir: &Path, image: &str) -> Vec<String> {
         .images(Some(image))
         .unwrap()
         .into_iter()
-        .max_by_key(|r| r.built_at)
+        .max_by_key(|r| r.version.built_at)
         .unwrap();
     let store = ws.local_store().unwrap();
     let out = tempfile::tempdir().unwrap();
     let root = out.path().join("root");
     store
-        .unpack(&record.artifact_id, &root, &Default::default())
+        .unpack(&record.version.artifact_id, &root, &Default::default())
         .unwrap();
     walkdir::WalkDir::new(&root)
         .min_depth(1)

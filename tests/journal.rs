@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use imgraph::state::{
-    decode_batch, encode_batch, ImageRecord, Journal, JournalError, NodeStart, NodeStatus, Record,
+    decode_batch, encode_batch, ImageVersion, Journal, JournalError, NodeStart, NodeStatus, Record,
     ReleaseStatus, RunStatus, Seq, State,
 };
 use proptest::prelude::*;
@@ -324,7 +324,7 @@ fn play(state: &State, steps: &[Step]) {
                     .then(|| versions.iter().find(|(i, _)| i == "base"))
                     .flatten()
                     .map(|(i, v)| format!("{i}@{v}"));
-                let rec = ImageRecord {
+                let rec = ImageVersion {
                     image: image.into(),
                     version: version.clone(),
                     artifact_id: format!("sha-{image}-{version}"),
@@ -332,9 +332,7 @@ fn play(state: &State, steps: &[Step]) {
                     key: format!("key-{n}"),
                     status: ReleaseStatus::Candidate,
                     built_at: 1_000 + i64::from(*n),
-                    run_id: runs.last().copied(),
-                    environments: Vec::new(),
-                    holding: Vec::new(),
+                    run: runs.last().copied(),
                     origin,
                     revoked_reason: None,
                 };

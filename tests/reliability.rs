@@ -408,11 +408,11 @@ fn a_corrupt_artifact_is_set_aside_and_rebuilt_by_the_next_apply() {
         .images(Some("base"))
         .unwrap()
         .into_iter()
-        .max_by_key(|r| r.built_at)
+        .max_by_key(|r| r.version.built_at)
         .unwrap();
     let store = ws.local_store().unwrap();
     drop(ws);
-    let path = store.path_of(&base.artifact_id).unwrap();
+    let path = store.path_of(&base.version.artifact_id).unwrap();
     let mut bytes = std::fs::read(&path).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;

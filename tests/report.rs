@@ -10,7 +10,7 @@ use std::process::Command;
 
 use common::*;
 use imgraph::plan::PlanOptions;
-use imgraph::state::{ImageRecord, ReleaseStatus, RunStatus};
+use imgraph::state::{ImageVersion, ReleaseStatus, RunStatus};
 use imgraph::workspace::Workspace;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -230,7 +230,7 @@ fn seed_versions(dir: &Path) {
     {
         let image = n.image.clone().unwrap();
         ws.state
-            .record_image(&ImageRecord {
+            .record_image(&ImageVersion {
                 image: image.clone(),
                 version: "1.0.0".into(),
                 artifact_id: format!("local:{}", blake3::hash(n.key.as_bytes()).to_hex()),
@@ -238,9 +238,7 @@ fn seed_versions(dir: &Path) {
                 key: n.key.clone(),
                 status: ReleaseStatus::Ready,
                 built_at: imgraph::state::now_ms(),
-                run_id: Some(run),
-                environments: Vec::new(),
-                holding: Vec::new(),
+                run: Some(run),
                 origin: None,
                 revoked_reason: None,
             })

@@ -88,7 +88,7 @@ fn unpack_newest(dir: &Path, image: &str) -> (tempfile::TempDir, PathBuf) {
     let root = out.path().join("root");
     ws.local_store()
         .expect("store")
-        .unpack(&newest.artifact_id, &root, &Default::default())
+        .unpack(&newest.version.artifact_id, &root, &Default::default())
         .expect("unpack");
     (out, root)
 }

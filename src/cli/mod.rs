@@ -526,8 +526,8 @@ fn sbom(cli: &Cli, target: &str, output: Option<&std::path::Path>) -> Result<i32
             })?;
             crate::report::outln(&format!(
                 "sbom: {} {} ({} packages) written to {}",
-                contents.record.image,
-                contents.record.version,
+                contents.record.version.image,
+                contents.record.version.version,
                 contents.inventory.packages.len(),
                 path.display()
             ));

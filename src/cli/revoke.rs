@@ -40,13 +40,16 @@ pub(super) fn revoke(cli: &Cli, args: &RevokeArgs) -> Result<i32> {
     lease.release()?;
     let changed = result?;
     for rec in &changed {
-        let line = match &rec.revoked_reason {
-            Some(reason) => format!("revoked {} {}: {reason}", rec.image, rec.version),
+        let line = match &rec.version.revoked_reason {
+            Some(reason) => format!(
+                "revoked {} {}: {reason}",
+                rec.version.image, rec.version.version
+            ),
             None => format!(
                 "restored {} {} ({})",
-                rec.image,
-                rec.version,
-                rec.status.as_str()
+                rec.version.image,
+                rec.version.version,
+                rec.version.status.as_str()
             ),
         };
         crate::report::outln(&line);

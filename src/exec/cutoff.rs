@@ -30,7 +30,7 @@ pub(super) fn reuse_ready(
         log,
         &format!(
             "imgraph: early cutoff: the artifact is {} {} again (Ready); no new version",
-            image.name, same.version
+            image.name, same.version.version
         ),
     );
     // Tags are known only when the build's last record is of this version.
@@ -38,12 +38,12 @@ pub(super) fn reuse_ready(
     let tags = last
         .as_ref()
         .and_then(BuildOutputs::of)
-        .filter(|o| o.version == same.version)
+        .filter(|o| o.version == same.version.version)
         .and_then(|o| o.tags);
     let outputs = BuildOutputs {
-        artifact_id: same.artifact_id,
-        version: same.version,
-        built_at_ms: Some(same.built_at),
+        artifact_id: same.version.artifact_id,
+        version: same.version.version,
+        built_at_ms: Some(same.version.built_at),
         tags,
     };
     let note = format!(
@@ -165,7 +165,7 @@ fn same_as_ready(
         .lock()?
         .images(Some(&image.name))?
         .into_iter()
-        .filter(|r| r.status == ReleaseStatus::Ready)
-        .max_by(|a, b| crate::state::compare_versions(&a.version, &b.version));
-    Ok(newest.filter(|r| r.artifact_id == artifact))
+        .filter(|r| r.version.status == ReleaseStatus::Ready)
+        .max_by(|a, b| crate::state::compare_versions(&a.version.version, &b.version.version));
+    Ok(newest.filter(|r| r.version.artifact_id == artifact))
 }

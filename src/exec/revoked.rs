@@ -44,8 +44,8 @@ pub(super) fn go_back(
         .lock()?
         .images(Some(&image.name))?
         .into_iter()
-        .find(|r| r.version == back_to)
-        .map(|r| r.status);
+        .find(|r| r.version.version == back_to)
+        .map(|r| r.version.status);
     if status != Some(ReleaseStatus::Ready) {
         return Err(ExecError::GoBackNotReady {
             image: image.name.clone(),
@@ -80,12 +80,12 @@ pub(super) fn refuse_revoked_artifact(
         .lock()?
         .images(Some(&image.name))?
         .into_iter()
-        .find(|r| r.status == ReleaseStatus::Revoked && r.artifact_id == artifact);
+        .find(|r| r.version.status == ReleaseStatus::Revoked && r.version.artifact_id == artifact);
     match revoked {
         Some(r) => Err(ExecError::RevokedArtifact {
-            image: r.image,
-            version: r.version,
-            reason: r.revoked_reason.unwrap_or_default(),
+            image: r.version.image,
+            version: r.version.version,
+            reason: r.version.revoked_reason.unwrap_or_default(),
         }),
         None => Ok(()),
     }

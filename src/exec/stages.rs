@@ -25,7 +25,7 @@ use crate::provider::probes::{has_image_probes, measure_image_probes, ProbeSite}
 use crate::provider::{
     BuildRequest, Ledger, NodeInput, NodeInputKind, Origin, Provider, TestRequest,
 };
-use crate::state::{ImageRecord, ReleaseStatus, RunId};
+use crate::state::{ImageVersion, ReleaseStatus, RunId};
 use crate::text::error_chain;
 
 /// The node as it is recorded: a delivery with the artifact it delivers in its key (see
@@ -204,7 +204,7 @@ pub(super) async fn run_node(
                     ),
                 );
             }
-            let record = ImageRecord {
+            let record = ImageVersion {
                 image: image.name.clone(),
                 version: version.clone(),
                 artifact_id: built.artifact_id.clone(),
@@ -212,9 +212,7 @@ pub(super) async fn run_node(
                 key: node.key.clone(),
                 status: ReleaseStatus::Candidate,
                 built_at: crate::state::now_ms(),
-                run_id: Some(run),
-                environments: Vec::new(),
-                holding: Vec::new(),
+                run: Some(run),
                 origin: origin_version,
                 revoked_reason: None,
             };
@@ -456,7 +454,7 @@ async fn record_probes_of_new_image(
     node: &PlannedNode,
     provider: &dyn Provider,
     image: &crate::config::model::Image,
-    built: &ImageRecord,
+    built: &ImageVersion,
     log: &Path,
     cancel: &CancellationToken,
 ) -> Result<(), ExecError> {
@@ -516,16 +514,17 @@ fn find_image_record(
     ctx: &ExecContext,
     image: &str,
     version: &str,
-) -> Result<Option<ImageRecord>, ExecError> {
+) -> Result<Option<ImageVersion>, ExecError> {
     Ok(ctx
         .lock()?
         .images(Some(image))?
         .into_iter()
-        .find(|r| r.version == version))
+        .map(|r| r.version)
+        .find(|v| v.version == version))
 }
 
 /// The registry record of one version, which must exist (it was built).
-fn image_record(ctx: &ExecContext, image: &str, version: &str) -> Result<ImageRecord, ExecError> {
+fn image_record(ctx: &ExecContext, image: &str, version: &str) -> Result<ImageVersion, ExecError> {
     find_image_record(ctx, image, version)?.ok_or_else(|| ExecError::NotRegistered {
         image: image.into(),
         version: version.into(),

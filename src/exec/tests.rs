@@ -17,7 +17,7 @@ use crate::config::model::Project;
 use crate::plan::{decide, Facts, PlanOptions};
 use crate::process::{CommandRunner, CommandSpec, ProcessError, ProcessOutcome};
 use crate::provider::fake::{Answer, Call, FakeProvider};
-use crate::state::{ImageRecord, ReleaseStatus};
+use crate::state::{ImageVersion, ReleaseStatus};
 
 /// `base` from a local tarball, `web` from `base`, delivered to staging and then, `after`
 /// it, to production: one chain of eight nodes, so the order of calls is known.
@@ -129,7 +129,7 @@ impl Apply {
 
     /// Writes a version of `image` to the registry, as an earlier run would have.
     fn recorded(&self, image: &str, version: &str, artifact: &str, status: ReleaseStatus) {
-        let record = ImageRecord {
+        let record = ImageVersion {
             image: image.into(),
             version: version.into(),
             artifact_id: artifact.into(),
@@ -137,9 +137,7 @@ impl Apply {
             key: "b3v1:earlier".into(),
             status: ReleaseStatus::Candidate,
             built_at: 1,
-            run_id: None,
-            environments: Vec::new(),
-            holding: Vec::new(),
+            run: None,
             origin: None,
             revoked_reason: None,
         };
@@ -162,7 +160,10 @@ impl Apply {
             .images(Some(image))
             .expect("registry")
             .into_iter()
-            .map(|r| (r.version, r.status, r.artifact_id, r.environments))
+            .map(|r| {
+                let v = r.version;
+                (v.version, v.status, v.artifact_id, r.environments)
+            })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out

@@ -102,38 +102,41 @@ pub fn decide(
     // `IMAGE@VERSION` → the current versions built from it.
     let mut origin_of: HashMap<&str, Vec<String>> = HashMap::new();
     for r in records {
-        if current.get(&r.image) == Some(&r.version) {
-            if let Some(origin) = r.origin.as_deref() {
+        if current.get(&r.version.image) == Some(&r.version.version) {
+            if let Some(origin) = r.version.origin.as_deref() {
                 origin_of
                     .entry(origin)
                     .or_default()
-                    .push(format!("{} {}", r.image, r.version));
+                    .push(format!("{} {}", r.version.image, r.version.version));
             }
         }
     }
     let mut by_image: BTreeMap<&str, Vec<&ImageRecord>> = BTreeMap::new();
     for r in records {
-        by_image.entry(r.image.as_str()).or_default().push(r);
+        by_image
+            .entry(r.version.image.as_str())
+            .or_default()
+            .push(r);
     }
     let mut out = Vec::new();
     for (name, mut versions) in by_image {
         let Some(retain) = project.image(name).and_then(|i| project.retain_of(i)) else {
             continue;
         };
-        versions.sort_by(|a, b| compare_versions(&b.version, &a.version));
+        versions.sort_by(|a, b| compare_versions(&b.version.version, &a.version.version));
         let newest_ready = versions
             .iter()
-            .find(|r| r.status == ReleaseStatus::Ready)
-            .map(|r| r.version.clone());
+            .find(|r| r.version.status == ReleaseStatus::Ready)
+            .map(|r| r.version.version.clone());
         for (rank, r) in versions.iter().enumerate() {
-            let id = format!("{}@{}", r.image, r.version);
+            let id = format!("{}@{}", r.version.image, r.version.version);
             let retention = if !r.holding.is_empty() {
                 Retention::Held {
                     environments: r.holding.clone(),
                 }
-            } else if newest_ready.as_deref() == Some(r.version.as_str()) {
+            } else if newest_ready.as_deref() == Some(r.version.version.as_str()) {
                 Retention::NewestReady
-            } else if current.get(&r.image) == Some(&r.version) {
+            } else if current.get(&r.version.image) == Some(&r.version.version) {
                 Retention::Current
             } else if let Some(of) = origin_of.get(id.as_str()) {
                 Retention::Origin { of: of.clone() }
@@ -141,7 +144,7 @@ pub fn decide(
                 Retention::WithinKeep { keep }
             } else if let Some(days) = retain
                 .keep_days
-                .filter(|d| now_ms.saturating_sub(r.built_at) < i64::from(*d) * DAY_MS)
+                .filter(|d| now_ms.saturating_sub(r.version.built_at) < i64::from(*d) * DAY_MS)
             {
                 Retention::WithinKeepDays { keep_days: days }
             } else {
@@ -151,11 +154,11 @@ pub fn decide(
                 }
             };
             out.push(VersionDecision {
-                image: r.image.clone(),
-                version: r.version.clone(),
-                id: r.artifact_id.clone(),
-                status: r.status.as_str().to_string(),
-                built_at_ms: r.built_at,
+                image: r.version.image.clone(),
+                version: r.version.version.clone(),
+                id: r.version.artifact_id.clone(),
+                status: r.version.status.as_str().to_string(),
+                built_at_ms: r.version.built_at,
                 retention,
             });
         }

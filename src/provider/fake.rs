@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::{BuildRequest, Built, Origin, Provider, ProviderError, TestRequest};
 use crate::process::ProcessOutcome;
-use crate::state::{ImageRecord, LedgerEntry, ReleaseStatus};
+use crate::state::{ImageVersion, LedgerEntry, ReleaseStatus};
 
 /// What a scripted call does before it answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,7 +300,7 @@ impl Provider for FakeProvider {
 
     async fn set_status(
         &self,
-        version: &ImageRecord,
+        version: &ImageVersion,
         status: ReleaseStatus,
     ) -> Result<(), ProviderError> {
         self.note(Call::Status {
@@ -313,7 +313,7 @@ impl Provider for FakeProvider {
 
     async fn set_revoked(
         &self,
-        _version: &ImageRecord,
+        _version: &ImageVersion,
         _reason: Option<&str>,
     ) -> Result<(), ProviderError> {
         Ok(())
@@ -321,7 +321,7 @@ impl Provider for FakeProvider {
 
     async fn record_delivery(
         &self,
-        version: &ImageRecord,
+        version: &ImageVersion,
         environment: &str,
     ) -> Result<(), ProviderError> {
         self.note(Call::Delivery {
@@ -334,7 +334,7 @@ impl Provider for FakeProvider {
 
     async fn set_tags(
         &self,
-        version: &ImageRecord,
+        version: &ImageVersion,
         _tags: &BTreeMap<String, String>,
         _previous: Option<&BTreeMap<String, String>>,
     ) -> Result<(), ProviderError> {
@@ -347,7 +347,7 @@ impl Provider for FakeProvider {
 
     async fn remove_version(
         &self,
-        _version: &ImageRecord,
+        _version: &ImageVersion,
         _keep_artifact: bool,
     ) -> Result<Vec<String>, ProviderError> {
         Ok(Vec::new())

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::model::{Builder, Image, Project, ProviderType, TestSuite};
 use crate::graph::NodeId;
 use crate::process::{ProcessError, ProcessOutcome, ProcessRecorder};
-use crate::state::{ImageRecord, LedgerEntry, ReleaseStatus, RunId, State, StateError};
+use crate::state::{ImageVersion, LedgerEntry, ReleaseStatus, RunId, State, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
@@ -294,7 +294,7 @@ pub trait Provider: Send + Sync {
     /// version (`Candidate`, right after its build) records the whole version.
     async fn set_status(
         &self,
-        version: &ImageRecord,
+        version: &ImageVersion,
         status: ReleaseStatus,
     ) -> Result<(), ProviderError>;
     /// Marks a version `Revoked` with `reason` in the provider's own records (AMI tags
@@ -302,21 +302,21 @@ pub trait Provider: Send + Sync {
     /// restores `version.status` and removes the reason.
     async fn set_revoked(
         &self,
-        version: &ImageRecord,
+        version: &ImageVersion,
         reason: Option<&str>,
     ) -> Result<(), ProviderError>;
     /// Notes with the provider that `environment` got this version (AMI tags, the local
     /// registry), so a lost state file does not mean delivering again.
     async fn record_delivery(
         &self,
-        version: &ImageRecord,
+        version: &ImageVersion,
         environment: &str,
     ) -> Result<(), ProviderError>;
     /// Replaces the image's own tags on a version (`previous`: the tags it carried, when
     /// known, so that removed keys are removed too). imgraph's own tags are untouched.
     async fn set_tags(
         &self,
-        version: &ImageRecord,
+        version: &ImageVersion,
         tags: &std::collections::BTreeMap<String, String>,
         previous: Option<&std::collections::BTreeMap<String, String>>,
     ) -> Result<(), ProviderError>;
@@ -335,7 +335,7 @@ pub trait Provider: Send + Sync {
     /// Returns the ids of what was removed.
     async fn remove_version(
         &self,
-        version: &ImageRecord,
+        version: &ImageVersion,
         keep_artifact: bool,
     ) -> Result<Vec<String>, ProviderError>;
     /// What is inside a built image (its package databases), when this provider can look

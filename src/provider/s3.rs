@@ -257,6 +257,7 @@ impl Upstream for Producer {
         })?;
         Ok(versions
             .into_iter()
+            .map(|r| r.version)
             .filter(|v| v.status == ReleaseStatus::Ready)
             .max_by(|a, b| crate::state::compare_versions(&a.version, &b.version))
             .map(|v| ReadyVersion {

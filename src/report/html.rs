@@ -351,12 +351,12 @@ fn images_section(out: &mut String, images: &[ImageOverview]) {
                 out,
                 "<tr><td><code>{}</code></td><td><code title=\"{}\">{}</code></td>\
                  <td><span class=\"badge {}\">{}</span></td><td>{}</td><td>{}</td><td>{held}</td></tr>",
-                escape(&r.version),
-                escape(&r.artifact_id),
-                escape(&short_id(&r.artifact_id)),
-                status_class(r.status),
-                r.status.as_str(),
-                timestamp(r.built_at),
+                escape(&r.version.version),
+                escape(&r.version.artifact_id),
+                escape(&short_id(&r.version.artifact_id)),
+                status_class(r.version.status),
+                r.version.status.as_str(),
+                timestamp(r.version.built_at),
                 packages_html(&v.packages),
             );
         }

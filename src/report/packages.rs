@@ -32,8 +32,8 @@ pub struct VersionDiff {
 
 fn version_json(r: &ImageRecord) -> serde_json::Value {
     json!({
-        "image": r.image, "version": r.version, "id": r.artifact_id,
-        "status": r.status.as_str(),
+        "image": r.version.image, "version": r.version.version, "id": r.version.artifact_id,
+        "status": r.version.status.as_str(),
     })
 }
 
@@ -73,10 +73,10 @@ pub fn packages_text(c: &VersionContents, p: Palette) -> String {
     let _ = writeln!(
         out,
         "{} {} ({}, {}): {os}, {} packages ({})",
-        p.bold(&r.image),
-        r.version,
-        short_id(&r.artifact_id),
-        r.status.as_str(),
+        p.bold(&r.version.image),
+        r.version.version,
+        short_id(&r.version.artifact_id),
+        r.version.status.as_str(),
         inv.packages.len(),
         managers(inv)
     );
@@ -135,9 +135,9 @@ pub fn diff_text(d: &VersionDiff, p: Palette) -> String {
     let _ = writeln!(
         out,
         "{} {} → {}",
-        p.bold(&d.from.image),
-        d.from.version,
-        d.to.version
+        p.bold(&d.from.version.image),
+        d.from.version.version,
+        d.to.version.version
     );
     let _ = writeln!(
         out,

@@ -75,20 +75,20 @@ fn serial_number(artifact_id: &str, version: &str) -> String {
 pub fn cyclonedx_json(c: &VersionContents) -> Result<String, SbomError> {
     let (r, inv) = (&c.record, &c.inventory);
     let fail = |detail: String| SbomError {
-        image: r.image.clone(),
-        version: r.version.clone(),
+        image: r.version.image.clone(),
+        version: r.version.version.clone(),
         detail,
     };
 
     let mut subject = Component::new(
         Classification::Container,
-        &r.image,
-        &r.version,
-        Some(format!("imgraph:{}@{}", r.image, r.version)),
+        &r.version.image,
+        &r.version.version,
+        Some(format!("imgraph:{}@{}", r.version.image, r.version.version)),
     );
     subject.properties = Some(Properties(vec![
-        Property::new("imgraph:artifact-id", &r.artifact_id),
-        Property::new("imgraph:provider", &r.provider),
+        Property::new("imgraph:artifact-id", &r.version.artifact_id),
+        Property::new("imgraph:provider", &r.version.provider),
     ]));
 
     let mut components = Vec::with_capacity(inv.packages.len() + 1);
@@ -126,11 +126,11 @@ pub fn cyclonedx_json(c: &VersionContents) -> Result<String, SbomError> {
         components.push(component);
     }
 
-    let timestamp = DateTime::try_from(super::timestamp(r.built_at))
+    let timestamp = DateTime::try_from(super::timestamp(r.version.built_at))
         .map_err(|e| fail(format!("build time: {e}")))?;
     let bom = Bom {
         serial_number: Some(
-            UrnUuid::new(serial_number(&r.artifact_id, &r.version))
+            UrnUuid::new(serial_number(&r.version.artifact_id, &r.version.version))
                 .map_err(|e| fail(format!("serial number: {e:?}")))?,
         ),
         metadata: Some(Metadata {

@@ -20,11 +20,11 @@ pub fn images_json(records: &[ImageRecord]) -> String {
         .iter()
         .map(|r| {
             json!({
-                "image": r.image, "version": r.version, "id": r.artifact_id,
-                "provider": r.provider, "key": r.key, "status": status_str(r.status),
-                "built_at": timestamp(r.built_at), "built_at_ms": r.built_at,
-                "run_id": r.run_id, "environments": r.environments, "holding": r.holding,
-                "origin": r.origin, "revoked_reason": r.revoked_reason,
+                "image": r.version.image, "version": r.version.version, "id": r.version.artifact_id,
+                "provider": r.version.provider, "key": r.version.key, "status": status_str(r.version.status),
+                "built_at": timestamp(r.version.built_at), "built_at_ms": r.version.built_at,
+                "run_id": r.version.run, "environments": r.environments, "holding": r.holding,
+                "origin": r.version.origin, "revoked_reason": r.version.revoked_reason,
             })
         })
         .collect();
@@ -43,11 +43,11 @@ pub fn images_text(records: &[ImageRecord], p: Palette) -> String {
         .iter()
         .map(|r| {
             [
-                r.image.clone(),
-                r.version.clone(),
-                short_id(&r.artifact_id),
-                status_str(r.status).to_string(),
-                timestamp(r.built_at),
+                r.version.image.clone(),
+                r.version.version.clone(),
+                short_id(&r.version.artifact_id),
+                status_str(r.version.status).to_string(),
+                timestamp(r.version.built_at),
                 r.holding.join(", "),
             ]
         })
@@ -74,7 +74,7 @@ pub fn images_text(records: &[ImageRecord], p: Palette) -> String {
     };
     let _ = writeln!(out, "{}", line(header, header[3]));
     for (r, row) in records.iter().zip(&rows) {
-        let status = match r.status {
+        let status = match r.version.status {
             ReleaseStatus::Ready => p.green(&row[3]),
             ReleaseStatus::Failed | ReleaseStatus::Revoked => p.red(&row[3]),
             ReleaseStatus::Candidate => p.yellow(&row[3]),
@@ -360,21 +360,24 @@ pub fn gc_text(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::ImageVersion;
 
     fn record(image: &str, version: &str, id: &str, holding: &[&str]) -> ImageRecord {
         ImageRecord {
-            image: image.into(),
-            version: version.into(),
-            artifact_id: id.into(),
-            provider: "aws".into(),
-            key: "k".into(),
-            status: ReleaseStatus::Ready,
-            built_at: 0,
-            run_id: None,
+            version: ImageVersion {
+                image: image.into(),
+                version: version.into(),
+                artifact_id: id.into(),
+                provider: "aws".into(),
+                key: "k".into(),
+                status: ReleaseStatus::Ready,
+                built_at: 0,
+                run: None,
+                origin: None,
+                revoked_reason: None,
+            },
             environments: vec!["staging".into(), "production".into()],
             holding: holding.iter().map(|h| h.to_string()).collect(),
-            origin: None,
-            revoked_reason: None,
         }
     }
 

@@ -11,11 +11,15 @@ use std::collections::HashMap;
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::journal::Durability;
-use super::record::{NewVersion, Record};
+use serde::{Deserialize, Serialize};
+
+use super::record::Record;
 use super::{now_ms, ReleaseStatus, RunId, State, StateError};
 
-#[derive(Debug, Clone)]
-pub struct ImageRecord {
+/// An image version's registry row: what is written when it is built, its status and
+/// revocation changing later. [`Record::VersionCreated`] carries it as it is created.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageVersion {
     pub image: String,
     pub version: String,
     pub artifact_id: String,
@@ -23,13 +27,8 @@ pub struct ImageRecord {
     pub key: String,
     pub status: ReleaseStatus,
     pub built_at: i64,
-    pub run_id: Option<RunId>,
-    /// Environments this version was delivered to, in first-delivery order. Filled when
-    /// reading; ignored by `record_image` (use `record_delivery`).
-    pub environments: Vec<String>,
-    /// Environments whose latest delivery of this image is this version: what they hold
-    /// now. Filled by [`State::images`] only.
-    pub holding: Vec<String>,
+    /// The run that built it (or recovered it into the state).
+    pub run: Option<RunId>,
     /// `IMAGE@VERSION` this version was built from, when built from another image (and
     /// recorded since schema 5).
     pub origin: Option<String>,
@@ -37,23 +36,36 @@ pub struct ImageRecord {
     pub revoked_reason: Option<String>,
 }
 
+/// A version as the registry reads it back: its row, and where it went.
+#[derive(Debug, Clone)]
+pub struct ImageRecord {
+    pub version: ImageVersion,
+    /// Environments this version was delivered to, in first-delivery order.
+    pub environments: Vec<String>,
+    /// Environments whose latest delivery of this image is this version: what they hold
+    /// now. Filled by [`State::images`] only.
+    pub holding: Vec<String>,
+}
+
 const IMAGE_COLS: &str =
     "image, version, artifact_id, provider, key, status, built_at, run_id, origin, revoked_reason";
 
 fn image_from_row(row: &Row<'_>) -> rusqlite::Result<ImageRecord> {
     Ok(ImageRecord {
-        image: row.get(0)?,
-        version: row.get(1)?,
-        artifact_id: row.get(2)?,
-        provider: row.get(3)?,
-        key: row.get(4)?,
-        status: row.get(5)?,
-        built_at: row.get(6)?,
-        run_id: row.get(7)?,
+        version: ImageVersion {
+            image: row.get(0)?,
+            version: row.get(1)?,
+            artifact_id: row.get(2)?,
+            provider: row.get(3)?,
+            key: row.get(4)?,
+            status: row.get(5)?,
+            built_at: row.get(6)?,
+            run: row.get(7)?,
+            origin: row.get(8)?,
+            revoked_reason: row.get(9)?,
+        },
         environments: Vec::new(),
         holding: Vec::new(),
-        origin: row.get(8)?,
-        revoked_reason: row.get(9)?,
     })
 }
 
@@ -129,12 +141,12 @@ impl State {
     }
 
     /// Records a built version. `(image, version)` is unique: recording it twice is an
-    /// error ([`StateError::VersionExists`]). `rec.environments` is ignored.
-    pub fn record_image(&self, rec: &ImageRecord) -> Result<(), StateError> {
+    /// error ([`StateError::VersionExists`]).
+    pub fn record_image(&self, rec: &ImageVersion) -> Result<(), StateError> {
         self.record_built_image(rec, None)
     }
 
-    pub(super) fn insert_image(&self, rec: &NewVersion) -> Result<(), StateError> {
+    pub(super) fn insert_image(&self, rec: &ImageVersion) -> Result<(), StateError> {
         self.conn
             .execute(
                 &format!(
@@ -527,7 +539,7 @@ impl State {
         }
         tx.commit().map_err(|e| self.sql_err(e, context))?;
         for rec in &mut records {
-            let id = (rec.image.clone(), rec.version.clone());
+            let id = (rec.version.image.clone(), rec.version.version.clone());
             if let Some(envs) = delivered.remove(&id) {
                 rec.environments = envs;
             }
@@ -536,9 +548,10 @@ impl State {
             }
         }
         records.sort_by(|a, b| {
-            a.image
-                .cmp(&b.image)
-                .then_with(|| compare_versions(&b.version, &a.version))
+            a.version
+                .image
+                .cmp(&b.version.image)
+                .then_with(|| compare_versions(&b.version.version, &a.version.version))
         });
         Ok(records)
     }
@@ -584,7 +597,8 @@ impl State {
         let Some(mut rec) = found else {
             return Ok(None);
         };
-        rec.environments = self.environments_of(&rec.image, &rec.version, context)?;
+        rec.environments =
+            self.environments_of(&rec.version.image, &rec.version.version, context)?;
         tx.commit().map_err(|e| self.sql_err(e, context))?;
         Ok(Some(rec))
     }
@@ -691,7 +705,7 @@ impl State {
         let records = self.images(Some(image))?;
         let ready = records
             .iter()
-            .position(|r| r.status == ReleaseStatus::Ready);
+            .position(|r| r.version.status == ReleaseStatus::Ready);
         Ok(match ready {
             Some(i) => records.into_iter().nth(i),
             None => records.into_iter().next(),

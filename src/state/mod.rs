@@ -58,7 +58,7 @@ mod error;
 pub use error::StateError;
 mod file;
 mod images;
-pub use images::{compare_versions, ImageRecord};
+pub use images::{compare_versions, ImageRecord, ImageVersion};
 mod import;
 pub use import::{HistoryTable, Pushed};
 mod journal;
@@ -77,9 +77,7 @@ pub use nodes::{NodeEnd, NodeHistory, NodeRecord, NodeStart};
 mod packages;
 mod process;
 mod record;
-pub use record::{
-    decode_batch, encode_batch, BatchError, NewVersion, NodeFacts, Record, RECORD_FORMAT,
-};
+pub use record::{decode_batch, encode_batch, BatchError, NodeFacts, Record, RECORD_FORMAT};
 mod runs;
 pub use runs::RunRecord;
 mod stat_cache;

@@ -5,8 +5,8 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::journal::Durability;
-use super::record::{NewVersion, Record};
-use super::{now_ms, ImageRecord, State, StateError};
+use super::record::Record;
+use super::{now_ms, ImageVersion, State, StateError};
 use crate::packages::{Inventory, Manager, OsRelease, Package};
 
 impl State {
@@ -15,14 +15,14 @@ impl State {
     /// provider could not look inside (the version gets no package list).
     pub fn record_built_image(
         &self,
-        rec: &ImageRecord,
+        rec: &ImageVersion,
         inventory: Option<&Inventory>,
     ) -> Result<(), StateError> {
         let context = format!("record image {} {}", rec.image, rec.version);
         // Durable: a version number is never issued twice, whatever happens next.
         self.record(&context, Durability::Full, || {
             let mut records = vec![Record::VersionCreated {
-                version: NewVersion::from(rec),
+                version: rec.clone(),
             }];
             if let Some(inv) = inventory {
                 records.push(Record::PackagesStored {

@@ -16,6 +16,7 @@
 use crate::graph::NodeId;
 use serde::{Deserialize, Serialize};
 
+use super::images::ImageVersion;
 use super::import::HistoryTable;
 use super::{NodeRunId, NodeStatus, ReleaseStatus, RunId, RunStatus, State, StateError};
 use crate::packages::Inventory;
@@ -82,7 +83,7 @@ pub enum Record {
         manifest_json: String,
     },
     /// A built version, with its number decided by its builder.
-    VersionCreated { version: NewVersion },
+    VersionCreated { version: ImageVersion },
     /// What is inside a version, read after its build.
     PackagesStored {
         image: String,
@@ -152,38 +153,6 @@ impl From<&super::NodeStart<'_>> for NodeFacts {
             upstream_json: s.upstream_json.to_owned(),
             reasons_json: s.reasons_json.to_owned(),
             log_path: s.log_path.map(str::to_owned),
-        }
-    }
-}
-
-/// A version's registry row as it is created (see [`super::ImageRecord`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NewVersion {
-    pub image: String,
-    pub version: String,
-    pub artifact_id: String,
-    pub provider: String,
-    pub key: String,
-    pub status: ReleaseStatus,
-    pub built_at: i64,
-    pub run: Option<RunId>,
-    pub origin: Option<String>,
-    pub revoked_reason: Option<String>,
-}
-
-impl From<&super::ImageRecord> for NewVersion {
-    fn from(r: &super::ImageRecord) -> Self {
-        NewVersion {
-            image: r.image.clone(),
-            version: r.version.clone(),
-            artifact_id: r.artifact_id.clone(),
-            provider: r.provider.clone(),
-            key: r.key.clone(),
-            status: r.status,
-            built_at: r.built_at,
-            run: r.run_id,
-            origin: r.origin.clone(),
-            revoked_reason: r.revoked_reason.clone(),
         }
     }
 }

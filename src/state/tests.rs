@@ -26,8 +26,8 @@ fn start<'a>(node_id: &'a NodeId, key: &'a str) -> NodeStart<'a> {
     }
 }
 
-fn image(name: &str, version: &str, artifact: &str, key: &str, built_at: i64) -> ImageRecord {
-    ImageRecord {
+fn image(name: &str, version: &str, artifact: &str, key: &str, built_at: i64) -> ImageVersion {
+    ImageVersion {
         image: name.into(),
         version: version.into(),
         artifact_id: artifact.into(),
@@ -35,9 +35,7 @@ fn image(name: &str, version: &str, artifact: &str, key: &str, built_at: i64) ->
         key: key.into(),
         status: ReleaseStatus::Candidate,
         built_at,
-        run_id: None,
-        environments: Vec::new(),
-        holding: Vec::new(),
+        run: None,
         origin: None,
         revoked_reason: None,
     }
@@ -397,7 +395,10 @@ fn recording_a_version_twice_is_an_error() {
         .unwrap_err();
     assert!(matches!(err, StateError::VersionExists { .. }), "{err:?}");
     assert!(err.to_string().contains("base 1.4.0"), "{err}");
-    assert_eq!(state.images(Some("base")).unwrap()[0].artifact_id, "a");
+    assert_eq!(
+        state.images(Some("base")).unwrap()[0].version.artifact_id,
+        "a"
+    );
 }
 
 #[test]
@@ -445,7 +446,7 @@ fn image_registry_sorts_finds_and_tracks_deliveries() {
         .images(None)
         .unwrap()
         .into_iter()
-        .map(|r| (r.image, r.version, r.environments))
+        .map(|r| (r.version.image, r.version.version, r.environments))
         .collect();
     assert_eq!(
         all,
@@ -466,7 +467,7 @@ fn image_registry_sorts_finds_and_tracks_deliveries() {
         .images(Some("base"))
         .unwrap()
         .into_iter()
-        .map(|r| (r.version, r.holding))
+        .map(|r| (r.version.version, r.holding))
         .collect();
     assert_eq!(
         holding,
@@ -481,12 +482,15 @@ fn image_registry_sorts_finds_and_tracks_deliveries() {
     );
 
     let by_artifact = state.image_by_artifact("same").unwrap().expect("found");
-    assert_eq!(by_artifact.version, "1.4.10");
-    assert_eq!(by_artifact.status, ReleaseStatus::Ready);
+    assert_eq!(by_artifact.version.version, "1.4.10");
+    assert_eq!(by_artifact.version.status, ReleaseStatus::Ready);
     assert_eq!(by_artifact.environments, vec!["staging", "production"]);
     assert!(state.image_by_artifact("nope").unwrap().is_none());
     assert_eq!(
-        state.image_by_key("base", "k1").unwrap().map(|r| r.version),
+        state
+            .image_by_key("base", "k1")
+            .unwrap()
+            .map(|r| r.version.version),
         Some("1.4.9".into())
     );
     assert!(state.image_by_key("web", "k1").unwrap().is_none());
@@ -944,12 +948,14 @@ fn revoking_cascades_to_versions_built_from_it_and_undo_restores_them() {
     let revoked = state.revoke("base", "1.0.1", "CVE").unwrap();
     let names: Vec<String> = revoked
         .iter()
-        .map(|r| format!("{}@{}", r.image, r.version))
+        .map(|r| format!("{}@{}", r.version.image, r.version.version))
         .collect();
     assert_eq!(names, ["base@1.0.1", "web@2.3.0", "app@1.0.0"]);
-    assert!(revoked.iter().all(|r| r.status == ReleaseStatus::Revoked));
+    assert!(revoked
+        .iter()
+        .all(|r| r.version.status == ReleaseStatus::Revoked));
     assert_eq!(
-        revoked[2].revoked_reason.as_deref(),
+        revoked[2].version.revoked_reason.as_deref(),
         Some("built from revoked base 1.0.1: CVE")
     );
     assert_eq!(
@@ -961,8 +967,9 @@ fn revoking_cascades_to_versions_built_from_it_and_undo_restores_them() {
             .images(Some(i))
             .unwrap()
             .into_iter()
-            .find(|r| r.version == v)
+            .find(|r| r.version.version == v)
             .unwrap()
+            .version
             .status
     };
     assert_eq!(
@@ -1047,14 +1054,24 @@ fn the_current_version_is_the_newest_ready_else_the_newest() {
         state.record_image(&image("web", v, v, "k", at)).unwrap();
     }
     assert_eq!(
-        state.current_version("web").unwrap().unwrap().version,
+        state
+            .current_version("web")
+            .unwrap()
+            .unwrap()
+            .version
+            .version,
         "1.0.10"
     );
     state
         .set_image_status("web", "1.0.1", ReleaseStatus::Ready)
         .unwrap();
     assert_eq!(
-        state.current_version("web").unwrap().unwrap().version,
+        state
+            .current_version("web")
+            .unwrap()
+            .unwrap()
+            .version
+            .version,
         "1.0.1"
     );
 }

@@ -32,16 +32,16 @@ impl Workspace {
         for rec in &changed {
             let provider = self
                 .project
-                .image(&rec.image)
+                .image(&rec.version.image)
                 .and_then(|i| providers.all.get(&i.provider));
             let Some(provider) = provider else { continue };
-            let reason = reason.and(rec.revoked_reason.as_deref());
+            let reason = reason.and(rec.version.revoked_reason.as_deref());
             provider
-                .set_revoked(rec, reason)
+                .set_revoked(&rec.version, reason)
                 .await
                 .map_err(|e| Error::RecordRevocation {
-                    image: rec.image.clone(),
-                    version: rec.version.clone(),
+                    image: rec.version.image.clone(),
+                    version: rec.version.version.clone(),
                     source: Box::new(e),
                 })?;
         }
@@ -62,7 +62,7 @@ impl Workspace {
         // Each registered image's current version: its build's last success.
         let history = self.state.snapshot()?;
         let images: std::collections::BTreeSet<&str> =
-            records.iter().map(|r| r.image.as_str()).collect();
+            records.iter().map(|r| r.version.image.as_str()).collect();
         let current: std::collections::HashMap<String, String> = images
             .into_iter()
             .filter_map(|image| {
@@ -88,27 +88,30 @@ impl Workspace {
             let mut removed = Vec::new();
             let record = records
                 .iter()
-                .find(|r| r.image == d.image && r.version == d.version);
+                .find(|r| r.version.image == d.image && r.version.version == d.version);
             if let (true, false, Some(rec)) = (d.retention.removes(), dry_run, record) {
                 // A content-addressed store can give two versions the same artifact.
                 let shared = records.iter().any(|r| {
-                    r.artifact_id == rec.artifact_id
-                        && !removing.contains(&(r.image.as_str(), r.version.as_str()))
+                    r.version.artifact_id == rec.version.artifact_id
+                        && !removing
+                            .contains(&(r.version.image.as_str(), r.version.version.as_str()))
                 });
                 let provider = self
                     .project
-                    .image(&rec.image)
+                    .image(&rec.version.image)
                     .and_then(|i| providers.all.get(&i.provider));
                 if let Some(provider) = provider {
-                    removed = provider.remove_version(rec, shared).await.map_err(|e| {
-                        Error::RemoveVersion {
-                            image: rec.image.clone(),
-                            version: rec.version.clone(),
+                    removed = provider
+                        .remove_version(&rec.version, shared)
+                        .await
+                        .map_err(|e| Error::RemoveVersion {
+                            image: rec.version.image.clone(),
+                            version: rec.version.version.clone(),
                             source: Box::new(e),
-                        }
-                    })?;
+                        })?;
                 }
-                self.state.mark_removed(&rec.image, &rec.version)?;
+                self.state
+                    .mark_removed(&rec.version.image, &rec.version.version)?;
             }
             out.push(crate::plan::retention::GcVersion {
                 decision: d.clone(),

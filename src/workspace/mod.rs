@@ -195,11 +195,15 @@ impl Workspace {
     fn gather_revocations(&self, facts: &mut Facts) -> Result<()> {
         let records = self.state.images(None)?;
         for r in &records {
-            if r.status == crate::state::ReleaseStatus::Revoked {
-                facts.revoked.entry(r.image.clone()).or_default().insert(
-                    r.version.clone(),
-                    r.revoked_reason.clone().unwrap_or_default(),
-                );
+            if r.version.status == crate::state::ReleaseStatus::Revoked {
+                facts
+                    .revoked
+                    .entry(r.version.image.clone())
+                    .or_default()
+                    .insert(
+                        r.version.version.clone(),
+                        r.version.revoked_reason.clone().unwrap_or_default(),
+                    );
             }
         }
         for (image, revoked) in &facts.revoked {
@@ -213,10 +217,18 @@ impl Workspace {
             }
             let newest_good = records
                 .iter()
-                .filter(|r| r.image == *image && r.status == crate::state::ReleaseStatus::Ready)
-                .max_by(|a, b| crate::state::compare_versions(&a.version, &b.version));
+                .filter(|r| {
+                    r.version.image == *image
+                        && r.version.status == crate::state::ReleaseStatus::Ready
+                })
+                .max_by(|a, b| {
+                    crate::state::compare_versions(&a.version.version, &b.version.version)
+                });
             if let Some(good) = newest_good {
-                if let Some(rec) = self.state.success_with_version(&build, &good.version)? {
+                if let Some(rec) = self
+                    .state
+                    .success_with_version(&build, &good.version.version)?
+                {
                     facts.fallback.insert(image.clone(), rec);
                 }
             }

@@ -64,11 +64,14 @@ impl Workspace {
             if let Some(rec) = &current {
                 // A current version whose artifact is gone has nothing to run in either.
                 let exists = provider
-                    .artifact_exists(&rec.artifact_id)
+                    .artifact_exists(&rec.version.artifact_id)
                     .await
                     .map_err(|e| fail(&image.name, e))?;
                 if exists {
-                    version = Some((rec.artifact_id.as_str(), rec.version.as_str()));
+                    version = Some((
+                        rec.version.artifact_id.as_str(),
+                        rec.version.version.as_str(),
+                    ));
                 }
             }
             let measured = measure_image_probes(provider.as_ref(), &site, image, version)

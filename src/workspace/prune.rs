@@ -49,7 +49,7 @@ impl Workspace {
                 .state
                 .images(None)?
                 .into_iter()
-                .map(|r| r.artifact_id)
+                .map(|r| r.version.artifact_id)
                 .collect();
             keep.extend(
                 store

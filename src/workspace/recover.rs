@@ -18,7 +18,7 @@ use crate::graph::Stage;
 use crate::plan::{BuildOutputs, Plan, PlanOptions, Reason};
 use crate::provider::RecordedVersion;
 use crate::state::{
-    ImageRecord, LeaseGuard, LeaseHolder, LeaseOutcome, NodeStatus, RunId, RunStatus,
+    ImageVersion, LeaseGuard, LeaseHolder, LeaseOutcome, NodeStatus, RunId, RunStatus,
 };
 
 use super::{Providers, Workspace};
@@ -93,11 +93,11 @@ impl<'w> Recovery<'w> {
         if state
             .images(Some(&v.image))?
             .iter()
-            .any(|r| r.version == v.version)
+            .any(|r| r.version.version == v.version)
         {
             return Ok(false);
         }
-        state.record_image(&ImageRecord {
+        state.record_image(&ImageVersion {
             image: v.image.clone(),
             version: v.version.clone(),
             artifact_id: v.artifact_id.clone(),
@@ -105,9 +105,7 @@ impl<'w> Recovery<'w> {
             key: v.key.clone(),
             status: v.status,
             built_at: v.built_at_ms.unwrap_or_else(crate::state::now_ms),
-            run_id: Some(run),
-            environments: Vec::new(),
-            holding: Vec::new(),
+            run: Some(run),
             origin: None,
             revoked_reason: None,
         })?;

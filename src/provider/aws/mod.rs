@@ -54,7 +54,7 @@ pub use wait::WaitSettings;
 use super::{BuildRequest, Built, Ledger, Provider, ProviderError, RecordedVersion, TestRequest};
 use crate::config::model::{Build, ProviderType};
 use crate::process::ProcessOutcome;
-use crate::state::{ImageRecord, LedgerEntry, ReleaseStatus};
+use crate::state::{ImageVersion, LedgerEntry, ReleaseStatus};
 
 /// Tag keys imgraph reads back.
 pub const TAG_IMAGE: &str = "imgraph:image";
@@ -165,7 +165,7 @@ impl Provider for AwsProvider {
 
     async fn set_status(
         &self,
-        version: &ImageRecord,
+        version: &ImageVersion,
         status: ReleaseStatus,
     ) -> Result<(), ProviderError> {
         self.tag(
@@ -178,7 +178,7 @@ impl Provider for AwsProvider {
 
     async fn set_revoked(
         &self,
-        version: &ImageRecord,
+        version: &ImageVersion,
         reason: Option<&str>,
     ) -> Result<(), ProviderError> {
         let ami = version.artifact_id.as_str();
@@ -218,7 +218,7 @@ impl Provider for AwsProvider {
 
     async fn record_delivery(
         &self,
-        version: &ImageRecord,
+        version: &ImageVersion,
         environment: &str,
     ) -> Result<(), ProviderError> {
         self.tag(
@@ -234,7 +234,7 @@ impl Provider for AwsProvider {
 
     async fn set_tags(
         &self,
-        version: &ImageRecord,
+        version: &ImageVersion,
         tags: &BTreeMap<String, String>,
         previous: Option<&BTreeMap<String, String>>,
     ) -> Result<(), ProviderError> {
@@ -276,7 +276,7 @@ impl Provider for AwsProvider {
 
     async fn remove_version(
         &self,
-        version: &ImageRecord,
+        version: &ImageVersion,
         keep_artifact: bool,
     ) -> Result<Vec<String>, ProviderError> {
         if keep_artifact {

@@ -17,7 +17,7 @@ use crate::provider::{
     append_log, BuildRequest, Built, Ledger, NodeInput, Origin, ProbeRequest, Provider,
     ProviderError, RecordedVersion, TestRequest,
 };
-use crate::state::{ImageRecord, LedgerEntry, ReleaseStatus};
+use crate::state::{ImageVersion, LedgerEntry, ReleaseStatus};
 
 pub struct LocalProvider {
     pub store: Store,
@@ -117,7 +117,7 @@ struct RunIn<'a> {
 }
 
 /// A registry entry for a version the registry does not know yet.
-fn registry_entry(v: &ImageRecord) -> VersionMeta {
+fn registry_entry(v: &ImageVersion) -> VersionMeta {
     VersionMeta::new(
         &v.image,
         &v.version,
@@ -231,7 +231,7 @@ impl Provider for LocalProvider {
 
     async fn set_status(
         &self,
-        version: &ImageRecord,
+        version: &ImageVersion,
         status: ReleaseStatus,
     ) -> Result<(), ProviderError> {
         let (store, v) = (self.store.clone(), version.clone());
@@ -250,7 +250,7 @@ impl Provider for LocalProvider {
 
     async fn set_revoked(
         &self,
-        version: &ImageRecord,
+        version: &ImageVersion,
         reason: Option<&str>,
     ) -> Result<(), ProviderError> {
         let (store, v) = (self.store.clone(), version.clone());
@@ -274,7 +274,7 @@ impl Provider for LocalProvider {
 
     async fn record_delivery(
         &self,
-        version: &ImageRecord,
+        version: &ImageVersion,
         environment: &str,
     ) -> Result<(), ProviderError> {
         let (store, v, env) = (self.store.clone(), version.clone(), environment.to_string());
@@ -296,7 +296,7 @@ impl Provider for LocalProvider {
 
     async fn set_tags(
         &self,
-        version: &ImageRecord,
+        version: &ImageVersion,
         tags: &BTreeMap<String, String>,
         _previous: Option<&BTreeMap<String, String>>,
     ) -> Result<(), ProviderError> {
@@ -362,7 +362,7 @@ impl Provider for LocalProvider {
 
     async fn remove_version(
         &self,
-        version: &ImageRecord,
+        version: &ImageVersion,
         keep_artifact: bool,
     ) -> Result<Vec<String>, ProviderError> {
         let (store, v) = (self.store.clone(), version.clone());
