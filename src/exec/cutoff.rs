@@ -141,7 +141,8 @@ pub(super) fn cut_off_record(
             }
             outputs.to_string()
         }
-        _ => {
+        // The others record the version their image has.
+        Stage::Test | Stage::Publish | Stage::Deliver | Stage::Source => {
             let built = current_build(ctx, fresh, &image).map_err(failed)?;
             StageOutputs {
                 note: Some(note),

@@ -303,7 +303,7 @@ impl StageGraph {
             let shape = match n.stage {
                 Stage::Source => ", shape=ellipse",
                 Stage::Deliver => ", shape=cds",
-                _ => "",
+                Stage::Build | Stage::Test | Stage::Publish => "",
             };
             let fill = match paint.class_of(&n.id) {
                 Some(class) => format!(
@@ -345,7 +345,7 @@ impl StageGraph {
             let (open, close) = match n.stage {
                 Stage::Source => ("([", "])"),
                 Stage::Deliver => ("[/", "/]"),
-                _ => ("[", "]"),
+                Stage::Build | Stage::Test | Stage::Publish => ("[", "]"),
             };
             out.push_str(&format!("  {}{}\"{}\"{}\n", ids[&n.id], open, n.id, close));
         }

@@ -265,8 +265,9 @@ impl Walk<'_> {
         let yields_new = planned.action == Action::Run
             && match planned.stage {
                 Stage::Publish => build.is_some_and(|b| self.new_output.contains(&b)),
+                // A test checks an artifact; it makes nothing downstream nodes use.
                 Stage::Test => false,
-                _ => true,
+                Stage::Build | Stage::Deliver | Stage::Source => true,
             };
         if yields_new {
             self.new_output.insert(idx);

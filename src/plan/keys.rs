@@ -122,7 +122,9 @@ pub fn stanza_of(project: &Project, graph: &StageGraph, idx: NodeIndex) -> Strin
                     .map(|d| model::canonical_delivery(env, d))
             })
             .unwrap_or_default(),
-        _ => String::new(),
+        // A source is resolved, not configured; a stage whose image the project lacks
+        // (never, after validation) has nothing either.
+        (Stage::Source, _) | (_, None) => String::new(),
     }
 }
 

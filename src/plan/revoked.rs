@@ -21,7 +21,8 @@ pub(super) fn apply_revocations(facts: &Facts, n: &mut PlannedNode) {
             .get(&n.id)
             .and_then(BuildOutputs::last)
             .map(|o| o.version),
-        _ => None,
+        // Tests and publish hold no version of their own: their build does.
+        Stage::Test | Stage::Publish | Stage::Source => None,
     };
     let Some((version, reason)) = held.and_then(|v| revoked.get_key_value(&v)) else {
         return;

@@ -714,3 +714,23 @@ fn upstream_keys_are_written_as_todays_text_and_read_back_checked() {
     );
     assert!(serde_json::from_str::<UpstreamKeys>(r#"{"publish":"k"}"#).is_err());
 }
+
+#[test]
+fn a_saved_plan_with_a_malformed_node_id_is_refused_naming_it() {
+    let plan = World::new().plan();
+    let stamp = saved::StateStamp {
+        lineage: "l".into(),
+        serial: 1,
+    };
+    let text = saved::SavedPlan::new(plan, stamp, 0).to_json();
+    assert!(saved::SavedPlan::from_json(&text).is_ok());
+    let broken = text.replace("\"test:base/smoke\"", "\"test:base\"");
+    assert_ne!(broken, text);
+    let err = saved::SavedPlan::from_json(&broken)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("failed to read node id `test:base`: a test id needs `/`"),
+        "{err}"
+    );
+}

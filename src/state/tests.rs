@@ -1075,3 +1075,22 @@ fn the_current_version_is_the_newest_ready_else_the_newest() {
         "1.0.1"
     );
 }
+
+#[test]
+fn a_node_id_changed_outside_imgraph_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open_in(dir.path());
+    let run = state.begin_run("apply", "{}").unwrap();
+    state
+        .start_node(run, &start(&id("build:base"), "k"))
+        .unwrap();
+    assert!(state.snapshot().unwrap().contains_key(&id("build:base")));
+    state
+        .conn
+        .execute("UPDATE node_runs SET node_id = 'base'", [])
+        .unwrap();
+    let err = state.snapshot().unwrap_err();
+    let chain = crate::text::error_chain(&err);
+    assert!(chain.contains("failed to read node id `base`"), "{chain}");
+    assert!(chain.contains("`build:IMAGE`"), "{chain}");
+}
