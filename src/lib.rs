@@ -32,6 +32,16 @@
 //!   reads are hashed), [`config::model::Build::project_commands`] (commands whose words
 //!   may name project files), and the provider's `build` (each provider matches every
 //!   builder). Add a broken fixture under `tests/fixtures/broken/` for its diagnostics.
+//! - **a stage**: a variant of [`graph::Stage`] (its word in `Stage::as_str` and
+//!   `Stage::ALL`), its constructor on [`graph::NodeId`] and its [`graph::NodeKind`] (the
+//!   id's text and parts; ids are never written with `format!` nor told apart by prefix),
+//!   and its edges in [`graph::StageGraph::build`]. The compiler's exhaustive matches then
+//!   name every other place: the id's parse and parts, [`graph::StageNode`], the stanza
+//!   ([`plan::stanza_of`]), what it hands downstream (`plan/decide.rs`), how an upstream
+//!   of its kind is compared (`plan/node.rs`), revocations, what running it means
+//!   (`exec::stages::run_node`), early cutoff and recovery records, what it reads
+//!   (`workspace::node_inputs`) and its shape in the drawings. Add its word to the `id`
+//!   pattern and `stage` enum of `schema/plan.schema.json`.
 //! - **a reason kind**: a variant of [`plan::Reason`] (serde writes its `kind`), its
 //!   sentence in the one renderer `report::plan::reason_text`, its entry in
 //!   `schema/plan.schema.json`, and the decision in [`plan`] that produces it.
