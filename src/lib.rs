@@ -67,6 +67,7 @@
 //!   objects and the shared artifact store), which knows nothing of `state`. [`host`] is
 //!   the leaf both take the host name and the clock from.
 
+mod cachefile;
 pub mod cli;
 pub mod config;
 pub mod contents;

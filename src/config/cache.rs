@@ -7,23 +7,22 @@
 //! tree. Validation, which also looks at the disk (paths, globs, the state folder), runs
 //! on every load as before, so a cached tree can never hide a deleted input. The entry is
 //! keyed by the blake3 of the text together with this file's [`FORMAT`] and imgraph's
-//! version, and stored with a checksum of its bytes: a different text, a different
-//! imgraph or a damaged file is a miss, and a miss is parsed as if there were no cache.
+//! version, in the envelope of [`crate::cachefile`] (a checksum of its bytes, written
+//! through a rename): a different text, a different imgraph or a damaged file is a miss,
+//! and a miss is parsed as if there were no cache.
 //!
 //! The cache is an optimisation and never an error: a file that cannot be read or written
 //! is ignored. It is written only into an existing `.imgraph/` (the folder imgraph already
 //! owns: walks skip it, inputs may not name it), never creating one, and only after the
-//! whole config validated, so a bad config changes nothing. Writes go through a temporary
-//! file and a rename, so a reader sees a whole entry or none; the entry is not fsynced (a
-//! power loss leaves at worst a damaged entry, which the checksum turns into a miss).
+//! whole config validated, so a bad config changes nothing.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use miette::SourceSpan;
 
 use super::raw::{Node, Prop, Scalar, Value, MAX_DEPTH};
 use super::MAX_CONFIG_BYTES;
+use crate::cachefile::{self, put_str, put_u64, Reader};
 
 /// Where the entry lives, relative to the project root.
 pub const CACHE_FILE: &str = ".imgraph/config.cache";
@@ -55,7 +54,7 @@ fn path(root: &Path) -> PathBuf {
 /// The cached tree of `text` in the project at `root`, if there is a whole entry for it.
 pub(super) fn read(root: &Path, text: &str) -> Option<Vec<Node>> {
     let file = path(root);
-    let bytes = match read_entry(&file) {
+    let bytes = match cachefile::read(&file, MAX_ENTRY_BYTES) {
         Ok(bytes) => bytes,
         Err(e) => {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -71,75 +70,29 @@ pub(super) fn read(root: &Path, text: &str) -> Option<Vec<Node>> {
     nodes
 }
 
-fn read_entry(file: &Path) -> std::io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(file)?
-        .take(MAX_ENTRY_BYTES)
-        .read_to_end(&mut bytes)?;
-    Ok(bytes)
-}
-
 /// Stores `nodes` as the tree of `text`, when `.imgraph/` exists (best effort).
 pub(super) fn write(root: &Path, text: &str, nodes: &[Node]) {
     let file = path(root);
-    let Some(folder) = file.parent() else { return };
-    if !folder.is_dir() {
+    if !file.parent().is_some_and(Path::is_dir) {
         return;
     }
     let bytes = encode_entry(nodes, &key(text));
-    if let Err(e) = write_entry(folder, &file, &bytes) {
+    if let Err(e) = cachefile::write(&file, &bytes) {
         tracing::debug!(path = %file.display(), error = %e, "config cache not written");
     }
 }
 
-fn write_entry(folder: &Path, file: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".config.cache.")
-        .suffix(".tmp")
-        .tempfile_in(folder)?;
-    tmp.write_all(bytes)?;
-    tmp.persist(file).map_err(|e| e.error)?;
-    Ok(())
-}
-
-/// `MAGIC`, the key, the payload's length, the payload, the payload's blake3.
 fn encode_entry(nodes: &[Node], key: &blake3::Hash) -> Vec<u8> {
-    let mut payload = Vec::new();
-    put_nodes(&mut payload, nodes);
-    let mut out = Vec::with_capacity(payload.len() + 80);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(key.as_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&payload);
-    out.extend_from_slice(blake3::hash(&payload).as_bytes());
-    out
+    let mut out = cachefile::begin(MAGIC, key, 0);
+    put_nodes(&mut out, nodes);
+    cachefile::finish(out)
 }
 
 fn decode_entry(bytes: &[u8], key: &blake3::Hash) -> Option<Vec<Node>> {
-    let mut r = Reader { bytes, at: 0 };
-    if r.take(MAGIC.len())? != MAGIC || r.take(32)? != key.as_bytes() {
-        return None;
-    }
-    let len = usize::try_from(r.u64()?).ok()?;
-    let payload = r.take(len)?;
-    if r.take(32)? != blake3::hash(payload).as_bytes() || r.at != bytes.len() {
-        return None;
-    }
-    let mut p = Reader {
-        bytes: payload,
-        at: 0,
-    };
-    let nodes = p.nodes(0)?;
-    (p.at == payload.len()).then_some(nodes)
-}
-
-fn put_u64(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(&n.to_le_bytes());
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_u64(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
+    let payload = cachefile::open(bytes, MAGIC, key)?;
+    let mut p = Reader::new(payload);
+    let nodes = nodes(&mut p, 0)?;
+    p.is_done().then_some(nodes)
 }
 
 fn put_span(out: &mut Vec<u8>, span: SourceSpan) {
@@ -194,106 +147,67 @@ fn put_nodes(out: &mut Vec<u8>, nodes: &[Node]) {
     }
 }
 
-/// Reads what the `put_*` functions wrote; `None` at the first thing out of place.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
+fn span(r: &mut Reader<'_>) -> Option<SourceSpan> {
+    let offset = r.usize()?;
+    let len = r.usize()?;
+    Some(SourceSpan::new(offset.into(), len))
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let end = self.at.checked_add(n)?;
-        let out = self.bytes.get(self.at..end)?;
-        self.at = end;
-        Some(out)
-    }
+fn value(r: &mut Reader<'_>) -> Option<Value> {
+    let value = match r.byte()? {
+        0 => Scalar::String(r.string()?),
+        1 => Scalar::Integer(r.i128()?),
+        2 => Scalar::Float(f64::from_bits(r.u64()?)),
+        3 => Scalar::Bool(false),
+        4 => Scalar::Bool(true),
+        5 => Scalar::Null,
+        _ => return None,
+    };
+    Some(Value {
+        value,
+        span: span(r)?,
+    })
+}
 
-    fn byte(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
+fn nodes(r: &mut Reader<'_>, depth: usize) -> Option<Vec<Node>> {
+    if depth > MAX_DEPTH {
+        return None;
     }
-
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-
-    fn usize(&mut self) -> Option<usize> {
-        usize::try_from(self.u64()?).ok()
-    }
-
-    /// A count of things still to read, each at least `min` bytes: never more than the
-    /// bytes left allow, so a damaged count cannot make a huge allocation.
-    fn count(&mut self, min: usize) -> Option<usize> {
-        let n = self.usize()?;
-        (n <= (self.bytes.len() - self.at) / min).then_some(n)
-    }
-
-    fn string(&mut self) -> Option<String> {
-        let len = self.usize()?;
-        String::from_utf8(self.take(len)?.to_vec()).ok()
-    }
-
-    fn span(&mut self) -> Option<SourceSpan> {
-        let offset = self.usize()?;
-        let len = self.usize()?;
-        Some(SourceSpan::new(offset.into(), len))
-    }
-
-    fn value(&mut self) -> Option<Value> {
-        let value = match self.byte()? {
-            0 => Scalar::String(self.string()?),
-            1 => Scalar::Integer(i128::from_le_bytes(self.take(16)?.try_into().ok()?)),
-            2 => Scalar::Float(f64::from_bits(self.u64()?)),
-            3 => Scalar::Bool(false),
-            4 => Scalar::Bool(true),
-            5 => Scalar::Null,
+    // A node takes at least 8 (name) + 32 (spans) + 16 (counts) + 1 + 16 bytes.
+    let n = r.count(73)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let name = r.string()?;
+        let name_span = span(r)?;
+        let head_span = span(r)?;
+        let args = (0..r.count(17)?)
+            .map(|_| value(r))
+            .collect::<Option<Vec<_>>>()?;
+        let props = (0..r.count(41)?)
+            .map(|_| {
+                Some(Prop {
+                    name: r.string()?,
+                    name_span: span(r)?,
+                    value: value(r)?,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let children = match r.byte()? {
+            0 => None,
+            1 => Some(nodes(r, depth + 1)?),
             _ => return None,
         };
-        Some(Value {
-            value,
-            span: self.span()?,
-        })
+        out.push(Node {
+            name,
+            name_span,
+            head_span,
+            args,
+            props,
+            children,
+            children_span: span(r)?,
+        });
     }
-
-    fn nodes(&mut self, depth: usize) -> Option<Vec<Node>> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        // A node takes at least 8 (name) + 32 (spans) + 16 (counts) + 1 + 16 bytes.
-        let n = self.count(73)?;
-        let mut nodes = Vec::with_capacity(n);
-        for _ in 0..n {
-            let name = self.string()?;
-            let name_span = self.span()?;
-            let head_span = self.span()?;
-            let args = (0..self.count(17)?)
-                .map(|_| self.value())
-                .collect::<Option<Vec<_>>>()?;
-            let props = (0..self.count(41)?)
-                .map(|_| {
-                    Some(Prop {
-                        name: self.string()?,
-                        name_span: self.span()?,
-                        value: self.value()?,
-                    })
-                })
-                .collect::<Option<Vec<_>>>()?;
-            let children = match self.byte()? {
-                0 => None,
-                1 => Some(self.nodes(depth + 1)?),
-                _ => return None,
-            };
-            nodes.push(Node {
-                name,
-                name_span,
-                head_span,
-                args,
-                props,
-                children,
-                children_span: self.span()?,
-            });
-        }
-        Some(nodes)
-    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -364,11 +278,7 @@ image "a" {
     fn a_payload_with_a_huge_count_is_refused_without_allocating_it() {
         let mut payload = Vec::new();
         put_u64(&mut payload, u64::MAX / 2);
-        let mut r = Reader {
-            bytes: &payload,
-            at: 0,
-        };
-        assert!(r.nodes(0).is_none());
+        assert!(nodes(&mut Reader::new(&payload), 0).is_none());
     }
 
     #[test]

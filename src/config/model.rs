@@ -77,12 +77,12 @@ impl Project {
         own_folders(&self.state_path, stores)
     }
 
-    /// [`Project::own_folders`] and the state file (with SQLite's companions) as
-    /// project-relative paths, for those inside the project other than the project
-    /// folder itself: what hashing skips.
+    /// [`Project::own_folders`] and the state file (with SQLite's companions and the stat
+    /// cache) as project-relative paths, for those inside the project other than the
+    /// project folder itself: what hashing skips.
     pub fn own_paths_in_project(&self) -> Vec<String> {
         let mut paths = self.own_folders();
-        for suffix in ["", "-wal", "-shm", "-journal"] {
+        for suffix in ["", "-wal", "-shm", "-journal", STAT_CACHE_SUFFIX] {
             let mut file = self.state_path.clone().into_os_string();
             file.push(suffix);
             paths.push(PathBuf::from(file));
@@ -96,6 +96,10 @@ impl Project {
             .collect()
     }
 }
+
+/// The stat cache is the file named like the state file with this appended
+/// (`.imgraph/state.db-statcache`; see `state/stat_cache.rs`).
+pub const STAT_CACHE_SUFFIX: &str = "-statcache";
 
 /// imgraph's own folders for a state file and local stores (see [`Project::own_folders`]).
 pub fn own_folders(

@@ -16,7 +16,7 @@ use super::FORMAT;
 
 /// Domain of regular files, symlinks and directories (the kind is the next field). v2:
 /// a file's digest is its content only; its mode is a field of its manifest entry.
-const FILE_DOMAIN: &str = "imgraph-file-v2";
+pub const FILE_DOMAIN: &str = "imgraph-file-v2";
 /// Domain of directory trees (`Hasher::tree_digest`). v2: modes and folders count.
 pub(crate) const TREE_DOMAIN: &str = "imgraph-tree-v2";
 /// Domain of manifests (`Manifest::digest`). v2: kind, digest and mode of each entry, no

@@ -1,7 +1,7 @@
 //! Where a project's state lives, and the one place that opens it.
 //!
-//! A backend is a [`State`] (SQLite: the query engine, the stat cache and the ledger,
-//! with or without a [`super::Journal`] for the history) and a [`LeaseStore`]: the local
+//! A backend is a [`State`] (SQLite: the query engine and the ledger, with the stat cache
+//! beside it, with or without a [`super::Journal`] for the history) and a [`LeaseStore`]: the local
 //! file alone, or a shared state on object storage (`s3.rs`, cargo feature `s3`) with the
 //! local file as its mirror and cache. To add a backend: implement `Journal` and
 //! `LeaseStore` for it, add its arm to [`Backend`] and to [`open`] (attach the journal
@@ -27,7 +27,7 @@ pub enum Backend {
     Local { path: PathBuf },
     /// `state { s3 bucket=… prefix=…; lease-ttl … }`: the history in a journal of objects
     /// and the lease in one object, both fenced by conditional writes; the file at `path`
-    /// is the mirror and cache (stat cache and ledger stay in it alone).
+    /// is the mirror and cache (the ledger stays in it alone, the stat cache beside it).
     S3 { path: PathBuf, shared: SharedState },
 }
 

@@ -49,11 +49,16 @@ impl State {
             .map_err(|e| self.sql_err(e, format!("set synchronous={level}")))
     }
 
+    /// Whether this state is a file (not an empty state held in memory).
+    pub(super) fn on_disk(&self) -> bool {
+        self.conn.path().is_some_and(|p| !p.is_empty())
+    }
+
     /// `value`, committed with `synchronous=NORMAL`, for the caller to sync.
     pub(super) fn unsynced<T>(&self, value: T) -> Durable<T> {
         Durable {
             value,
-            file: (self.conn.path().is_some_and(|p| !p.is_empty())).then(|| self.path.clone()),
+            file: self.on_disk().then(|| self.path.clone()),
         }
     }
 

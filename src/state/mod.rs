@@ -2,10 +2,10 @@
 //!
 //! The file holds runs and node runs (the history `plan` compares keys against), the image
 //! registry (versions, provider artifact ids, release status, deliveries), the packages
-//! inside each version, a stat cache
-//! for input files, a ledger of temporary resources and the lease that keeps two `apply`
-//! runs apart. Callers own their serde types: manifests, reasons and outputs cross this
-//! boundary as JSON `String`s, so this module knows nothing about plans or graphs.
+//! inside each version, a ledger of temporary resources and the lease that keeps two
+//! `apply` runs apart; the stat cache for input files is a file beside it
+//! (`stat_cache.rs`). Callers own their serde types: manifests, reasons and outputs cross
+//! this boundary as JSON `String`s, so this module knows nothing about plans or graphs.
 //!
 //! The history changes only through [`Record`]s applied by [`State::apply_record`] (see
 //! `record.rs`), which a [`Journal`] can share between machines (`journal.rs`); the lease
@@ -100,6 +100,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../schema/0005_revoked.sql"),
     include_str!("../../schema/0006_packages.sql"),
     include_str!("../../schema/0007_journal_position.sql"),
+    include_str!("../../schema/0008_stat_cache_file.sql"),
 ];
 
 pub type RunId = i64;

@@ -527,23 +527,68 @@ fn stat_cache_round_trips_and_upserts() {
         digest: "b3v1:bb".into(),
         recorded_at_ns: 5,
     };
-    state
-        .store_stat_cache(&[
-            ("a.txt".into(), big.clone()),
-            ("b/c.txt".into(), small.clone()),
-        ])
-        .unwrap();
+    state.store_stat_cache(&[
+        ("a.txt".into(), big.clone()),
+        ("b/c.txt".into(), small.clone()),
+    ]);
     let mut changed = small.clone();
     changed.digest = "b3v1:cc".into();
-    state
-        .store_stat_cache(&[("b/c.txt".into(), changed.clone())])
-        .unwrap();
+    state.store_stat_cache(&[("b/c.txt".into(), changed.clone())]);
 
     drop(state);
-    let loaded = open_in(dir.path()).load_stat_cache().unwrap();
+    let loaded = open_in(dir.path()).load_stat_cache();
     assert_eq!(loaded.len(), 2);
     assert_eq!(loaded["a.txt"], big);
     assert_eq!(loaded["b/c.txt"], changed);
+    assert!(dir.path().join("state.db-statcache").is_file());
+}
+
+#[test]
+fn a_damaged_stat_cache_file_reads_as_empty_and_is_written_whole_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open_in(dir.path());
+    let entry = |digest: &str| StatEntry {
+        size: 1,
+        mtime_ns: 2,
+        ctime_ns: 3,
+        inode: 4,
+        mode: 0o100644,
+        digest: digest.into(),
+        recorded_at_ns: 5,
+    };
+    state.store_stat_cache(&[("a".into(), entry("b3v1:aa"))]);
+    let file = dir.path().join("state.db-statcache");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 40;
+    bytes[last] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    assert!(state.load_stat_cache().is_empty());
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(state.load_stat_cache().is_empty());
+
+    // The next write starts from nothing: the damaged entries are not carried over.
+    state.store_stat_cache(&[("b".into(), entry("b3v1:bb"))]);
+    let loaded = state.load_stat_cache();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded["b"], entry("b3v1:bb"));
+}
+
+#[test]
+fn a_state_in_memory_keeps_no_stat_cache_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = State::open_for_reading(&dir.path().join("state.db")).unwrap();
+    let entry = StatEntry {
+        size: 1,
+        mtime_ns: 2,
+        ctime_ns: 3,
+        inode: 4,
+        mode: 0o100644,
+        digest: "b3v1:aa".into(),
+        recorded_at_ns: 5,
+    };
+    state.store_stat_cache(&[("a".into(), entry)]);
+    assert!(state.load_stat_cache().is_empty());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
 #[test]
@@ -821,7 +866,7 @@ fn the_serial_counts_history_writes_and_the_lineage_stays() {
         digest: "b3v1:aa".into(),
         recorded_at_ns: 1,
     };
-    state.store_stat_cache(&[("a".into(), entry)]).unwrap();
+    state.store_stat_cache(&[("a".into(), entry)]);
     state.acquire_lease("test").unwrap();
     state.release_lease().unwrap();
     let l = state
@@ -875,10 +920,30 @@ fn migration_2_empties_the_stat_cache_of_old_file_digests() {
                 [],
             )
             .unwrap();
-        assert_eq!(state.load_stat_cache().unwrap().len(), 1);
     }
+    let state = State::open_with(&path, &MIGRATIONS[..2]).unwrap();
+    let rows: i64 = state
+        .conn
+        .query_row("SELECT count(*) FROM stat_cache", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(rows, 0);
+}
+
+#[test]
+fn migration_8_drops_the_stat_cache_table_for_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    drop(State::open_with(&path, &MIGRATIONS[..7]).unwrap());
     let state = State::open(&path).unwrap();
-    assert!(state.load_stat_cache().unwrap().is_empty());
+    let tables: i64 = state
+        .conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'stat_cache'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 0);
 }
 
 #[test]

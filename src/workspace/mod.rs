@@ -99,15 +99,15 @@ impl Workspace {
     /// Hashes every input, resolves every source and checks recorded artifacts.
     pub async fn gather(&self, providers: &Providers) -> Result<Facts> {
         let (facts, updates) = self.gather_unrecorded(providers).await?;
-        self.store_stat_cache(&updates)?;
+        self.store_stat_cache(&updates);
         Ok(facts)
     }
 
-    fn store_stat_cache(&self, updates: &[(String, crate::state::StatEntry)]) -> Result<()> {
-        if !updates.is_empty() && !self.state.is_read_only() {
-            self.state.store_stat_cache(updates)?;
+    /// Keeps what hashing learnt for the next plan (best effort: see `state/stat_cache.rs`).
+    fn store_stat_cache(&self, updates: &[(String, crate::state::StatEntry)]) {
+        if !self.state.is_read_only() {
+            self.state.store_stat_cache(updates);
         }
-        Ok(())
     }
 
     /// [`Workspace::gather`] without writing anything: the stat cache updates are
@@ -116,7 +116,7 @@ impl Workspace {
         &self,
         providers: &Providers,
     ) -> Result<(Facts, Vec<(String, crate::state::StatEntry)>)> {
-        let cache = StatCache::new(self.state.load_stat_cache()?);
+        let cache = StatCache::new(self.state.load_stat_cache());
         let hasher = Hasher::new(&self.project.root, &cache)
             .skipping(self.project.own_paths_in_project())
             .with_env(std::env::vars_os());
@@ -658,7 +658,7 @@ impl Workspace {
         // Every way out of here, a panic included, gives the lease back (the guard).
         let lease = self.lock("apply", exec.lock_wait, &cancel)?;
         let prepared = async {
-            self.store_stat_cache(&cache_updates)?;
+            self.store_stat_cache(&cache_updates);
             for ev in self.collect_garbage(&providers, false).await? {
                 let _ = events.send(ev);
             }
