@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use imgraph::config::model::Trigger;
 use imgraph::hash::Via;
-use imgraph::plan::{Action, Change, PackageChange, PlanOptions, Reason};
+use imgraph::plan::{Action, Change, InputChange, PackageChange, PlanOptions, Reason};
 
 const ALL: [&str; 8] = [
     "build:base",
@@ -68,14 +68,14 @@ fn editing_a_config_file_rebuilds_base_and_cascades_everything_downstream() {
     assert_eq!(base.action, Action::Run);
     assert_eq!(
         base.reasons,
-        vec![Reason::InputChanged {
+        vec![Reason::InputChanged(InputChange {
             path: "config/base/motd".into(),
             change: Change::Modified,
             via: Via::Copy,
             mode: None,
-            trigger: Trigger::Immediate,
+            trigger: Some(Trigger::Immediate),
             packages: None,
-        }]
+        })]
     );
     assert!(!base.cascade);
     for id in &ALL[1..] {
@@ -120,17 +120,17 @@ fn a_package_list_change_waits_for_a_rollup() {
     assert_eq!(base.action, Action::Deferred);
     assert_eq!(
         base.reasons,
-        vec![Reason::InputChanged {
+        vec![Reason::InputChanged(InputChange {
             path: "packages/base.txt".into(),
             change: Change::Modified,
             via: Via::Input,
             mode: None,
-            trigger: Trigger::Rollup,
+            trigger: Some(Trigger::Rollup),
             packages: Some(PackageChange {
                 added: vec!["htop".into()],
                 removed: vec![],
             }),
-        }]
+        })]
     );
     assert_eq!(
         plan.summary.run,
@@ -151,16 +151,17 @@ fn a_package_list_change_waits_for_a_rollup() {
     assert_eq!(base.action, Action::Run);
     assert_eq!(
         base.reasons,
-        vec![Reason::Rollup {
+        vec![Reason::Rollup(InputChange {
             path: "packages/base.txt".into(),
             change: Change::Modified,
+            trigger: None,
             via: Via::Input,
             mode: None,
             packages: Some(PackageChange {
                 added: vec!["htop".into()],
                 removed: vec![],
             }),
-        }]
+        })]
     );
     assert_eq!(action(&rollup, "build:web"), Action::Run);
 }
@@ -175,14 +176,14 @@ fn changing_a_test_input_reruns_that_test_and_its_publish_only() {
     assert_eq!(t.action, Action::Run);
     assert_eq!(
         t.reasons,
-        vec![Reason::InputChanged {
+        vec![Reason::InputChanged(InputChange {
             path: "tests/base/smoke.sh".into(),
             change: Change::Modified,
             via: Via::Input,
             mode: None,
-            trigger: Trigger::Immediate,
+            trigger: Some(Trigger::Immediate),
             packages: None,
-        }]
+        })]
     );
     assert_eq!(action(&plan, "publish:base"), Action::Run);
     // Re-verifying base does not rebuild what was made from the same artifact.
@@ -207,14 +208,14 @@ fn a_changed_origin_folder_names_its_files_and_the_source_its_old_id() {
     let base = plan.node(&node_id("build:base")).unwrap();
     assert_eq!(
         base.reasons,
-        vec![Reason::InputChanged {
+        vec![Reason::InputChanged(InputChange {
             path: "bases/tiny-root/etc/hostname".into(),
             change: Change::Modified,
-            trigger: Trigger::Immediate,
+            trigger: Some(Trigger::Immediate),
             via: Via::Origin,
             mode: None,
             packages: None,
-        }]
+        })]
     );
     assert_eq!(
         plan.sources[0].previous_id.as_deref(),
@@ -449,7 +450,7 @@ fn a_package_list_change_names_the_packages_and_ignores_comments() {
     assert!(
         matches!(
             &base.reasons[0],
-            Reason::InputChanged { packages: Some(p), .. }
+            Reason::InputChanged(InputChange { packages: Some(p), .. })
                 if p.added == vec!["htop".to_string()] && p.removed == vec!["curl".to_string()]
         ),
         "{:?}",

@@ -13,8 +13,8 @@ use super::keys::{current_build, node_key, stanza_of, UpstreamEntry, UpstreamKey
 use super::node::{tags_change, DecideCtx};
 use super::revoked::apply_revocations;
 use super::{
-    Action, Facts, Plan, PlanError, PlanOptions, PlannedNode, Reason, SourceView, Summary,
-    FORMAT_VERSION,
+    Action, Facts, InputChange, Plan, PlanError, PlanOptions, PlannedNode, Reason, SourceView,
+    Summary, FORMAT_VERSION,
 };
 
 /// Decides every selected node's action and reasons.
@@ -311,10 +311,10 @@ fn is_cascade(reasons: &[Reason]) -> bool {
             matches!(
                 r,
                 Reason::UpstreamChanged { .. }
-                    | Reason::InputChanged {
-                        trigger: Trigger::Rollup,
+                    | Reason::InputChanged(InputChange {
+                        trigger: Some(Trigger::Rollup),
                         ..
-                    }
+                    })
             )
         })
 }

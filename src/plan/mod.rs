@@ -46,7 +46,7 @@ pub use decide::decide;
 pub use diff::{diff_fields, diff_manifests, package_changes, EntryDiff};
 pub use keys::{node_key, stanza_of, UpstreamEntry, UpstreamKeys, DELIVERED};
 pub use node::Baseline;
-pub use reason::{Action, Change, ModeChange, PackageChange, Reason};
+pub use reason::{Action, Change, InputChange, ModeChange, PackageChange, Reason};
 
 pub const FORMAT_VERSION: u32 = 1;
 

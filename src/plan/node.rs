@@ -11,7 +11,10 @@ use crate::state::{NodeHistory, NodeRecord, NodeStatus};
 use super::diff::{diff_fields, diff_manifests, package_change};
 use super::keys::{current_build, delivered_version, UpstreamEntry};
 use super::reason::as_rollup;
-use super::{Action, BuildOutputs, Facts, PlanError, PlanOptions, PlannedNode, Reason, SourceView};
+use super::{
+    Action, BuildOutputs, Facts, InputChange, PlanError, PlanOptions, PlannedNode, Reason,
+    SourceView,
+};
 
 /// How the image's configured tags differ from those its current version carries, if
 /// they do. A version whose tags were never recorded gets them when the config has any.
@@ -281,14 +284,14 @@ impl DecideCtx<'_> {
         let origin_listed = diffs.iter().any(|d| d.via == Via::Origin);
         for d in diffs {
             let packages = package_change(&old_manifest, &n.manifest, &d.path);
-            let r = Reason::InputChanged {
+            let r = Reason::InputChanged(InputChange {
                 path: d.path,
                 change: d.change,
-                trigger: d.trigger,
+                trigger: Some(d.trigger),
                 via: d.via,
                 mode: d.mode,
                 packages,
-            };
+            });
             match d.trigger {
                 Trigger::Immediate => reasons.push(r),
                 Trigger::Rollup => pending.push(r),

@@ -68,21 +68,9 @@ pub struct ModeChange {
 pub enum Reason {
     /// Never built (or never succeeded) before.
     New,
-    /// An input changed. With trigger `rollup` on a deferred node, a pending change.
-    InputChanged {
-        path: String,
-        change: Change,
-        trigger: Trigger,
-        /// How the path is an input, when not declared (`run`: named in a command).
-        #[serde(default, skip_serializing_if = "Via::is_input")]
-        via: Via,
-        /// Old and new permission bits, when they changed.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        mode: Option<ModeChange>,
-        /// For a package list: which packages came and went.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        packages: Option<PackageChange>,
-    },
+    /// An input changed (its `trigger` is set). With trigger `rollup` on a deferred node,
+    /// a pending change.
+    InputChanged(InputChange),
     /// The node's canonical config stanza changed; `fields` names the parts.
     ConfigChanged { fields: Vec<String> },
     /// The origin image resolved to another id.
@@ -95,17 +83,8 @@ pub enum Reason {
     UpstreamChanged { node: NodeId },
     /// The last build is older than the image's `max-age`.
     MaxAge { built_at_ms: i64, max_age_secs: u64 },
-    /// A rollup input changed and this is a roll-up run.
-    Rollup {
-        path: String,
-        change: Change,
-        #[serde(default, skip_serializing_if = "Via::is_input")]
-        via: Via,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        mode: Option<ModeChange>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        packages: Option<PackageChange>,
-    },
+    /// A rollup input changed and this is a roll-up run (no `trigger`: it is `rollup`).
+    Rollup(InputChange),
     /// The last run with this very key failed.
     PreviousFailure { error: Option<String> },
     /// The recorded artifact no longer exists.
@@ -145,12 +124,12 @@ impl Reason {
     pub fn kind(&self) -> &'static str {
         match self {
             Reason::New => "new",
-            Reason::InputChanged { .. } => "input-changed",
+            Reason::InputChanged(_) => "input-changed",
             Reason::ConfigChanged { .. } => "config-changed",
             Reason::SourceChanged { .. } => "source-changed",
             Reason::UpstreamChanged { .. } => "upstream-changed",
             Reason::MaxAge { .. } => "max-age",
-            Reason::Rollup { .. } => "rollup",
+            Reason::Rollup(_) => "rollup",
             Reason::PreviousFailure { .. } => "previous-failure",
             Reason::ArtifactMissing { .. } => "artifact-missing",
             Reason::Forced => "forced",
@@ -159,6 +138,26 @@ impl Reason {
             Reason::Revoked { .. } => "revoked",
         }
     }
+}
+
+/// One input's change: what [`Reason::InputChanged`] and [`Reason::Rollup`] say, in
+/// this field order in `plan --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputChange {
+    pub path: String,
+    pub change: Change,
+    /// The input's trigger, in an `input-changed` reason; a `rollup` reason has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Trigger>,
+    /// How the path is an input, when not declared (`run`: named in a command).
+    #[serde(default, skip_serializing_if = "Via::is_input")]
+    pub via: Via,
+    /// Old and new permission bits, when they changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ModeChange>,
+    /// For a package list: which packages came and went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages: Option<PackageChange>,
 }
 
 /// The packages a package list gained and lost.
@@ -172,20 +171,10 @@ pub struct PackageChange {
 /// changed input.
 pub(super) fn as_rollup(r: Reason) -> Reason {
     match r {
-        Reason::InputChanged {
-            path,
-            change,
-            via,
-            mode,
-            packages,
-            ..
-        } => Reason::Rollup {
-            path,
-            change,
-            via,
-            mode,
-            packages,
-        },
+        Reason::InputChanged(input) => Reason::Rollup(InputChange {
+            trigger: None,
+            ..input
+        }),
         other => other,
     }
 }

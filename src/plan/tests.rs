@@ -285,14 +285,14 @@ fn a_changed_immediate_input_is_one_cause_naming_the_path_and_cascades() {
     assert_eq!(build.action, Action::Run);
     assert_eq!(
         build.reasons,
-        [Reason::InputChanged {
+        [Reason::InputChanged(InputChange {
             path: PROVISION.into(),
             change: Change::Modified,
-            trigger: Trigger::Immediate,
+            trigger: Some(Trigger::Immediate),
             via: Via::Input,
             mode: None,
             packages: None,
-        }]
+        })]
     );
     assert!(!build.cascade);
     assert_ne!(Some(&build.key), build.previous_key.as_ref());
@@ -340,14 +340,14 @@ fn a_rollup_input_change_alone_defers_until_a_rollup_run() {
     assert_eq!(build.action, Action::Deferred);
     assert_eq!(
         build.reasons,
-        [Reason::InputChanged {
+        [Reason::InputChanged(InputChange {
             path: PACKAGES.into(),
             change: Change::Modified,
-            trigger: Trigger::Rollup,
+            trigger: Some(Trigger::Rollup),
             via: Via::Input,
             mode: None,
             packages: None,
-        }]
+        })]
     );
     // A deferred node hands on its last built key: nothing downstream moves.
     assert_eq!(Some(&build.effective_key), build.previous_key.as_ref());
@@ -378,7 +378,11 @@ fn an_immediate_change_takes_the_pending_rollup_changes_along() {
         .reasons
         .iter()
         .filter_map(|r| match r {
-            Reason::InputChanged { path, trigger, .. } => Some((path.as_str(), *trigger)),
+            Reason::InputChanged(InputChange {
+                path,
+                trigger: Some(trigger),
+                ..
+            }) => Some((path.as_str(), *trigger)),
             _ => None,
         })
         .collect();
@@ -733,4 +737,38 @@ fn a_saved_plan_with_a_malformed_node_id_is_refused_naming_it() {
         err.contains("failed to read node id `test:base`: a test id needs `/`"),
         "{err}"
     );
+}
+
+/// `plan --json` keeps the field order of the two reasons that share [`InputChange`]:
+/// `input-changed` has its trigger after the change, `rollup` has none.
+#[test]
+fn input_reasons_serialise_in_their_documented_field_order_and_read_back() {
+    let input = InputChange {
+        path: "packages/base.txt".into(),
+        change: Change::Modified,
+        trigger: Some(Trigger::Rollup),
+        via: Via::Run,
+        mode: Some(ModeChange {
+            old: "0644".into(),
+            new: "0755".into(),
+        }),
+        packages: Some(PackageChange {
+            added: vec!["htop".into()],
+            removed: vec![],
+        }),
+    };
+    let changed = Reason::InputChanged(input.clone());
+    let json = serde_json::to_string(&changed).unwrap();
+    assert_eq!(
+        json,
+        r#"{"kind":"input-changed","path":"packages/base.txt","change":"modified","trigger":"rollup","via":"run","mode":{"old":"0644","new":"0755"},"packages":{"added":["htop"],"removed":[]}}"#
+    );
+    assert_eq!(serde_json::from_str::<Reason>(&json).unwrap(), changed);
+    let rollup = reason::as_rollup(changed);
+    let json = serde_json::to_string(&rollup).unwrap();
+    assert_eq!(
+        json,
+        r#"{"kind":"rollup","path":"packages/base.txt","change":"modified","via":"run","mode":{"old":"0644","new":"0755"},"packages":{"added":["htop"],"removed":[]}}"#
+    );
+    assert_eq!(serde_json::from_str::<Reason>(&json).unwrap(), rollup);
 }

@@ -114,9 +114,7 @@ fn explain_node(
     let mut causes = Vec::new();
     for reason in &n.reasons {
         let detail = match reason {
-            Reason::InputChanged { path, .. } | Reason::Rollup { path, .. } => {
-                digests(&old_manifest, n, path)
-            }
+            Reason::InputChanged(c) | Reason::Rollup(c) => digests(&old_manifest, n, &c.path),
             Reason::ConfigChanged { .. } => base.map(|b| Detail::Stanza {
                 lines: stanza_diff(&b.stanza, &n.stanza),
             }),

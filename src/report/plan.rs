@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use super::{short_id, timestamp, Palette};
 use crate::hash::{Via, ENV_PREFIX, PROBE_PREFIX};
-use crate::plan::{Action, Change, ModeChange, PackageChange, Plan, PlannedNode, Reason};
+use crate::plan::{
+    Action, Change, InputChange, ModeChange, PackageChange, Plan, PlannedNode, Reason,
+};
 
 /// The markers of the text view, explained in one line above the nodes.
 pub const LEGEND: &str = "+ runs (a cause)  ~ runs (cascade of a cause)  * tags updated in place  … deferred until a roll-up  = up to date";
@@ -88,24 +90,28 @@ pub(super) fn input_text(
     text
 }
 
+/// [`input_text`] of a reason's input change.
+fn change_text(c: &InputChange) -> String {
+    input_text(
+        &c.path,
+        c.change,
+        c.via,
+        c.mode.as_ref(),
+        c.packages.as_ref(),
+    )
+}
+
 /// One sentence per reason, in the user's words.
 pub fn reason_text(r: &Reason) -> String {
     match r {
         Reason::New => "new: never built or run successfully".into(),
-        Reason::InputChanged {
-            path,
-            change,
-            trigger,
-            via,
-            mode,
-            packages,
-        } => {
-            let text = input_text(path, *change, *via, mode.as_ref(), packages.as_ref());
-            match trigger {
-                crate::config::model::Trigger::Immediate => text,
-                crate::config::model::Trigger::Rollup => {
+        Reason::InputChanged(c) => {
+            let text = change_text(c);
+            match c.trigger {
+                Some(crate::config::model::Trigger::Rollup) => {
                     format!("{text} (rollup: waits for a roll-up run)")
                 }
+                Some(crate::config::model::Trigger::Immediate) | None => text,
             }
         }
         Reason::ConfigChanged { fields } => format!("config changed: {}", fields.join(", ")),
@@ -133,16 +139,7 @@ pub fn reason_text(r: &Reason) -> String {
             humantime::format_duration(Duration::from_secs(*max_age_secs)),
             timestamp(*built_at_ms)
         ),
-        Reason::Rollup {
-            path,
-            change,
-            via,
-            mode,
-            packages,
-        } => format!(
-            "roll-up: {}",
-            input_text(path, *change, *via, mode.as_ref(), packages.as_ref())
-        ),
+        Reason::Rollup(c) => format!("roll-up: {}", change_text(c)),
         Reason::PreviousFailure { error } => match error {
             Some(e) => format!("the last run with this key failed: {}", escape(e)),
             None => "the last run with this key failed".into(),
@@ -354,16 +351,14 @@ pub fn reason_lines(n: &PlannedNode) -> Vec<String> {
     for r in &n.reasons {
         match r {
             Reason::UpstreamChanged { .. } => {}
-            Reason::InputChanged {
-                path,
-                change,
-                trigger: crate::config::model::Trigger::Rollup,
-                via,
-                mode,
-                packages,
-            } if n.action == Action::Run => lines.push(format!(
+            Reason::InputChanged(
+                c @ InputChange {
+                    trigger: Some(crate::config::model::Trigger::Rollup),
+                    ..
+                },
+            ) if n.action == Action::Run => lines.push(format!(
                 "{} (rollup change, included in this run)",
-                input_text(path, *change, *via, mode.as_ref(), packages.as_ref())
+                change_text(c)
             )),
             other => lines.push(reason_text(other)),
         }
