@@ -16,7 +16,7 @@ use aws::*;
 use aws_sdk_ec2::Client;
 use imgraph::process::ProcessOutcome;
 use imgraph::provider::aws::{AwsProvider, WaitSettings};
-use imgraph::provider::{BuildRequest, Ledger, Origin, Provider, TestRequest};
+use imgraph::provider::{BuildRequest, Job, Ledger, Origin, Provider, TestRequest};
 use imgraph::state::{ReleaseStatus, State};
 use tokio_util::sync::CancellationToken;
 
@@ -79,17 +79,19 @@ impl Lib {
     ) -> Result<String, String> {
         let img = self.project.image(image).expect("image");
         aws.build(BuildRequest {
-            project: &self.project,
             image: img,
             node_id: &imgraph::graph::NodeId::build(image),
             version: "1.0.0",
             key: "k-lib",
             origin: Origin::Artifact(origin.to_string()),
             inputs: &[],
-            log: &self.dir.join("build.log"),
-            work_dir: &self.dir,
-            ledger: &self.ledger,
-            cancel,
+            job: Job {
+                project: &self.project,
+                log: &self.dir.join("build.log"),
+                work_dir: &self.dir,
+                ledger: &self.ledger,
+                cancel,
+            },
         })
         .await
         .map(|b| b.artifact_id)
@@ -104,17 +106,19 @@ impl Lib {
     ) -> Result<ProcessOutcome, String> {
         let img = self.project.image(image).expect("image");
         aws.test(TestRequest {
-            project: &self.project,
             image: img,
             suite: &img.tests[0],
             node_id: &imgraph::graph::NodeId::test(image, &img.tests[0].name),
             artifact_id: ami,
             version: "1.0.0",
             inputs: &[],
-            log: &self.dir.join("test.log"),
-            work_dir: &self.dir,
-            ledger: &self.ledger,
-            cancel: &CancellationToken::new(),
+            job: Job {
+                project: &self.project,
+                log: &self.dir.join("test.log"),
+                work_dir: &self.dir,
+                ledger: &self.ledger,
+                cancel: &CancellationToken::new(),
+            },
         })
         .await
         .map_err(|e| imgraph::text::error_chain(&e))

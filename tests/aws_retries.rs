@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use imgraph::provider::aws::{AwsProvider, RetrySettings, WaitSettings};
-use imgraph::provider::{Ledger, Provider, TestRequest};
+use imgraph::provider::{Job, Ledger, Provider, TestRequest};
 use imgraph::state::State;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -447,17 +447,19 @@ async fn run_test(
     };
     let log = f.root.join("test.log");
     aws.test(TestRequest {
-        project: &f.project,
         image,
         suite: &image.tests[0],
         node_id: &imgraph::graph::NodeId::test("web", "smoke"),
         artifact_id: "ami-123",
         version: "1.0.0",
         inputs: &[],
-        log: &log,
-        work_dir: &f.root,
-        ledger: &ledger,
-        cancel: &CancellationToken::new(),
+        job: Job {
+            project: &f.project,
+            log: &log,
+            work_dir: &f.root,
+            ledger: &ledger,
+            cancel: &CancellationToken::new(),
+        },
     })
     .await
     .map_err(|e| e.to_string())

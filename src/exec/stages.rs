@@ -23,7 +23,7 @@ use crate::process;
 use crate::provider::append_log;
 use crate::provider::probes::{has_image_probes, measure_image_probes, ProbeSite};
 use crate::provider::{
-    BuildRequest, Ledger, NodeInput, NodeInputKind, Origin, Provider, TestRequest,
+    BuildRequest, Job, Ledger, NodeInput, NodeInputKind, Origin, Provider, TestRequest,
 };
 use crate::state::{ImageVersion, ReleaseStatus, RunId};
 use crate::text::error_chain;
@@ -122,6 +122,13 @@ pub(super) async fn run_node(
         run: Some(run),
     };
     let work_dir = ctx.tmp_dir();
+    let job = Job {
+        project: &ctx.project,
+        log,
+        work_dir: &work_dir,
+        ledger: &ledger,
+        cancel,
+    };
     if node.action == Action::UpdateTags {
         return update_tags(ctx, node, provider.as_ref(), log).await;
     }
@@ -169,17 +176,13 @@ pub(super) async fn run_node(
             append_log(log, &format!("imgraph: building {} {version}", image.name));
             let built = provider
                 .build(BuildRequest {
-                    project: &ctx.project,
                     image,
                     node_id: &node.id,
                     version: &version,
                     key: &node.key,
                     origin,
                     inputs: &node_inputs(ctx, node),
-                    log,
-                    work_dir: &work_dir,
-                    ledger: &ledger,
-                    cancel,
+                    job,
                 })
                 .await?;
             revoked::refuse_revoked_artifact(ctx, image, &built.artifact_id)?;
@@ -255,17 +258,13 @@ pub(super) async fn run_node(
             let built = current_build(ctx, fresh, &image.name)?;
             let outcome = provider
                 .test(TestRequest {
-                    project: &ctx.project,
                     image,
                     suite,
                     node_id: &node.id,
                     artifact_id: &built.artifact_id,
                     version: &built.version,
                     inputs: &node_inputs(ctx, node),
-                    log,
-                    work_dir: &work_dir,
-                    ledger: &ledger,
-                    cancel,
+                    job,
                 })
                 .await?;
             if outcome.success() {

@@ -265,7 +265,7 @@ impl Provider for FakeProvider {
             origin,
         });
         let answer = self.next(Op::Build, &req.image.name);
-        if self.play(&answer, req.cancel).await.is_none() {
+        if self.play(&answer, req.job.cancel).await.is_none() {
             return Err(failed(ProcessOutcome::Cancelled));
         }
         let artifact_id = match answer.then {
@@ -288,7 +288,7 @@ impl Provider for FakeProvider {
             version: req.version.into(),
         });
         let answer = self.next(Op::Test, &req.image.name);
-        if self.play(&answer, req.cancel).await.is_none() {
+        if self.play(&answer, req.job.cancel).await.is_none() {
             return Ok(ProcessOutcome::Cancelled);
         }
         match answer.then {

@@ -222,9 +222,20 @@ pub struct NodeInput {
     pub kind: NodeInputKind,
 }
 
+/// What every request runs with: the project, where the command's output goes, a
+/// folder for temporary files, the ledger its temporary resources are recorded in, and
+/// the token that cancels it.
+#[derive(Clone, Copy)]
+pub struct Job<'a> {
+    pub project: &'a Project,
+    pub log: &'a Path,
+    pub work_dir: &'a Path,
+    pub ledger: &'a Ledger,
+    pub cancel: &'a CancellationToken,
+}
+
 /// Everything a build needs.
 pub struct BuildRequest<'a> {
-    pub project: &'a Project,
     pub image: &'a Image,
     pub node_id: &'a NodeId,
     pub version: &'a str,
@@ -232,10 +243,7 @@ pub struct BuildRequest<'a> {
     pub origin: Origin,
     /// The build node's inputs (its manifest's files and symlinks).
     pub inputs: &'a [NodeInput],
-    pub log: &'a Path,
-    pub work_dir: &'a Path,
-    pub ledger: &'a Ledger,
-    pub cancel: &'a CancellationToken,
+    pub job: Job<'a>,
 }
 
 /// What a build made.
@@ -246,7 +254,6 @@ pub struct Built {
 
 /// Everything a test needs: the suite and the exact artifact to make an instance from.
 pub struct TestRequest<'a> {
-    pub project: &'a Project,
     pub image: &'a Image,
     pub suite: &'a TestSuite,
     pub node_id: &'a NodeId,
@@ -254,16 +261,12 @@ pub struct TestRequest<'a> {
     pub version: &'a str,
     /// The test node's inputs (its manifest's files and symlinks).
     pub inputs: &'a [NodeInput],
-    pub log: &'a Path,
-    pub work_dir: &'a Path,
-    pub ledger: &'a Ledger,
-    pub cancel: &'a CancellationToken,
+    pub job: Job<'a>,
 }
 
 /// A probe with `in="image"`: a command run inside a throwaway instance of one version
 /// of an image, whose standard output is hashed.
 pub struct ProbeRequest<'a> {
-    pub project: &'a Project,
     pub image: &'a Image,
     pub name: &'a str,
     pub command: &'a str,
@@ -274,11 +277,8 @@ pub struct ProbeRequest<'a> {
     pub env: Vec<String>,
     pub artifact_id: &'a str,
     pub version: &'a str,
-    /// Where the command's standard error goes.
-    pub log: &'a Path,
-    pub work_dir: &'a Path,
-    pub ledger: &'a Ledger,
-    pub cancel: &'a CancellationToken,
+    /// `log` takes the command's standard error.
+    pub job: Job<'a>,
 }
 
 #[async_trait]

@@ -15,7 +15,7 @@ use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Ledger, ProbeRequest, Provider, ProviderError};
+use super::{Job, Ledger, ProbeRequest, Provider, ProviderError};
 use crate::config::model::{Image, InputKind, Network, ProbePlace, Project};
 use crate::hash::{no_image_yet, PROBE_TIMEOUT};
 
@@ -91,7 +91,6 @@ pub async fn measure_image_probes(
         let _ = std::fs::remove_file(&log);
         let digest = provider
             .probe(ProbeRequest {
-                project: site.project,
                 image,
                 name,
                 command,
@@ -100,10 +99,13 @@ pub async fn measure_image_probes(
                 env: names.hashed.iter().chain(&names.passed).cloned().collect(),
                 artifact_id,
                 version: number,
-                log: &log,
-                work_dir: site.work_dir,
-                ledger: site.ledger,
-                cancel: site.cancel,
+                job: Job {
+                    project: site.project,
+                    log: &log,
+                    work_dir: site.work_dir,
+                    ledger: site.ledger,
+                    cancel: site.cancel,
+                },
             })
             .await?;
         out.insert(name.clone(), digest);

@@ -450,7 +450,13 @@ impl AwsProvider {
             }
             .into());
         };
-        let tags = self.instance_tags(req.ledger.run, "build", image, req.node_id.as_str(), token);
+        let tags = self.instance_tags(
+            req.job.ledger.run,
+            "build",
+            image,
+            req.node_id.as_str(),
+            token,
+        );
         let id = self
             .launch(Launch {
                 image_id: origin,
@@ -461,9 +467,9 @@ impl AwsProvider {
             })
             .await?;
         launched.set(&id);
-        req.ledger.set_resource(entry, &id)?;
+        req.job.ledger.set_resource(entry, &id)?;
         append_log(
-            req.log,
+            req.job.log,
             &format!(
                 "imgraph: launched {id} from {origin}; waiting for its user data to power it off"
             ),
@@ -472,11 +478,11 @@ impl AwsProvider {
             &id,
             InstanceStateName::Stopped,
             self.waits.build_timeout,
-            req.cancel,
+            req.job.cancel,
         )
         .await?;
         append_log(
-            req.log,
+            req.job.log,
             &format!("imgraph: {id} stopped; creating the image"),
         );
 
@@ -502,14 +508,14 @@ impl AwsProvider {
                 action: "CreateImage",
                 missing: "an image id",
             })?;
-        append_log(req.log, &format!("imgraph: created {ami} ({name})"));
+        append_log(req.job.log, &format!("imgraph: created {ami} ({name})"));
         let finished = async {
             self.tag(
                 &ami,
                 &TagSet::for_image(req.image, req.version, req.key).pairs(),
             )
             .await?;
-            self.wait_image(&ami, req.cancel).await
+            self.wait_image(&ami, req.job.cancel).await
         }
         .await;
         if let Err(e) = finished {
@@ -517,13 +523,13 @@ impl AwsProvider {
             if let Err(d) = self.client.deregister_image().image_id(&ami).send().await {
                 let d = api_error("DeregisterImage", &ami, d);
                 append_log(
-                    req.log,
+                    req.job.log,
                     &format!("imgraph: failed to deregister {ami}: {d}"),
                 );
             }
             return Err(e.into());
         }
-        append_log(req.log, &format!("imgraph: {ami} is available"));
+        append_log(req.job.log, &format!("imgraph: {ami} is available"));
         Ok(Built { artifact_id: ami })
     }
 
@@ -536,7 +542,7 @@ impl AwsProvider {
         launched: &Launched,
     ) -> Result<ProcessOutcome, ProviderError> {
         let tags = self.instance_tags(
-            req.ledger.run,
+            req.job.ledger.run,
             "test",
             &req.image.name,
             req.node_id.as_str(),
@@ -552,9 +558,9 @@ impl AwsProvider {
             })
             .await?;
         launched.set(&id);
-        req.ledger.set_resource(entry, &id)?;
+        req.job.ledger.set_resource(entry, &id)?;
         append_log(
-            req.log,
+            req.job.log,
             &format!("imgraph: launched {id} from {}", req.artifact_id),
         );
         let instance = self
@@ -562,7 +568,7 @@ impl AwsProvider {
                 &id,
                 InstanceStateName::Running,
                 self.waits.launch_timeout,
-                req.cancel,
+                req.job.cancel,
             )
             .await?;
         let private_ip = instance.private_ip_address().map(str::to_string);
@@ -574,7 +580,7 @@ impl AwsProvider {
             public_ip,
         };
         append_log(
-            req.log,
+            req.job.log,
             &format!(
                 "imgraph: {} is running at {}",
                 running.id,
@@ -583,7 +589,7 @@ impl AwsProvider {
         );
         let spec = CommandSpec {
             command: req.suite.command.clone(),
-            cwd: req.project.root.clone(),
+            cwd: req.job.project.root.clone(),
             env: process::command_env(
                 process::Place::Host,
                 &req.image.test_env(req.suite).names(),
@@ -608,10 +614,10 @@ impl AwsProvider {
                 ],
             ),
             timeout: Some(req.suite.timeout),
-            recorder: Some(req.ledger.processes_of(req.node_id.as_str())),
+            recorder: Some(req.job.ledger.processes_of(req.node_id.as_str())),
             ..Default::default()
         };
-        Ok(process::run(&spec, req.log, req.cancel).await?)
+        Ok(process::run(&spec, req.job.log, req.job.cancel).await?)
     }
 }
 

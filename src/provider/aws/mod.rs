@@ -110,8 +110,8 @@ impl Provider for AwsProvider {
     async fn build(&self, req: BuildRequest<'_>) -> Result<Built, ProviderError> {
         match &req.image.build {
             Build::Packer { template, vars } => {
-                let token = self.new_token(req.ledger.run);
-                let entry = req.ledger.add(
+                let token = self.new_token(req.job.ledger.run);
+                let entry = req.job.ledger.add(
                     req.node_id.as_str(),
                     "aws",
                     "packer",
@@ -122,12 +122,12 @@ impl Provider for AwsProvider {
                 // Packer terminates its own instance unless it was killed; this catches
                 // the instance of a killed Packer (when the template tags it with the token).
                 let cleanup = self.terminate_by_token(&token).await;
-                settle(req.ledger, entry, req.log, result, cleanup)
+                settle(req.job.ledger, entry, req.job.log, result, cleanup)
             }
             Build::Ec2 { steps } => {
                 let script = ec2::user_data_script(&req.image.name, steps, req.version, req.key)?;
-                let token = self.new_token(req.ledger.run);
-                let entry = req.ledger.add(
+                let token = self.new_token(req.job.ledger.run);
+                let entry = req.job.ledger.add(
                     req.node_id.as_str(),
                     "aws",
                     "instance",
@@ -139,7 +139,7 @@ impl Provider for AwsProvider {
                     .ec2_build(&req, &script, &token, entry, &launched)
                     .await;
                 let cleanup = self.cleanup_instance(launched.get(), &token).await;
-                settle(req.ledger, entry, req.log, result, cleanup)
+                settle(req.job.ledger, entry, req.job.log, result, cleanup)
             }
             Build::Rootfs { .. } => Err(ProviderError::WrongBuilder {
                 provider: ProviderType::Aws,
@@ -149,8 +149,8 @@ impl Provider for AwsProvider {
     }
 
     async fn test(&self, req: TestRequest<'_>) -> Result<ProcessOutcome, ProviderError> {
-        let token = self.new_token(req.ledger.run);
-        let entry = req.ledger.add(
+        let token = self.new_token(req.job.ledger.run);
+        let entry = req.job.ledger.add(
             req.node_id.as_str(),
             "aws",
             "instance",
@@ -160,7 +160,7 @@ impl Provider for AwsProvider {
         let launched = ec2::Launched::default();
         let result = self.test_on_instance(&req, &token, entry, &launched).await;
         let cleanup = self.cleanup_instance(launched.get(), &token).await;
-        settle(req.ledger, entry, req.log, result, cleanup)
+        settle(req.job.ledger, entry, req.job.log, result, cleanup)
     }
 
     async fn set_status(

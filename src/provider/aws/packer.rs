@@ -145,14 +145,14 @@ impl AwsProvider {
             .into());
         };
         let command = packer_command(template, vars, source, image, req.version);
-        append_log(req.log, &format!("imgraph: {command}"));
+        append_log(req.job.log, &format!("imgraph: {command}"));
         let mut context = self.child_env();
         context.extend([
             ("IMGRAPH_IMAGE".to_string(), image.clone()),
             ("IMGRAPH_VERSION".to_string(), req.version.to_string()),
             ("IMGRAPH_KEY".to_string(), req.key.to_string()),
             ("IMGRAPH_SOURCE_IMAGE".to_string(), source.clone()),
-            ("IMGRAPH_RUN".to_string(), run_tag(req.ledger.run)),
+            ("IMGRAPH_RUN".to_string(), run_tag(req.job.ledger.run)),
             ("IMGRAPH_TOKEN".to_string(), token.to_string()),
             // Packer otherwise asks HashiCorp's server for updates on every run.
             ("CHECKPOINT_DISABLE".to_string(), "1".to_string()),
@@ -162,7 +162,7 @@ impl AwsProvider {
         extra.extend(process::PACKER_VARIABLES);
         let spec = CommandSpec {
             command,
-            cwd: req.project.root.clone(),
+            cwd: req.job.project.root.clone(),
             env: process::command_env(
                 process::Place::Host,
                 &req.image.build_env().names(),
@@ -173,12 +173,12 @@ impl AwsProvider {
             // Packer cleans up (key pairs, security groups, instances) on SIGINT.
             stop_signal: Some(libc::SIGINT),
             grace: Some(PACKER_GRACE),
-            recorder: Some(req.ledger.processes_of(req.node_id.as_str())),
+            recorder: Some(req.job.ledger.processes_of(req.node_id.as_str())),
             ..Default::default()
         };
-        let offset = log_len(req.log);
-        let outcome = process::run(&spec, req.log, req.cancel).await?;
-        let output = log_since(req.log, offset).await;
+        let offset = log_len(req.job.log);
+        let outcome = process::run(&spec, req.job.log, req.job.cancel).await?;
+        let output = log_since(req.job.log, offset).await;
         if !outcome.success() {
             let errors = parse_packer_errors(&output);
             let detail = match errors.last() {
@@ -198,7 +198,7 @@ impl AwsProvider {
             }
             .into());
         };
-        append_log(req.log, &format!("imgraph: packer built {ami}"));
+        append_log(req.job.log, &format!("imgraph: packer built {ami}"));
         let tags = TagSet::for_image(req.image, req.version, req.key);
         self.tag(&ami, &tags.pairs()).await?;
         Ok(Built { artifact_id: ami })

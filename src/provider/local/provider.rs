@@ -183,10 +183,10 @@ impl Provider for LocalProvider {
                 })
             }
         };
-        let staging = self.fresh_dir(req.work_dir, "staging", req.node_id.as_str());
+        let staging = self.fresh_dir(req.job.work_dir, "staging", req.node_id.as_str());
         let work = self.build_in(&req, steps, &staging);
         in_ledgered_dir(
-            req.ledger,
+            req.job.ledger,
             req.node_id.as_str(),
             "staging",
             "build",
@@ -197,14 +197,14 @@ impl Provider for LocalProvider {
     }
 
     async fn test(&self, req: TestRequest<'_>) -> Result<ProcessOutcome, ProviderError> {
-        let instance = self.fresh_dir(req.work_dir, "instance", req.node_id.as_str());
+        let instance = self.fresh_dir(req.job.work_dir, "instance", req.node_id.as_str());
         let instance_id = instance
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let work = self.test_in(&req, &instance, &instance_id);
         in_ledgered_dir(
-            req.ledger,
+            req.job.ledger,
             req.node_id.as_str(),
             "instance",
             "test",
@@ -216,10 +216,10 @@ impl Provider for LocalProvider {
 
     async fn probe(&self, req: ProbeRequest<'_>) -> Result<String, ProviderError> {
         let node = format!("probe:{}/{}", req.image.name, req.name);
-        let instance = self.fresh_dir(req.work_dir, "probe", &node);
+        let instance = self.fresh_dir(req.job.work_dir, "probe", &node);
         let work = self.probe_in(&req, &node, &instance);
         in_ledgered_dir(
-            req.ledger,
+            req.job.ledger,
             &node,
             "instance",
             "probe",
@@ -399,12 +399,12 @@ impl LocalProvider {
         local::tree::create_private_dir(staging)?;
         let root = staging.join("root");
         if let Origin::Artifact(a) = &req.origin {
-            self.ensure_local(a, req.log).await?;
+            self.ensure_local(a, req.job.log).await?;
         }
         let origin = req.origin.clone();
         let store = self.store.clone();
         let dest = root.clone();
-        let cancel = req.cancel.clone();
+        let cancel = req.job.cancel.clone();
         blocking(move || match origin {
             Origin::LocalPath(p) => local::unpack_origin(&p, &dest, &cancel),
             Origin::Artifact(a) => store.unpack(&a, &dest, &cancel),
@@ -413,22 +413,22 @@ impl LocalProvider {
         crate::crash::point("build: origin unpacked");
 
         for step in steps {
-            if req.cancel.is_cancelled() {
+            if req.job.cancel.is_cancelled() {
                 return Err(local::LocalError::Cancelled.into());
             }
             crate::crash::point("build: a step starts");
             match step {
                 Step::Copy { from, to } => {
-                    let src = req.project.root.join(from.as_str());
-                    let (r, to, cancel) = (root.clone(), to.clone(), req.cancel.clone());
-                    append_log(req.log, &format!("imgraph: copy {from} to {to}"));
+                    let src = req.job.project.root.join(from.as_str());
+                    let (r, to, cancel) = (root.clone(), to.clone(), req.job.cancel.clone());
+                    append_log(req.job.log, &format!("imgraph: copy {from} to {to}"));
                     blocking(move || local::copy_into(&src, &r, &to, &cancel)).await?;
                 }
                 Step::Run { command } => {
-                    append_log(req.log, &format!("imgraph: run {command}"));
+                    append_log(req.job.log, &format!("imgraph: run {command}"));
                     let spec = CommandSpec {
                         command: command.clone(),
-                        cwd: req.project.root.clone(),
+                        cwd: req.job.project.root.clone(),
                         env: process::command_env(
                             Place::of(self.sandbox),
                             &req.image.build_env().names(),
@@ -441,15 +441,15 @@ impl LocalProvider {
                             ],
                         ),
                         timeout: None,
-                        recorder: Some(req.ledger.processes_of(req.node_id.as_str())),
+                        recorder: Some(req.job.ledger.processes_of(req.node_id.as_str())),
                         ..Default::default()
                     };
                     let call = RunIn {
                         root: &root,
                         inputs: req.inputs,
                         host_network: req.image.build_network == Network::Host,
-                        log: req.log,
-                        cancel: req.cancel,
+                        log: req.job.log,
+                        cancel: req.job.cancel,
                     };
                     let outcome = self.run_in(call, spec).await?;
                     if !outcome.success() {
@@ -461,8 +461,8 @@ impl LocalProvider {
                 }
             }
         }
-        let (store, cancel) = (self.store.clone(), req.cancel.clone());
-        let log = req.log.to_path_buf();
+        let (store, cancel) = (self.store.clone(), req.job.cancel.clone());
+        let log = req.job.log.to_path_buf();
         let (artifact_id, size) = blocking(move || {
             // Packing never leaves the root: detach what a step left mounted in it.
             for point in local::mounts::release_mounts(&root)? {
@@ -479,12 +479,12 @@ impl LocalProvider {
         })
         .await?;
         append_log(
-            req.log,
+            req.job.log,
             &format!("imgraph: packed {artifact_id} ({size} bytes)"),
         );
         crate::crash::point("build: packed");
         // Other runners test and build on it: it is shared before the version exists.
-        self.publish_shared(&artifact_id, req.log).await?;
+        self.publish_shared(&artifact_id, req.job.log).await?;
         // The registry entry of this version, with its tags, as AWS tags a new AMI.
         let mut meta = VersionMeta::new(
             &req.image.name,
@@ -530,12 +530,12 @@ impl LocalProvider {
         instance: &Path,
     ) -> Result<String, ProviderError> {
         let root = self
-            .unpack_instance(req.artifact_id, instance, req.log, req.cancel)
+            .unpack_instance(req.artifact_id, instance, req.job.log, req.job.cancel)
             .await?;
         let stdout = instance.join("stdout");
         let spec = CommandSpec {
             command: req.command.to_string(),
-            cwd: req.project.root.clone(),
+            cwd: req.job.project.root.clone(),
             env: process::command_env(
                 Place::of(self.sandbox),
                 &req.env,
@@ -548,7 +548,7 @@ impl LocalProvider {
                 ],
             ),
             timeout: Some(req.timeout),
-            recorder: Some(req.ledger.processes_of(node)),
+            recorder: Some(req.job.ledger.processes_of(node)),
             stdout: Some(stdout.clone()),
             ..Default::default()
         };
@@ -557,8 +557,8 @@ impl LocalProvider {
             // The command sees the image, not the project.
             inputs: &[],
             host_network: req.host_network,
-            log: req.log,
-            cancel: req.cancel,
+            log: req.job.log,
+            cancel: req.job.cancel,
         };
         let outcome = self.run_in(call, spec).await?;
         if !outcome.success() {
@@ -567,7 +567,7 @@ impl LocalProvider {
                 image: req.image.name.clone(),
                 version: req.version.into(),
                 outcome,
-                log_tail: process::log_tail(req.log, 10).join("\n"),
+                log_tail: process::log_tail(req.job.log, 10).join("\n"),
             });
         }
         blocking(move || {
@@ -596,16 +596,16 @@ impl LocalProvider {
         instance_id: &str,
     ) -> Result<ProcessOutcome, ProviderError> {
         let root = self
-            .unpack_instance(req.artifact_id, instance, req.log, req.cancel)
+            .unpack_instance(req.artifact_id, instance, req.job.log, req.job.cancel)
             .await?;
         append_log(
-            req.log,
+            req.job.log,
             &format!("imgraph: instance {instance_id} from {}", req.artifact_id),
         );
         crate::crash::point("test: instance unpacked");
         let spec = CommandSpec {
             command: req.suite.command.clone(),
-            cwd: req.project.root.clone(),
+            cwd: req.job.project.root.clone(),
             env: process::command_env(
                 Place::of(self.sandbox),
                 &req.image.test_env(req.suite).names(),
@@ -620,15 +620,15 @@ impl LocalProvider {
                 ],
             ),
             timeout: Some(req.suite.timeout),
-            recorder: Some(req.ledger.processes_of(req.node_id.as_str())),
+            recorder: Some(req.job.ledger.processes_of(req.node_id.as_str())),
             ..Default::default()
         };
         let call = RunIn {
             root: &root,
             inputs: req.inputs,
             host_network: req.suite.network == Network::Host,
-            log: req.log,
-            cancel: req.cancel,
+            log: req.job.log,
+            cancel: req.job.cancel,
         };
         let outcome = self.run_in(call, spec).await;
         crate::crash::point("test: command finished");
