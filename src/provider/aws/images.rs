@@ -169,6 +169,25 @@ impl AwsProvider {
             .map_err(|e| api_error("CreateTags", resource, e))?;
         Ok(())
     }
+
+    /// DeleteTags of `keys` (whatever their values) on one resource.
+    pub(super) async fn untag(&self, resource: &str, keys: &[&str]) -> Result<(), AwsError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .delete_tags()
+            .resources(resource)
+            .set_tags(Some(
+                keys.iter()
+                    .map(|k| Tag::builder().key(*k).build())
+                    .collect(),
+            ))
+            .send()
+            .await
+            .map_err(|e| api_error("DeleteTags", resource, e))?;
+        Ok(())
+    }
 }
 
 /// The tags an AMI gets after a build: `Name`, the user's tags, then imgraph's own (which

@@ -41,7 +41,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 
 use async_trait::async_trait;
-use aws_sdk_ec2::types::{ImageState, Tag};
+use aws_sdk_ec2::types::ImageState;
 
 pub use connect::RetrySettings;
 pub use error::{api_error, AwsError};
@@ -204,13 +204,7 @@ impl Provider for AwsProvider {
                     &[(TAG_STATUS.to_string(), version.status.as_str().to_string())],
                 )
                 .await?;
-                self.client
-                    .delete_tags()
-                    .resources(ami)
-                    .tags(Tag::builder().key(TAG_REVOKED_REASON).build())
-                    .send()
-                    .await
-                    .map_err(|e| api_error("DeleteTags", ami, e))?;
+                self.untag(ami, &[TAG_REVOKED_REASON]).await?;
             }
         }
         Ok(())
@@ -260,17 +254,8 @@ impl Provider for AwsProvider {
             let name = format!("{}-{}", version.image, version.version);
             self.tag(ami, &[("Name".to_string(), name)]).await?;
         }
-        if !gone.is_empty() {
-            self.client
-                .delete_tags()
-                .resources(ami)
-                .set_tags(Some(
-                    gone.iter().map(|k| Tag::builder().key(k).build()).collect(),
-                ))
-                .send()
-                .await
-                .map_err(|e| api_error("DeleteTags", ami, e))?;
-        }
+        let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
+        self.untag(ami, &gone).await?;
         Ok(())
     }
 
