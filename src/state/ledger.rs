@@ -46,19 +46,6 @@ impl State {
         resource: &str,
         purpose: &str,
     ) -> Result<Durable<i64>, StateError> {
-        let id = self.ledger_insert(run, node_id, provider, kind, resource, purpose)?;
-        Ok(self.unsynced(id))
-    }
-
-    fn ledger_insert(
-        &self,
-        run: Option<RunId>,
-        node_id: &str,
-        provider: &str,
-        kind: &str,
-        resource: &str,
-        purpose: &str,
-    ) -> Result<i64, StateError> {
         self.conn
             .execute(
                 "INSERT INTO ledger (run_id, node_id, provider, kind, resource, purpose, created_at)
@@ -68,17 +55,12 @@ impl State {
             .map_err(|e| {
                 self.sql_err(e, format!("record {kind} {resource} of node {node_id} in the ledger"))
             })?;
-        Ok(self.conn.last_insert_rowid())
+        Ok(self.unsynced(self.conn.last_insert_rowid()))
     }
 
     /// Replaces the resource of a ledger entry (e.g. with the instance id once known);
     /// [`Durable::sync`] it before going on.
     pub fn ledger_set_resource(&self, id: i64, resource: &str) -> Result<Durable<()>, StateError> {
-        self.ledger_update_resource(id, resource)?;
-        Ok(self.unsynced(()))
-    }
-
-    fn ledger_update_resource(&self, id: i64, resource: &str) -> Result<(), StateError> {
         let changed = self
             .conn
             .execute(
@@ -94,7 +76,7 @@ impl State {
         if changed == 0 {
             return Err(self.not_found(format!("ledger entry {id}")));
         }
-        Ok(())
+        Ok(self.unsynced(()))
     }
 
     /// Marks an entry destroyed; marking it again keeps the first time.
