@@ -5,12 +5,17 @@
 //! - `pack/to-sink`: the deterministic walk, tar and zstd alone;
 //! - `pack/store`: the same plus hashing, fsync and the atomic rename into the store;
 //! - `unpack/store`: verifying the artifact and unpacking it into a fresh folder (the
-//!   folder's removal is not timed).
+//!   folder's removal is not timed);
+//! - `pack/tar-zstd` and `unpack/zstd-tar`: the peers, GNU tar and the zstd command line at
+//!   the same level with every core (`tar -c | zstd -3 -T0`, `zstd -d | tar -x`), run on the
+//!   same tree and the same artifact in the same run, so the ratio holds while the machine's
+//!   speed drifts. The peers neither hash, sort beyond tar's name order, nor sync.
 
 use std::fs;
 use std::hint::black_box;
 use std::io;
 use std::path::Path;
+use std::process::Command;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use imgraph::provider::local::{pack_deterministic, Store};
@@ -84,8 +89,17 @@ fn bench_pack(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    group.bench_function("tar-zstd", |b| {
+        b.iter(|| {
+            shell(&format!(
+                "tar -C '{}' --sort=name -cf - . | zstd -q -3 -T0 > /dev/null",
+                tree.display()
+            ))
+        })
+    });
     group.finish();
 
+    let artifact = store.path_of(&id).expect("artifact path");
     let mut group = c.benchmark_group("unpack");
     group.sample_size(10);
     group.throughput(Throughput::Bytes(total));
@@ -101,7 +115,30 @@ fn bench_pack(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    group.bench_function("zstd-tar", |b| {
+        b.iter_batched(
+            || tempfile::tempdir_in(work.path()).expect("create bench folder"),
+            |dest| {
+                shell(&format!(
+                    "zstd -q -d -c '{}' | tar -x -C '{}'",
+                    artifact.display(),
+                    dest.path().display()
+                ));
+                dest
+            },
+            BatchSize::PerIteration,
+        )
+    });
     group.finish();
+}
+
+/// Runs a peer's pipeline; the bench stops if it fails (a missing `zstd` or `tar`).
+fn shell(script: &str) {
+    let status = Command::new("bash")
+        .args(["-c", &format!("set -o pipefail; {script}")])
+        .status()
+        .expect("run the peer (bash, tar, zstd)");
+    assert!(status.success(), "peer failed: {script}");
 }
 
 criterion_group!(benches, bench_pack);

@@ -36,7 +36,7 @@ pub fn unpack_origin(
 ) -> Result<(), LocalError> {
     match open_origin(origin)? {
         None => copy_tree(origin, dest, running_as_root(), cancel),
-        Some(archive) => unpack_tar(archive, dest, origin, cancel),
+        Some(archive) => unpack_tar(super::unpack::read_ahead(archive), dest, origin, cancel),
     }
 }
 
@@ -52,7 +52,7 @@ pub fn check_origin(origin: &Path, cancel: &CancellationToken) -> Result<(), Loc
 }
 
 /// `None` for a directory origin; the decompressed tar stream of an archive.
-fn open_origin(origin: &Path) -> Result<Option<Box<dyn Read>>, LocalError> {
+fn open_origin(origin: &Path) -> Result<Option<Box<dyn Read + Send>>, LocalError> {
     // Following a symlink here is fine: the origin path is the user's choice, not an
     // entry inside an image.
     let meta = fs::metadata(origin).map_err(io_err("read origin", origin))?;

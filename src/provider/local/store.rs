@@ -148,7 +148,7 @@ impl Store {
         cancel: &CancellationToken,
     ) -> Result<(), LocalError> {
         let (path, tar) = self.open_tar(artifact_id, cancel)?;
-        unpack_tar(tar, dest, &path, cancel)
+        unpack_tar(super::unpack::read_ahead(tar), dest, &path, cancel)
     }
 
     /// The uncompressed tar stream of an artifact, after checking its bytes against its

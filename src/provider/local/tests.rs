@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use tempfile::TempDir;
 
+use super::pack::pack_with_workers;
 use super::*;
 
 /// A cancellation token nobody cancels.
@@ -129,6 +130,41 @@ fn same_tree_packed_twice_gives_identical_bytes_and_id() {
     let bytes = fs::read(&stored).unwrap();
     assert_eq!(id1, format!("local:{}", blake3::hash(&bytes).to_hex()));
     assert_eq!(bytes, pack_bytes(&tree));
+}
+
+#[test]
+fn the_bytes_do_not_depend_on_the_number_of_zstd_workers() {
+    // Larger than several zstd jobs at level 3, so more workers really split the work:
+    // half text, half xorshift noise, in 24 files of 1 MiB.
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("tree");
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    for i in 0..24 {
+        let mut content = Vec::with_capacity(1 << 20);
+        while content.len() < (1 << 19) {
+            content
+                .extend_from_slice(format!("line {i} {} of a config\n", content.len()).as_bytes());
+        }
+        while content.len() < (1 << 20) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            content.extend_from_slice(&state.to_le_bytes());
+        }
+        write(&tree.join(format!("usr/lib/blob{i:02}")), &content, 0o644);
+    }
+    let packed: Vec<Vec<u8>> = [1, 2, 3]
+        .into_iter()
+        .map(|workers| {
+            let mut out = Vec::new();
+            pack_with_workers(&tree, &mut out, workers, &go()).unwrap();
+            out
+        })
+        .collect();
+    assert!(packed[0].len() < 24 << 20, "the tree was compressed");
+    assert_eq!(packed[0], packed[1], "1 and 2 workers");
+    assert_eq!(packed[0], packed[2], "1 and 3 workers");
+    assert_eq!(packed[0], pack_bytes(&tree), "what the store writes");
 }
 
 #[test]
@@ -1110,4 +1146,42 @@ fn a_cancelled_copy_or_origin_unpack_fails_as_cancelled() {
     assert!(matches!(err, LocalError::Cancelled), "{err:?}");
     let err = unpack_origin(&src, &dir.path().join("out"), &token).unwrap_err();
     assert!(matches!(err, LocalError::Cancelled), "{err:?}");
+}
+
+// ---- read-ahead ----------------------------------------------------------------------
+
+/// Gives `good` bytes in small reads, then fails.
+struct FailsAfter {
+    good: Vec<u8>,
+    at: usize,
+}
+
+impl Read for FailsAfter {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.good.len() {
+            return Err(std::io::Error::other("disk read error"));
+        }
+        let n = buf.len().min(1000).min(self.good.len() - self.at);
+        buf[..n].copy_from_slice(&self.good[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn read_ahead_hands_on_every_byte_and_then_the_error() {
+    let good: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+    let mut ahead = unpack::read_ahead(FailsAfter {
+        good: good.clone(),
+        at: 0,
+    });
+    let mut got = Vec::new();
+    let err = ahead.read_to_end(&mut got).unwrap_err();
+    assert_eq!(err.to_string(), "disk read error");
+    assert_eq!(got, good);
+
+    let mut clean = unpack::read_ahead(std::io::Cursor::new(good.clone()));
+    let mut all = Vec::new();
+    clean.read_to_end(&mut all).unwrap();
+    assert_eq!(all, good, "a stream that ends cleanly ends with every byte");
 }

@@ -63,6 +63,91 @@ pub(crate) fn unpack_tar<R: Read>(
     unless_cancelled(cancel, unpack_entries(reader, dest, source, cancel))
 }
 
+/// Bytes of decompressed archive a [`read_ahead`] thread may hold ahead of the reader.
+const READ_AHEAD_CHUNK: usize = 256 * 1024;
+const READ_AHEAD_CHUNKS: usize = 4;
+
+/// Reads `inner` (a decompressor) on a thread of its own, up to one MiB ahead, so that
+/// decompressing overlaps creating files, as `zstd -d | tar -x` overlaps them in two
+/// processes. The thread ends at the stream's end, at its first error (handed to the
+/// reader as that read's error) or when the reader is dropped (its next send fails).
+pub(crate) fn read_ahead<R: Read + Send + 'static>(inner: R) -> impl Read {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(READ_AHEAD_CHUNKS);
+    let spawned = std::thread::Builder::new()
+        .name("imgraph-read-ahead".into())
+        .spawn(move || {
+            let mut inner = inner;
+            loop {
+                let mut chunk = vec![0; READ_AHEAD_CHUNK];
+                let (n, error) = read_full(&mut inner, &mut chunk);
+                chunk.truncate(n);
+                // The bytes read before an error go first, then the error.
+                if n > 0 && tx.send(Ok(chunk)).is_err() {
+                    break;
+                }
+                if let Some(e) = error {
+                    let _ = tx.send(Err(e));
+                    break;
+                }
+                if n < READ_AHEAD_CHUNK {
+                    break;
+                }
+            }
+        });
+    ReadAhead {
+        rx,
+        chunk: Vec::new(),
+        at: 0,
+        spawn_error: spawned.err(),
+    }
+}
+
+/// Fills `buf` as far as the stream allows (fewer bytes only at its end or at an error),
+/// returning how many bytes it holds and the error that stopped it, if any.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (filled, Some(e)),
+        }
+    }
+    (filled, None)
+}
+
+struct ReadAhead {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+    /// A thread that could not be started: every read fails with it.
+    spawn_error: Option<io::Error>,
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(e) = &self.spawn_error {
+            return Err(io::Error::new(e.kind(), e.to_string()));
+        }
+        while self.at == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.at = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The thread ended after sending everything: the end of the stream.
+                Err(std::sync::mpsc::RecvError) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 /// Reads the tar stream `reader` to its end without writing anything, with the checks
 /// an unpack makes: every entry name safe, every entry complete, the end-of-archive
 /// marker present. `source` names the archive in errors.
