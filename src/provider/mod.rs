@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::model::{Builder, Image, Project, ProviderType, TestSuite};
 use crate::graph::NodeId;
-use crate::process::{ProcessError, ProcessOutcome, ProcessRecorder};
+use crate::process::{CommandSpec, Place, ProcessError, ProcessOutcome, ProcessRecorder};
 use crate::state::{ImageVersion, LedgerEntry, ReleaseStatus, RunId, State, StateError};
 
 #[derive(Debug, thiserror::Error)]
@@ -262,6 +262,34 @@ pub struct TestRequest<'a> {
     /// The test node's inputs (its manifest's files and symlinks).
     pub inputs: &'a [NodeInput],
     pub job: Job<'a>,
+}
+
+impl TestRequest<'_> {
+    /// The suite's command as every provider runs it: in the project folder, with the
+    /// suite's variables, then the instance's (`IMGRAPH_INSTANCE_*`, given by the
+    /// provider) and the version's under test (`IMGRAPH_IMAGE`, `IMGRAPH_VERSION`,
+    /// `IMGRAPH_IMAGE_ID`), its process groups ledgered under the test node.
+    pub fn command(&self, place: Place, instance: Vec<(String, String)>) -> CommandSpec {
+        let mut env = instance;
+        env.extend([
+            ("IMGRAPH_IMAGE".into(), self.image.name.clone()),
+            ("IMGRAPH_VERSION".into(), self.version.to_string()),
+            ("IMGRAPH_IMAGE_ID".into(), self.artifact_id.to_string()),
+        ]);
+        CommandSpec {
+            command: self.suite.command.clone(),
+            cwd: self.job.project.root.clone(),
+            env: crate::process::command_env(
+                place,
+                &self.image.test_env(self.suite).names(),
+                &[],
+                env,
+            ),
+            timeout: Some(self.suite.timeout),
+            recorder: Some(self.job.ledger.processes_of(self.node_id.as_str())),
+            ..Default::default()
+        }
+    }
 }
 
 /// A probe with `in="image"`: a command run inside a throwaway instance of one version

@@ -18,13 +18,13 @@ use super::error::{api_error, is_not_found, AwsError};
 use super::packer::run_tag;
 use super::wait::{poll_until, Poll, Target};
 use super::{
-    filter, shell_quote, tag, AwsProvider, TagSet, LIVE_STATES, TAG_IMAGE, TAG_PROJECT,
+    filter, settle, shell_quote, tag, AwsProvider, TagSet, LIVE_STATES, TAG_IMAGE, TAG_PROJECT,
     TAG_PURPOSE, TAG_RUN, TAG_TOKEN,
 };
 use crate::config::model::{InstanceSettings, Step};
-use crate::process::{self, CommandSpec, ProcessOutcome};
+use crate::process::{self, ProcessOutcome};
 use crate::provider::append_log;
-use crate::provider::{BuildRequest, Built, Origin, ProviderError, TestRequest};
+use crate::provider::{BuildRequest, Built, Job, Ledger, Origin, ProviderError, TestRequest};
 
 /// The instance type when `instance { type ... }` is not given.
 pub const DEFAULT_INSTANCE_TYPE: &str = "t3.micro";
@@ -32,19 +32,13 @@ pub const DEFAULT_INSTANCE_TYPE: &str = "t3.micro";
 /// EC2's limit on user data, before base64.
 const USER_DATA_LIMIT: usize = 16 * 1024;
 
-/// The instance a body launched, for the clean-up that runs after it whatever happened.
-#[derive(Default)]
-pub struct Launched(Mutex<Option<String>>);
-
-impl Launched {
-    fn set(&self, id: &str) {
-        if let Ok(mut g) = self.0.lock() {
-            *g = Some(id.to_string());
-        }
-    }
-    pub fn get(&self) -> Option<String> {
-        self.0.lock().ok().and_then(|g| g.clone())
-    }
+/// One node's instance, ledgered before it is launched (`pending:TOKEN`, then its id), so
+/// the clean-up that runs after the work on it, whatever happened, finds it: the launched
+/// instance, or (when the launch's answer never arrived) whatever carries the token.
+pub(super) struct LedgeredInstance {
+    token: String,
+    entry: i64,
+    launched: Mutex<Option<String>>,
 }
 
 /// The user data of an `ec2` build: the `run` steps in order, then power off.
@@ -420,17 +414,57 @@ impl AwsProvider {
         self.terminate(&ids).await
     }
 
-    /// The clean-up after a body: the launched instance, or (when the launch's answer never
-    /// arrived) whatever carries the token.
-    pub(super) async fn cleanup_instance(
+    /// Ledgers the instance `node` is about to launch for `purpose` (`build`, `test`).
+    pub(super) fn ledgered_instance(
         &self,
-        launched: Option<String>,
-        token: &str,
-    ) -> Result<Vec<String>, AwsError> {
-        match launched {
-            Some(id) => self.terminate(&[id]).await,
-            None => self.terminate_by_token(token).await,
+        job: &Job<'_>,
+        node: &str,
+        purpose: &str,
+    ) -> Result<LedgeredInstance, ProviderError> {
+        let token = self.new_token(job.ledger.run);
+        let entry = job.ledger.add(
+            node,
+            "aws",
+            "instance",
+            &format!("pending:{token}"),
+            purpose,
+        )?;
+        Ok(LedgeredInstance {
+            token,
+            entry,
+            launched: Mutex::new(None),
+        })
+    }
+
+    /// Launches the ledgered instance and records its id in the ledger.
+    async fn launch_ledgered(
+        &self,
+        pending: &LedgeredInstance,
+        ledger: &Ledger,
+        launch: Launch<'_>,
+    ) -> Result<String, ProviderError> {
+        let id = self.launch(launch).await?;
+        if let Ok(mut launched) = pending.launched.lock() {
+            *launched = Some(id.clone());
         }
+        ledger.set_resource(pending.entry, &id)?;
+        Ok(id)
+    }
+
+    /// The clean-up after the work on a ledgered instance: the launched instance, or what
+    /// carries its token, is terminated and the ledger entry closed; the work's error wins.
+    pub(super) async fn end_instance<T>(
+        &self,
+        job: &Job<'_>,
+        pending: LedgeredInstance,
+        result: Result<T, ProviderError>,
+    ) -> Result<T, ProviderError> {
+        let launched = pending.launched.lock().ok().and_then(|g| g.clone());
+        let cleanup = match launched {
+            Some(id) => self.terminate(&[id]).await,
+            None => self.terminate_by_token(&pending.token).await,
+        };
+        settle(job.ledger, pending.entry, job.log, result, cleanup)
     }
 
     /// The body of an `ec2` build (the caller terminates the instance).
@@ -438,10 +472,9 @@ impl AwsProvider {
         &self,
         req: &BuildRequest<'_>,
         script: &str,
-        token: &str,
-        entry: i64,
-        launched: &Launched,
+        pending: &LedgeredInstance,
     ) -> Result<Built, ProviderError> {
+        let token = pending.token.as_str();
         let image = &req.image.name;
         let Origin::Artifact(origin) = &req.origin else {
             return Err(AwsError::Ec2Build {
@@ -457,17 +490,16 @@ impl AwsProvider {
             req.node_id.as_str(),
             token,
         );
+        let launch = Launch {
+            image_id: origin,
+            settings: &req.image.instance,
+            user_data: Some(script),
+            token,
+            tags,
+        };
         let id = self
-            .launch(Launch {
-                image_id: origin,
-                settings: &req.image.instance,
-                user_data: Some(script),
-                token,
-                tags,
-            })
+            .launch_ledgered(pending, req.job.ledger, launch)
             .await?;
-        launched.set(&id);
-        req.job.ledger.set_resource(entry, &id)?;
         append_log(
             req.job.log,
             &format!(
@@ -537,10 +569,9 @@ impl AwsProvider {
     pub(super) async fn test_on_instance(
         &self,
         req: &TestRequest<'_>,
-        token: &str,
-        entry: i64,
-        launched: &Launched,
+        pending: &LedgeredInstance,
     ) -> Result<ProcessOutcome, ProviderError> {
+        let token = pending.token.as_str();
         let tags = self.instance_tags(
             req.job.ledger.run,
             "test",
@@ -548,17 +579,16 @@ impl AwsProvider {
             req.node_id.as_str(),
             token,
         );
+        let launch = Launch {
+            image_id: req.artifact_id,
+            settings: &req.image.instance,
+            user_data: None,
+            token,
+            tags,
+        };
         let id = self
-            .launch(Launch {
-                image_id: req.artifact_id,
-                settings: &req.image.instance,
-                user_data: None,
-                token,
-                tags,
-            })
+            .launch_ledgered(pending, req.job.ledger, launch)
             .await?;
-        launched.set(&id);
-        req.job.ledger.set_resource(entry, &id)?;
         append_log(
             req.job.log,
             &format!("imgraph: launched {id} from {}", req.artifact_id),
@@ -587,36 +617,24 @@ impl AwsProvider {
                 running.ip.as_deref().unwrap_or("no address")
             ),
         );
-        let spec = CommandSpec {
-            command: req.suite.command.clone(),
-            cwd: req.job.project.root.clone(),
-            env: process::command_env(
-                process::Place::Host,
-                &req.image.test_env(req.suite).names(),
-                &[],
-                vec![
-                    ("IMGRAPH_INSTANCE_ID".into(), running.id.clone()),
-                    (
-                        "IMGRAPH_INSTANCE_IP".into(),
-                        running.ip.clone().unwrap_or_default(),
-                    ),
-                    (
-                        "IMGRAPH_INSTANCE_PRIVATE_IP".into(),
-                        running.private_ip.unwrap_or_default(),
-                    ),
-                    (
-                        "IMGRAPH_INSTANCE_PUBLIC_IP".into(),
-                        running.public_ip.unwrap_or_default(),
-                    ),
-                    ("IMGRAPH_IMAGE".into(), req.image.name.clone()),
-                    ("IMGRAPH_VERSION".into(), req.version.to_string()),
-                    ("IMGRAPH_IMAGE_ID".into(), req.artifact_id.to_string()),
-                ],
-            ),
-            timeout: Some(req.suite.timeout),
-            recorder: Some(req.job.ledger.processes_of(req.node_id.as_str())),
-            ..Default::default()
-        };
+        let spec = req.command(
+            process::Place::Host,
+            vec![
+                ("IMGRAPH_INSTANCE_ID".into(), running.id.clone()),
+                (
+                    "IMGRAPH_INSTANCE_IP".into(),
+                    running.ip.clone().unwrap_or_default(),
+                ),
+                (
+                    "IMGRAPH_INSTANCE_PRIVATE_IP".into(),
+                    running.private_ip.unwrap_or_default(),
+                ),
+                (
+                    "IMGRAPH_INSTANCE_PUBLIC_IP".into(),
+                    running.public_ip.unwrap_or_default(),
+                ),
+            ],
+        );
         Ok(process::run(&spec, req.job.log, req.job.cancel).await?)
     }
 }

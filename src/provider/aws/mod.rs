@@ -126,20 +126,9 @@ impl Provider for AwsProvider {
             }
             Build::Ec2 { steps } => {
                 let script = ec2::user_data_script(&req.image.name, steps, req.version, req.key)?;
-                let token = self.new_token(req.job.ledger.run);
-                let entry = req.job.ledger.add(
-                    req.node_id.as_str(),
-                    "aws",
-                    "instance",
-                    &format!("pending:{token}"),
-                    "build",
-                )?;
-                let launched = ec2::Launched::default();
-                let result = self
-                    .ec2_build(&req, &script, &token, entry, &launched)
-                    .await;
-                let cleanup = self.cleanup_instance(launched.get(), &token).await;
-                settle(req.job.ledger, entry, req.job.log, result, cleanup)
+                let pending = self.ledgered_instance(&req.job, req.node_id.as_str(), "build")?;
+                let result = self.ec2_build(&req, &script, &pending).await;
+                self.end_instance(&req.job, pending, result).await
             }
             Build::Rootfs { .. } => Err(ProviderError::WrongBuilder {
                 provider: ProviderType::Aws,
@@ -149,18 +138,9 @@ impl Provider for AwsProvider {
     }
 
     async fn test(&self, req: TestRequest<'_>) -> Result<ProcessOutcome, ProviderError> {
-        let token = self.new_token(req.job.ledger.run);
-        let entry = req.job.ledger.add(
-            req.node_id.as_str(),
-            "aws",
-            "instance",
-            &format!("pending:{token}"),
-            "test",
-        )?;
-        let launched = ec2::Launched::default();
-        let result = self.test_on_instance(&req, &token, entry, &launched).await;
-        let cleanup = self.cleanup_instance(launched.get(), &token).await;
-        settle(req.job.ledger, entry, req.job.log, result, cleanup)
+        let pending = self.ledgered_instance(&req.job, req.node_id.as_str(), "test")?;
+        let result = self.test_on_instance(&req, &pending).await;
+        self.end_instance(&req.job, pending, result).await
     }
 
     async fn set_status(

@@ -603,26 +603,14 @@ impl LocalProvider {
             &format!("imgraph: instance {instance_id} from {}", req.artifact_id),
         );
         crate::crash::point("test: instance unpacked");
-        let spec = CommandSpec {
-            command: req.suite.command.clone(),
-            cwd: req.job.project.root.clone(),
-            env: process::command_env(
-                Place::of(self.sandbox),
-                &req.image.test_env(req.suite).names(),
-                &[],
-                vec![
-                    ("IMGRAPH_INSTANCE_ROOT".into(), self.root_env(&root)),
-                    ("IMGRAPH_INSTANCE_ID".into(), instance_id.to_string()),
-                    ("IMGRAPH_INSTANCE_IP".into(), "127.0.0.1".into()),
-                    ("IMGRAPH_IMAGE".into(), req.image.name.clone()),
-                    ("IMGRAPH_VERSION".into(), req.version.to_string()),
-                    ("IMGRAPH_IMAGE_ID".into(), req.artifact_id.to_string()),
-                ],
-            ),
-            timeout: Some(req.suite.timeout),
-            recorder: Some(req.job.ledger.processes_of(req.node_id.as_str())),
-            ..Default::default()
-        };
+        let spec = req.command(
+            Place::of(self.sandbox),
+            vec![
+                ("IMGRAPH_INSTANCE_ROOT".into(), self.root_env(&root)),
+                ("IMGRAPH_INSTANCE_ID".into(), instance_id.to_string()),
+                ("IMGRAPH_INSTANCE_IP".into(), "127.0.0.1".into()),
+            ],
+        );
         let call = RunIn {
             root: &root,
             inputs: req.inputs,
