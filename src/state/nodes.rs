@@ -354,29 +354,40 @@ impl State {
         Ok(history)
     }
 
-    /// Every node's history, read in one snapshot with two queries.
+    /// Every node's history, read in one snapshot with one query. A node's last success
+    /// is usually its last attempt too: that row is read once and given to both.
     pub fn snapshot(&self) -> Result<HashMap<NodeId, NodeHistory>, StateError> {
         let context = "read the history of every node";
-        let tx = self.read_tx(context)?;
-        let newest_each = |filter: &str| {
-            self.query_nodes(
-                &format!(
-                    "WHERE id IN (SELECT max(id) FROM node_runs WHERE {filter} GROUP BY node_id)"
-                ),
-                [],
-                context,
-            )
-        };
+        // Only each node's last success and last attempt are read, in id order: for each
+        // node, the last of its rows that succeeded is its last success, and the last one
+        // that was attempted its last attempt.
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {NODE_COLS}, attempted FROM node_runs WHERE id IN (
+                     SELECT max(id) FROM node_runs WHERE {LAST_SUCCESS} GROUP BY node_id
+                     UNION
+                     SELECT max(id) FROM node_runs WHERE {LAST_ATTEMPT} GROUP BY node_id)
+                 ORDER BY id"
+            ))
+            .map_err(|e| self.sql_err(e, context))?;
+        let rows = stmt
+            .query_map([], |row| Ok((node_from_row(row)?, row.get::<_, bool>(14)?)))
+            .map_err(|e| self.sql_err(e, context))?;
         let mut out: HashMap<NodeId, NodeHistory> = HashMap::new();
-        for rec in newest_each(LAST_SUCCESS)? {
-            let node_id = rec.node_id.clone();
-            out.entry(node_id).or_default().last_success = Some(rec);
+        for row in rows {
+            let (record, attempted) = row.map_err(|e| self.sql_err(e, context))?;
+            let history = out.entry(record.node_id.clone()).or_default();
+            let succeeded = record.status == NodeStatus::Succeeded;
+            match (succeeded, attempted) {
+                (true, true) => {
+                    history.last_success = Some(record.clone());
+                    history.last_attempt = Some(record);
+                }
+                (true, false) => history.last_success = Some(record),
+                (false, _) => history.last_attempt = Some(record),
+            }
         }
-        for rec in newest_each(LAST_ATTEMPT)? {
-            let node_id = rec.node_id.clone();
-            out.entry(node_id).or_default().last_attempt = Some(rec);
-        }
-        tx.commit().map_err(|e| self.sql_err(e, context))?;
         Ok(out)
     }
 

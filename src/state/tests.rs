@@ -314,6 +314,19 @@ fn history_keeps_last_success_behind_a_later_failure() {
         snap[&id("build:web")].last_attempt.as_ref().map(|r| r.id),
         Some(other)
     );
+    // One row that is both: read once, given to both, whole.
+    let web_success = snap[&id("build:web")]
+        .last_success
+        .as_ref()
+        .expect("success");
+    assert_eq!((web_success.id, web_success.key.as_str()), (other, "w1"));
+    assert_eq!(
+        snap[&id("build:base")]
+            .last_success
+            .as_ref()
+            .map(|r| r.key.as_str()),
+        Some("k1")
+    );
     assert!(state
         .history(&id("test:base/smoke"))
         .unwrap()
