@@ -20,7 +20,8 @@
 //! [`workspace::Workspace`] ties one project to its state and providers and runs these
 //! steps for the commands; [`exit::code`] maps how a command ended to the one table of
 //! exit codes. [`process`] runs every user command (a leaf: it knows no provider), and
-//! [`text`] holds the small helpers engines and reporters share.
+//! [`text`] holds the small helpers engines and reporters share; [`group_sync`] lets threads
+//! that need the same file synced share one `fsync` (the state's log, the store's folders).
 //!
 //! # Where to add …
 //!
@@ -77,6 +78,7 @@ pub mod error;
 pub mod exec;
 pub mod exit;
 pub mod graph;
+pub mod group_sync;
 pub mod hash;
 pub mod host;
 pub mod init;

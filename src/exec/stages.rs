@@ -219,8 +219,11 @@ pub(super) async fn run_node(
                 origin: origin_version,
                 revoked_reason: None,
             };
-            ctx.lock()?
+            let recorded = ctx
+                .lock()?
                 .record_built_image(&record, inventory.as_ref())?;
+            // On disk before anything uses the version, synced without holding the state.
+            recorded.sync()?;
             provider
                 .set_status(&record, ReleaseStatus::Candidate)
                 .await?;

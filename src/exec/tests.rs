@@ -142,7 +142,7 @@ impl Apply {
             revoked_reason: None,
         };
         let st = self.state.lock().expect("state");
-        st.record_built_image(&record, None).expect("recorded");
+        st.record_image(&record).expect("recorded");
         match status {
             ReleaseStatus::Revoked => {
                 st.revoke(image, version, "broken on purpose")

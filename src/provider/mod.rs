@@ -158,6 +158,23 @@ impl Ledger {
         // On disk before the resource exists, synced without holding the state.
         Ok(added.sync()?)
     }
+    /// [`Ledger::add`] for a resource that cannot outlive this machine's power: a
+    /// process. The row is committed, so a killed imgraph leaves it for the next run to
+    /// kill the group; it is not synced, because what a sync adds is surviving a power
+    /// loss, and no process survives that.
+    pub fn add_unsynced(
+        &self,
+        node: &str,
+        provider: &str,
+        kind: &str,
+        resource: &str,
+        purpose: &str,
+    ) -> Result<i64, ProviderError> {
+        let st = self.state.lock().map_err(|_| ProviderError::Poisoned)?;
+        let added = st.ledger_add(self.run, node, provider, kind, resource, purpose)?;
+        // Committed; nothing to sync (see above).
+        Ok(added.committed())
+    }
     pub fn set_resource(&self, id: i64, resource: &str) -> Result<(), ProviderError> {
         let set = {
             let st = self.state.lock().map_err(|_| ProviderError::Poisoned)?;
@@ -196,7 +213,7 @@ impl ProcessRecorder for NodeProcesses {
         let kind = crate::process::LEDGER_KIND;
         let added = self
             .ledger
-            .add(&self.node, "host", kind, resource, "command");
+            .add_unsynced(&self.node, "host", kind, resource, "command");
         added.ok()
     }
     fn ended(&self, id: i64) {

@@ -2,6 +2,9 @@
 //! (see the module docs of `state`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::group_sync::GroupSync;
 
 use super::{State, StateError};
 
@@ -15,26 +18,39 @@ pub struct Durable<T> {
     value: T,
     /// The state file (its write-ahead log beside it, in WAL mode); `None` in memory.
     pub(super) file: Option<PathBuf>,
+    /// Shared with every other write of the same connection waiting for its sync: one
+    /// sync of the log that starts after a commit covers it, whoever runs it.
+    pub(super) syncs: Arc<GroupSync>,
 }
 
 impl<T> Durable<T> {
     /// Syncs the write-ahead log (or, without one, the state file) and gives the value.
+    /// Callers that sync at the same time share a sync (see [`GroupSync`]).
     pub fn sync(self) -> Result<T, StateError> {
         if let Some(file) = &self.file {
             let mut wal = file.clone().into_os_string();
             wal.push("-wal");
             let wal = PathBuf::from(wal);
-            // No log: everything was checkpointed into the file (and synced there).
-            let synced = sync_data(&wal).or_else(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => sync_data(file),
-                _ => Err(e),
-            });
-            synced.map_err(|source| StateError::Sync {
-                path: file.clone(),
-                source,
-            })?;
+            self.syncs
+                .sync(|| {
+                    // No log: everything was checkpointed into the file (and synced there).
+                    sync_data(&wal).or_else(|e| match e.kind() {
+                        std::io::ErrorKind::NotFound => sync_data(file),
+                        _ => Err(e),
+                    })
+                })
+                .map_err(|source| StateError::Sync {
+                    path: file.clone(),
+                    source,
+                })?;
         }
         Ok(self.value)
+    }
+
+    /// The value without the sync: for a write that needs to survive a killed process
+    /// only (which a commit already does), never one a power loss must not take back.
+    pub fn committed(self) -> T {
+        self.value
     }
 }
 
@@ -59,18 +75,7 @@ impl State {
         Durable {
             value,
             file: self.on_disk().then(|| self.path.clone()),
+            syncs: self.log_syncs.clone(),
         }
-    }
-
-    /// Runs `write` (one or more commits) with `synchronous=FULL`: when it returns, what it
-    /// wrote and everything committed before it is on disk, power loss included.
-    pub(super) fn durable<T>(
-        &self,
-        write: impl FnOnce() -> Result<T, StateError>,
-    ) -> Result<T, StateError> {
-        self.set_synchronous("FULL")?;
-        let result = write();
-        self.set_synchronous("NORMAL")?;
-        result
     }
 }

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 
 use rusqlite::{params, OptionalExtension, Row};
 
-use super::journal::Durability;
 use serde::{Deserialize, Serialize};
 
 use super::record::Record;
@@ -141,9 +140,9 @@ impl State {
     }
 
     /// Records a built version. `(image, version)` is unique: recording it twice is an
-    /// error ([`StateError::VersionExists`]).
+    /// error ([`StateError::VersionExists`]). Synced before it returns.
     pub fn record_image(&self, rec: &ImageVersion) -> Result<(), StateError> {
-        self.record_built_image(rec, None)
+        self.record_built_image(rec, None)?.sync()
     }
 
     pub(super) fn insert_image(&self, rec: &ImageVersion) -> Result<(), StateError> {
@@ -192,7 +191,6 @@ impl State {
         };
         self.record(
             &format!("mark image {image} {version} {}", status.as_str()),
-            Durability::Normal,
             || Ok((vec![record], ())),
         )
     }
@@ -232,7 +230,7 @@ impl State {
         reason: &str,
     ) -> Result<Vec<ImageRecord>, StateError> {
         let context = format!("revoke image {image} {version}");
-        let revoked = self.record(&context, Durability::Normal, || {
+        let revoked = self.record(&context, || {
             let mut revoked = Vec::new();
             for (img, ver) in self.descendants(image, version, &context)? {
                 let status: ReleaseStatus = self
@@ -336,7 +334,7 @@ impl State {
     pub fn unrevoke(&self, image: &str, version: &str) -> Result<Vec<ImageRecord>, StateError> {
         let context = format!("undo the revocation of image {image} {version}");
         let root = format!("{image}@{version}");
-        let restored = self.record(&context, Durability::Normal, || {
+        let restored = self.record(&context, || {
             let row: Option<(ReleaseStatus, Option<String>)> = self
                 .conn
                 .query_row(
@@ -416,7 +414,6 @@ impl State {
         };
         self.record(
             &format!("record the removal of image {image} {version}"),
-            Durability::Normal,
             || Ok((vec![record], ())),
         )
     }
@@ -633,7 +630,7 @@ impl State {
         run: RunId,
     ) -> Result<(), StateError> {
         let context = format!("record the delivery of image {image} {version} to {environment}");
-        self.record(&context, Durability::Normal, || {
+        self.record(&context, || {
             let record = Record::Delivered {
                 delivery: self.next_id("deliveries")?,
                 image: image.to_owned(),

@@ -73,16 +73,6 @@ pub(super) struct Attached {
     seen: std::cell::Cell<Seq>,
 }
 
-/// How a recording must reach the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Durability {
-    /// `synchronous=NORMAL`: safe against a killed process.
-    Normal,
-    /// `synchronous=FULL`: safe against a power loss (new versions: a number is never
-    /// issued twice).
-    Full,
-}
-
 impl State {
     /// Attaches `journal`: from now on the history's records go through it. The state
     /// file must be empty of history or have been filled from this same journal (one
@@ -174,41 +164,34 @@ impl State {
     pub(super) fn record<T>(
         &self,
         context: &str,
-        durability: Durability,
         decide: impl FnOnce() -> Result<(Vec<Record>, T), StateError>,
     ) -> Result<T, StateError> {
-        let write = || {
-            let tx = self.write_tx(context)?;
-            let (records, out) = decide()?;
-            for record in &records {
-                self.apply_record(record)?;
-            }
-            let appended = match &self.journal {
-                Some(attached) if !records.is_empty() => {
-                    let name = attached.journal.name();
-                    let seq = attached
-                        .journal
-                        .append(attached.seen.get(), &records)
-                        .map_err(|source| StateError::Journal {
-                            journal: name.clone(),
-                            context: context.to_owned(),
-                            source,
-                        })?;
-                    self.set_position(&name, seq, context)?;
-                    Some((attached, seq))
-                }
-                _ => None,
-            };
-            tx.commit().map_err(|e| self.sql_err(e, context))?;
-            if let Some((attached, seq)) = appended {
-                attached.seen.set(seq);
-            }
-            Ok(out)
-        };
-        match durability {
-            Durability::Normal => write(),
-            Durability::Full => self.durable(write),
+        let tx = self.write_tx(context)?;
+        let (records, out) = decide()?;
+        for record in &records {
+            self.apply_record(record)?;
         }
+        let appended = match &self.journal {
+            Some(attached) if !records.is_empty() => {
+                let name = attached.journal.name();
+                let seq = attached
+                    .journal
+                    .append(attached.seen.get(), &records)
+                    .map_err(|source| StateError::Journal {
+                        journal: name.clone(),
+                        context: context.to_owned(),
+                        source,
+                    })?;
+                self.set_position(&name, seq, context)?;
+                Some((attached, seq))
+            }
+            _ => None,
+        };
+        tx.commit().map_err(|e| self.sql_err(e, context))?;
+        if let Some((attached, seq)) = appended {
+            attached.seen.set(seq);
+        }
+        Ok(out)
     }
 
     pub(super) fn set_position(

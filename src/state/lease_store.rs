@@ -118,6 +118,9 @@ pub struct SqliteLease {
     path: PathBuf,
     access: Access,
     state: Mutex<Option<State>>,
+    /// The history's serial when the lease was taken: a release that finds it moved
+    /// folds the write-ahead log into the file (see [`State::fold_log`]).
+    serial_at_acquire: Mutex<Option<i64>>,
 }
 
 impl SqliteLease {
@@ -129,6 +132,7 @@ impl SqliteLease {
             path: path.to_path_buf(),
             access,
             state: Mutex::new(None),
+            serial_at_acquire: Mutex::new(None),
         }
     }
 
@@ -159,11 +163,22 @@ impl SqliteLease {
     }
 }
 
+/// A poisoned mutex only means a panic elsewhere; the value is still sound.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl LeaseStore for SqliteLease {
     fn acquire(&self, holder: &LeaseHolder) -> Result<LeaseOutcome, StateError> {
         self.with(
             true,
-            |s| s.acquire_lease_as(holder),
+            |s| {
+                let outcome = s.acquire_lease_as(holder)?;
+                if outcome == LeaseOutcome::Acquired && !s.is_read_only() {
+                    *lock(&self.serial_at_acquire) = Some(s.lineage()?.serial);
+                }
+                Ok(outcome)
+            },
             || LeaseOutcome::Acquired,
         )
     }
@@ -173,8 +188,23 @@ impl LeaseStore for SqliteLease {
         Ok(())
     }
 
+    /// Gives the lease back; when the history changed while it was held (a run was
+    /// recorded), the write-ahead log is folded into the file, so the state file alone
+    /// holds the run (a no-change apply leaves its two lease writes in the log and syncs
+    /// nothing).
     fn release(&self, holder: &LeaseHolder) -> Result<(), StateError> {
-        self.with(false, |s| s.release_lease_of(holder), || ())
+        self.with(
+            false,
+            |s| {
+                s.release_lease_of(holder)?;
+                let taken_at = lock(&self.serial_at_acquire).take();
+                match taken_at {
+                    Some(serial) if s.lineage()?.serial != serial => s.fold_log(),
+                    _ => Ok(()),
+                }
+            },
+            || (),
+        )
     }
 
     fn status(&self) -> Result<Option<Lease>, StateError> {

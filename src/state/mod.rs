@@ -36,11 +36,15 @@
 //! - Durability: `synchronous=NORMAL`, so a commit is safe against a killed process (the
 //!   WAL holds it) without an fsync of its own; only a power loss or kernel crash can take
 //!   back the last commits, and then a node merely runs again. What must outlive even that
-//!   is synced before the caller goes on, which also syncs every commit before it: image
-//!   versions (through [`State::durable`], `synchronous=FULL` for that commit), so a number
-//!   is never issued twice, and ledger rows, written before the resource they name is
-//!   created, which come back as a [`Durable`] the caller syncs after it let go of the
-//!   state, so other nodes' records never wait behind that fsync.
+//!   comes back as a [`Durable`] the caller syncs before going on, after it let go of the
+//!   state, so other nodes' records never wait behind that fsync (a sync of the log also
+//!   makes every commit before it durable): image versions, so a number is never issued
+//!   twice, and ledger rows, written before the resource they name is created. Callers
+//!   that sync at the same time share one sync ([`crate::group_sync::GroupSync`]).
+//! - The write-ahead log is kept when the last connection closes (no fold into the file,
+//!   no fsync, no deleting and re-creating it: four fsyncs a command saved); it is folded
+//!   in when the lease of a run that changed the history is given back
+//!   ([`State::fold_log`]), so after such a run the file alone holds the whole state.
 //!
 //! - Commands that only read (`plan`, `images`, `history`) open it with
 //!   [`State::open_for_reading`]: never created, and usable on a read-only folder.
@@ -117,6 +121,8 @@ pub struct State {
     read_only: bool,
     /// The shared journal the history goes through, if any (see `journal.rs`).
     journal: Option<journal::Attached>,
+    /// The syncs of the write-ahead log, shared by every [`Durable`] of this connection.
+    log_syncs: std::sync::Arc<crate::group_sync::GroupSync>,
 }
 
 impl std::fmt::Debug for State {

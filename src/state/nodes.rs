@@ -8,7 +8,6 @@ use rusqlite::{params, Params, Row};
 
 use crate::graph::NodeId;
 
-use super::journal::Durability;
 use super::record::{NodeFacts, Record};
 use super::{now_ms, NodeRunId, NodeStatus, RunId, State, StateError};
 
@@ -124,7 +123,7 @@ impl State {
             [one] => format!("record the start of node {one}"),
             many => format!("record the start of nodes {}", many.join(", ")),
         };
-        self.record(&context, Durability::Normal, || {
+        self.record(&context, || {
             let first = self.next_id("node_runs")?;
             let at = now_ms();
             let ids: Vec<NodeRunId> = (first..).take(starts.len()).collect();
@@ -176,7 +175,7 @@ impl State {
                 at: (e.status != NodeStatus::Running).then_some(at),
             })
             .collect();
-        self.record(&context, Durability::Normal, || Ok((records, ())))
+        self.record(&context, || Ok((records, ())))
     }
 
     pub(super) fn update_node(
@@ -214,11 +213,9 @@ impl State {
             node_id: node_id.clone(),
             manifest_json: manifest_json.to_owned(),
         };
-        self.record(
-            &format!("record the manifest of node {node_id}"),
-            Durability::Normal,
-            || Ok((vec![record], ())),
-        )
+        self.record(&format!("record the manifest of node {node_id}"), || {
+            Ok((vec![record], ()))
+        })
     }
 
     pub(super) fn update_running_manifest(
@@ -252,7 +249,7 @@ impl State {
         cause: &str,
     ) -> Result<NodeRunId, StateError> {
         let context = format!("record that node {} did not run", start.node_id);
-        self.record(&context, Durability::Normal, || {
+        self.record(&context, || {
             let node_run = self.next_id("node_runs")?;
             let record = Record::NodeNotRun {
                 node_run,
@@ -434,11 +431,9 @@ impl State {
             node_run: id,
             manifest_json: manifest_json.to_owned(),
         };
-        self.record(
-            &format!("prune the manifest of node run {id}"),
-            Durability::Normal,
-            || Ok((vec![record], ())),
-        )
+        self.record(&format!("prune the manifest of node run {id}"), || {
+            Ok((vec![record], ()))
+        })
     }
 
     pub(super) fn update_manifest(

@@ -4,23 +4,25 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::journal::Durability;
 use super::record::Record;
-use super::{now_ms, ImageVersion, State, StateError};
+use super::{now_ms, Durable, ImageVersion, State, StateError};
 use crate::packages::{Inventory, Manager, OsRelease, Package};
 
 impl State {
     /// Records a built version together with what is inside it, in one transaction, so
     /// a version never exists without the package list its build read. `None` means the
     /// provider could not look inside (the version gets no package list).
+    ///
+    /// [`Durable::sync`] it before the version is used: a version number is never issued
+    /// twice, whatever happens next, power loss included. The sync is the caller's, made
+    /// after it let go of the state, so other nodes' records never wait behind it.
     pub fn record_built_image(
         &self,
         rec: &ImageVersion,
         inventory: Option<&Inventory>,
-    ) -> Result<(), StateError> {
+    ) -> Result<Durable<()>, StateError> {
         let context = format!("record image {} {}", rec.image, rec.version);
-        // Durable: a version number is never issued twice, whatever happens next.
-        self.record(&context, Durability::Full, || {
+        self.record(&context, || {
             let mut records = vec![Record::VersionCreated {
                 version: rec.clone(),
             }];
@@ -33,7 +35,8 @@ impl State {
                 });
             }
             Ok((records, ()))
-        })
+        })?;
+        Ok(self.unsynced(()))
     }
 
     pub(super) fn insert_packages(

@@ -2,7 +2,6 @@
 
 use rusqlite::{params, OptionalExtension, Row};
 
-use super::journal::Durability;
 use super::process::{is_alive, own_identity};
 use super::record::Record;
 use super::{now_ms, NodeRecord, RunId, RunStatus, State, StateError};
@@ -36,7 +35,7 @@ impl State {
     /// Records a new run, `Running`, owned by this process.
     pub fn begin_run(&self, command: &str, options_json: &str) -> Result<RunId, StateError> {
         let context = format!("record the start of `{command}`");
-        self.record(&context, Durability::Normal, || {
+        self.record(&context, || {
             let run = self.next_id("runs")?;
             let record = Record::RunStarted {
                 run,
@@ -52,11 +51,9 @@ impl State {
 
     pub fn finish_run(&self, run: RunId, status: RunStatus) -> Result<(), StateError> {
         let at = (status != RunStatus::Running).then(now_ms);
-        self.record(
-            &format!("record the end of run {run}"),
-            Durability::Normal,
-            || Ok((vec![Record::RunFinished { run, status, at }], ())),
-        )
+        self.record(&format!("record the end of run {run}"), || {
+            Ok((vec![Record::RunFinished { run, status, at }], ()))
+        })
     }
 
     pub(super) fn insert_run(
@@ -159,7 +156,7 @@ impl State {
 
     fn abandon_runs(&self, except: Option<RunId>, force: bool) -> Result<Vec<RunId>, StateError> {
         let context = "mark stale runs abandoned";
-        self.record(context, Durability::Normal, || {
+        self.record(context, || {
             let running: Vec<(RunId, u32, Option<String>)> = {
                 let mut stmt = self
                     .conn

@@ -155,7 +155,7 @@ fn journal_is_wal_and_foreign_keys_are_on() {
 }
 
 #[test]
-fn commits_skip_fsync_except_ledger_rows_and_versions() {
+fn commits_skip_fsync_and_ledger_rows_and_versions_are_synced_by_their_callers() {
     let dir = tempfile::tempdir().unwrap();
     let state = open_in(dir.path());
     let level = |s: &State| -> i64 {
@@ -165,34 +165,27 @@ fn commits_skip_fsync_except_ledger_rows_and_versions() {
     };
     const NORMAL: i64 = 1;
     assert_eq!(level(&state), NORMAL);
-    let flagged = std::cell::Cell::new(None);
-    state
-        .durable(|| {
-            flagged.set(Some(level(&state)));
-            Ok(())
-        })
-        .unwrap();
-    assert_eq!(
-        flagged.get(),
-        Some(2),
-        "durable writes run with synchronous=FULL"
-    );
-    // A ledger row is committed like any other, and synced by its caller, outside the
-    // state: the sync names the state file (its write-ahead log is what gets synced).
+    // A ledger row and a new version are committed like any other, and synced by their
+    // caller, outside the state: the sync names the state file (its write-ahead log is
+    // what gets synced), and every sync of one connection is one group.
     let row = state
         .ledger_add(None, "build:web", "local", "staging", "/x", "build")
         .unwrap();
     assert_eq!(row.file.as_deref(), Some(state.path()));
+    let version = state
+        .record_built_image(&image("web", "1.0.0", "a", "k", 1), None)
+        .unwrap();
+    assert_eq!(version.file.as_deref(), Some(state.path()));
+    assert!(std::sync::Arc::ptr_eq(&row.syncs, &version.syncs));
     assert_eq!(level(&state), NORMAL);
     row.sync().unwrap();
+    version.sync().unwrap();
+    // Committed before the sync: the version is there for every reader.
+    assert_eq!(state.images(Some("web")).unwrap().len(), 1);
     state
-        .record_image(&image("web", "1.0.0", "a", "k", 1))
+        .record_image(&image("web", "1.0.1", "b", "k2", 2))
         .unwrap();
-    assert_eq!(
-        level(&state),
-        NORMAL,
-        "back to NORMAL after a durable write"
-    );
+    assert_eq!(level(&state), NORMAL);
 }
 
 #[test]
@@ -1105,9 +1098,11 @@ fn a_version_is_recorded_with_its_packages_in_one_go() {
     };
     state
         .record_built_image(&image("web", "1.0.0", "a", "k", 1), Some(&inv))
+        .and_then(Durable::sync)
         .unwrap();
     state
         .record_built_image(&image("web", "1.0.1", "b", "k2", 2), None)
+        .and_then(Durable::sync)
         .unwrap();
     let mut sorted = inv.clone();
     sorted.sort();
@@ -1171,4 +1166,68 @@ fn a_node_id_changed_outside_imgraph_is_an_error_naming_it() {
     let chain = crate::text::error_chain(&err);
     assert!(chain.contains("failed to read node id `base`"), "{chain}");
     assert!(chain.contains("`build:IMAGE`"), "{chain}");
+}
+
+fn wal_len(path: &Path) -> Option<u64> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(wal).ok().map(|m| m.len())
+}
+
+/// Runs recorded through a connection that is then closed, read back (a) by a new
+/// connection, through the log, and (b) by the `immutable` open, which reads the file
+/// alone: what a copy of `state.db` or a read-only mount without the log index sees.
+fn runs_seen(path: &Path) -> (usize, usize) {
+    let through_log = State::open(path).unwrap().runs(10).unwrap().len();
+    // Before anything was folded in, the file alone lacks even the tables.
+    let file_alone = State::connect_read_only(path, true)
+        .unwrap()
+        .runs(10)
+        .map_or(0, |runs| runs.len());
+    (through_log, file_alone)
+}
+
+#[test]
+fn the_log_outlives_the_connection_and_every_commit_is_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let state = State::open(&path).unwrap();
+    let run = state.begin_run("apply", "{}").unwrap();
+    state.finish_run(run, RunStatus::Succeeded).unwrap();
+    drop(state);
+    // Not folded in on close: the next open reads the log.
+    assert!(
+        wal_len(&path).is_some_and(|n| n > 0),
+        "the log was folded in"
+    );
+    assert_eq!(runs_seen(&path).0, 1);
+}
+
+#[test]
+fn giving_the_lease_back_after_a_run_folds_the_log_into_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let (state, leases) = super::open(
+        &super::Backend::Local { path: path.clone() },
+        super::Access::ReadWrite,
+    )
+    .unwrap();
+    let me = LeaseHolder::this_process("imgraph apply");
+    // A lease taken and given back with no history written: the log keeps it.
+    assert_eq!(leases.acquire(&me).unwrap(), LeaseOutcome::Acquired);
+    leases.release(&me).unwrap();
+    assert!(
+        wal_len(&path).is_some_and(|n| n > 0),
+        "folded in for nothing"
+    );
+
+    assert_eq!(leases.acquire(&me).unwrap(), LeaseOutcome::Acquired);
+    let run = state.begin_run("apply", "{}").unwrap();
+    state.finish_run(run, RunStatus::Succeeded).unwrap();
+    assert_eq!(runs_seen(&path), (1, 0), "the run is in the log only");
+    leases.release(&me).unwrap();
+    assert_eq!(wal_len(&path), Some(0), "the log was not emptied");
+    // The file alone now holds the run, and the lease given back.
+    assert_eq!(runs_seen(&path), (1, 1));
+    assert_eq!(state.lease().unwrap(), None);
 }

@@ -11,7 +11,7 @@
 //! and version make one safe file name.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -135,9 +135,7 @@ impl Store {
         file.sync_all().map_err(io_err("sync", tmp.path()))?;
         tmp.persist(&target)
             .map_err(|e| LocalError::io("write registry entry", &target, e.error))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("sync the registry folder", &dir))
+        self.sync_registry(&dir)
     }
 
     /// Changes the entry of one version with `change`; `fresh` makes the entry when it is

@@ -19,8 +19,11 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
+
+use crate::group_sync::GroupSync;
 
 use super::pack::pack_deterministic;
 use super::unpack::unpack_tar;
@@ -54,12 +57,38 @@ pub const ARTIFACT_MODE: u32 = 0o600;
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// Syncs of the store folder and of the registry folder, shared by every clone:
+    /// builds that finish together share one sync of each (see [`GroupSync`]).
+    folder_syncs: Arc<FolderSyncs>,
+}
+
+#[derive(Debug, Default)]
+struct FolderSyncs {
+    store: GroupSync,
+    registry: GroupSync,
 }
 
 impl Store {
     /// A store in `root`; the folder is created by the first pack.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Store { root: root.into() }
+        Store {
+            root: root.into(),
+            folder_syncs: Arc::default(),
+        }
+    }
+
+    /// Makes the renames made in the store folder so far durable.
+    fn sync_root(&self) -> Result<(), LocalError> {
+        self.folder_syncs.store.sync(|| sync_dir(&self.root))
+    }
+
+    /// Makes the renames made in `dir`, the registry folder, so far durable.
+    pub(super) fn sync_registry(&self, dir: &Path) -> Result<(), LocalError> {
+        self.folder_syncs.registry.sync(|| {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err("sync the registry folder", dir))
+        })
     }
 
     /// The store folder.
@@ -123,7 +152,7 @@ impl Store {
         file.sync_all().map_err(io_err("sync", tmp.path()))?;
         tmp.persist(&target)
             .map_err(|e| LocalError::io("move the packed image to", &target, e.error))?;
-        sync_dir(&self.root)?;
+        self.sync_root()?;
         Ok((id, size))
     }
 
@@ -204,7 +233,7 @@ impl Store {
         let name = path.file_name().unwrap_or_default();
         let target = folder.join(name);
         fs::rename(path, &target).map_err(io_err("move a corrupt artifact out of", path))?;
-        sync_dir(&self.root)?;
+        self.sync_root()?;
         Ok(target)
     }
 
@@ -259,7 +288,7 @@ impl Store {
             removed.push((path, size));
         }
         if !removed.is_empty() {
-            sync_dir(&self.root)?;
+            self.sync_root()?;
         }
         Ok(removed)
     }
