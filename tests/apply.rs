@@ -59,12 +59,10 @@ fn last_run_nodes(dir: &Path) -> Vec<(String, String)> {
 
 /// Folders left under `.imgraph/tmp` (staging roots and test instances).
 fn leftovers(dir: &Path) -> Vec<String> {
-    match std::fs::read_dir(dir.join(".imgraph/tmp")) {
-        Ok(rd) => rd
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+    tmp_leftovers(dir)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
 }
 
 #[test]
@@ -562,4 +560,37 @@ fn a_second_ctrl_c_exits_at_once_and_the_next_run_cleans_up() {
     );
     imgraph(&dir).arg("gc").assert().code(0);
     assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
+}
+
+/// Staging folders and test instances are made inside the run's own folder
+/// (`.imgraph/tmp/run-<id>/`), and their ledger rows are committed but not synced. A run
+/// whose machine lost power can leave such a folder with its rows taken back: the next
+/// apply removes the whole run folder by its place, whatever the ledger says, and leaves
+/// every other folder in `tmp` alone.
+#[test]
+fn a_run_folder_left_without_ledger_rows_is_removed_by_the_next_apply() {
+    let (_t, dir) = copy_project("examples/quickstart");
+    imgraph(&dir).arg("apply").assert().code(0);
+    assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
+    let tmp = dir.join(".imgraph/tmp");
+    let lost = tmp.join("run-77/staging-build_base-1-0/root/etc");
+    std::fs::create_dir_all(&lost).unwrap();
+    std::fs::write(lost.join("hostname"), "left by a power loss\n").unwrap();
+    let other = tmp.join("notes-of-someone");
+    std::fs::create_dir_all(&other).unwrap();
+
+    let out = imgraph(&dir).args(["apply", "--json"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !tmp.join("run-77").exists(),
+        "the lost run folder is still there"
+    );
+    assert!(other.is_dir(), "a folder imgraph did not make was removed");
+    let events = String::from_utf8_lossy(&out.stdout);
+    assert!(events.contains("run-77"), "no leftover reported: {events}");
 }

@@ -57,6 +57,7 @@ impl Lib {
             ledger: Ledger {
                 state: Arc::new(std::sync::Mutex::new(state)),
                 run: Some(run),
+                in_run_folder: false,
             },
         }
     }

@@ -444,6 +444,7 @@ async fn run_test(
     let ledger = Ledger {
         state: f.state.clone(),
         run: Some(f.run),
+        in_run_folder: false,
     };
     let log = f.root.join("test.log");
     aws.test(TestRequest {

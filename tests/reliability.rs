@@ -12,12 +12,10 @@ use serde_json::Value;
 
 /// Folders left under `.imgraph/tmp` (staging roots and test instances).
 fn leftovers(dir: &Path) -> Vec<String> {
-    match std::fs::read_dir(dir.join(".imgraph/tmp")) {
-        Ok(rd) => rd
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+    tmp_leftovers(dir)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// The slow fixture with its test command replaced by `test_cmd`.
@@ -141,10 +139,9 @@ fn sigterm_during_a_big_origin_copy_stops_the_copy() {
     big.set_len(2 << 30).unwrap();
     let mut child = spawn(&dir, &["apply"]);
     let copying = || {
-        leftovers(&dir).iter().any(|l| {
-            std::fs::metadata(dir.join(".imgraph/tmp").join(l).join("root/big"))
-                .is_ok_and(|m| m.len() > 0)
-        })
+        tmp_leftovers(&dir)
+            .iter()
+            .any(|l| std::fs::metadata(l.join("root/big")).is_ok_and(|m| m.len() > 0))
     };
     wait_for("the copy of the big file", copying);
     signal(&child, libc::SIGTERM);

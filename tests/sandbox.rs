@@ -94,12 +94,10 @@ fn unpack_newest(dir: &Path, image: &str) -> (tempfile::TempDir, PathBuf) {
 }
 
 fn leftovers(dir: &Path) -> Vec<String> {
-    match std::fs::read_dir(dir.join(".imgraph/tmp")) {
-        Ok(rd) => rd
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+    tmp_leftovers(dir)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// A build whose only step is `command`, with `scripts/` as its input.

@@ -27,7 +27,7 @@ mod stages;
 mod tests;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -101,9 +101,51 @@ impl ExecContext {
         self.work_root.join("logs").join(format!("run-{run}"))
     }
 
-    fn tmp_dir(&self) -> PathBuf {
-        self.work_root.join("tmp")
+    /// Where the nodes of `run` make their temporary folders (staging, instances): a
+    /// folder of the run's own, which the next apply removes whole (see [`run_folder`]).
+    fn run_folder(&self, run: RunId) -> PathBuf {
+        run_folder(&self.work_root, run)
     }
+}
+
+/// The folder where the nodes of `run` make their temporary folders:
+/// `<work>/tmp/run-<id>`. Only an apply makes such folders, and only while it holds the
+/// lease, so one found by the next holder is a leftover of a run that was killed or lost
+/// its power, and is removed whole ([`leftover_run_folders`]). That is what makes a staging
+/// folder's or an instance's ledger row need no sync of its own (see
+/// [`crate::provider::Ledger::in_run_folder`]).
+pub fn run_folder(work_root: &Path, run: RunId) -> PathBuf {
+    work_root
+        .join("tmp")
+        .join(format!("{RUN_FOLDER_PREFIX}{run}"))
+}
+
+const RUN_FOLDER_PREFIX: &str = "run-";
+
+/// The run folders (see [`run_folder`]) in `work_root`: when the caller holds the lease,
+/// no run of this state is going on, so each is a leftover of a run that ended without
+/// removing it (killed, or its machine lost power).
+pub fn leftover_run_folders(work_root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let tmp = work_root.join("tmp");
+    let entries = match std::fs::read_dir(&tmp) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let is_run_folder = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(RUN_FOLDER_PREFIX))
+            .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()));
+        if is_run_folder && entry.file_type()?.is_dir() {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 /// The `run_id` of an apply that had nothing to run: no run is recorded for it.
@@ -156,7 +198,7 @@ pub async fn execute(
         };
         st.begin_run(command, &recorded.json())?
     };
-    for dir in [ctx.logs_dir(run_id), ctx.tmp_dir()] {
+    for dir in [ctx.logs_dir(run_id), ctx.run_folder(run_id)] {
         std::fs::create_dir_all(&dir).map_err(|source| ExecError::Io {
             path: dir.clone(),
             source,
@@ -206,6 +248,8 @@ pub async fn execute(
         let st = ctx.state.lock().map_err(|_| ExecError::Poisoned)?;
         st.finish_run(run_id, summary.status)?;
     }
+    // Empty unless a node's clean-up failed: then the next apply removes it whole.
+    let _ = std::fs::remove_dir(ctx.run_folder(run_id));
     let _ = events.send(Event::RunFinished(summary.clone()));
     Ok(summary)
 }

@@ -120,8 +120,9 @@ pub(super) async fn run_node(
     let ledger = Ledger {
         state: ctx.state.clone(),
         run: Some(run),
+        in_run_folder: true,
     };
-    let work_dir = ctx.tmp_dir();
+    let work_dir = ctx.run_folder(run);
     let job = Job {
         project: &ctx.project,
         log,
@@ -423,6 +424,7 @@ async fn deliver(
             Ledger {
                 state: ctx.state.clone(),
                 run: Some(run),
+                in_run_folder: true,
             }
             .processes_of(node.id.as_str()),
         ),
@@ -463,8 +465,9 @@ async fn record_probes_of_new_image(
     let ledger = Ledger {
         state: ctx.state.clone(),
         run: Some(run),
+        in_run_folder: true,
     };
-    let (work_dir, log_dir) = (ctx.tmp_dir(), ctx.logs_dir(run));
+    let (work_dir, log_dir) = (ctx.run_folder(run), ctx.logs_dir(run));
     let site = ProbeSite {
         project: &ctx.project,
         work_dir: &work_dir,

@@ -140,9 +140,34 @@ pub enum Origin {
 pub struct Ledger {
     pub state: Arc<Mutex<State>>,
     pub run: Option<RunId>,
+    /// Whether the local folders ledgered here are made inside a run's own work folder,
+    /// which the next apply removes whole whatever the ledger says (see
+    /// `exec::run_folder`). Their rows then need no sync: after a power loss the folder
+    /// is found by its place.
+    pub in_run_folder: bool,
 }
 
 impl Ledger {
+    /// Records a local folder before it is made: synced like any resource, unless it is
+    /// made inside a run's work folder ([`Ledger::in_run_folder`]), which the next apply
+    /// removes whole. Then the row is only committed, which already survives a killed
+    /// imgraph, and a power loss that takes it back leaves the folder where the next
+    /// apply looks.
+    pub fn add_folder(
+        &self,
+        node: &str,
+        provider: &str,
+        kind: &str,
+        resource: &str,
+        purpose: &str,
+    ) -> Result<i64, ProviderError> {
+        if self.in_run_folder {
+            self.add_unsynced(node, provider, kind, resource, purpose)
+        } else {
+            self.add(node, provider, kind, resource, purpose)
+        }
+    }
+
     pub fn add(
         &self,
         node: &str,

@@ -524,6 +524,23 @@ impl Workspace {
                 node: entry.node_id.clone(),
             });
         }
+        // A killed run's folder, whatever its ledger rows say (they are not synced: a
+        // power loss may have taken them back).
+        let work_root = self.work_root();
+        let folders =
+            crate::exec::leftover_run_folders(&work_root).map_err(|source| Error::Io {
+                what: "failed to list".into(),
+                path: work_root.join("tmp"),
+                source,
+            })?;
+        for folder in folders {
+            crate::provider::local::remove_tree(&folder)?;
+            events.push(Event::LeftoverDestroyed {
+                resource: folder.display().to_string(),
+                kind: "run folder".into(),
+                node: "a killed run".into(),
+            });
+        }
         if let Some(store) = self.local_store() {
             for path in store.remove_unfinished_packs()? {
                 events.push(Event::LeftoverDestroyed {

@@ -39,6 +39,7 @@ impl Workspace {
         let ledger = Ledger {
             state: Arc::new(Mutex::new(State::open(&self.project.state_path)?)),
             run: None,
+            in_run_folder: false,
         };
         let work_root = self.work_root();
         let (work_dir, log_dir) = (work_root.join("tmp"), work_root.join("logs").join("probes"));

@@ -346,3 +346,28 @@ pub fn some_log_contains(dir: &Path, text: &str) -> bool {
         .flatten()
         .any(|log| std::fs::read_to_string(log.path()).is_ok_and(|t| t.contains(text)))
 }
+
+/// The temporary folders nodes made under `.imgraph/tmp` (staging roots, test instances)
+/// and are still there: those inside each run's folder (`tmp/run-<id>/`), and a run's
+/// folder itself when it is left empty. Paths are full.
+pub fn tmp_leftovers(dir: &Path) -> Vec<PathBuf> {
+    let list = |d: &Path| -> Vec<PathBuf> {
+        match std::fs::read_dir(d) {
+            Ok(rd) => rd.map(|e| e.expect("entry").path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    };
+    let mut out = Vec::new();
+    for entry in list(&dir.join(".imgraph/tmp")) {
+        let is_run = entry
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("run-"));
+        let inside = if is_run { list(&entry) } else { Vec::new() };
+        if inside.is_empty() {
+            out.push(entry);
+        } else {
+            out.extend(inside);
+        }
+    }
+    out
+}

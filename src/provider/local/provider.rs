@@ -158,7 +158,7 @@ async fn in_ledgered_dir<T>(
     dir: PathBuf,
     work: impl std::future::Future<Output = Result<T, ProviderError>>,
 ) -> Result<T, ProviderError> {
-    let id = ledger.add(node, "local", kind, &dir.to_string_lossy(), purpose)?;
+    let id = ledger.add_folder(node, "local", kind, &dir.to_string_lossy(), purpose)?;
     let result = work.await;
     let cleanup = remove_ledgered(ledger, id, dir).await;
     let value = result?;
