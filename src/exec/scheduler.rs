@@ -17,7 +17,7 @@
 //! scheduler looks for what became ready, so a node never starts before the end of a node
 //! it needs is recorded.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::{Debug, Display};
 use std::future::Future;
 use std::hash::Hash;
@@ -140,6 +140,45 @@ pub(crate) async fn schedule<R: NodeRunner>(
     }
 }
 
+/// For each node, how many nodes the longest chain of nodes waiting on it holds (0 when
+/// nothing waits on it). Starting the node with the longest chain first is list
+/// scheduling's critical-path rule: a publish node that nine builds wait on takes a free
+/// slot before one of those builds' siblings, instead of waiting behind them while its
+/// own nine wait too. `deps` must be acyclic (the stage graph is); a cycle would only
+/// give some node a smaller height.
+fn chain_heights<Id: NodeName>(nodes: &[Id], deps: &HashMap<Id, Vec<Id>>) -> HashMap<Id, usize> {
+    let mut dependents: HashMap<&Id, Vec<&Id>> = HashMap::new();
+    for node in nodes {
+        for dep in deps.get(node).into_iter().flatten() {
+            dependents.entry(dep).or_default().push(node);
+        }
+    }
+    let mut height: HashMap<Id, usize> = HashMap::new();
+    let mut entered: HashSet<&Id> = HashSet::new();
+    for start in nodes {
+        // Depth first, without recursion: a node's height once all its dependents have one.
+        let mut stack = vec![(start, false)];
+        while let Some((node, expanded)) = stack.pop() {
+            if height.contains_key(node) {
+                continue;
+            }
+            let waiting = dependents.get(node).map(Vec::as_slice).unwrap_or_default();
+            if expanded {
+                let h = waiting
+                    .iter()
+                    .map(|d| height.get(*d).map_or(1, |h| h + 1))
+                    .max()
+                    .unwrap_or(0);
+                height.insert(node.clone(), h);
+            } else if entered.insert(node) {
+                stack.push((node, true));
+                stack.extend(waiting.iter().map(|d| (*d, false)));
+            }
+        }
+    }
+    height
+}
+
 /// The scheduler's bookkeeping for one run.
 struct Scheduler<'a, R: NodeRunner> {
     runner: &'a mut R,
@@ -162,6 +201,10 @@ impl<R: NodeRunner> Scheduler<'_, R> {
     ) -> Result<(), ExecError> {
         let parallelism = self.limits.parallelism.max(1);
         let mut pending: Vec<&R::Id> = nodes.iter().collect();
+        // When more nodes are ready than slots are free, the ones with the longest chain
+        // of nodes waiting on them go first (a stable sort: otherwise in the given order).
+        let height = chain_heights(nodes, deps);
+        pending.sort_by_key(|n| std::cmp::Reverse(height.get(*n).copied().unwrap_or(0)));
         loop {
             let stopping = stop.is_cancelled();
             // Skip whatever waits on a failure; start whatever is ready, together.

@@ -482,3 +482,32 @@ async fn nodes_ready_together_start_in_one_record_and_ends_are_recorded_in_group
     assert_eq!(ran.calls.start_groups[1..], [vec!["d", "e"]]);
     assert_eq!(ran.outcome("d"), NodeOutcome::Succeeded);
 }
+
+#[tokio::test]
+async fn a_ready_node_with_more_waiting_on_it_takes_a_free_slot_first() {
+    // One slot. `root` ends; then `leaf1` (nothing waits on it) and `gate` (two nodes wait
+    // on it, as on a publish node) are ready together: `gate` goes first although
+    // `leaf1` comes first in the given order.
+    let nodes: &[(&str, Script, &[&str])] = &[
+        ("root", Succeed, &[]),
+        ("leaf1", Succeed, &["root"]),
+        ("gate", Succeed, &["root"]),
+        ("after1", Succeed, &["gate"]),
+        ("after2", Succeed, &["after1"]),
+    ];
+    let ran = run(nodes, 1, false).await;
+    assert_eq!(
+        ran.started(),
+        // `after1` (one waits on it) before `leaf1`; then `leaf1` and `after2`, alike,
+        // in the given order.
+        vec!["root", "gate", "after1", "leaf1", "after2"],
+        "{:?}",
+        ran.calls.log
+    );
+    // With nothing to choose between, the given order holds.
+    let flat: Vec<(&str, Script, &[&str])> = ["c", "a", "b"]
+        .into_iter()
+        .map(|n| (n, Succeed, &[][..]))
+        .collect();
+    assert_eq!(run(&flat, 1, false).await.started(), vec!["c", "a", "b"]);
+}
