@@ -242,6 +242,7 @@ pub fn render_text(plan: &Plan, p: Palette) -> String {
 
     let group = |action: Action| plan.nodes.iter().filter(move |n| n.action == action);
     let runs: Vec<&PlannedNode> = group(Action::Run).collect();
+    let cutoffs = cutoff_counts(plan);
     if !runs.is_empty() {
         let _ = writeln!(out, "{}", p.bold("Will run"));
         for n in &runs {
@@ -251,7 +252,10 @@ pub fn render_text(plan: &Plan, p: Palette) -> String {
             } else {
                 ("+", p.green(&id))
             };
-            write_node_with(&mut out, mark, &id, n, cutoff_line(plan, n), width, p);
+            let cutoff = cutoffs
+                .get(n.id.as_str())
+                .and_then(|&count| cutoff_line(count));
+            write_node_with(&mut out, mark, &id, n, cutoff, width, p);
         }
         out.push('\n');
     }
@@ -371,12 +375,21 @@ pub fn reason_lines(n: &PlannedNode) -> Vec<String> {
 
 /// Early cutoff, said once at the build that may cause it: how many planned cascades are
 /// skipped if it makes its image's newest Ready artifact again.
-fn cutoff_line(plan: &Plan, n: &PlannedNode) -> Option<String> {
-    let count = plan
-        .nodes
-        .iter()
-        .filter(|c| c.cut_off_by.contains(&n.id))
-        .count();
+/// How many nodes each node would cut off, by node id: counted once for the whole plan
+/// (counting per node was quadratic: seconds for a plan of 10,000 images).
+fn cutoff_counts(plan: &Plan) -> std::collections::HashMap<&str, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for n in &plan.nodes {
+        for (i, cut) in n.cut_off_by.iter().enumerate() {
+            if !n.cut_off_by[..i].contains(cut) {
+                *counts.entry(cut.as_str()).or_insert(0) += 1;
+            }
+        }
+    }
+    counts
+}
+
+fn cutoff_line(count: usize) -> Option<String> {
     (count > 0).then(|| {
         format!(
             "early cutoff: {count} {} from it {} skipped if it makes its newest Ready artifact again",
