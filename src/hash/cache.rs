@@ -73,6 +73,16 @@ pub(crate) struct FileStat {
 }
 
 impl FileStat {
+    pub(crate) fn is_file(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+    pub(crate) fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+    pub(crate) fn is_symlink(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFLNK
+    }
+
     pub(crate) fn of(md: &Metadata) -> Self {
         FileStat {
             size: md.size(),

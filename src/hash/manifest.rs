@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cache::{lock, FileStat, StatCache};
 use super::digest::{self, Encoder, MANIFEST_DOMAIN, TREE_DOMAIN};
-use super::walk::{self, Excludes, Project};
+use super::walk::{self, Excludes, Project, Walked};
 use super::{run_probe, words, HashError};
 use crate::config::model::{Input, InputKind, ProbePlace, RelPath, Trigger};
 
@@ -255,9 +255,11 @@ struct Leaf {
 
 /// Hashes inputs of one project for one plan.
 ///
-/// It remembers every digest it computed, so a file or probe shared by several nodes is
-/// read (or run) once per plan; make a new `Hasher` for each plan so edits between plans
-/// are seen.
+/// It remembers the digest of every file it read and every path it looked up by name, so
+/// a file or probe shared by several nodes is read (or run) once per plan; make a new
+/// `Hasher` for each plan so edits between plans are seen. Entries a walk listed come
+/// with their metadata and are not remembered when the stat cache answers for them (it
+/// answers as fast as the memo would).
 pub struct Hasher<'a> {
     root: &'a Path,
     project: Project<'a>,
@@ -272,19 +274,45 @@ pub struct Hasher<'a> {
 /// Where a path in the manifest comes from, while a manifest is put together.
 #[derive(Default)]
 struct Collected {
-    paths: BTreeMap<String, (Trigger, Via)>,
+    /// Every path in the order found, a path found twice listed twice: `assemble` sorts
+    /// and merges them (cheaper than keeping 20,000 paths of one folder in a sorted map).
+    paths: Vec<Found>,
     probes: BTreeMap<String, (Trigger, String, EntryKind)>,
     env: BTreeMap<String, Trigger>,
     package_lists: BTreeSet<String>,
 }
 
+struct Found {
+    walked: Walked,
+    trigger: Trigger,
+    via: Via,
+}
+
 impl Collected {
-    fn add(&mut self, paths: Vec<String>, trigger: Trigger, via: Via) {
-        for path in paths {
-            let slot = self.paths.entry(path).or_insert((trigger, via));
-            slot.0 = slot.0.min(trigger);
-            slot.1 = slot.1.min(via);
+    fn add(&mut self, paths: Vec<Walked>, trigger: Trigger, via: Via) {
+        self.paths.extend(paths.into_iter().map(|walked| Found {
+            walked,
+            trigger,
+            via,
+        }));
+    }
+
+    /// The paths sorted, each once, with the strongest trigger and first way it was
+    /// reached.
+    fn merged_paths(&mut self) -> Vec<Found> {
+        let mut found = std::mem::take(&mut self.paths);
+        found.sort_by(|a, b| a.walked.path.cmp(&b.walked.path));
+        let mut merged: Vec<Found> = Vec::with_capacity(found.len());
+        for f in found {
+            match merged.last_mut() {
+                Some(last) if last.walked.path == f.walked.path => {
+                    last.trigger = last.trigger.min(f.trigger);
+                    last.via = last.via.min(f.via);
+                }
+                _ => merged.push(f),
+            }
         }
+        merged
     }
     fn add_env(&mut self, name: &str, trigger: Trigger) {
         let slot = self.env.entry(name.to_owned()).or_insert(trigger);
@@ -424,28 +452,36 @@ impl<'a> Hasher<'a> {
         self.assemble(c)
     }
 
-    fn assemble(&self, c: Collected) -> Result<Manifest, HashError> {
+    fn assemble(&self, mut c: Collected) -> Result<Manifest, HashError> {
+        let paths = c.merged_paths();
         let package_lists = c.package_lists;
-        let paths: Vec<(String, (Trigger, Via))> = c.paths.into_iter().collect();
         let mut entries = paths
             .into_par_iter()
-            .map(|(path, (trigger, via))| {
-                let leaf = self.leaf(&path)?;
-                let packages = if package_lists.contains(&path) && leaf.kind == EntryKind::File {
-                    self.package_names(&path)
-                } else {
-                    None
-                };
-                Ok(ManifestEntry {
-                    path,
-                    digest: leaf.digest,
-                    trigger,
-                    kind: leaf.kind,
-                    mode: leaf.mode,
-                    via,
-                    packages,
-                })
-            })
+            .map(
+                |Found {
+                     walked,
+                     trigger,
+                     via,
+                 }| {
+                    let path = walked.path;
+                    let leaf = self.leaf(&path, Some(walked.stat))?;
+                    let packages = if package_lists.contains(&path) && leaf.kind == EntryKind::File
+                    {
+                        self.package_names(&path)
+                    } else {
+                        None
+                    };
+                    Ok(ManifestEntry {
+                        path,
+                        digest: leaf.digest,
+                        trigger,
+                        kind: leaf.kind,
+                        mode: leaf.mode,
+                        via,
+                        packages,
+                    })
+                },
+            )
             .collect::<Result<Vec<_>, HashError>>()?;
         entries.extend(
             c.probes
@@ -486,7 +522,7 @@ impl<'a> Hasher<'a> {
     /// for (a folder with everything below it). Words that name nothing in the project,
     /// leave it, or name imgraph's own folders (or a folder holding them, like `.`) are
     /// not inputs.
-    fn named_in(&self, command: &str) -> Result<Vec<Vec<String>>, HashError> {
+    fn named_in(&self, command: &str) -> Result<Vec<Vec<Walked>>, HashError> {
         let mut out = Vec::new();
         for word in words::candidates(command) {
             let mut word = word.as_str();
@@ -530,7 +566,7 @@ impl<'a> Hasher<'a> {
 
     /// The entries of a local origin folder: everything below it (not the folder itself,
     /// which an image does not keep); `None` for a tarball.
-    fn origin_paths(&self, norm: &str) -> Result<Option<Vec<String>>, HashError> {
+    fn origin_paths(&self, norm: &str) -> Result<Option<Vec<Walked>>, HashError> {
         let parent = norm.rsplit_once('/').map_or("", |(dir, _)| dir);
         self.project.check_dir_inside(parent, norm)?;
         let md = std::fs::metadata(walk::full_path(self.root, norm)).map_err(|source| {
@@ -542,12 +578,9 @@ impl<'a> Hasher<'a> {
         if !md.is_dir() {
             return Ok(None);
         }
-        let mut paths = Vec::new();
-        self.project.walk(norm, &Excludes::default(), |p| {
-            if p != norm {
-                paths.push(p)
-            }
-        })?;
+        let paths = self
+            .project
+            .walk(norm, &Excludes::default(), &|p| p != norm)?;
         Ok(Some(paths))
     }
 
@@ -557,16 +590,16 @@ impl<'a> Hasher<'a> {
     pub fn tree_digest(&self, rel: &str) -> Result<String, HashError> {
         let norm = walk::normalize(rel)?;
         let Some(paths) = self.origin_paths(&norm)? else {
-            return Ok(self.leaf(&norm)?.digest);
+            return Ok(self.leaf(&norm, None)?.digest);
         };
         let leaves = paths
             .par_iter()
-            .map(|path| self.leaf(path))
+            .map(|w| self.leaf(&w.path, Some(w.stat)))
             .collect::<Result<Vec<_>, HashError>>()?;
         let skip = if norm.is_empty() { 0 } else { norm.len() + 1 };
         let mut encoder = Encoder::new(TREE_DOMAIN);
         encoder.count(paths.len());
-        for (path, leaf) in paths.iter().zip(leaves) {
+        for (Walked { path, .. }, leaf) in paths.iter().zip(leaves) {
             let entry = ManifestEntry {
                 path: String::new(),
                 digest: leaf.digest,
@@ -608,47 +641,72 @@ impl<'a> Hasher<'a> {
         Some(parse_package_list(&text))
     }
 
-    /// Digest and mode of one entry (project-relative, normalised): memo, then stat
-    /// cache, then read.
-    fn leaf(&self, rel: &str) -> Result<Leaf, HashError> {
-        if let Some(leaf) = lock(&self.leaves).get(rel) {
-            return Ok(leaf.clone());
-        }
-        let path = walk::full_path(self.root, rel);
+    /// Digest and mode of one entry (project-relative, normalised). `seen` is the
+    /// metadata a walk took when it listed the entry; without it, the memo answers or the
+    /// entry is looked up. A file's digest comes from the stat cache when its metadata
+    /// matches, else from the memo (another node read it), else from reading it.
+    fn leaf(&self, rel: &str, seen: Option<FileStat>) -> Result<Leaf, HashError> {
         let io_err = |source| HashError::Io {
             path: PathBuf::from(rel),
             source,
         };
-        let md = std::fs::symlink_metadata(&path).map_err(io_err)?;
-        let leaf = if md.file_type().is_symlink() {
-            let target = std::fs::read_link(&path).map_err(io_err)?;
+        let stat = match seen {
+            Some(stat) => stat,
+            None => match self.remembered(rel) {
+                Some(leaf) => return Ok(leaf),
+                None => FileStat::of(
+                    &std::fs::symlink_metadata(walk::full_path(self.root, rel)).map_err(io_err)?,
+                ),
+            },
+        };
+        let mode = Some(stat.mode & 0o7777);
+        let cached = if stat.is_file() {
+            self.cache.lookup(rel, &stat)
+        } else {
+            None
+        };
+        let hit = cached.is_some();
+        let leaf = if let Some(digest) = cached {
             Leaf {
-                kind: EntryKind::Symlink,
-                digest: digest::symlink(target.as_os_str()),
-                mode: None,
+                kind: EntryKind::File,
+                digest,
+                mode,
             }
-        } else if md.is_file() {
-            let stat = FileStat::of(&md);
-            let (digest, mode) = match self.cache.lookup(rel, &stat) {
-                Some(digest) => (digest, md.permissions().mode() & 0o7777),
-                None => self.read_file(rel, &path)?,
-            };
+        } else if stat.is_dir() {
+            Leaf {
+                kind: EntryKind::Dir,
+                digest: digest::dir(),
+                mode,
+            }
+        } else if let Some(leaf) = seen.and_then(|_| self.remembered(rel)) {
+            return Ok(leaf);
+        } else if stat.is_file() {
+            let (digest, mode) = self.read_file(rel, &walk::full_path(self.root, rel))?;
             Leaf {
                 kind: EntryKind::File,
                 digest,
                 mode: Some(mode),
             }
-        } else if md.is_dir() {
+        } else if stat.is_symlink() {
+            let target = std::fs::read_link(walk::full_path(self.root, rel)).map_err(io_err)?;
             Leaf {
-                kind: EntryKind::Dir,
-                digest: digest::dir(),
-                mode: Some(md.permissions().mode() & 0o7777),
+                kind: EntryKind::Symlink,
+                digest: digest::symlink(target.as_os_str()),
+                mode: None,
             }
         } else {
             return Err(walk::not_hashable(rel));
         };
-        lock(&self.leaves).insert(rel.to_owned(), leaf.clone());
+        // A walked entry the stat cache answered for, or a folder, costs nothing to
+        // find again; everything else is remembered.
+        if seen.is_none() || !(hit || stat.is_dir()) {
+            lock(&self.leaves).insert(rel.to_owned(), leaf.clone());
+        }
         Ok(leaf)
+    }
+
+    fn remembered(&self, rel: &str) -> Option<Leaf> {
+        lock(&self.leaves).get(rel).cloned()
     }
 
     /// Reads and hashes a file, recording the metadata of the handle actually read.

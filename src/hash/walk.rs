@@ -16,14 +16,20 @@
 //! Paths are checked to stay inside the project twice: lexically (no absolute paths, no
 //! `..` above the root) and by canonicalising the directory a walk or a file lookup starts
 //! from, which catches a symlinked directory leading out of the project.
+//!
+//! Cost: a walk lists each folder once and takes the metadata of each entry it yields
+//! relative to the open folder (`statx(dirfd, name)`, in parallel), so the kernel resolves
+//! one name instead of the whole path, and hands that metadata on: hashing a walked file
+//! does not `stat` it again. Project-relative paths are built by appending names, never by
+//! stripping the root off full paths. (This walk replaced walkdir's, which gave neither.)
 
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
-use walkdir::WalkDir;
+use rayon::prelude::*;
 
+use super::cache::FileStat;
 use super::HashError;
 
 /// Folders at the project root that are imgraph's or git's own bookkeeping.
@@ -140,10 +146,10 @@ impl Project<'_> {
         }
     }
 
-    /// Entries for a literal path (normalised): the file or link itself, or a directory and
-    /// every entry below it except the excluded ones. Excludes never drop a path named
-    /// directly.
-    pub(crate) fn literal(&self, rel: &str, excludes: &Excludes) -> Result<Vec<String>, HashError> {
+    /// Entries for a literal path (normalised), with what `lstat` said of each: the file
+    /// or link itself, or a directory and every entry below it except the excluded ones.
+    /// Excludes never drop a path named directly.
+    pub(crate) fn literal(&self, rel: &str, excludes: &Excludes) -> Result<Vec<Walked>, HashError> {
         let parent = rel.rsplit_once('/').map_or("", |(dir, _)| dir);
         self.check_dir_inside(parent, rel)?;
         let md = std::fs::symlink_metadata(full_path(self.root, rel)).map_err(|source| {
@@ -154,13 +160,12 @@ impl Project<'_> {
         })?;
         let kind = md.file_type();
         if kind.is_dir() {
-            let mut leaves = Vec::new();
-            self.walk(rel, excludes, |leaf| {
-                leaves.push(leaf);
-            })?;
-            Ok(leaves)
+            self.walk(rel, excludes, &|_| true)
         } else if kind.is_file() || kind.is_symlink() {
-            Ok(vec![rel.to_owned()])
+            Ok(vec![Walked {
+                path: rel.to_owned(),
+                stat: FileStat::of(&md),
+            }])
         } else {
             Err(not_hashable(rel))
         }
@@ -171,7 +176,7 @@ impl Project<'_> {
         &self,
         pattern: &str,
         excludes: &Excludes,
-    ) -> Result<Vec<String>, HashError> {
+    ) -> Result<Vec<Walked>, HashError> {
         let matcher: GlobMatcher = glob(pattern, pattern)?.compile_matcher();
         let prefix = literal_prefix(pattern);
         self.check_dir_inside(&prefix, pattern)?;
@@ -181,62 +186,159 @@ impl Project<'_> {
             // over a folder without matching files.
             _ => return Ok(Vec::new()),
         }
-        let mut leaves = Vec::new();
-        self.walk(&prefix, excludes, |leaf| {
-            if matches_self_or_ancestor(&matcher, &leaf, &prefix) {
-                leaves.push(leaf);
-            }
-        })?;
-        Ok(leaves)
+        self.walk(&prefix, excludes, &|leaf| {
+            matches_self_or_ancestor(&matcher, leaf, &prefix)
+        })
     }
 
-    /// Calls `found` with the project-relative path of every file, symlink and directory
-    /// below `start`, and of `start` itself unless it is the project folder.
+    /// Every file, symlink and directory below `start` (and `start` itself unless it is
+    /// the project folder) whose project-relative path `keep` takes, in walk order: a
+    /// folder's entries sorted by name, each folder before its entries. Skipped and
+    /// excluded folders are not entered; links are never followed.
     pub(crate) fn walk(
         &self,
         start: &str,
         excludes: &Excludes,
-        mut found: impl FnMut(String),
-    ) -> Result<(), HashError> {
-        let root = self.root;
-        let skipped = &self.skipped;
-        let walker = WalkDir::new(full_path(root, start))
-            .follow_links(false)
-            .follow_root_links(false)
-            .sort_by(|a, b| sibling_order(a.path(), b.path()))
-            .into_iter()
-            .filter_entry(|entry| {
-                // The start itself was named by the user: never skip it.
-                if entry.depth() == 0 {
-                    return true;
-                }
-                match strip_root(root, entry.path()).to_str() {
-                    Some(rel) => !(skipped.iter().any(|s| s == rel) || excludes.matches(rel)),
-                    // Reported below, where errors can be returned.
-                    None => true,
-                }
+        keep: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Vec<Walked>, HashError> {
+        let io_err = |source| HashError::Io {
+            path: PathBuf::from(start),
+            source,
+        };
+        let md = std::fs::symlink_metadata(full_path(self.root, start)).map_err(io_err)?;
+        let stat = FileStat::of(&md);
+        let mut out = Vec::new();
+        if !(stat.is_file() || stat.is_symlink() || stat.is_dir()) {
+            return Ok(out);
+        }
+        if !start.is_empty() && keep(start) {
+            out.push(Walked {
+                path: start.to_owned(),
+                stat,
             });
-        for entry in walker {
-            let entry = entry.map_err(|err| {
-                let path = err
-                    .path()
-                    .map(|p| p.strip_prefix(root).unwrap_or(p).to_path_buf())
-                    .unwrap_or_else(|| PathBuf::from(start));
-                HashError::Io {
-                    path,
-                    source: io::Error::from(err),
-                }
-            })?;
-            let kind = entry.file_type();
+        }
+        if stat.is_dir() {
+            let walk = Walk {
+                project: self,
+                excludes,
+                keep,
+            };
+            walk.folder(start, &mut out)?;
+        }
+        Ok(out)
+    }
+}
+
+/// A walked entry: its project-relative path and what `lstat` said of it.
+#[derive(Debug, Clone)]
+pub(crate) struct Walked {
+    pub path: String,
+    pub stat: FileStat,
+}
+
+/// One walk in progress (see [`Project::walk`]).
+struct Walk<'w> {
+    project: &'w Project<'w>,
+    excludes: &'w Excludes,
+    keep: &'w (dyn Fn(&str) -> bool + Sync),
+}
+
+/// An entry of a folder's listing, kept until the listing is sorted.
+struct Listed {
+    path: String,
+    is_dir: bool,
+    stat: Option<FileStat>,
+}
+
+impl Walk<'_> {
+    /// Lists the folder `rel` and takes its entries' metadata (in parallel, relative to
+    /// the open folder), closes it before going deeper (so a deep tree does not hold a
+    /// handle per level), then appends its entries to `out` in name order, each folder
+    /// followed by what is in it.
+    fn folder(&self, rel: &str, out: &mut Vec<Walked>) -> Result<(), HashError> {
+        let io_err = |path: &str, source| HashError::Io {
+            path: PathBuf::from(path),
+            source,
+        };
+        let dir = full_path(self.project.root, rel);
+        let mut entries = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| io_err(rel, e))? {
+            let entry = entry.map_err(|e| io_err(rel, e))?;
+            // The type from the listing itself (no system call where the file system
+            // gives it, as ext4 and most do).
+            let kind = entry.file_type().map_err(|e| io_err(rel, e))?;
             if !(kind.is_file() || kind.is_symlink() || kind.is_dir()) {
                 continue;
             }
-            let rel = relative_str(root, entry.path())?;
-            if !rel.is_empty() {
-                found(rel);
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                let mut path = dir.join(&name);
+                if let Ok(inside) = path.strip_prefix(self.project.root) {
+                    path = inside.to_path_buf();
+                }
+                return Err(HashError::Io {
+                    path,
+                    source: io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "file name is not valid UTF-8",
+                    ),
+                });
+            };
+            let path = join(rel, name);
+            if self.project.skipped.contains(&path) || self.excludes.matches(&path) {
+                continue;
+            }
+            entries.push((entry, path, kind.is_dir()));
+        }
+        // `statx(folder, name)`: the kernel resolves one name, not the whole path.
+        let mut listed = entries
+            .into_par_iter()
+            .map(|(entry, path, is_dir)| {
+                let stat = if (self.keep)(&path) {
+                    Some(FileStat::of(
+                        &entry.metadata().map_err(|e| io_err(&path, e))?,
+                    ))
+                } else {
+                    None
+                };
+                Ok(Listed { path, is_dir, stat })
+            })
+            .collect::<Result<Vec<_>, HashError>>()?;
+        // In name order, as walkdir's `sort_by_file_name` gave (a local origin folder's
+        // digest depends on the order): siblings' paths differ only in their names.
+        listed.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        for entry in listed {
+            match (entry.is_dir, entry.stat) {
+                (true, stat) => {
+                    if let Some(stat) = stat {
+                        out.push(Walked {
+                            path: entry.path.clone(),
+                            stat,
+                        });
+                    }
+                    self.folder(&entry.path, out)?;
+                }
+                (false, Some(stat)) => out.push(Walked {
+                    path: entry.path,
+                    stat,
+                }),
+                (false, None) => {}
             }
         }
         Ok(())
+    }
+}
+
+/// `rel/name`, or `name` at the project root.
+fn join(rel: &str, name: &str) -> String {
+    if rel.is_empty() {
+        name.to_owned()
+    } else {
+        let mut path = String::with_capacity(rel.len() + 1 + name.len());
+        path.push_str(rel);
+        path.push('/');
+        path.push_str(name);
+        path
     }
 }
 
@@ -252,50 +354,6 @@ fn matches_self_or_ancestor(matcher: &GlobMatcher, leaf: &str, prefix: &str) -> 
         .any(|ancestor| matcher.is_match(ancestor))
 }
 
-/// The project-relative path with `/`, or an error for a name manifests cannot hold.
-fn relative_str(root: &Path, path: &Path) -> Result<String, HashError> {
-    let rel = strip_root(root, path);
-    rel.to_str()
-        .map(str::to_owned)
-        .ok_or_else(|| HashError::Io {
-            path: rel.to_path_buf(),
-            source: io::Error::new(io::ErrorKind::InvalidData, "file name is not valid UTF-8"),
-        })
-}
-
-/// The order of two entries of one folder's listing: their file names' bytes, the order
-/// walkdir's `sort_by_file_name` gives (a local origin's digest depends on it). Siblings
-/// are `folder.join(name)` with the same `folder`, so comparing their whole paths' bytes
-/// compares their names, without parsing each path into components for every comparison
-/// (that parse was 14 % of a no-change plan's instructions).
-fn sibling_order(a: &Path, b: &Path) -> std::cmp::Ordering {
-    a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes())
-}
-
-/// `path` relative to `root`, for paths a walk from below `root` yields: they start with
-/// `root`'s bytes, so comparing bytes gives the same answer as [`Path::strip_prefix`]
-/// without parsing both into components for each of (say) 100,000 entries. Anything else
-/// falls back to `strip_prefix`, and to `path` itself.
-fn strip_root<'p>(root: &Path, path: &'p Path) -> &'p Path {
-    let (r, p) = (root.as_os_str().as_bytes(), path.as_os_str().as_bytes());
-    let rest = p
-        .strip_prefix(r)
-        .filter(|_| !r.is_empty())
-        .and_then(|rest| match rest {
-            _ if r.ends_with(b"/") => Some(rest),
-            [] => Some(rest),
-            [b'/', tail @ ..] => Some(tail),
-            _ => None,
-        });
-    match rest {
-        // A leading `/` or `.` component would be read differently by `Path`.
-        Some(rel) if !(rel.starts_with(b"/") || rel == b"." || rel.starts_with(b"./")) => {
-            Path::new(std::ffi::OsStr::from_bytes(rel))
-        }
-        _ => path.strip_prefix(root).unwrap_or(path),
-    }
-}
-
 pub(crate) fn not_hashable(rel: &str) -> HashError {
     HashError::Io {
         path: PathBuf::from(rel),
@@ -308,53 +366,38 @@ pub(crate) fn not_hashable(rel: &str) -> HashError {
 
 #[cfg(test)]
 mod tests {
-    use super::{sibling_order, strip_root};
-    use proptest::prelude::*;
-    use std::path::Path;
+    use super::*;
 
+    /// A walk yields a folder's entries in name order, each folder right before what is in
+    /// it: `a/x` comes before `a-b`, though `a-b` sorts before `a/x` as a whole path.
     #[test]
-    fn strip_root_is_strip_prefix_on_walked_paths() {
-        for (root, path, rel) in [
-            ("/p", "/p/a/b", "a/b"),
-            ("/p/", "/p/a", "a"),
-            ("/p", "/p", ""),
-            (".", "./tree/f", "tree/f"),
-            ("/p", "/pq/a", "/pq/a"),
-            ("/p", "/p//a", "a"),
-            ("/p", "/p/./a", "a"),
-            ("./", "././", ""),
-            ("", "/a", "/a"),
-        ] {
-            assert_eq!(strip_root(Path::new(root), Path::new(path)), Path::new(rel));
+    fn a_walk_is_in_name_order_folder_first() {
+        let dir = tempfile::tempdir().unwrap();
+        for file in ["B", "a/x", "a-b", "a.c", "\u{e9}", "a/y/z"] {
+            let path = dir.path().join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, file).unwrap();
         }
-    }
-
-    proptest! {
-        #[test]
-        fn strip_root_agrees_with_strip_prefix(
-            root in "(/|\\.)?([a-c.]{1,2}/){0,3}[a-c]{0,2}",
-            tail in "(/|\\./)?([a-c.]{1,2}/){0,3}[a-c.]{0,2}",
-        ) {
-            let path = format!("{root}{tail}");
-            let (root, path) = (Path::new(&root), Path::new(&path));
-            let expected = path.strip_prefix(root).unwrap_or(path);
-            prop_assert_eq!(strip_root(root, path), expected);
-        }
-    }
-
-    proptest! {
-        /// Siblings in a walk are ordered as walkdir's own sort orders them: by file name,
-        /// so the walk order (and a local origin folder's digest) is unchanged.
-        #[test]
-        fn sibling_order_is_file_name_order(
-            parent in "(/|\\./)?([a-c.]{1,3}/){0,3}[a-c]{1,2}/?",
-            a in "[a-c.\\-\\x{e9}]{1,4}",
-            b in "[a-c.\\-\\x{e9}]{1,4}",
-        ) {
-            prop_assume!(![".", ".."].contains(&a.as_str()) && ![".", ".."].contains(&b.as_str()));
-            let (pa, pb) = (Path::new(&parent).join(&a), Path::new(&parent).join(&b));
-            let expected = pa.file_name().cmp(&pb.file_name());
-            prop_assert_eq!(sibling_order(&pa, &pb), expected);
-        }
+        let project = Project {
+            root: dir.path(),
+            canonical_root: dir.path().canonicalize().unwrap(),
+            skipped: Vec::new(),
+        };
+        let seen: Vec<String> = project
+            .walk("", &Excludes::default(), &|_| true)
+            .unwrap()
+            .into_iter()
+            .map(|w| w.path)
+            .collect();
+        assert_eq!(
+            seen,
+            ["B", "a", "a/x", "a/y", "a/y/z", "a-b", "a.c", "\u{e9}"]
+        );
+        let kept = project
+            .walk("a", &Excludes::default(), &|p| p.ends_with('z'))
+            .unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].path, "a/y/z");
+        assert!(kept[0].stat.is_file());
     }
 }
