@@ -94,11 +94,16 @@ pub(crate) fn read_ahead<R: Read + Send + 'static>(inner: R) -> impl Read {
                 }
             }
         });
+    let (thread, spawn_error) = match spawned {
+        Ok(handle) => (Some(handle), None),
+        Err(e) => (None, Some(e)),
+    };
     ReadAhead {
-        rx,
+        rx: Some(rx),
         chunk: Vec::new(),
         at: 0,
-        spawn_error: spawned.err(),
+        thread,
+        spawn_error,
     }
 }
 
@@ -118,9 +123,12 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
 }
 
 struct ReadAhead {
-    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    /// `None` only while being dropped.
+    rx: Option<std::sync::mpsc::Receiver<io::Result<Vec<u8>>>>,
     chunk: Vec<u8>,
     at: usize,
+    /// Joined when the reader is dropped, so no thread outlives the unpack.
+    thread: Option<std::thread::JoinHandle<()>>,
     /// A thread that could not be started: every read fails with it.
     spawn_error: Option<io::Error>,
 }
@@ -131,7 +139,8 @@ impl Read for ReadAhead {
             return Err(io::Error::new(e.kind(), e.to_string()));
         }
         while self.at == self.chunk.len() {
-            match self.rx.recv() {
+            let Some(rx) = &self.rx else { return Ok(0) };
+            match rx.recv() {
                 Ok(Ok(chunk)) => {
                     self.chunk = chunk;
                     self.at = 0;
@@ -145,6 +154,18 @@ impl Read for ReadAhead {
         buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
         self.at += n;
         Ok(n)
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        // Letting go of the receiver makes the thread's next send fail, so it ends after
+        // at most the read it is in; then it is joined (a panic in it was already seen by
+        // the reader as the end of the stream, which the tar checks refuse).
+        self.rx = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
