@@ -28,14 +28,10 @@
 //!
 //! The header format is GNU throughout (long names and long link targets use GNU
 //! `././@LongLink` records, whose own headers carry fixed fields), and compression is
-//! zstd level 3 in zstd's multi-threaded streaming mode with a content checksum and no
-//! pledged size. Level and mode change the output bytes, so they are constants here; the
-//! number of worker threads does not (zstd's multi-threaded streaming output is the same
-//! for any number of workers of one or more, which `pack_with_workers`' test pins), so the
-//! packing uses the machine's cores while an artifact id stays independent of them.
-//! Artifact ids are therefore stable for a given zstd library version; the lock file pins
-//! it, and an upgrade that changes zstd's output gives new ids (a one-off rebuild), never
-//! a wrong one.
+//! zstd level 3 on one thread with a content checksum and no pledged size. Level and
+//! threading both change the output bytes, so they are constants here. Artifact ids are
+//! therefore stable for a given zstd library version; the lock file pins it, and an
+//! upgrade that changes zstd's output gives new ids (a one-off rebuild), never a wrong one.
 //!
 //! The uid/gid are kept as recorded: a tree unpacked by root (who keeps ownership) and one
 //! unpacked by an ordinary user (who owns everything) pack to different ids. That is
@@ -58,11 +54,6 @@ use super::{check_cancel, effective_uid, io_err, unless_cancelled, Cancellable, 
 /// takes to read it; higher levels cost far more time than they save in bytes.
 pub const ZSTD_LEVEL: i32 = 3;
 
-/// The most zstd worker threads a pack uses: level 3 hands each worker jobs of several
-/// MiB, so more than a few workers rarely have work on a root file system, and builds run
-/// side by side.
-const MAX_ZSTD_WORKERS: u32 = 4;
-
 /// Writes the deterministic tar.zst of `tree` into `out`.
 ///
 /// See the module docs for what is kept and what is normalised. Stops with
@@ -72,26 +63,12 @@ pub fn pack_deterministic(
     out: impl Write,
     cancel: &CancellationToken,
 ) -> Result<(), LocalError> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = u32::try_from(cores).unwrap_or(1).clamp(1, MAX_ZSTD_WORKERS);
-    pack_with_workers(tree, out, workers, cancel)
-}
-
-/// [`pack_deterministic`] with `workers` zstd threads (at least one: zero would be zstd's
-/// single-threaded mode, whose bytes differ).
-pub(crate) fn pack_with_workers(
-    tree: &Path,
-    out: impl Write,
-    workers: u32,
-    cancel: &CancellationToken,
-) -> Result<(), LocalError> {
-    unless_cancelled(cancel, pack_entries(tree, out, workers.max(1), cancel))
+    unless_cancelled(cancel, pack_entries(tree, out, cancel))
 }
 
 fn pack_entries(
     tree: &Path,
     out: impl Write,
-    workers: u32,
     cancel: &CancellationToken,
 ) -> Result<(), LocalError> {
     let meta = fs::metadata(tree).map_err(io_err("read tree", tree))?;
@@ -112,7 +89,6 @@ fn pack_entries(
     let mut encoder = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL).map_err(write_err)?;
     encoder
         .include_checksum(true)
-        .and_then(|()| encoder.multithread(workers))
         .map_err(io_err("configure zstd for", tree))?;
     let mut builder = tar::Builder::new(encoder);
 

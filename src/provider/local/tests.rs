@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime};
 
 use tempfile::TempDir;
 
-use super::pack::pack_with_workers;
 use super::*;
 
 /// A cancellation token nobody cancels.
@@ -130,41 +129,6 @@ fn same_tree_packed_twice_gives_identical_bytes_and_id() {
     let bytes = fs::read(&stored).unwrap();
     assert_eq!(id1, format!("local:{}", blake3::hash(&bytes).to_hex()));
     assert_eq!(bytes, pack_bytes(&tree));
-}
-
-#[test]
-fn the_bytes_do_not_depend_on_the_number_of_zstd_workers() {
-    // Larger than several zstd jobs at level 3, so more workers really split the work:
-    // half text, half xorshift noise, in 24 files of 1 MiB.
-    let dir = TempDir::new().unwrap();
-    let tree = dir.path().join("tree");
-    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-    for i in 0..24 {
-        let mut content = Vec::with_capacity(1 << 20);
-        while content.len() < (1 << 19) {
-            content
-                .extend_from_slice(format!("line {i} {} of a config\n", content.len()).as_bytes());
-        }
-        while content.len() < (1 << 20) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            content.extend_from_slice(&state.to_le_bytes());
-        }
-        write(&tree.join(format!("usr/lib/blob{i:02}")), &content, 0o644);
-    }
-    let packed: Vec<Vec<u8>> = [1, 2, 3]
-        .into_iter()
-        .map(|workers| {
-            let mut out = Vec::new();
-            pack_with_workers(&tree, &mut out, workers, &go()).unwrap();
-            out
-        })
-        .collect();
-    assert!(packed[0].len() < 24 << 20, "the tree was compressed");
-    assert_eq!(packed[0], packed[1], "1 and 2 workers");
-    assert_eq!(packed[0], packed[2], "1 and 3 workers");
-    assert_eq!(packed[0], pack_bytes(&tree), "what the store writes");
 }
 
 #[test]
