@@ -19,6 +19,18 @@ use std::path::Path;
 /// Bytes of the envelope before the payload: magic, key, length.
 const HEAD: usize = 8 + 32 + 8;
 
+/// The key of an entry of the cache `magic` in its encoding `format`, derived from
+/// `from`: this imgraph's version is part of it, so another imgraph's entries miss.
+pub(crate) fn key(magic: &[u8; 8], format: u32, from: &[u8]) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(magic);
+    h.update(&format.to_le_bytes());
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update(&[0]);
+    h.update(from);
+    h.finalize()
+}
+
 /// A new entry for `magic` and `key`: append the payload, then call [`finish`].
 pub(crate) fn begin(magic: &[u8; 8], key: &blake3::Hash, payload_hint: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEAD + payload_hint + 32);

@@ -38,13 +38,7 @@ const MAX_ENTRY_BYTES: u64 = 16 * MAX_CONFIG_BYTES;
 
 /// The key of `text`: what an entry must name to be used for it.
 fn key(text: &str) -> blake3::Hash {
-    let mut h = blake3::Hasher::new();
-    h.update(MAGIC);
-    h.update(&FORMAT.to_le_bytes());
-    h.update(env!("CARGO_PKG_VERSION").as_bytes());
-    h.update(&[0]);
-    h.update(text.as_bytes());
-    h.finalize()
+    cachefile::key(MAGIC, FORMAT, text.as_bytes())
 }
 
 fn path(root: &Path) -> PathBuf {

@@ -43,13 +43,7 @@ const MAX_FILE_BYTES: u64 = 1 << 30;
 const FIXED_BYTES: usize = 8 + 8 + 8 + 16 + 16 + 16 + 8 + 4;
 
 fn key() -> blake3::Hash {
-    let mut h = blake3::Hasher::new();
-    h.update(MAGIC);
-    h.update(&FORMAT.to_le_bytes());
-    h.update(env!("CARGO_PKG_VERSION").as_bytes());
-    h.update(&[0]);
-    h.update(FILE_DOMAIN.as_bytes());
-    h.finalize()
+    cachefile::key(MAGIC, FORMAT, FILE_DOMAIN.as_bytes())
 }
 
 impl State {
