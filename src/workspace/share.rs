@@ -51,7 +51,8 @@ pub fn pull_state(path: &Path) -> Result<Pulled> {
         });
     };
     let journal = shared.location.to_string();
-    let ws = Workspace::open(path)?;
+    let graph = crate::graph::StageGraph::build(&project)?;
+    let ws = Workspace::with_state(project, graph, crate::state::Access::ReadWrite)?;
     Ok(Pulled {
         path: ws.project.state_path.clone(),
         journal,
