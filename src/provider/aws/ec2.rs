@@ -7,7 +7,7 @@
 //! the instance running until `build_timeout`, and `copy` steps cannot be carried (user
 //! data is limited to 16 KiB); use a `packer` build for those.
 
-use std::sync::Mutex;
+use std::sync::OnceLock;
 
 use aws_sdk_ec2::types::{
     IamInstanceProfileSpecification, Instance, InstanceStateName, InstanceType, ResourceType,
@@ -38,7 +38,8 @@ const USER_DATA_LIMIT: usize = 16 * 1024;
 pub(super) struct LedgeredInstance {
     token: String,
     entry: i64,
-    launched: Mutex<Option<String>>,
+    /// Set once, by [`AwsProvider::launch_ledgered`].
+    launched: OnceLock<String>,
 }
 
 /// The user data of an `ec2` build: the `run` steps in order, then power off.
@@ -432,7 +433,7 @@ impl AwsProvider {
         Ok(LedgeredInstance {
             token,
             entry,
-            launched: Mutex::new(None),
+            launched: OnceLock::new(),
         })
     }
 
@@ -444,9 +445,7 @@ impl AwsProvider {
         launch: Launch<'_>,
     ) -> Result<String, ProviderError> {
         let id = self.launch(launch).await?;
-        if let Ok(mut launched) = pending.launched.lock() {
-            *launched = Some(id.clone());
-        }
+        let _ = pending.launched.set(id.clone());
         ledger.set_resource(pending.entry, &id)?;
         Ok(id)
     }
@@ -459,8 +458,7 @@ impl AwsProvider {
         pending: LedgeredInstance,
         result: Result<T, ProviderError>,
     ) -> Result<T, ProviderError> {
-        let launched = pending.launched.lock().ok().and_then(|g| g.clone());
-        let cleanup = match launched {
+        let cleanup = match pending.launched.into_inner() {
             Some(id) => self.terminate(&[id]).await,
             None => self.terminate_by_token(&pending.token).await,
         };
