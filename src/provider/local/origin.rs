@@ -14,7 +14,7 @@ use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
 use super::tree::copy_tree;
-use super::unpack::{check_tar, unpack_tar};
+use super::unpack::{check_tar, read_ahead, unpack_tar};
 use super::{io_err, running_as_root, LocalError};
 
 /// The archive formats an origin may have.
@@ -36,7 +36,11 @@ pub fn unpack_origin(
 ) -> Result<(), LocalError> {
     match open_origin(origin)? {
         None => copy_tree(origin, dest, running_as_root(), cancel),
-        Some(archive) => unpack_tar(super::unpack::read_ahead(archive), dest, origin, cancel),
+        Some(archive) => {
+            let archive =
+                read_ahead(archive).map_err(io_err("start a read-ahead thread for", origin))?;
+            unpack_tar(archive, dest, origin, cancel)
+        }
     }
 }
 

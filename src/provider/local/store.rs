@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::group_sync::GroupSync;
 
 use super::pack::pack_deterministic;
-use super::unpack::unpack_tar;
+use super::unpack::{read_ahead, unpack_tar};
 use super::{io_err, unless_cancelled, Cancellable, LocalError};
 
 /// The prefix of every artifact id this store hands out.
@@ -177,7 +177,8 @@ impl Store {
         cancel: &CancellationToken,
     ) -> Result<(), LocalError> {
         let (path, tar) = self.open_tar(artifact_id, cancel)?;
-        unpack_tar(super::unpack::read_ahead(tar), dest, &path, cancel)
+        let tar = read_ahead(tar).map_err(io_err("start a read-ahead thread for", &path))?;
+        unpack_tar(tar, dest, &path, cancel)
     }
 
     /// The uncompressed tar stream of an artifact, after checking its bytes against its

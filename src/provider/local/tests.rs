@@ -1138,13 +1138,14 @@ fn read_ahead_hands_on_every_byte_and_then_the_error() {
     let mut ahead = unpack::read_ahead(FailsAfter {
         good: good.clone(),
         at: 0,
-    });
+    })
+    .unwrap();
     let mut got = Vec::new();
     let err = ahead.read_to_end(&mut got).unwrap_err();
     assert_eq!(err.to_string(), "disk read error");
     assert_eq!(got, good);
 
-    let mut clean = unpack::read_ahead(std::io::Cursor::new(good.clone()));
+    let mut clean = unpack::read_ahead(std::io::Cursor::new(good.clone())).unwrap();
     let mut all = Vec::new();
     clean.read_to_end(&mut all).unwrap();
     assert_eq!(all, good, "a stream that ends cleanly ends with every byte");

@@ -71,9 +71,10 @@ const READ_AHEAD_CHUNKS: usize = 4;
 /// decompressing overlaps creating files, as `zstd -d | tar -x` overlaps them in two
 /// processes. The thread ends at the stream's end, at its first error (handed to the
 /// reader as that read's error) or when the reader is dropped (its next send fails).
-pub(crate) fn read_ahead<R: Read + Send + 'static>(inner: R) -> impl Read {
+/// Fails when the thread cannot be started.
+pub(crate) fn read_ahead<R: Read + Send + 'static>(inner: R) -> io::Result<impl Read> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(READ_AHEAD_CHUNKS);
-    let spawned = std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("imgraph-read-ahead".into())
         .spawn(move || {
             let mut inner = inner;
@@ -93,18 +94,13 @@ pub(crate) fn read_ahead<R: Read + Send + 'static>(inner: R) -> impl Read {
                     break;
                 }
             }
-        });
-    let (thread, spawn_error) = match spawned {
-        Ok(handle) => (Some(handle), None),
-        Err(e) => (None, Some(e)),
-    };
-    ReadAhead {
+        })?;
+    Ok(ReadAhead {
         rx: Some(rx),
         chunk: Vec::new(),
         at: 0,
-        thread,
-        spawn_error,
-    }
+        thread: Some(thread),
+    })
 }
 
 /// Fills `buf` as far as the stream allows (fewer bytes only at its end or at an error),
@@ -129,15 +125,10 @@ struct ReadAhead {
     at: usize,
     /// Joined when the reader is dropped, so no thread outlives the unpack.
     thread: Option<std::thread::JoinHandle<()>>,
-    /// A thread that could not be started: every read fails with it.
-    spawn_error: Option<io::Error>,
 }
 
 impl Read for ReadAhead {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(e) = &self.spawn_error {
-            return Err(io::Error::new(e.kind(), e.to_string()));
-        }
         while self.at == self.chunk.len() {
             let Some(rx) = &self.rx else { return Ok(0) };
             match rx.recv() {
