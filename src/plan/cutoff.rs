@@ -7,6 +7,8 @@ use crate::graph::{NodeId, Stage};
 
 use super::{Action, PlannedNode, Reason};
 
+/// Early cutoff, planned: which running cascades could be skipped when a local build
+/// comes out byte-identical to its image's newest Ready version (deterministic packing
 /// makes that common after a forced, max-age or roll-up rebuild that changed nothing
 /// inside). A node qualifies when it runs only because of upstream nodes, each of them a
 /// running local build or itself a qualifying cascade; the executor skips it when every

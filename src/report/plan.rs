@@ -373,8 +373,6 @@ pub fn reason_lines(n: &PlannedNode) -> Vec<String> {
     lines
 }
 
-/// Early cutoff, said once at the build that may cause it: how many planned cascades are
-/// skipped if it makes its image's newest Ready artifact again.
 /// How many nodes each node would cut off, by node id: counted once for the whole plan
 /// (counting per node was quadratic: seconds for a plan of 10,000 images).
 fn cutoff_counts(plan: &Plan) -> std::collections::HashMap<&str, usize> {
@@ -389,6 +387,9 @@ fn cutoff_counts(plan: &Plan) -> std::collections::HashMap<&str, usize> {
     counts
 }
 
+/// Early cutoff, said once at the build that may cause it: how many planned cascades
+/// (`count`, from [`cutoff_counts`]) are skipped if it makes its image's newest Ready
+/// artifact again.
 fn cutoff_line(count: usize) -> Option<String> {
     (count > 0).then(|| {
         format!(
