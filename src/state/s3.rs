@@ -228,20 +228,45 @@ impl Guard {
         self.fence.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Why this process may not append now, if it may not.
-    fn closed(&self, limit: Duration) -> Option<String> {
+    /// Why this process may not append now, if it may not: the lease was lost, or not
+    /// renewed for two thirds of its time to live.
+    fn closed(&self) -> Option<String> {
         let fence = self.fence();
         if let Some(lost) = &fence.lost {
             return Some(lost.clone());
         }
         let age = fence.beat?.elapsed();
-        (age > limit).then(|| {
+        (age > self.ttl * 2 / 3).then(|| {
             format!(
                 "the shared lease was last renewed {} ago (lease-ttl {}): another runner may have taken it over",
                 humantime::format_duration(Duration::from_secs(age.as_secs())),
                 humantime::format_duration(self.ttl)
             )
         })
+    }
+
+    /// Records the answer to a renewal sent at `sent` of the lease `held` holds: a lease
+    /// lost is let go and closes the fence. Gives why it was lost.
+    fn renewed(
+        &self,
+        held: &mut Option<HeldLease>,
+        sent: Instant,
+        answer: Renewed,
+    ) -> Option<String> {
+        match answer {
+            Renewed::Renewed => {
+                self.fence().beat = Some(sent);
+                None
+            }
+            Renewed::Lost(by) => {
+                *held = None;
+                let why = lost_text(by.as_ref());
+                let mut fence = self.fence();
+                fence.lost = Some(why.clone());
+                fence.beat = None;
+                Some(why)
+            }
+        }
     }
 
     fn stop_heartbeat(&self) {
@@ -286,7 +311,7 @@ impl Journal for S3Journal {
     }
 
     fn append(&self, after: Seq, records: &[Record]) -> Result<Seq, JournalError> {
-        if let Some(reason) = self.guard.closed(self.guard.ttl * 2 / 3) {
+        if let Some(reason) = self.guard.closed() {
             return Err(JournalError::Fenced { reason });
         }
         let journal = self.journal.clone();
@@ -382,21 +407,27 @@ impl S3Lease {
                 };
                 let sent = Instant::now();
                 match lease.renew(current).await {
-                    Ok(Renewed::Renewed) => guard.fence().beat = Some(sent),
-                    Ok(Renewed::Lost(by)) => {
-                        let why = lost_text(by.as_ref());
-                        tracing::warn!(reason = %why, "the shared lease was lost");
-                        *held = None;
-                        let mut fence = guard.fence();
-                        fence.lost = Some(why);
-                        fence.beat = None;
-                        return;
+                    Ok(answer) => {
+                        if let Some(why) = guard.renewed(&mut held, sent, answer) {
+                            tracing::warn!(reason = %why, "the shared lease was lost");
+                            return;
+                        }
                     }
                     // Tried again at the next beat; the fence closes if none gets through.
                     Err(e) => tracing::warn!(error = %crate::text::error_chain(&e), "failed to renew the shared lease"),
                 }
             }
         });
+    }
+}
+
+/// The answer to a taker of the lease `record` stands for.
+fn held_by(record: LeaseRecord) -> LeaseOutcome {
+    LeaseOutcome::HeldBy {
+        pid: record.pid,
+        host: Some(record.host),
+        holder: record.holder,
+        since: i64::try_from(record.acquired_ms).unwrap_or(i64::MAX),
     }
 }
 
@@ -412,17 +443,11 @@ impl LeaseStore for S3Lease {
         let outcome = self.run("take the shared lease", async move {
             let mut held = guard.held.lock().await;
             if let Some(current) = held.as_ref() {
-                let r = &current.record;
-                return Ok(if same_holder(r, &who) {
+                return Ok(if same_holder(&current.record, &who) {
                     LeaseOutcome::Acquired
                 } else {
                     // Another command of this process holds it (an apply, for recovery).
-                    LeaseOutcome::HeldBy {
-                        pid: r.pid,
-                        host: Some(r.host.clone()),
-                        holder: r.holder.clone(),
-                        since: i64::try_from(r.acquired_ms).unwrap_or(i64::MAX),
-                    }
+                    held_by(current.record.clone())
                 });
             }
             let sent = Instant::now();
@@ -441,12 +466,7 @@ impl LeaseStore for S3Lease {
                     };
                     Ok(LeaseOutcome::Acquired)
                 }
-                Acquired::HeldBy(r) => Ok(LeaseOutcome::HeldBy {
-                    pid: r.pid,
-                    host: Some(r.host),
-                    holder: r.holder,
-                    since: i64::try_from(r.acquired_ms).unwrap_or(i64::MAX),
-                }),
+                Acquired::HeldBy(r) => Ok(held_by(r)),
             }
         })?;
         let taken = matches!(outcome, LeaseOutcome::Acquired)
@@ -468,20 +488,8 @@ impl LeaseStore for S3Lease {
                 return Ok(guard.fence().lost.clone());
             };
             let sent = Instant::now();
-            Ok(match lease.renew(current).await? {
-                Renewed::Renewed => {
-                    guard.fence().beat = Some(sent);
-                    None
-                }
-                Renewed::Lost(by) => {
-                    *held = None;
-                    let why = lost_text(by.as_ref());
-                    let mut fence = guard.fence();
-                    fence.lost = Some(why.clone());
-                    fence.beat = None;
-                    Some(why)
-                }
-            })
+            let answer = lease.renew(current).await?;
+            Ok(guard.renewed(&mut held, sent, answer))
         })?;
         match lost {
             None => Ok(()),
@@ -510,7 +518,7 @@ impl LeaseStore for S3Lease {
     }
 
     fn check(&self, _holder: &LeaseHolder) -> Result<(), StateError> {
-        match self.guard.closed(self.guard.ttl * 2 / 3) {
+        match self.guard.closed() {
             None => Ok(()),
             Some(detail) => Err(StateError::LeaseLost {
                 lease: self.name.clone(),
