@@ -144,8 +144,7 @@ impl SqliteLease {
         use_it: impl FnOnce(&State) -> Result<T, StateError>,
         absent: impl FnOnce() -> T,
     ) -> Result<T, StateError> {
-        // A poisoned mutex only means a panic elsewhere; the connection is still sound.
-        let mut slot = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = lock(&self.state);
         if slot.is_none() {
             let may_create = create && self.access == Access::ReadWrite;
             if !may_create && std::fs::symlink_metadata(&self.path).is_err() {
