@@ -118,16 +118,14 @@ impl State {
     fn export_table(&self, table: HistoryTable, context: &str) -> Result<Record, StateError> {
         let columns = self.columns_of(table, context)?;
         // The table name is one of a closed set; columns come from the schema itself.
-        let sql = format!("SELECT * FROM {} ORDER BY rowid", table.name());
-        let sql = if table == HistoryTable::Packages {
+        let order = match table {
             // WITHOUT ROWID: its primary key orders it.
-            format!("SELECT * FROM {}", table.name())
-        } else {
-            sql
+            HistoryTable::Packages => "",
+            _ => " ORDER BY rowid",
         };
         let mut stmt = self
             .conn
-            .prepare(&sql)
+            .prepare(&format!("SELECT * FROM {}{order}", table.name()))
             .map_err(|e| self.sql_err(e, context))?;
         let width = columns.len();
         let rows = stmt
