@@ -139,18 +139,10 @@ impl State {
                 source,
             })?;
         }
-        let conn = Connection::open(&path).map_err(|source| StateError::Sqlite {
-            path: path.clone(),
-            context: "open the state file".into(),
-            source,
-        })?;
-        let state = State {
-            conn,
-            path,
-            read_only: false,
-            journal: None,
-            log_syncs: Default::default(),
-        };
+        let state = Self::connect(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )?;
         state.configure()?;
         state.migrate(migrations)?;
         Ok(state)
