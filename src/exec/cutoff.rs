@@ -162,11 +162,8 @@ fn same_as_ready(
     image: &crate::config::model::Image,
     artifact: &str,
 ) -> Result<Option<ImageRecord>, ExecError> {
-    let newest = ctx
-        .lock()?
-        .images(Some(&image.name))?
-        .into_iter()
-        .filter(|r| r.version.status == ReleaseStatus::Ready)
-        .max_by(|a, b| crate::state::compare_versions(&a.version.version, &b.version.version));
-    Ok(newest.filter(|r| r.version.artifact_id == artifact))
+    // The current version is the newest Ready one when there is one.
+    let current = ctx.lock()?.current_version(&image.name)?;
+    Ok(current
+        .filter(|r| r.version.status == ReleaseStatus::Ready && r.version.artifact_id == artifact))
 }

@@ -248,18 +248,16 @@ impl Upstream for Producer {
 
     async fn newest_ready(&self, image: &str) -> Result<Option<ReadyVersion>, ProviderError> {
         let state = self.history().await.map_err(producer_err)?;
-        let place = self.place();
-        let versions = state.images(Some(image)).map_err(|source| {
+        // Its current version, which is its newest Ready one when it has one.
+        let current = state.current_version(image).map_err(|source| {
             producer_err(ProducerError::Replay {
-                place: place.clone(),
+                place: self.place(),
                 source,
             })
         })?;
-        Ok(versions
-            .into_iter()
+        Ok(current
             .map(|r| r.version)
             .filter(|v| v.status == ReleaseStatus::Ready)
-            .max_by(|a, b| crate::state::compare_versions(&a.version, &b.version))
             .map(|v| ReadyVersion {
                 version: v.version,
                 artifact_id: v.artifact_id,
