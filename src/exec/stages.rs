@@ -17,7 +17,7 @@ use super::record::{build_json, StageOutputs};
 use super::{cutoff, revoked, ExecContext, ExecError, Fresh};
 use crate::config::model::{FromRef, SourceKind};
 use crate::graph::{NodeId, Stage};
-use crate::hash::EntryKind;
+use crate::hash::{EntryKind, Manifest};
 use crate::plan::{Action, BuildOutputs, PlannedNode};
 use crate::process;
 use crate::provider::append_log;
@@ -478,7 +478,7 @@ async fn record_probes_of_new_image(
     let version = Some((built.artifact_id.as_str(), built.version.as_str()));
     match measure_image_probes(provider, &site, image, version).await {
         Ok(measured) => {
-            let mut manifest = node.manifest.clone();
+            let mut manifest = Manifest::clone(&node.manifest);
             manifest.set_image_probes(&measured);
             let json = serde_json::to_string(&manifest).unwrap_or_default();
             ctx.lock()?.set_running_manifest(run, &node.id, &json)?;

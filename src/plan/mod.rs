@@ -35,6 +35,7 @@ mod revoked;
 mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -68,9 +69,10 @@ pub struct PlannedNode {
     /// (recorded up to date). Empty for nodes that run for a reason of their own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cut_off_by: Vec<NodeId>,
-    /// What the executor records when it runs this node.
+    /// What the executor records when it runs this node. Shared with [`Facts::manifests`]
+    /// (a 20,000-file node's manifest is not copied into the plan).
     #[serde(skip)]
-    pub manifest: Manifest,
+    pub manifest: Arc<Manifest>,
     #[serde(skip)]
     pub stanza: String,
     /// Upstream node → output key, as hashed into `key`.
@@ -137,7 +139,7 @@ impl PlannedNode {
     /// The manifest, upstream keys and reasons as the state records them (JSON text).
     pub fn record_fields(&self) -> (String, String, String) {
         (
-            serde_json::to_string(&self.manifest).unwrap_or_default(),
+            serde_json::to_string(&*self.manifest).unwrap_or_default(),
             serde_json::to_string(&self.upstream).unwrap_or_default(),
             serde_json::to_string(&self.reasons).unwrap_or_default(),
         )
@@ -164,7 +166,7 @@ pub struct PlanOptions {
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
     /// Manifests of `build:` and `test:` nodes, by node id (others have none).
-    pub manifests: HashMap<NodeId, Manifest>,
+    pub manifests: HashMap<NodeId, Arc<Manifest>>,
     /// Source name → resolved id.
     pub sources: BTreeMap<String, String>,
     /// Node id → last success / last attempt.

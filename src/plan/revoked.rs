@@ -1,5 +1,7 @@
 //! A revoked version in use (`imgraph revoke`): the build or delivery that holds it runs.
 
+use std::sync::Arc;
+
 use crate::graph::Stage;
 
 use super::keys::current_build;
@@ -41,7 +43,8 @@ pub(super) fn apply_revocations(facts: &Facts, n: &mut PlannedNode) {
                 *b = back_to;
             }
             n.key = fallback.key.clone();
-            n.manifest = serde_json::from_str(&fallback.manifest_json).unwrap_or_default();
+            n.manifest =
+                Arc::new(serde_json::from_str(&fallback.manifest_json).unwrap_or_default());
             n.stanza = fallback.stanza.clone();
             n.upstream = serde_json::from_str(&fallback.upstream_json).unwrap_or_default();
             n.reasons.clear();

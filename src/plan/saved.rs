@@ -14,6 +14,7 @@
 //! one; nothing is run from a plan that no longer describes the project.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -75,7 +76,7 @@ impl SavedPlan {
                 (
                     n.id.clone(),
                     SavedNode {
-                        manifest: n.manifest.clone(),
+                        manifest: Manifest::clone(&n.manifest),
                         stanza: n.stanza.clone(),
                         upstream: n.upstream.clone(),
                         effective_key: n.effective_key.clone(),
@@ -135,7 +136,7 @@ impl SavedPlan {
         let mut plan = self.plan.clone();
         for n in &mut plan.nodes {
             if let Some(saved) = self.nodes.get(&n.id) {
-                n.manifest = saved.manifest.clone();
+                n.manifest = Arc::new(saved.manifest.clone());
                 n.stanza = saved.stanza.clone();
                 n.upstream = saved.upstream.clone();
                 n.effective_key = saved.effective_key.clone();

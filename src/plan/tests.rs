@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::*;
 use crate::config::model::{Project, Trigger};
@@ -83,13 +84,13 @@ impl World {
         facts.sources.insert("debian".into(), "sha-debian-1".into());
         facts.manifests.insert(
             id("build:base"),
-            Manifest {
+            Arc::new(Manifest {
                 entries: vec![
                     file(PACKAGES, "b3v1:packages-1", Trigger::Rollup),
                     file(PROVISION, "b3v1:provision-1", Trigger::Immediate),
                 ],
                 ..Manifest::default()
-            },
+            }),
         );
         World {
             project,
@@ -115,7 +116,7 @@ impl World {
             .manifests
             .get_mut(&id(node))
             .expect("node has inputs");
-        let entry = manifest
+        let entry = Arc::make_mut(manifest)
             .entries
             .iter_mut()
             .find(|e| e.path == path)

@@ -134,7 +134,7 @@ impl Workspace {
                 }
                 facts
                     .manifests
-                    .insert(node.id.clone(), hasher.manifest(&inputs)?);
+                    .insert(node.id.clone(), Arc::new(hasher.manifest(&inputs)?));
             }
         }
 
