@@ -51,14 +51,24 @@ pub(crate) fn finish(mut out: Vec<u8>) -> Vec<u8> {
 
 /// The payload of a whole entry written for `magic` and `key`; `None` for anything else.
 pub(crate) fn open<'a>(bytes: &'a [u8], magic: &[u8; 8], key: &blake3::Hash) -> Option<&'a [u8]> {
+    open_range(bytes, magic, key).map(|range| &bytes[range])
+}
+
+/// Where [`open`]'s payload is in `bytes`, for a caller that keeps the bytes.
+pub(crate) fn open_range(
+    bytes: &[u8],
+    magic: &[u8; 8],
+    key: &blake3::Hash,
+) -> Option<std::ops::Range<usize>> {
     let mut r = Reader::new(bytes);
     if r.take(magic.len())? != magic || r.take(32)? != key.as_bytes() {
         return None;
     }
     let len = r.usize()?;
+    let start = r.position();
     let payload = r.take(len)?;
     let sum = r.take(32)?;
-    (sum == blake3::hash(payload).as_bytes() && r.is_done()).then_some(payload)
+    (sum == blake3::hash(payload).as_bytes() && r.is_done()).then_some(start..start + len)
 }
 
 /// The bytes of `file`, at most `max` of them (a longer file is read cut, and so misses).
@@ -111,6 +121,11 @@ impl<'a> Reader<'a> {
     /// Whether every byte was read.
     pub(crate) fn is_done(&self) -> bool {
         self.at == self.bytes.len()
+    }
+
+    /// How many bytes have been read.
+    pub(crate) fn position(&self) -> usize {
+        self.at
     }
 
     pub(crate) fn take(&mut self, n: usize) -> Option<&'a [u8]> {

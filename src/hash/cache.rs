@@ -52,10 +52,22 @@ pub struct CacheStats {
 /// attacker picks to collide.
 pub type StatMap = HashMap<String, CachedStat, foldhash::fast::RandomState>;
 
+/// Where a [`StatCache`] finds the entry of a path: a map, or the state's stat cache file
+/// read as it is (`state/stat_cache.rs`), which a plan looks up without building a map.
+pub trait StatEntries: std::fmt::Debug + Send + Sync {
+    fn entry(&self, path: &str) -> Option<CachedStat>;
+}
+
+impl StatEntries for StatMap {
+    fn entry(&self, path: &str) -> Option<CachedStat> {
+        self.get(path).cloned()
+    }
+}
+
 /// Cached digests from the state file plus the entries this hashing produced.
 #[derive(Debug)]
 pub struct StatCache {
-    entries: StatMap,
+    entries: Box<dyn StatEntries>,
     now_ns: i128,
     updates: Mutex<Vec<(String, CachedStat)>>,
     hits: AtomicU64,
@@ -96,9 +108,9 @@ impl FileStat {
 
 impl StatCache {
     /// A cache over the entries loaded from the state file; the clock is read now.
-    pub fn new(entries: StatMap) -> Self {
+    pub fn new(entries: impl StatEntries + 'static) -> Self {
         StatCache {
-            entries,
+            entries: Box::new(entries),
             now_ns: now_ns(),
             updates: Mutex::new(Vec::new()),
             hits: AtomicU64::new(0),
@@ -127,7 +139,7 @@ impl StatCache {
 
     /// The cached digest of `path` if `stat` matches the entry and the entry is not racy.
     pub(crate) fn lookup(&self, path: &str, stat: &FileStat) -> Option<String> {
-        let entry = self.entries.get(path)?;
+        let entry = self.entries.entry(path)?;
         let same = entry.size == stat.size
             && entry.mtime_ns == stat.mtime_ns
             && entry.ctime_ns == stat.ctime_ns
@@ -136,7 +148,7 @@ impl StatCache {
         let racy = entry.mtime_ns >= entry.recorded_at_ns - RACY_WINDOW_NS;
         if same && !racy {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            Some(entry.digest.clone())
+            Some(entry.digest)
         } else {
             None
         }

@@ -45,7 +45,7 @@ mod tests;
 
 use std::path::PathBuf;
 
-pub use cache::{CacheStats, CachedStat, StatCache, StatMap, RACY_WINDOW_NS};
+pub use cache::{CacheStats, CachedStat, StatCache, StatEntries, StatMap, RACY_WINDOW_NS};
 pub use digest::{digest_parts, FILE_DOMAIN};
 pub use manifest::{
     no_image_yet, probe_output_digest, EntryKind, Hasher, Manifest, ManifestEntry, NodeInputs, Via,

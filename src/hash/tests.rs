@@ -428,7 +428,7 @@ fn stat_cache_hit_on_second_run() {
     assert_eq!(updates.len(), 5);
     assert!(cold.take_updates().is_empty());
 
-    let warm = StatCache::new(updates.into_iter().collect());
+    let warm = StatCache::new(updates.into_iter().collect::<StatMap>());
     let second = Hasher::new(dir.path(), &warm)
         .manifest(&declared(&input, &[]))
         .unwrap();
