@@ -378,10 +378,15 @@ fn plan(cli: &Cli, args: &PlanArgs) -> Result<i32> {
             path.display()
         ));
     }
-    Ok(exit::code(exit::Ended::Planned {
+    let code = exit::code(exit::Ended::Planned {
         detailed: args.detailed_exitcode,
         has_changes: plan.has_changes(),
-    }))
+    });
+    // The process ends here: its memory goes back whole at exit. Freeing the plan's
+    // manifests entry by entry first (40,000 strings for a 20,000-file image) was a
+    // twentieth of a no-change plan's instructions.
+    std::mem::forget(plan);
+    Ok(code)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
