@@ -7,14 +7,18 @@
 #   RUNS=3 ROWS="cold warm" bash benches/compare.sh
 #   IMGRAPH=path/to/imgraph bash benches/compare.sh
 #
-# Rows: cold warm cold100k warm100k noop first sched image. Prints one table (medians of RUNS
+# Rows: cold warm cold100k warm100k noop first first-tmpfs sched image. `first-tmpfs` is
+# `first` in a copy of its project on a tmpfs (TMPFS, default /dev/shm): file creation
+# there costs the kernel next to nothing, so what remains is imgraph's own overhead; the
+# difference to `first` is the file system's (on a journal-less ext4, the inode allocator
+# scans recently deleted inodes on every create). Prints one table (medians of RUNS
 # whole-process runs, wall and CPU seconds, peak RSS) and writes it to $OUT/compare.md.
 # Data lives in $OUT (default target/compare), reused between runs of the script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 RUNS="${RUNS:-5}"
-ROWS="${ROWS:-cold warm cold100k warm100k noop first sched image}"
+ROWS="${ROWS:-cold warm cold100k warm100k noop first first-tmpfs sched image}"
 OUT="${OUT:-$ROOT/target/compare}"
 JOBS="${JOBS:-8}"
 
@@ -176,6 +180,14 @@ for row in $ROWS; do
         (cd "$dir" && "$IMGRAPH" plan --detailed-exitcode >/dev/null 2>&1 || "$IMGRAPH" apply -q -j "$JOBS" >/dev/null)
         measure noop "imgraph apply (all up to date)" bash -c "cd '$dir' && '$IMGRAPH' apply -q"
       fi ;;
+    first-tmpfs)
+      many_project "$OUT/many-1000" 1000
+      TMPFS="${TMPFS:-/dev/shm}"
+      [ "$(stat -f -c %T "$TMPFS")" = tmpfs ] || { echo "compare.sh: $TMPFS is not a tmpfs (set TMPFS)" >&2; exit 1; }
+      dir="$(mktemp -d "$TMPFS/imgraph-compare.XXXXXX")"
+      cp -a "$OUT/many-1000/." "$dir/"; rm -rf "$dir/.imgraph"
+      measure first-tmpfs "imgraph apply (no state, 2,000 nodes, on tmpfs)" bash -c "cd '$dir' && rm -rf .imgraph && '$IMGRAPH' apply -q -j $JOBS"
+      rm -rf "$dir" ;;
     sched)
       dir="$OUT/sched"; sched_project "$dir"
       measure sched "imgraph apply -j $JOBS (100 × sleep 0.3)" bash -c "cd '$dir' && rm -rf .imgraph && '$IMGRAPH' apply -q -j $JOBS" ;;
@@ -220,7 +232,7 @@ for row, names in rows.items():
             other = items[1][1]
             wb, cb = med(other, 0), med(other, 1)
             ratio = f"{w / wb:.2f}× the peer's time (CPU: {c / cb:.2f}×)" if wb and cb else ""
-        if row == "first":
+        if row.startswith("first"):
             ratio = f"{w / 2000 * 1000:.2f} ms wall per node"
         if row == "sched":
             b = sched_bound()
