@@ -130,6 +130,40 @@ fn environment_from(
     env.into_iter().collect()
 }
 
+/// `program` as the child's own `PATH` (in `env`) finds it: the first executable file of
+/// that name in its folders, or `program` itself when it names a path, when `env` has no
+/// `PATH` or one with a relative folder, or when nothing is found (the spawn then fails
+/// as it would have).
+///
+/// The spawn is the same either way; the difference is cost. Given a bare name and a
+/// `PATH` of the child's own, the standard library cannot look the name up with
+/// `posix_spawnp` (which searches the parent's `PATH`) and forks imgraph instead: it
+/// copies the page tables of the whole process (every tokio thread's stack, the plan,
+/// the open image) for each build step, test and probe. With a path it spawns without
+/// the copy.
+pub fn program_in(program: &str, env: &[(String, String)]) -> std::path::PathBuf {
+    use std::path::{Path, PathBuf};
+    if program.contains('/') {
+        return PathBuf::from(program);
+    }
+    let Some((_, path)) = env.iter().rev().find(|(k, _)| k == "PATH") else {
+        return PathBuf::from(program);
+    };
+    let folders: Vec<&str> = path.split(':').collect();
+    if folders.iter().any(|f| !f.starts_with('/')) {
+        return PathBuf::from(program);
+    }
+    folders
+        .iter()
+        .map(|folder| Path::new(folder).join(program))
+        .find(|candidate| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(candidate)
+                .is_ok_and(|md| md.is_file() && md.permissions().mode() & 0o111 != 0)
+        })
+        .unwrap_or_else(|| PathBuf::from(program))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +245,41 @@ mod tests {
         assert!(env.contains(&("IMGRAPH_ROOT".into(), "/staging/root".into())));
         assert!(!names(&env).contains(&"SECRET_TOKEN"));
         assert!(!names(&env).contains(&"UNSET_NAME"));
+    }
+
+    /// The child's `PATH` picks the program: the first executable file of that name, as
+    /// `execvp` would; anything it cannot settle is left to the spawn.
+    #[test]
+    fn a_program_is_found_in_the_childs_own_path() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::path::Path;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(a.join("tool")).unwrap(); // a folder, not the program
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::write(b.join("tool"), "#!/bin/sh\n").unwrap();
+        std::fs::write(a.join("plain"), "").unwrap(); // not executable
+        std::fs::set_permissions(b.join("tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let env = |path: &str| {
+            vec![
+                ("HOME".to_string(), "/x".to_string()),
+                ("PATH".into(), path.into()),
+            ]
+        };
+        let path = format!("{}:{}", a.display(), b.display());
+        assert_eq!(program_in("tool", &env(&path)), b.join("tool"));
+        assert_eq!(program_in("plain", &env(&path)), Path::new("plain"));
+        assert_eq!(program_in("missing", &env(&path)), Path::new("missing"));
+        assert_eq!(program_in("./tool", &env(&path)), Path::new("./tool"));
+        // A relative folder would be looked up from the child's folder: left to the spawn.
+        assert_eq!(
+            program_in("tool", &env(&format!("bin:{}", b.display()))),
+            Path::new("tool")
+        );
+        assert_eq!(
+            program_in("tool", &env(&format!(":{}", b.display()))),
+            Path::new("tool")
+        );
+        assert_eq!(program_in("tool", &[]), Path::new("tool"));
     }
 }

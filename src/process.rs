@@ -188,7 +188,7 @@ pub async fn run(
         None => file,
     };
     let args = argv(spec);
-    let mut cmd = Command::new(&args[0]);
+    let mut cmd = Command::new(crate::env::program_in(&args[0], &spec.env));
     cmd.args(&args[1..])
         .current_dir(&spec.cwd)
         .stdin(Stdio::null())

@@ -132,18 +132,14 @@ pub fn run_probe(
         name: name.to_owned(),
         detail,
     };
-    let mut child = Command::new("sh")
+    // The strict environment every command gets, never imgraph's own.
+    let env = crate::env::command_env(crate::env::Place::Host, env, &[], Vec::new());
+    let mut child = Command::new(crate::env::program_in("sh", &env))
         .arg("-c")
         .arg(command)
         .current_dir(root)
-        // The strict environment every command gets, never imgraph's own.
         .env_clear()
-        .envs(crate::env::command_env(
-            crate::env::Place::Host,
-            env,
-            &[],
-            Vec::new(),
-        ))
+        .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
