@@ -185,7 +185,9 @@ impl StatEntries for StatFile {
             .starts
             .find(self.hasher.hash_one(path), |&s| path_at(body, s) == path)?;
         let mut r = Reader::new(&body[start as usize..]);
-        r.str()?;
+        // The path: the bytes just compared equal to `path`'s.
+        let len = r.usize()?;
+        r.take(len)?;
         Some(StatEntry {
             size: r.u64()?,
             mtime_ns: r.i128()?,
