@@ -17,7 +17,7 @@
 //! scheduler looks for what became ready, so a node never starts before the end of a node
 //! it needs is recorded.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::{Debug, Display};
 use std::future::Future;
 use std::hash::Hash;
@@ -179,6 +179,98 @@ fn chain_heights<Id: NodeName>(nodes: &[Id], deps: &HashMap<Id, Vec<Id>>) -> Has
     height
 }
 
+/// Which nodes wait on which, kept up to date as nodes end, so that an end looks only at
+/// the nodes waiting on it (a scan of every pending node at each end was quadratic: a
+/// quarter of a 2,000-node apply's own work). Nodes are known by their rank: the order
+/// in which they are looked at and started, the longest chain waiting on them first (see
+/// [`chain_heights`]), then the given order.
+struct Waiting<'n, Id> {
+    /// Nodes by rank.
+    ranked: Vec<&'n Id>,
+    rank: HashMap<&'n Id, usize>,
+    /// By rank: the ranks of the nodes that need it.
+    dependents: Vec<Vec<usize>>,
+    /// By rank: how many of its dependencies have not succeeded yet (one that is not
+    /// among the nodes never does).
+    blocked: Vec<usize>,
+    /// By rank: started, skipped, cancelled or cut off.
+    decided: Vec<bool>,
+}
+
+impl<'n, Id: NodeName> Waiting<'n, Id> {
+    fn new(nodes: &'n [Id], deps: &HashMap<Id, Vec<Id>>) -> Self {
+        let height = chain_heights(nodes, deps);
+        let mut ranked: Vec<&Id> = nodes.iter().collect();
+        // A stable sort: otherwise in the given order.
+        ranked.sort_by_key(|n| std::cmp::Reverse(height.get(*n).copied().unwrap_or(0)));
+        let rank: HashMap<&Id, usize> = ranked.iter().enumerate().map(|(r, n)| (*n, r)).collect();
+        let mut dependents = vec![Vec::new(); ranked.len()];
+        let mut blocked = vec![0; ranked.len()];
+        for (r, node) in ranked.iter().enumerate() {
+            for dep in deps.get(*node).into_iter().flatten() {
+                blocked[r] += 1;
+                if let Some(&d) = rank.get(dep) {
+                    dependents[d].push(r);
+                }
+            }
+        }
+        let decided = vec![false; ranked.len()];
+        Waiting {
+            ranked,
+            rank,
+            dependents,
+            blocked,
+            decided,
+        }
+    }
+
+    fn node(&self, rank: usize) -> &'n Id {
+        self.ranked[rank]
+    }
+
+    /// The nodes that need nothing.
+    fn unblocked(&self) -> BTreeSet<usize> {
+        (0..self.ranked.len())
+            .filter(|&r| self.blocked[r] == 0)
+            .collect()
+    }
+
+    /// The node of `rank` was skipped, cancelled or cut off.
+    fn decide(&mut self, rank: usize, succeeded: bool, look: &mut BTreeSet<usize>) {
+        self.decided[rank] = true;
+        self.release(rank, succeeded, look);
+    }
+
+    /// The started node `node` ended.
+    fn ended(&mut self, node: &Id, succeeded: bool, look: &mut BTreeSet<usize>) {
+        if let Some(&rank) = self.rank.get(node) {
+            self.release(rank, succeeded, look);
+        }
+    }
+
+    /// What needs `rank` is looked at once all it needs succeeded, or at once if this
+    /// one did not.
+    fn release(&mut self, rank: usize, succeeded: bool, look: &mut BTreeSet<usize>) {
+        for &d in &self.dependents[rank] {
+            if succeeded {
+                self.blocked[d] -= 1;
+                if self.blocked[d] == 0 {
+                    look.insert(d);
+                }
+            } else {
+                look.insert(d);
+            }
+        }
+    }
+
+    /// The nodes neither started nor recorded, in rank order.
+    fn undecided(&self) -> impl Iterator<Item = &'n Id> + '_ {
+        (0..self.ranked.len())
+            .filter(|&r| !self.decided[r])
+            .map(|r| self.ranked[r])
+    }
+}
+
 /// The scheduler's bookkeeping for one run.
 struct Scheduler<'a, R: NodeRunner> {
     runner: &'a mut R,
@@ -200,74 +292,78 @@ impl<R: NodeRunner> Scheduler<'_, R> {
         stop: &CancellationToken,
     ) -> Result<(), ExecError> {
         let parallelism = self.limits.parallelism.max(1);
-        let mut pending: Vec<&R::Id> = nodes.iter().collect();
-        // When more nodes are ready than slots are free, the ones with the longest chain
-        // of nodes waiting on them go first (a stable sort: otherwise in the given order).
-        let height = chain_heights(nodes, deps);
-        pending.sort_by_key(|n| std::cmp::Reverse(height.get(*n).copied().unwrap_or(0)));
+        let mut wait = Waiting::new(nodes, deps);
+        // Ranks of the nodes to look at now (whose dependencies all ended, or one failed)
+        // and of the ready ones waiting for a free slot: looked at in rank order.
+        let mut look: BTreeSet<usize> = wait.unblocked();
+        let mut ready: BTreeSet<usize> = BTreeSet::new();
         loop {
             let stopping = stop.is_cancelled();
-            // Skip whatever waits on a failure; start whatever is ready, together.
-            let mut still = Vec::new();
-            let mut ready_now = Vec::new();
-            let mut cut_any = false;
-            for node in pending.drain(..) {
+            // Skip whatever waits on a failure; cut off or queue whatever is ready. What a
+            // skip or a cut-off unblocks joins `look` and is seen in this same pass.
+            while let Some(rank) = look.pop_first() {
+                let node = wait.node(rank);
+                if wait.decided[rank] {
+                    continue;
+                }
                 let my_deps = deps.get(node).map(Vec::as_slice).unwrap_or_default();
                 if let Some((bad, outcome)) = self.failed_dependency(my_deps) {
                     self.not_run(node, outcome, format!("{bad} did not succeed"))?;
+                    wait.decide(rank, false, &mut look);
                     continue;
                 }
-                let ready = my_deps.iter().all(|d| {
-                    matches!(
-                        self.status.get(d),
-                        Some(NodeOutcome::Succeeded | NodeOutcome::UpToDate)
-                    )
-                });
-                if ready && !stopping {
+                if !stopping {
                     if let Some(note) = self.runner.cut_off(node)? {
                         self.cut_off(node, note);
-                        cut_any = true;
+                        wait.decide(rank, true, &mut look);
                         continue;
                     }
                 }
-                if ready && !stopping && self.tasks.len() + ready_now.len() < parallelism {
-                    ready_now.push(node);
-                } else {
-                    still.push(node);
-                }
+                ready.insert(rank);
             }
-            pending = still;
-            self.start(&ready_now, stop)?;
-            if cut_any {
-                // What waited on a cut-off node may be ready (or cut off) now.
-                continue;
+            if !stopping {
+                let free = parallelism.saturating_sub(self.tasks.len());
+                let starting: Vec<usize> = std::iter::from_fn(|| ready.pop_first())
+                    .take(free)
+                    .collect();
+                let now: Vec<&R::Id> = starting.iter().map(|&r| wait.node(r)).collect();
+                self.start(&now, stop)?;
+                for rank in starting {
+                    wait.decided[rank] = true;
+                }
             }
 
             if self.tasks.is_empty() {
+                let left: Vec<&R::Id> = wait.undecided().collect();
                 if stopping {
                     // Whatever never started because of Ctrl-C or --fail-fast.
-                    for node in pending.drain(..) {
+                    for node in left {
                         self.not_run(
                             node,
                             NodeOutcome::Cancelled,
                             "not started: the run was stopped".into(),
                         )?;
                     }
-                }
-                // Nothing runs and nothing can start: a dependency never became ready.
-                for node in pending.drain(..) {
-                    self.not_run(
-                        node,
-                        NodeOutcome::Skipped,
-                        "its dependencies never became ready".into(),
-                    )?;
+                } else {
+                    // Nothing runs and nothing can start: a dependency never became ready.
+                    for node in left {
+                        self.not_run(
+                            node,
+                            NodeOutcome::Skipped,
+                            "its dependencies never became ready".into(),
+                        )?;
+                    }
                 }
                 return Ok(());
             }
 
             let joined = tokio::select! {
                 j = self.tasks.join_next_with_id() => j,
-                _ = stop.cancelled(), if !stopping => continue,
+                _ = stop.cancelled(), if !stopping => {
+                    // What is ready waits no more: it is looked at again, and cancelled.
+                    look.append(&mut ready);
+                    continue;
+                }
             };
             let Some(joined) = joined else { continue };
             // Every other task that has ended too: their ends are recorded together.
@@ -275,7 +371,13 @@ impl<R: NodeRunner> Scheduler<'_, R> {
             while let Some(more) = self.tasks.try_join_next_with_id() {
                 group.push(more);
             }
-            self.ended(group, stop);
+            for node in self.ended(group, stop) {
+                let succeeded = matches!(
+                    self.status.get(&node),
+                    Some(NodeOutcome::Succeeded | NodeOutcome::UpToDate)
+                );
+                wait.ended(&node, succeeded, &mut look);
+            }
         }
     }
 
@@ -285,7 +387,7 @@ impl<R: NodeRunner> Scheduler<'_, R> {
         &mut self,
         group: Vec<Result<(tokio::task::Id, R::Done), tokio::task::JoinError>>,
         stop: &CancellationToken,
-    ) {
+    ) -> Vec<R::Id> {
         let mut returned = Vec::new();
         let mut done = Vec::new();
         let mut crashed = Vec::new();
@@ -328,12 +430,15 @@ impl<R: NodeRunner> Scheduler<'_, R> {
             });
             (node, started, finished)
         });
+        let mut nodes = Vec::new();
         for (node, started, finished) in ends.collect::<Vec<_>>().into_iter().chain(crashed) {
             if finished.outcome == NodeOutcome::Failed && self.limits.fail_fast {
                 stop.cancel();
             }
+            nodes.push(node.clone());
             self.finished(node, started, finished);
         }
+        nodes
     }
 
     /// The first dependency that did not succeed, and what that makes of the node.
