@@ -32,6 +32,11 @@ use rayon::prelude::*;
 use super::cache::FileStat;
 use super::HashError;
 
+/// A folder with at least this many entries has their metadata taken in parallel; below
+/// it, the hand-off to other threads costs more than the `statx` calls it spreads, and
+/// sibling folders are walked in parallel instead.
+const PARALLEL_ENTRIES: usize = 256;
+
 /// Folders at the project root that are imgraph's or git's own bookkeeping.
 pub(crate) const SKIPPED_AT_ROOT: [&str; 2] = [".git", ".imgraph"];
 
@@ -294,33 +299,54 @@ impl Walk<'_> {
             }
             entries.push((entry, path, kind.is_dir()));
         }
-        // `statx(folder, name)`: the kernel resolves one name, not the whole path.
-        let mut listed = entries
-            .into_par_iter()
-            .map(|(entry, path, is_dir)| {
-                let stat = if (self.keep)(&path) {
-                    Some(FileStat::of(
-                        &entry.metadata().map_err(|e| io_err(&path, e))?,
-                    ))
-                } else {
-                    None
-                };
-                Ok(Listed { path, is_dir, stat })
-            })
-            .collect::<Result<Vec<_>, HashError>>()?;
+        // `statx(folder, name)`: the kernel resolves one name, not the whole path. A big
+        // folder's entries are taken in parallel; a small one's on this thread, its
+        // sibling folders being walked on the others.
+        let stat_of = |(entry, path, is_dir): (std::fs::DirEntry, String, bool)| {
+            let stat = if (self.keep)(&path) {
+                Some(FileStat::of(
+                    &entry.metadata().map_err(|e| io_err(&path, e))?,
+                ))
+            } else {
+                None
+            };
+            Ok(Listed { path, is_dir, stat })
+        };
+        let mut listed = if entries.len() >= PARALLEL_ENTRIES {
+            entries
+                .into_par_iter()
+                .map(stat_of)
+                .collect::<Result<Vec<_>, HashError>>()?
+        } else {
+            entries
+                .into_iter()
+                .map(stat_of)
+                .collect::<Result<Vec<_>, HashError>>()?
+        };
         // In name order, as walkdir's `sort_by_file_name` gave (a local origin folder's
         // digest depends on the order): siblings' paths differ only in their names.
         listed.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        // The folders below, walked in parallel, each into a list of its own.
+        let mut below = listed
+            .par_iter()
+            .filter(|entry| entry.is_dir)
+            .map(|entry| {
+                let mut inside = Vec::new();
+                self.folder(&entry.path, &mut inside)?;
+                Ok(inside)
+            })
+            .collect::<Result<Vec<_>, HashError>>()?
+            .into_iter();
         for entry in listed {
             match (entry.is_dir, entry.stat) {
                 (true, stat) => {
                     if let Some(stat) = stat {
                         out.push(Walked {
-                            path: entry.path.clone(),
+                            path: entry.path,
                             stat,
                         });
                     }
-                    self.folder(&entry.path, out)?;
+                    out.append(&mut below.next().unwrap_or_default());
                 }
                 (false, Some(stat)) => out.push(Walked {
                     path: entry.path,
