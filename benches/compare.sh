@@ -25,7 +25,6 @@ JOBS="${JOBS:-8}"
 need=()
 command -v b3sum >/dev/null || need+=(b3sum)
 command -v zstd >/dev/null || need+=(zstd)
-[ -x /usr/bin/time ] || need+=(time)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -44,30 +43,44 @@ mkdir -p "$OUT"
 RESULTS="$OUT/results.tsv"
 : > "$RESULTS"
 
-# measure ROW NAME CMD...: RUNS runs of CMD (after one warm-up run that fills the page
-# cache), one line per run into $RESULTS: row name wall user sys maxrss_kb.
-measure() {
-  local row="$1" name="$2"; shift 2
-  "$@" >/dev/null 2>&1 || { echo "compare.sh: $name failed: $*" >&2; "$@" >&2 || true; exit 1; }
-  for _ in $(seq "$RUNS"); do measure_once "$row" "$name" "$@"; done
+# timed ROW NAME "CMD" [NAME_B "CMD B"]: one warm-up run of each (it fills the page
+# cache), then RUNS runs of each, alternating, one line per run into $RESULTS: row name
+# wall user sys maxrss_kb. One Python process times them all (wall with perf_counter, CPU
+# and peak RSS from wait4 of each run, in microseconds): /usr/bin/time gives
+# 10 ms steps, coarse for rows of 30-70 ms, and a timer process started anew before each
+# run left the caches cold for the run it timed. Dirty pages the set-up left (a first
+# apply's state and stat cache) are written out first: their writeback otherwise runs
+# beside the first half minute of runs.
+timed() {
+  sync
+  python3 - "$RESULTS" "$RUNS" "$@" <<'PY'
+import os, subprocess, sys, time
+results, runs, row, pairs = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+commands = list(zip(pairs[0::2], pairs[1::2]))
+WARMUP = int(os.environ.get("WARMUP", "3"))
+def run(name, command):
+    start = time.perf_counter()
+    child = subprocess.Popen(["bash", "-c", command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # wait4: this child's own CPU and peak RSS (its descendants' included).
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        sys.stderr.write(f"compare.sh: {name} failed: {command}\n")
+        subprocess.run(["bash", "-c", command], stdout=sys.stderr)
+        sys.exit(1)
+    return f"{row}\t{name}\t{wall:.4f}\t{usage.ru_utime:.4f}\t{usage.ru_stime:.4f}\t{usage.ru_maxrss}\n"
+for _ in range(WARMUP):
+    for name, command in commands:
+        run(name, command)
+with open(results, "a") as out:
+    for _ in range(runs):
+        for name, command in commands:
+            out.write(run(name, command))
+PY
 }
-measure_once() {
-  local row="$1" name="$2"; shift 2
-  local t; t="$(mktemp)"
-  /usr/bin/time -f "%e %U %S %M" -o "$t" "$@" >/dev/null 2>&1 || { echo "compare.sh: $name failed: $*" >&2; exit 1; }
-  printf '%s\t%s\t%s\n' "$row" "$name" "$(tr ' ' '\t' < "$t")" >> "$RESULTS"
-  rm -f "$t"
-}
-# pair ROW NAME_A "CMD A" NAME_B "CMD B": alternates the two, RUNS times each.
-pair() {
-  local row="$1" na="$2" ca="$3" nb="$4" cb="$5"
-  bash -c "$ca" >/dev/null 2>&1 || { echo "compare.sh: $na failed: $ca" >&2; bash -c "$ca" >&2 || true; exit 1; }
-  bash -c "$cb" >/dev/null 2>&1 || { echo "compare.sh: $nb failed: $cb" >&2; exit 1; }
-  for _ in $(seq "$RUNS"); do
-    measure_once "$row" "$na" bash -c "$ca"
-    measure_once "$row" "$nb" bash -c "$cb"
-  done
-}
+measure() { timed "$@"; }
+pair() { timed "$@"; }
 
 # tree DIR FILES BYTES: FILES files of random sizes averaging BYTES/FILES, 100 per folder.
 tree() {
@@ -90,9 +103,12 @@ EOF
   touch "$dir/.done"
 }
 
-# project DIR TREE: one image whose build copies TREE; origin a tiny folder.
+# project DIR TREE: one image whose build copies TREE; origin a tiny folder. Written once:
+# rewriting a file before each row made the rows after it measure a plan within two
+# seconds of an edit (a racy file, read again and not cached).
 tree_project() {
   local dir="$1"
+  [ -f "$dir/imgraph.kdl" ] && return
   mkdir -p "$dir/origin/etc"
   echo bench > "$dir/origin/etc/hostname"
   cat > "$dir/imgraph.kdl" <<'EOF'
@@ -175,10 +191,10 @@ for row in $ROWS; do
     noop|first)
       dir="$OUT/many-1000"; many_project "$dir" 1000
       if [ "$row" = first ]; then
-        measure first "imgraph apply (no state, 2,000 nodes)" bash -c "cd '$dir' && rm -rf .imgraph && '$IMGRAPH' apply -q -j $JOBS"
+        measure first "imgraph apply (no state, 2,000 nodes)" "cd '$dir' && rm -rf .imgraph && '$IMGRAPH' apply -q -j $JOBS"
       else
         (cd "$dir" && "$IMGRAPH" plan --detailed-exitcode >/dev/null 2>&1 || "$IMGRAPH" apply -q -j "$JOBS" >/dev/null)
-        measure noop "imgraph apply (all up to date)" bash -c "cd '$dir' && '$IMGRAPH' apply -q"
+        measure noop "imgraph apply (all up to date)" "cd '$dir' && '$IMGRAPH' apply -q"
       fi ;;
     first-tmpfs)
       many_project "$OUT/many-1000" 1000
@@ -186,11 +202,11 @@ for row in $ROWS; do
       [ "$(stat -f -c %T "$TMPFS")" = tmpfs ] || { echo "compare.sh: $TMPFS is not a tmpfs (set TMPFS)" >&2; exit 1; }
       dir="$(mktemp -d "$TMPFS/imgraph-compare.XXXXXX")"
       cp -a "$OUT/many-1000/." "$dir/"; rm -rf "$dir/.imgraph"
-      measure first-tmpfs "imgraph apply (no state, 2,000 nodes, on tmpfs)" bash -c "cd '$dir' && rm -rf .imgraph && '$IMGRAPH' apply -q -j $JOBS"
+      measure first-tmpfs "imgraph apply (no state, 2,000 nodes, on tmpfs)" "cd '$dir' && rm -rf .imgraph && '$IMGRAPH' apply -q -j $JOBS"
       rm -rf "$dir" ;;
     sched)
       dir="$OUT/sched"; sched_project "$dir"
-      measure sched "imgraph apply -j $JOBS (100 × sleep 0.3)" bash -c "cd '$dir' && rm -rf .imgraph && '$IMGRAPH' apply -q -j $JOBS" ;;
+      measure sched "imgraph apply -j $JOBS (100 × sleep 0.3)" "cd '$dir' && rm -rf .imgraph && '$IMGRAPH' apply -q -j $JOBS" ;;
     image)
       dir="$OUT/tree-"; tree_project "$dir"; tree "$dir/tree" 20000 157000000
       work="$OUT/image-peer"
@@ -237,5 +253,5 @@ for row, names in rows.items():
         if row == "sched":
             b = sched_bound()
             ratio = f"{w / b:.2f}× the list-scheduling bound ({b:.2f} s at -j{jobs})"
-        print(f"| {row} | {name} | {w:.3f} s | {c:.3f} s | {m / 1024:.1f} MiB | {ratio} |")
+        print(f"| {row} | {name} | {w:.4f} s | {c:.4f} s | {m / 1024:.1f} MiB | {ratio} |")
 EOF

@@ -460,6 +460,28 @@ fn digest_with(root: &Path, cache: &StatCache, rel: &str) -> String {
     Hasher::new(root, cache).tree_digest(rel).unwrap()
 }
 
+/// A file written just now is read and hashed but not recorded: its entry would be racy
+/// at every lookup, so the cache file is not rewritten for it. An old file is recorded.
+#[test]
+fn a_file_modified_within_the_racy_window_is_not_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "new.txt", "new\n");
+    write(dir.path(), "old.txt", "old\n");
+    set_mtime(dir.path(), "old.txt", hour_ago());
+    let cache = StatCache::empty();
+    assert_eq!(
+        digest_with(dir.path(), &cache, "new.txt"),
+        file_digest(dir.path(), "new.txt")
+    );
+    assert_eq!(
+        digest_with(dir.path(), &cache, "old.txt"),
+        file_digest(dir.path(), "old.txt")
+    );
+    assert_eq!(cache.stats(), CacheStats { hits: 0, misses: 2 });
+    let recorded: Vec<String> = cache.take_updates().into_iter().map(|(p, _)| p).collect();
+    assert_eq!(recorded, ["old.txt"]);
+}
+
 #[test]
 fn stat_cache_reuses_matching_entry_and_rehashes_racy_or_changed_ones() {
     let dir = tempfile::tempdir().unwrap();

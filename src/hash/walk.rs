@@ -18,9 +18,10 @@
 //! from, which catches a symlinked directory leading out of the project.
 //!
 //! Cost: a walk lists each folder once and takes the metadata of each entry it yields
-//! relative to the open folder (`statx(dirfd, name)`, in parallel), so the kernel resolves
-//! one name instead of the whole path, and hands that metadata on: hashing a walked file
-//! does not `stat` it again. Project-relative paths are built by appending names, never by
+//! relative to the open folder (`statx(dirfd, name)`), so the kernel resolves one name
+//! instead of the whole path, and hands that metadata on: hashing a walked file does not
+//! `stat` it again. Sibling folders are walked in parallel (each into a list of its own,
+//! joined in walk order), and a big folder's entries are spread over threads. Project-relative paths are built by appending names, never by
 //! stripping the root off full paths. (This walk replaced walkdir's, which gave neither.)
 
 use std::io;
