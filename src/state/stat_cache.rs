@@ -49,13 +49,12 @@ const MAGIC: &[u8; 8] = b"imgraphS";
 /// A larger file is not read (about 170 bytes an entry: millions of files).
 const MAX_FILE_BYTES: u64 = 1 << 30;
 
-/// Bytes of an entry besides its path's and digest's: two lengths, size, three times,
-/// inode and mode.
-const FIXED_BYTES: usize = 8 + 8 + 8 + 16 + 16 + 16 + 8 + 4;
-
 /// Bytes between an entry's path and its digest: size, two times, inode, mode, the time
 /// it was recorded.
 const STAT_BYTES: usize = 8 + 16 + 16 + 8 + 4 + 16;
+
+/// Bytes of an entry besides its path's and digest's: their two lengths and the above.
+const FIXED_BYTES: usize = 8 + STAT_BYTES + 8;
 
 fn key() -> blake3::Hash {
     cachefile::key(MAGIC, FORMAT, FILE_DOMAIN.as_bytes())
@@ -188,16 +187,21 @@ impl StatEntries for StatFile {
         // The path: the bytes just compared equal to `path`'s.
         let len = r.usize()?;
         r.take(len)?;
-        Some(StatEntry {
-            size: r.u64()?,
-            mtime_ns: r.i128()?,
-            ctime_ns: r.i128()?,
-            inode: r.u64()?,
-            mode: r.u32()?,
-            recorded_at_ns: r.i128()?,
-            digest: r.string()?,
-        })
+        read_entry(&mut r)
     }
+}
+
+/// What follows an entry's path: its metadata, the time it was recorded, its digest.
+fn read_entry(r: &mut Reader<'_>) -> Option<StatEntry> {
+    Some(StatEntry {
+        size: r.u64()?,
+        mtime_ns: r.i128()?,
+        ctime_ns: r.i128()?,
+        inode: r.u64()?,
+        mode: r.u32()?,
+        recorded_at_ns: r.i128()?,
+        digest: r.string()?,
+    })
 }
 
 /// The entries sorted by path (the same entries give the same bytes).
@@ -226,16 +230,7 @@ fn decode(payload: &[u8]) -> Option<StatMap> {
     let mut out = StatMap::with_capacity_and_hasher(n, Default::default());
     for _ in 0..n {
         let path = r.string()?;
-        let entry = StatEntry {
-            size: r.u64()?,
-            mtime_ns: r.i128()?,
-            ctime_ns: r.i128()?,
-            inode: r.u64()?,
-            mode: r.u32()?,
-            recorded_at_ns: r.i128()?,
-            digest: r.string()?,
-        };
-        out.insert(path, entry);
+        out.insert(path, read_entry(&mut r)?);
     }
     r.is_done().then_some(out)
 }
