@@ -43,7 +43,7 @@ mkdir -p "$OUT"
 RESULTS="$OUT/results.tsv"
 : > "$RESULTS"
 
-# timed ROW NAME "CMD" [NAME_B "CMD B"]: one warm-up run of each (it fills the page
+# timed ROW NAME "CMD" [NAME_B "CMD B"]: WARMUP (default 3) warm-up runs of each (they fill the page
 # cache), then RUNS runs of each, alternating, one line per run into $RESULTS: row name
 # wall user sys maxrss_kb. One Python process times them all (wall with perf_counter, CPU
 # and peak RSS from wait4 of each run, in microseconds): /usr/bin/time gives
@@ -79,8 +79,6 @@ with open(results, "a") as out:
             out.write(run(name, command))
 PY
 }
-measure() { timed "$@"; }
-pair() { timed "$@"; }
 
 # tree DIR FILES BYTES: FILES files of random sizes averaging BYTES/FILES, 100 per folder.
 tree() {
@@ -135,7 +133,7 @@ tree_rows() {
   (cd "$dir" && find tree -type f ! -name .done -print0) > "$list"
   if [ "$kind" = cold ]; then
     rm -rf "$dir/.imgraph"
-    pair "cold$tag" "imgraph plan (no state)" "cd '$dir' && rm -rf .imgraph && '$IMGRAPH' plan" \
+    timed "cold$tag" "imgraph plan (no state)" "cd '$dir' && rm -rf .imgraph && '$IMGRAPH' plan" \
       "b3sum" "cd '$dir' && xargs -0 b3sum < '$list'"
   fi
   if [ "$kind" = warm ]; then
@@ -143,7 +141,7 @@ tree_rows() {
     if [ ! -d "$dir/.git" ]; then
       (cd "$dir" && git init -q && git add -A && git -c user.email=b@b -c user.name=b commit -qm tree)
     fi
-    pair "warm$tag" "imgraph plan (warm)" "cd '$dir' && '$IMGRAPH' plan" \
+    timed "warm$tag" "imgraph plan (warm)" "cd '$dir' && '$IMGRAPH' plan" \
       "git status" "cd '$dir' && git status --porcelain"
   fi
 }
@@ -191,10 +189,10 @@ for row in $ROWS; do
     noop|first)
       dir="$OUT/many-1000"; many_project "$dir" 1000
       if [ "$row" = first ]; then
-        measure first "imgraph apply (no state, 2,000 nodes)" "cd '$dir' && rm -rf .imgraph && '$IMGRAPH' apply -q -j $JOBS"
+        timed first "imgraph apply (no state, 2,000 nodes)" "cd '$dir' && rm -rf .imgraph && '$IMGRAPH' apply -q -j $JOBS"
       else
         (cd "$dir" && "$IMGRAPH" plan --detailed-exitcode >/dev/null 2>&1 || "$IMGRAPH" apply -q -j "$JOBS" >/dev/null)
-        measure noop "imgraph apply (all up to date)" "cd '$dir' && '$IMGRAPH' apply -q"
+        timed noop "imgraph apply (all up to date)" "cd '$dir' && '$IMGRAPH' apply -q"
       fi ;;
     first-tmpfs)
       many_project "$OUT/many-1000" 1000
@@ -202,15 +200,15 @@ for row in $ROWS; do
       [ "$(stat -f -c %T "$TMPFS")" = tmpfs ] || { echo "compare.sh: $TMPFS is not a tmpfs (set TMPFS)" >&2; exit 1; }
       dir="$(mktemp -d "$TMPFS/imgraph-compare.XXXXXX")"
       cp -a "$OUT/many-1000/." "$dir/"; rm -rf "$dir/.imgraph"
-      measure first-tmpfs "imgraph apply (no state, 2,000 nodes, on tmpfs)" "cd '$dir' && rm -rf .imgraph && '$IMGRAPH' apply -q -j $JOBS"
+      timed first-tmpfs "imgraph apply (no state, 2,000 nodes, on tmpfs)" "cd '$dir' && rm -rf .imgraph && '$IMGRAPH' apply -q -j $JOBS"
       rm -rf "$dir" ;;
     sched)
       dir="$OUT/sched"; sched_project "$dir"
-      measure sched "imgraph apply -j $JOBS (100 × sleep 0.3)" "cd '$dir' && rm -rf .imgraph && '$IMGRAPH' apply -q -j $JOBS" ;;
+      timed sched "imgraph apply -j $JOBS (100 × sleep 0.3)" "cd '$dir' && rm -rf .imgraph && '$IMGRAPH' apply -q -j $JOBS" ;;
     image)
       dir="$OUT/tree-"; tree_project "$dir"; tree "$dir/tree" 20000 157000000
       work="$OUT/image-peer"
-      pair image "imgraph apply --force (copy 157 MB, pack)" "cd '$dir' && '$IMGRAPH' apply -q --force big" \
+      timed image "imgraph apply --force (copy 157 MB, pack)" "cd '$dir' && '$IMGRAPH' apply -q --force big" \
         "cp -a, then tar piped to zstd -3" "rm -rf '$work' && mkdir -p '$work' && cp -a '$dir/origin' '$work/root' && mkdir -p '$work/root/srv' && cp -a '$dir/tree' '$work/root/srv/tree' && tar -C '$work/root' -c . | zstd -q -3 > '$work/out.tar.zst'" ;;
     *) echo "compare.sh: unknown row $row" >&2; exit 2 ;;
   esac
