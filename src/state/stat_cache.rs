@@ -70,32 +70,43 @@ impl State {
         })
     }
 
-    /// The cached entries; empty when there is no cache, or it is of another imgraph,
-    /// cut or damaged.
-    pub fn load_stat_cache(&self) -> StatFile {
-        let Some(file) = self.stat_cache_file() else {
-            return StatFile::default();
-        };
+    /// The stat cache file and its bytes, when there is one to read (a failure to read it
+    /// is logged: every input file is then read).
+    fn read_stat_cache(&self) -> Option<(PathBuf, Vec<u8>)> {
+        let file = self.stat_cache_file()?;
         match cachefile::read(&file, MAX_FILE_BYTES) {
-            Ok(bytes) => StatFile::index(bytes).unwrap_or_else(|| {
-                tracing::warn!(path = %file.display(), "stat cache is of another imgraph or damaged: every input file is read");
-                StatFile::default()
-            }),
+            Ok(bytes) => Some((file, bytes)),
             Err(e) => {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(path = %file.display(), error = %e, "stat cache not read: every input file is read");
                 }
-                StatFile::default()
+                None
             }
         }
     }
 
-    /// Inserts or replaces `entries` (best effort). Entries not listed are kept.
+    /// The cached entries; empty when there is no cache, or it is of another imgraph,
+    /// cut or damaged.
+    pub fn load_stat_cache(&self) -> StatFile {
+        let Some((file, bytes)) = self.read_stat_cache() else {
+            return StatFile::default();
+        };
+        StatFile::index(bytes).unwrap_or_else(|| {
+            tracing::warn!(path = %file.display(), "stat cache is of another imgraph or damaged: every input file is read");
+            StatFile::default()
+        })
+    }
+
+    /// Inserts or replaces `entries` (best effort). Entries not listed are kept: the file
+    /// as it is now on disk is decoded whole (no lookup table: nothing is looked up).
     pub fn store_stat_cache(&self, entries: &[(String, StatEntry)]) {
         let Some(file) = self.stat_cache_file().filter(|_| !entries.is_empty()) else {
             return;
         };
-        let mut all = self.load_stat_cache().to_map();
+        let mut all = self
+            .read_stat_cache()
+            .and_then(|(_, bytes)| decode(cachefile::open(&bytes, MAGIC, &key())?))
+            .unwrap_or_default();
         all.extend(entries.iter().cloned());
         if let Err(e) = cachefile::write(&file, &encode(&all)) {
             tracing::warn!(path = %file.display(), error = %e, "stat cache not written");
@@ -159,14 +170,6 @@ impl StatFile {
 
     fn body(&self) -> &[u8] {
         &self.bytes[self.payload.clone()]
-    }
-
-    /// Every entry, for merging in new ones before the file is written again.
-    fn to_map(&self) -> StatMap {
-        if self.starts.is_empty() {
-            return StatMap::default();
-        }
-        decode(self.body()).unwrap_or_default()
     }
 }
 
@@ -267,8 +270,13 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let file = StatFile::index(encode(&map)).expect("own encoding");
-        assert_eq!(file.to_map(), map);
+        let bytes = encode(&map);
+        let payload = cachefile::open(&bytes, MAGIC, &key()).expect("own encoding");
+        assert_eq!(decode(payload), Some(map.clone()));
+        let file = StatFile::index(bytes.clone()).expect("own encoding");
+        for (path, entry) in &map {
+            assert_eq!(file.entry(path).as_ref(), Some(entry));
+        }
         assert_eq!(
             encode(&map),
             encode(&map.clone()),
